@@ -1,0 +1,423 @@
+# Copyright: strata.layers contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The safe tar applier: one pass over a layer stream that extracts it into a layer
+directory, computes its diff_id and size, and records its headers.
+
+Confinement rules (each refusal names the member at fault):
+
+* names are normalised; absolute names, ``..`` components and NUL bytes are refused;
+* every path is opened component by component with ``O_NOFOLLOW`` (``_safepath``):
+  a member that would be written through a symlink is refused, whoever made it;
+* a hardlink must point at a non-directory this same layer already created;
+* symlink targets are stored verbatim: they are data, never followed here;
+* ``trusted.*`` and overlay/fuse-overlayfs ``user.*`` attributes are refused: a layer
+  must not smuggle in the whiteouts, opaque marks or redirects of the driver;
+  ``security.capability`` and POSIX ACLs are applied, other ``security.*`` skipped;
+* each path may be named once (directories may repeat, their metadata is updated);
+  a path may not be both added and whited out by one layer; ``.wh..wh.*`` names other
+  than the opaque marker (AUFS internals) are refused;
+* owners are the numeric uid/gid of the header (owner names are ignored).
+
+Whiteouts are converted to what the driver needs: ``device`` drivers (overlay2,
+fuse-overlayfs) get 0/0 character devices and ``trusted.overlay.opaque=y``;
+``delete`` drivers (vfs, btrfs), whose layer directory starts as a copy of its
+parent, get the deletions applied.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+from ansible_collections.strata.layers.plugins.module_utils._atomic import remove_tree, wrap_os_error
+from ansible_collections.strata.layers.plugins.module_utils._errors import (
+    Corrupt, InvalidInput, StoreError)
+from ansible_collections.strata.layers.plugins.module_utils._safepath import Beneath, NotBeneath
+from ansible_collections.strata.layers.plugins.module_utils._tarformat import (
+    CHRTYPE, DIRTYPE, FIFOTYPE, LNKTYPE, SYMTYPE, ChunkReader, HeaderParser, Member,
+    Truncated)
+from ansible_collections.strata.layers.plugins.module_utils._tarsplit import TarSplitWriter
+
+WHITEOUT_PREFIX = b".wh."
+OPAQUE_MARKER = b".wh..wh..opq"
+META_PREFIX = b".wh..wh."
+OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
+
+K_DIR, K_IMPLICIT, K_FILE, K_OTHER, K_WHITEOUT = 1, 2, 3, 4, 5
+MAX_NAME = 4095
+MAX_COMPONENT = 255
+MAX_EMBEDDED = 1 << 20
+
+WHITEOUT_DEVICE = "device"
+WHITEOUT_DELETE = "delete"
+
+_REFUSED_XATTR_PREFIXES = ("trusted.", "user.overlay.", "user.fuseoverlayfs.",
+                           "user.containers.")
+_APPLIED_SYSTEM_XATTRS = ("system.posix_acl_access", "system.posix_acl_default")
+
+
+@dataclass
+class ApplyResult:
+    """What one pass over a layer stream found."""
+
+    diff_id: str
+    tar_size: int
+    size: int
+    entries: int
+
+
+def _show(path: bytes) -> str:
+    return path.decode("utf-8", "backslashreplace")
+
+
+class Applier:
+    """Applies one layer tar to ``root`` (a staged layer directory of a driver)."""
+
+    def __init__(self, root: str, whiteouts: str, split: Optional[TarSplitWriter],
+                 what: str = "layer") -> None:
+        self.root = root
+        self.whiteouts = whiteouts
+        self.split = split
+        self.what = what
+        self.seen: Dict[bytes, int] = {}
+        self.dir_times: Dict[bytes, Tuple[int, int]] = {}
+        self.size = 0
+        self.entries = 0
+        self.mtime_max = 0
+        self._root_user = os.geteuid() == 0
+        self._tree = Beneath(root)
+        self._member: Optional[Member] = None
+
+    # ------------------------------------------------------------------ driving
+    def apply(self, reader: ChunkReader) -> ApplyResult:
+        reader.what = self.what
+        parser = HeaderParser(reader)
+        try:
+            while True:
+                member = parser.next()
+                if member is None:
+                    break
+                self._member = member
+                self.entries += 1
+                if member.mtime_ns > self.mtime_max:
+                    self.mtime_max = member.mtime_ns
+                if self.split is not None:
+                    self.split.raw(member.raw)
+                self._apply_member(reader, member)
+            self._member = None
+            self._trailer(reader, parser.end_block)
+            self._finish_dirs()
+        except NotBeneath as exc:
+            raise self._refuse("would be written through %s, which %s"
+                               % (_show(exc.blocker), exc.reason)) from exc
+        except OSError as exc:
+            raise self._os_error(exc) from exc
+        finally:
+            self._tree.close()
+        return ApplyResult(diff_id="sha256:" + reader.hasher.hexdigest(), tar_size=reader.total,
+                           size=self.size, entries=self.entries)
+
+    def _refuse(self, reason: str, cls: type = InvalidInput) -> StoreError:
+        if self._member is None:
+            return cls("%s: %s" % (self.what, reason))
+        name = self._member.display()
+        return cls("%s: tar member %r %s; nothing was imported" % (self.what, name, reason),
+                   member=name)
+
+    def _os_error(self, exc: OSError) -> StoreError:
+        where = "member %r" % self._member.display() if self._member else "the layer"
+        err = wrap_os_error(exc, "writing %s of %s" % (where, self.what))
+        if self._member is not None:
+            err.details["member"] = self._member.display()
+        return err
+
+    def _trailer(self, reader: ChunkReader, end_block: bytes) -> None:
+        if self.split is not None and end_block:
+            self.split.raw(end_block)
+        while True:
+            piece = reader.read_some(1 << 20)
+            if not piece:
+                return
+            if bytes(piece).strip(b"\0"):
+                raise Corrupt("%s: data follows the end-of-archive marker at offset %d (a "
+                              "second archive or garbage); refused" % (self.what, reader.total))
+            if self.split is not None:
+                self.split.raw(piece)
+
+    # ------------------------------------------------------------------ members
+    def _normalize(self, member: Member) -> bytes:
+        raw = member.name
+        if b"\0" in raw:
+            raise self._refuse("has a NUL byte in its name")
+        if raw.startswith(b"/"):
+            raise self._refuse("has an absolute name; layer members must be relative")
+        parts = [p for p in raw.split(b"/") if p not in (b"", b".")]
+        if b".." in parts:
+            raise self._refuse("escapes the layer root with '..'")
+        path = b"/".join(parts)
+        if len(path) > MAX_NAME or any(len(p) > MAX_COMPONENT for p in parts):
+            raise self._refuse("has a name longer than the filesystem allows (%d bytes, or a "
+                               "component over %d)" % (MAX_NAME, MAX_COMPONENT))
+        for part in parts[:-1]:
+            if part.startswith(WHITEOUT_PREFIX):
+                raise self._refuse("lies below a whiteout name")
+        return path
+
+    def _apply_member(self, reader: ChunkReader, member: Member) -> None:
+        path = self._normalize(member)
+        base = path.rpartition(b"/")[2]
+        if base.startswith(WHITEOUT_PREFIX):
+            self._whiteout(path, base)
+            self._embed_payload(reader, member)
+            return
+        if not path:
+            if member.typeflag != DIRTYPE:
+                raise self._refuse("names the layer root but is not a directory")
+            self._dir_metadata(self._tree.root_fd, None, b"", member)
+            self._embed_payload(reader, member)
+            return
+        kind = self.seen.get(path)
+        if member.typeflag == DIRTYPE:
+            self._directory(path, kind, member)
+            self._embed_payload(reader, member)
+            return
+        if kind is not None:
+            raise self._refuse(self._conflict(kind))
+        parent, _sep, name = path.rpartition(b"/")
+        pfd = self._parent(parent)
+        self._clear_inherited(pfd, name, path)
+        if member.is_file:
+            self._regular(reader, pfd, name, path, member)
+            self.seen[path] = K_FILE
+            return
+        if member.typeflag == LNKTYPE:
+            self._hardlink(pfd, name, member)
+        elif member.typeflag == SYMTYPE:
+            os.symlink(member.linkname, name, dir_fd=pfd)
+            self._owner(pfd, name, None, member, symlink=True)
+            self._xattrs(pfd, name, None, member)
+            os.utime(name, ns=self._times(member), dir_fd=pfd, follow_symlinks=False)
+        else:
+            self._special(pfd, name, member)
+        self.seen[path] = K_OTHER
+
+    @staticmethod
+    def _conflict(kind: int) -> str:
+        if kind == K_WHITEOUT:
+            return "re-adds a path this layer also whites out"
+        if kind in (K_DIR, K_IMPLICIT):
+            return "replaces a directory this layer already created"
+        return "names a path a second time (duplicate entry)"
+
+    def _parent(self, parent: bytes) -> int:
+        return self._tree.dir_fd(parent, create=self._implicit_dir, on_open=self._saw_dir)
+
+    def _saw_dir(self, rel: bytes) -> None:
+        self.seen.setdefault(rel, K_IMPLICIT)
+
+    def _implicit_dir(self, parent_fd: int, name: bytes, rel: bytes) -> None:
+        if self.seen.get(rel) == K_WHITEOUT:
+            raise self._refuse("lies below a path this layer whites out")
+        os.mkdir(name, 0o755, dir_fd=parent_fd)
+
+    def _clear_inherited(self, pfd: int, name: bytes, path: bytes) -> None:
+        """Remove what a full-copy layer inherited at ``path`` before replacing it."""
+        if self.whiteouts != WHITEOUT_DELETE:
+            return
+        try:
+            st = os.lstat(name, dir_fd=pfd)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            self._tree.invalidate(path)
+            remove_tree(_proc_path(pfd, name))
+        else:
+            os.unlink(name, dir_fd=pfd)
+
+    def _directory(self, path: bytes, kind: Optional[int], member: Member) -> None:
+        if kind is not None and kind not in (K_DIR, K_IMPLICIT):
+            raise self._refuse(self._conflict(kind) if kind == K_WHITEOUT
+                               else "replaces a file this layer already created with a directory")
+        parent, _sep, name = path.rpartition(b"/")
+        pfd = self._parent(parent)
+        try:
+            st: Optional[os.stat_result] = os.lstat(name, dir_fd=pfd)
+        except FileNotFoundError:
+            st = None
+        if st is not None and not stat.S_ISDIR(st.st_mode):
+            # only a full-copy layer can get here: it inherited a non-directory
+            os.unlink(name, dir_fd=pfd)
+            st = None
+        if st is None:
+            os.mkdir(name, 0o700, dir_fd=pfd)
+        self.seen[path] = K_DIR
+        fd = self._tree.dir_fd(path)
+        self._dir_metadata(fd, pfd, path, member)
+
+    def _dir_metadata(self, fd: int, pfd: Optional[int], path: bytes, member: Member) -> None:
+        self._owner(pfd, None, fd, member)
+        os.chmod(fd, member.mode)
+        self._xattrs(pfd, None, fd, member)
+        self.dir_times[path] = self._times(member)
+
+    def _regular(self, reader: ChunkReader, pfd: int, name: bytes, path: bytes,
+                 member: Member) -> None:
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600, dir_fd=pfd)
+        try:
+            left = member.size
+            if left and self.split is not None:
+                self.split.file(path, left)
+            while left:
+                view = reader.read_some(left)
+                if not view:
+                    raise Truncated("%s: the stream ends inside the data of member %r"
+                                    % (self.what, member.display()), member=member.display())
+                left -= len(view)
+                while view:
+                    view = view[os.write(fd, view):]
+            self._owner(None, None, fd, member)
+            os.chmod(fd, member.mode)
+            self._xattrs(None, None, fd, member)
+            os.utime(fd, ns=self._times(member))
+        finally:
+            os.close(fd)
+        self.size += member.size
+        pad = reader.read_exact(member.padding, "the padding of member %r" % member.display())
+        if self.split is not None and pad:
+            self.split.raw(pad)
+
+    def _hardlink(self, pfd: int, name: bytes, member: Member) -> None:
+        target = member.linkname
+        if target.startswith(b"/") or b"\0" in target:
+            raise self._refuse("is a hardlink to an absolute or invalid name")
+        parts = [p for p in target.split(b"/") if p not in (b"", b".")]
+        if b".." in parts:
+            raise self._refuse("is a hardlink that escapes the layer root with '..'")
+        target = b"/".join(parts)
+        if self.seen.get(target) not in (K_FILE, K_OTHER):
+            raise self._refuse("is a hardlink to %r, which is not a file this layer created "
+                               "before it" % _show(target))
+        tparent, _sep, tname = target.rpartition(b"/")
+        tfd = self._tree.dir_fd(tparent)
+        os.link(tname, name, src_dir_fd=tfd, dst_dir_fd=pfd, follow_symlinks=False)
+
+    def _special(self, pfd: int, name: bytes, member: Member) -> None:
+        if member.typeflag == FIFOTYPE:
+            os.mkfifo(name, 0o600, dir_fd=pfd)
+        else:
+            if not self._root_user:
+                raise self._refuse("is a device node, which only root can create")
+            kind = stat.S_IFCHR if member.typeflag == CHRTYPE else stat.S_IFBLK
+            os.mknod(name, kind | 0o600, os.makedev(member.devmajor, member.devminor), dir_fd=pfd)
+        self._owner(pfd, name, None, member)
+        os.chmod(name, member.mode, dir_fd=pfd)
+        self._xattrs(pfd, name, None, member)
+        os.utime(name, ns=self._times(member), dir_fd=pfd, follow_symlinks=False)
+
+    # ------------------------------------------------------------------ whiteouts
+    def _whiteout(self, path: bytes, base: bytes) -> None:
+        parent = path.rpartition(b"/")[0]
+        if base == OPAQUE_MARKER:
+            self._opaque(parent)
+            return
+        if base.startswith(META_PREFIX):
+            raise self._refuse("is an AUFS metadata entry (.wh..wh.*), which layers may not carry")
+        target = base[len(WHITEOUT_PREFIX):]
+        if target in (b"", b".", b".."):
+            raise self._refuse("is a whiteout of %r, which names no file" % _show(target))
+        victim = parent + b"/" + target if parent else target
+        kind = self.seen.get(victim)
+        if kind == K_WHITEOUT:
+            return
+        if kind is not None:
+            raise self._refuse("whites out %r, which this layer also adds" % _show(victim))
+        pfd = self._parent(parent)
+        if self.whiteouts == WHITEOUT_DEVICE:
+            os.mknod(target, stat.S_IFCHR | 0, os.makedev(0, 0), dir_fd=pfd)
+        else:
+            self._clear_inherited(pfd, target, victim)
+        self.seen[victim] = K_WHITEOUT
+
+    def _opaque(self, directory: bytes) -> None:
+        if not directory:
+            raise self._refuse("marks the layer root opaque, which no driver can represent")
+        kind = self.seen.get(directory)
+        if kind == K_WHITEOUT:
+            raise self._refuse("marks opaque a directory this layer whites out")
+        fd = self._tree.dir_fd(directory, create=self._implicit_dir, on_open=self._saw_dir)
+        self.seen.setdefault(directory, K_IMPLICIT)
+        if self.whiteouts == WHITEOUT_DEVICE:
+            os.setxattr(fd, OVERLAY_OPAQUE_XATTR, b"y")
+        else:
+            self._prune_inherited(fd, directory)
+
+    def _prune_inherited(self, fd: int, directory: bytes) -> None:
+        """Full-copy drivers: drop everything below ``directory`` this layer did not add."""
+        for name in os.listdir(fd):
+            rel = directory + b"/" + os.fsencode(name)
+            kind = self.seen.get(rel)
+            if kind is None:
+                self._tree.invalidate(rel)
+                remove_tree(_proc_path(fd, os.fsencode(name)))
+            elif kind in (K_DIR, K_IMPLICIT):
+                self._prune_inherited(self._tree.dir_fd(rel), rel)
+
+    def _embed_payload(self, reader: ChunkReader, member: Member) -> None:
+        """Keep in the header record the data of a member that is not a file on disk."""
+        if not member.size:
+            return
+        if member.size > MAX_EMBEDDED:
+            raise self._refuse("carries %d bytes of data though it is not a regular file"
+                               % member.size)
+        data = reader.read_exact(member.size + member.padding, "member data")
+        if self.split is not None:
+            self.split.raw(data)
+
+    # ------------------------------------------------------------------ metadata
+    @staticmethod
+    def _times(member: Member) -> Tuple[int, int]:
+        atime = member.atime_ns if member.atime_ns is not None else member.mtime_ns
+        return atime, member.mtime_ns
+
+    def _owner(self, pfd: Optional[int], name: Optional[bytes], fd: Optional[int],
+               member: Member, symlink: bool = False) -> None:
+        if not self._root_user:
+            return
+        if fd is not None:
+            os.chown(fd, member.uid, member.gid)
+        else:
+            os.chown(name, member.uid, member.gid, dir_fd=pfd, follow_symlinks=False)
+
+    def _xattrs(self, pfd: Optional[int], name: Optional[bytes], fd: Optional[int],
+                member: Member) -> None:
+        for xname, value in member.xattrs.items():
+            if xname.startswith(_REFUSED_XATTR_PREFIXES):
+                raise self._refuse("carries the extended attribute %s, which a layer may not "
+                                   "set (it would steer the storage driver)" % xname)
+            if xname.startswith("security.") and xname != "security.capability":
+                continue
+            if xname.startswith("system.") and xname not in _APPLIED_SYSTEM_XATTRS:
+                continue
+            try:
+                if fd is not None:
+                    os.setxattr(fd, xname, value)
+                else:
+                    os.setxattr(_proc_path(pfd, name), xname, value,  # type: ignore[arg-type]
+                                follow_symlinks=False)
+            except OSError as exc:
+                if exc.errno in (errno.ENOTSUP, errno.EPERM) and xname.startswith("user."):
+                    continue  # user.* is not allowed on symlinks and devices: as tar does
+                raise
+
+    def _finish_dirs(self) -> None:
+        for path in sorted(self.dir_times, key=len, reverse=True):
+            fd = self._tree.dir_fd(path) if path else self._tree.root_fd
+            os.utime(fd, ns=self.dir_times[path])
+
+
+def _proc_path(dir_fd: int, name: bytes) -> bytes:
+    """A path naming ``name`` in the directory open as ``dir_fd`` (for calls without dir_fd)."""
+    return b"/proc/self/fd/%d/%s" % (dir_fd, name)

@@ -1,0 +1,32 @@
+# Copyright: strata.layers contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What every module shares: the store options and the error-to-fail_json boundary.
+
+No ``AnsibleModule`` import here: ``run`` only calls the module object it is given.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict
+
+from ansible_collections.strata.layers.plugins.module_utils._errors import StoreError
+
+STORE_OPTIONS: Dict[str, Dict[str, Any]] = {
+    "data_root": {"type": "path", "default": "/var/lib/strata"},
+    "lock_timeout": {"type": "float", "default": 300.0},
+}
+
+
+def store_spec(**options: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    spec = dict(STORE_OPTIONS)
+    spec.update(options)
+    return spec
+
+
+def run(module: Any, operation: Callable[..., Dict[str, Any]]) -> None:
+    """Call ``operation(params, check_mode)`` and report through ``module``."""
+    try:
+        result = operation(module.params, check_mode=module.check_mode)
+    except StoreError as exc:
+        details = {k: v for k, v in exc.details.items() if k not in ("msg", "changed", "failed")}
+        module.fail_json(msg=str(exc), error=type(exc).__name__, **details)
+    module.exit_json(**result)

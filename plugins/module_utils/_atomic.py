@@ -1,0 +1,172 @@
+# Copyright: strata.layers contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Durable writes, in one place.
+
+Every metadata write in the store goes through ``write_file``: a temp file in the
+same directory, write, fsync, ``os.replace``, fsync of the directory.  A record of
+several files is staged in a directory and made visible by ``rename_durable``.
+Layer data written by the tar applier is flushed with ``syncfs`` (one call for the
+whole filesystem, cheaper than an fsync per file) *before* the record that makes it
+addressable is renamed into place.
+
+Temp names start with ``TEMP_PREFIX`` so that a crash leftover is recognisable and
+removed when the store is next opened.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import json
+import os
+import secrets
+import stat
+from typing import Any, Optional
+
+from ansible_collections.strata.layers.plugins.module_utils._errors import NoSpace, StoreError
+
+TEMP_PREFIX = ".tmp-"
+
+_libc: Optional[ctypes.CDLL] = None
+
+
+def libc() -> ctypes.CDLL:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    return _libc
+
+
+def temp_name(base: str = "") -> str:
+    return "%s%s%s" % (TEMP_PREFIX, base + "-" if base else "", secrets.token_hex(6))
+
+
+def wrap_os_error(exc: OSError, what: str) -> StoreError:
+    """Turn an OSError into the store's error, ENOSPC into NoSpace."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpace("no space left on the filesystem while %s: free space under the store "
+                       "(or prune it with strata.layers.store_prune) and run again; nothing was "
+                       "kept" % what)
+    return StoreError("%s failed: %s" % (what, exc.strerror or exc))
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def syncfs(path: str) -> None:
+    """Flush every dirty page of the filesystem holding ``path`` (syncfs(2))."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if libc().syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), path)
+    finally:
+        os.close(fd)
+
+
+def write_file(path: str, data: bytes, mode: int = 0o644) -> None:
+    """Atomically and durably replace ``path`` with ``data``."""
+    directory = os.path.dirname(path) or "."
+    tmp = os.path.join(directory, temp_name(os.path.basename(path)))
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        _unlink_quietly(tmp)
+        raise wrap_os_error(exc, "writing %s" % path) from exc
+    fsync_dir(directory)
+
+
+def dumps(obj: Any) -> bytes:
+    """Canonical JSON used for every record the store writes."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def write_json(path: str, obj: Any) -> None:
+    write_file(path, dumps(obj) + b"\n")
+
+
+def read_json(path: str) -> Any:
+    with open(path, "rb") as handle:
+        return json.loads(handle.read().decode("utf-8"))
+
+
+def rename_durable(src: str, dst: str) -> None:
+    """Rename ``src`` to ``dst`` (a file or a whole staged record) and persist it."""
+    os.rename(src, dst)
+    fsync_dir(os.path.dirname(dst) or ".")
+    src_dir = os.path.dirname(src) or "."
+    if os.path.realpath(src_dir) != os.path.realpath(os.path.dirname(dst) or "."):
+        fsync_dir(src_dir)
+
+
+def makedirs(path: str, mode: int = 0o700) -> None:
+    os.makedirs(path, mode=mode, exist_ok=True)
+
+
+def remove_tree(path: "str | bytes") -> None:
+    """Remove ``path`` and everything below it, never following symlinks.
+
+    Works on read-only directories (layers keep the modes of their tar) and does not
+    fail when ``path`` is already gone: removal is used by crash recovery, where a
+    previous attempt may have removed part of the tree.
+    """
+    path = os.fsdecode(path)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(path)
+        return
+    parent = os.path.dirname(path.rstrip("/")) or "."
+    fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _remove_entry(fd, os.path.basename(path.rstrip("/")))
+    finally:
+        os.close(fd)
+
+
+def _remove_entry(dir_fd: int, name: str) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+        return
+    except FileNotFoundError:
+        return
+    except IsADirectoryError:
+        pass
+    except PermissionError:
+        # unlink(2) on a directory gives EISDIR on Linux; EPERM comes from an
+        # immutable file or a directory on some filesystems: try it as a directory.
+        pass
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     dir_fd=dir_fd)
+    except FileNotFoundError:
+        return
+    try:
+        os.chmod(fd, 0o700)
+        for entry in os.listdir(fd):
+            _remove_entry(fd, entry)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=dir_fd)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

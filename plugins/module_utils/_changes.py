@@ -1,0 +1,286 @@
+# Copyright: strata.layers contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A container's changes, as Docker sees them: sizes and layer tars.
+
+Two ways to find them, one per driver family:
+
+* ``UpperDiff``: an overlay upper directory *is* the diff (native diff): 0/0
+  character devices become ``.wh.NAME`` entries, ``trusted.overlay.opaque=y``
+  directories get a ``.wh..wh..opq`` entry, overlay's own attributes are dropped;
+* ``TreeDiff``: walk-and-compare of a full copy against the image's root (vfs,
+  btrfs): added or modified entries are emitted, deleted ones as whiteouts.
+
+Both yield a tar stream (deterministic: names sorted, times truncated to seconds as
+Docker does) and can total the bytes Docker's ``size`` column shows (files added or
+modified, hardlinks once, whiteouts and directories zero).
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from typing import Dict, Iterator, List, Optional, Set, Tuple
+
+from ansible_collections.strata.layers.plugins.module_utils._errors import Unsupported
+from ansible_collections.strata.layers.plugins.module_utils._tarformat import (
+    BLKTYPE, CHRTYPE, DIRTYPE, FIFOTYPE, LNKTYPE, REGTYPE, SYMTYPE, encode_header, end_of_archive,
+    padding)
+
+CHUNK = 1 << 20
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_SKIPPED_XATTRS = ("trusted.overlay.", "user.overlay.", "user.fuseoverlayfs.",
+                   "security.selinux")
+
+
+def _typeflag(mode: int) -> bytes:
+    if stat.S_ISREG(mode):
+        return REGTYPE
+    if stat.S_ISDIR(mode):
+        return DIRTYPE
+    if stat.S_ISLNK(mode):
+        return SYMTYPE
+    if stat.S_ISCHR(mode):
+        return CHRTYPE
+    if stat.S_ISBLK(mode):
+        return BLKTYPE
+    return FIFOTYPE
+
+
+def _xattrs(path: bytes) -> Dict[str, bytes]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return {}
+        raise
+    out = {}
+    for name in names:
+        if name.startswith(_SKIPPED_XATTRS):
+            continue
+        out[name] = os.getxattr(path, name, follow_symlinks=False)
+    return out
+
+
+def _is_whiteout(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+class _Emitter:
+    """Tar bytes for entries of a tree (shared by both diff kinds)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.fsencode(root)
+        self.links: Dict[Tuple[int, int], bytes] = {}
+        self.size = 0
+        self.sized: Set[Tuple[int, int]] = set()
+
+    def full(self, rel: bytes) -> bytes:
+        return self.root + b"/" + rel if rel else self.root
+
+    def count(self, st: os.stat_result) -> None:
+        if stat.S_ISDIR(st.st_mode):
+            return
+        key = (st.st_dev, st.st_ino)
+        if st.st_nlink > 1:
+            if key in self.sized:
+                return
+            self.sized.add(key)
+        self.size += st.st_size
+
+    def entry(self, rel: bytes, st: os.stat_result, with_data: bool = True) -> Iterator[bytes]:
+        path = self.full(rel)
+        mtime = (st.st_mtime_ns // 1_000_000_000) * 1_000_000_000
+        mode = stat.S_IMODE(st.st_mode)
+        name = rel + b"/" if stat.S_ISDIR(st.st_mode) else rel
+        key = (st.st_dev, st.st_ino)
+        if not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1:
+            if key in self.links:
+                yield encode_header(rel, LNKTYPE, mode, st.st_uid, st.st_gid, 0, mtime,
+                                    linkname=self.links[key])
+                return
+            self.links[key] = rel
+        flag = _typeflag(st.st_mode)
+        link = os.readlink(path) if flag == SYMTYPE else b""
+        size = st.st_size if flag == REGTYPE else 0
+        dev = (os.major(st.st_rdev), os.minor(st.st_rdev)) if flag in (CHRTYPE, BLKTYPE) else (0, 0)
+        yield encode_header(name, flag, mode, st.st_uid, st.st_gid, size, mtime, link,
+                            dev[0], dev[1], xattrs=_xattrs(path))
+        if size and with_data:
+            yield from self._data(path, size)
+            yield padding(size)
+
+    @staticmethod
+    def _data(path: bytes, size: int) -> Iterator[bytes]:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            left = size
+            while left:
+                data = os.read(fd, min(CHUNK, left))
+                if not data:
+                    raise OSError(errno.EIO, "file shrank while being read", path)
+                left -= len(data)
+                yield data
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def whiteout(rel: bytes, st: Optional[os.stat_result] = None) -> bytes:
+        parent, _sep, name = rel.rpartition(b"/")
+        wh = (parent + b"/" if parent else b"") + b".wh." + name
+        return encode_header(wh, REGTYPE, 0o600, 0, 0, 0, 0)
+
+    @staticmethod
+    def opaque(rel: bytes) -> bytes:
+        return encode_header(rel + b"/.wh..wh..opq", REGTYPE, 0o600, 0, 0, 0, 0)
+
+
+def _listdir(path: bytes) -> List[bytes]:
+    return sorted(os.listdir(path))
+
+
+class UpperDiff:
+    """Native diff of an overlay upper directory."""
+
+    def __init__(self, upper: str) -> None:
+        self.upper = upper
+
+    def size(self) -> int:
+        emitter = _Emitter(self.upper)
+        for _rel, st in self._walk(emitter):
+            if not _is_whiteout(st):
+                emitter.count(st)
+        return emitter.size
+
+    def _walk(self, emitter: _Emitter) -> Iterator[Tuple[bytes, os.stat_result]]:
+        stack: List[bytes] = [b""]
+        while stack:
+            rel = stack.pop()
+            for name in reversed(_listdir(emitter.full(rel))):
+                child = rel + b"/" + name if rel else name
+                st = os.lstat(emitter.full(child))
+                yield child, st
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(child)
+
+    def tar(self) -> Iterator[bytes]:
+        emitter = _Emitter(self.upper)
+        yield from self._tree(emitter, b"")
+        yield end_of_archive()
+
+    def _tree(self, emitter: _Emitter, rel: bytes) -> Iterator[bytes]:
+        for name in _listdir(emitter.full(rel)):
+            child = rel + b"/" + name if rel else name
+            path = emitter.full(child)
+            st = os.lstat(path)
+            if _is_whiteout(st):
+                yield emitter.whiteout(child, st)
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                _refuse_redirect(path, child)
+            yield from emitter.entry(child, st)
+            if stat.S_ISDIR(st.st_mode):
+                if _opaque(path):
+                    yield emitter.opaque(child)
+                yield from self._tree(emitter, child)
+
+
+def _opaque(path: bytes) -> bool:
+    try:
+        return os.getxattr(path, "trusted.overlay.opaque", follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+def _refuse_redirect(path: bytes, rel: bytes) -> None:
+    try:
+        os.getxattr(path, "trusted.overlay.redirect", follow_symlinks=False)
+    except OSError:
+        return
+    raise Unsupported("directory %s of the container was renamed with overlay redirect_dir "
+                      "on; its changes cannot be read as a native diff"
+                      % rel.decode("utf-8", "replace"))
+
+
+class TreeDiff:
+    """Walk-and-compare of a full copy (``root``) against its image (``base``)."""
+
+    def __init__(self, base: Optional[str], root: str) -> None:
+        self.base = base
+        self.root = root
+
+    def size(self) -> int:
+        emitter = _Emitter(self.root)
+        for _chunk in self._changes(emitter, b"", count_only=True):
+            pass
+        return emitter.size
+
+    def tar(self) -> Iterator[bytes]:
+        emitter = _Emitter(self.root)
+        yield from self._changes(emitter, b"", count_only=False)
+        yield end_of_archive()
+
+    def _base_path(self, rel: bytes) -> Optional[bytes]:
+        if self.base is None:
+            return None
+        base = os.fsencode(self.base)
+        return base + b"/" + rel if rel else base
+
+    def _changes(self, emitter: _Emitter, rel: bytes, count_only: bool) -> Iterator[bytes]:
+        here = _listdir(emitter.full(rel))
+        base_dir = self._base_path(rel)
+        there = set(_listdir(base_dir)) if base_dir is not None and os.path.isdir(base_dir) else set()
+        for name in sorted(set(here) | there):
+            child = rel + b"/" + name if rel else name
+            if name not in here:
+                if not count_only:
+                    yield emitter.whiteout(child)
+                continue
+            st = os.lstat(emitter.full(child))
+            old = _lstat(self._base_path(child)) if name in there else None
+            changed = old is None or _differs(old, st, emitter.full(child),
+                                              self._base_path(child))
+            if changed:
+                emitter.count(st)
+                if not count_only:
+                    yield from emitter.entry(child, st)
+            if stat.S_ISDIR(st.st_mode):
+                if old is not None and not stat.S_ISDIR(old.st_mode):
+                    old = None
+                yield from self._changes(emitter, child, count_only) if old is not None \
+                    else self._added(emitter, child, count_only)
+
+    def _added(self, emitter: _Emitter, rel: bytes, count_only: bool) -> Iterator[bytes]:
+        for name in _listdir(emitter.full(rel)):
+            child = rel + b"/" + name
+            st = os.lstat(emitter.full(child))
+            emitter.count(st)
+            if not count_only:
+                yield from emitter.entry(child, st)
+            if stat.S_ISDIR(st.st_mode):
+                yield from self._added(emitter, child, count_only)
+
+
+def _lstat(path: Optional[bytes]) -> Optional[os.stat_result]:
+    if path is None:
+        return None
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _differs(old: os.stat_result, new: os.stat_result, new_path: bytes,
+             old_path: Optional[bytes]) -> bool:
+    if stat.S_IFMT(old.st_mode) != stat.S_IFMT(new.st_mode):
+        return True
+    if (old.st_mode, old.st_uid, old.st_gid) != (new.st_mode, new.st_uid, new.st_gid):
+        return True
+    if stat.S_ISDIR(new.st_mode):
+        return old.st_mtime_ns != new.st_mtime_ns or _xattrs(new_path) != _xattrs(old_path or b"")
+    if old.st_size != new.st_size or old.st_mtime_ns != new.st_mtime_ns:
+        return True
+    if stat.S_ISLNK(new.st_mode):
+        return os.readlink(new_path) != os.readlink(old_path or b"")
+    if stat.S_ISCHR(new.st_mode) or stat.S_ISBLK(new.st_mode):
+        return old.st_rdev != new.st_rdev
+    return False

@@ -1,0 +1,230 @@
+# Copyright: strata.layers contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Layer streams: plain, gzip or zstd, told apart by their magic bytes.
+
+A ``DecodedStream`` hands out uncompressed chunks and, in the same pass, hashes and
+counts the *compressed* bytes it consumed (the blob digest a registry or an OCI
+manifest names).  gzip is decoded with zlib, in bounded steps so a bomb cannot grow
+memory; zstd through the ``zstd`` program (the standard library has no zstd before
+Python 3.14), fed by a thread so that the compressed digest is still computed here.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import threading
+import zlib
+from typing import Callable, Optional
+
+from ansible_collections.strata.layers.plugins.module_utils._digest import Digest, hasher_digest
+from ansible_collections.strata.layers.plugins.module_utils._errors import (
+    Corrupt, StoreError, Unsupported)
+
+CHUNK = 1 << 20
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+XZ_MAGIC = b"\xfd7zXZ\x00"
+BZIP2_MAGIC = b"BZh"
+
+RawRead = Callable[[int], bytes]
+
+
+def detect(head: bytes) -> str:
+    if head.startswith(GZIP_MAGIC):
+        return "gzip"
+    if head.startswith(ZSTD_MAGIC):
+        return "zstd"
+    if head.startswith(XZ_MAGIC):
+        return "xz"
+    if head.startswith(BZIP2_MAGIC) and len(head) > 3 and head[3:4] in b"123456789":
+        return "bzip2"
+    return "plain"
+
+
+class RangeReader:
+    """Reads ``size`` bytes of an open file from ``offset`` with pread (an archive member)."""
+
+    def __init__(self, fd: int, offset: int, size: int) -> None:
+        self.fd = fd
+        self.pos = offset
+        self.left = size
+
+    def read(self, n: int) -> bytes:
+        if self.left <= 0:
+            return b""
+        data = os.pread(self.fd, min(n, self.left, CHUNK), self.pos)
+        if not data:
+            raise Corrupt("the archive ends before the member it names (truncated archive)")
+        self.pos += len(data)
+        self.left -= len(data)
+        return data
+
+
+class DecodedStream:
+    """Uncompressed chunks of a layer stream plus the digest of the raw bytes."""
+
+    def __init__(self, raw_read: RawRead, what: str = "layer",
+                 owned_fd: Optional[int] = None) -> None:
+        self.what = what
+        self._owned_fd = owned_fd
+        self._raw_read = raw_read
+        self._raw_hasher = hashlib.sha256()
+        self.compressed_size = 0
+        self._head = self._take(16)
+        self.compression = detect(self._head)
+        if self.compression in ("xz", "bzip2"):
+            raise Unsupported("%s is %s-compressed; layers may be plain, gzip or zstd tars "
+                              "(recompress it with gzip or zstd)" % (what, self.compression))
+        self._proc: Optional[subprocess.Popen] = None
+        self._feeder: Optional[threading.Thread] = None
+        self._feed_error: Optional[BaseException] = None
+        if not self._head:
+            raise Corrupt("%s is empty: not a tar stream" % what)
+        if self.compression == "gzip":
+            self._inflate: Optional["zlib._Decompress"] = zlib.decompressobj(31)
+            self._gzip_trailer = False
+            self.chunk = self._gzip_chunk
+        elif self.compression == "zstd":
+            self._start_zstd()
+            self.chunk = self._zstd_chunk
+        else:
+            self.chunk = self._plain_chunk
+
+    def _take(self, n: int) -> bytes:
+        data = self._raw_read(n)
+        if data:
+            self._raw_hasher.update(data)
+            self.compressed_size += len(data)
+        return data
+
+    # -- plain
+    def _plain_chunk(self) -> bytes:
+        if self._head:
+            head, self._head = self._head, b""
+            return head
+        return self._take(CHUNK)
+
+    # -- gzip
+    def _gzip_chunk(self) -> bytes:
+        while True:
+            inflate = self._inflate
+            if inflate is not None and inflate.unconsumed_tail:
+                data = inflate.unconsumed_tail
+            elif self._head:
+                data, self._head = self._head, b""
+            else:
+                data = self._take(CHUNK)
+            if not data:
+                if inflate is not None:
+                    raise Corrupt("%s: the gzip stream is truncated" % self.what)
+                return b""
+            if inflate is None:
+                # Between members: concatenated gzip members are one stream (as gzip -c a b
+                # writes); zero padding after the last member is ignored, as gzip does;
+                # anything else is refused, as Go's reader (Docker's) refuses it.
+                if self._gzip_trailer or data[0] == 0:
+                    if data.strip(b"\0"):
+                        raise Corrupt("%s: trailing data after the end of the gzip stream"
+                                      % self.what)
+                    self._gzip_trailer = True
+                    continue
+                if data[0] != GZIP_MAGIC[0]:
+                    raise Corrupt("%s: trailing data after the end of the gzip stream" % self.what)
+                inflate = self._inflate = zlib.decompressobj(31)
+            try:
+                out = inflate.decompress(data, CHUNK)
+            except zlib.error as exc:
+                raise Corrupt("%s: the gzip stream is corrupt (%s)" % (self.what, exc)) from exc
+            if inflate.eof:
+                self._head = inflate.unused_data
+                self._inflate = None
+            if out:
+                return out
+
+    # -- zstd
+    def _start_zstd(self) -> None:
+        program = shutil.which("zstd")
+        if program is None:
+            raise Unsupported("%s is zstd-compressed and the zstd program is not installed on "
+                              "this host: install it (apt install zstd / dnf install zstd) and "
+                              "run again" % self.what)
+        self._proc = subprocess.Popen([program, "-d", "-c", "-q", "--no-progress"],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, bufsize=0)
+        self._feeder = threading.Thread(target=self._feed, daemon=True)
+        self._feeder.start()
+
+    def _feed(self) -> None:
+        stdin = self._proc.stdin  # type: ignore[union-attr]
+        try:
+            data, self._head = self._head, b""
+            while data:
+                stdin.write(data)
+                data = self._take(CHUNK)
+        except BrokenPipeError:
+            pass
+        except BaseException as exc:  # reported by the reading side
+            self._feed_error = exc
+        finally:
+            try:
+                stdin.close()
+            except OSError:
+                pass
+
+    def _zstd_chunk(self) -> bytes:
+        data = self._proc.stdout.read(CHUNK)  # type: ignore[union-attr]
+        if data:
+            return data
+        self._finish_zstd()
+        return b""
+
+    def _finish_zstd(self) -> None:
+        proc: subprocess.Popen = self._proc  # type: ignore[assignment]
+        if self._feeder is not None:
+            self._feeder.join()
+        rc = proc.wait()
+        err = proc.stderr.read().decode("utf-8", "replace").strip() if proc.stderr else ""
+        if self._feed_error is not None:
+            if isinstance(self._feed_error, StoreError):
+                raise self._feed_error
+            raise Corrupt("%s: reading the zstd stream failed (%s)" % (self.what, self._feed_error))
+        if rc != 0:
+            raise Corrupt("%s: the zstd stream is corrupt or truncated (%s)"
+                          % (self.what, err or "zstd exited with %d" % rc))
+
+    def close(self) -> None:
+        if self._owned_fd is not None:
+            os.close(self._owned_fd)
+            self._owned_fd = None
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        if self._feeder is not None:
+            self._feeder.join(timeout=5)
+        for pipe in (self._proc.stdout, self._proc.stderr) if self._proc else ():
+            if pipe is not None:
+                pipe.close()
+
+    def drain_raw(self) -> None:
+        """Hash whatever compressed bytes are left (only a plain stream can have some)."""
+        if self.compression == "plain":
+            while self._plain_chunk():
+                pass
+
+    def compressed_digest(self) -> Digest:
+        return hasher_digest(self._raw_hasher)
+
+
+def open_file(path: str, what: Optional[str] = None) -> DecodedStream:
+    """A DecodedStream over a file (closing the stream closes the file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise StoreError("cannot read %s: %s" % (path, exc.strerror)) from exc
+    try:
+        return DecodedStream(lambda n: os.read(fd, n), what=what or path, owned_fd=fd)
+    except BaseException:
+        os.close(fd)
+        raise

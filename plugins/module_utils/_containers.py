@@ -1,0 +1,317 @@
+# Copyright: strata.layers contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Container records and ``container_layer``: thin writable layers on images.
+
+``<data_root>/containers/<id>/container.json`` records the name, the image and the
+mount point last asked for; the writable layer itself is the driver's (an overlay
+upper + work dir, or a full copy).  Whether a container is mounted is read from the
+kernel (``/proc/self/mountinfo``), never trusted from the record, so a mount lost at
+reboot is noticed and re-made.
+
+Creating, step by step: mark (record containers/<id>; if absent remove the driver's
+container dir) -> driver creates the writable layer, directories synced -> record
+staged in tmp/ and renamed into containers/ (commit point) -> mark removed.
+Removing: unmount (a busy mount fails here, nothing changed) -> mark -> record renamed
+into tmp/ (commit point) -> driver data and the default mount point removed -> mark
+removed.
+"""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+from ansible_collections.strata.layers.plugins.module_utils._atomic import (
+    TEMP_PREFIX, fsync_dir, makedirs, read_json, remove_tree, rename_durable, temp_name,
+    write_json)
+from ansible_collections.strata.layers.plugins.module_utils._changes import TreeDiff, UpperDiff
+from ansible_collections.strata.layers.plugins.module_utils._crash import crash_point
+from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID
+from ansible_collections.strata.layers.plugins.module_utils._errors import (
+    AlreadyExists, Corrupt, InvalidInput, NotFound)
+from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mount_at
+from ansible_collections.strata.layers.plugins.module_utils._images import ImageRecord
+from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord, now_iso
+from ansible_collections.strata.layers.plugins.module_utils._store import Store
+
+_NAME_RE = re.compile(r"\A[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}\Z")
+STATES = ("present", "mounted", "unmounted", "absent")
+
+
+@dataclass
+class ContainerRecord:
+    id: str
+    name: str
+    image_id: str
+    created: str
+    mount_point: Optional[str] = None
+    kind: str = "container"
+
+    def to_json(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+class ContainerDB:
+    def __init__(self, data_root: str) -> None:
+        self.data_root = data_root
+        self.dir = os.path.join(data_root, "containers")
+
+    def path(self, cid: str) -> str:
+        if not re.match(r"\A[0-9a-f]{64}\Z", cid):
+            raise InvalidInput("container id %r is not 64 hex digits" % cid)
+        return os.path.join(self.dir, cid)
+
+    def ids(self) -> List[str]:
+        try:
+            return sorted(n for n in os.listdir(self.dir) if not n.startswith(TEMP_PREFIX))
+        except FileNotFoundError:
+            return []
+
+    def get(self, cid: str) -> ContainerRecord:
+        path = os.path.join(self.path(cid), "container.json")
+        try:
+            data = read_json(path)
+            return ContainerRecord(**{k: data[k] for k in data
+                                      if k in ContainerRecord.__dataclass_fields__})
+        except FileNotFoundError as exc:
+            raise NotFound("container %s is not in the store" % cid) from exc
+        except (ValueError, TypeError) as exc:
+            raise Corrupt("container record %s is damaged: run strata.layers.store_check"
+                          % path) from exc
+
+    def all(self) -> List[ContainerRecord]:
+        out = []
+        for cid in self.ids():
+            try:
+                out.append(self.get(cid))
+            except NotFound:
+                continue
+        return out
+
+    def by_name(self, name: str) -> Optional[ContainerRecord]:
+        for record in self.all():
+            if record.name == name:
+                return record
+        return None
+
+    def save(self, record: ContainerRecord) -> None:
+        write_json(os.path.join(self.path(record.id), "container.json"), record.to_json())
+
+
+def image_chain(store: Store, image: ImageRecord) -> List[ChainID]:
+    return [ChainID(c) for c in image.chain]
+
+
+def default_mount_point(store: Store, cid: str) -> str:
+    return os.path.join(store.root, "mounts", cid)
+
+
+def changes(store: Store, record: ContainerRecord, chain: Sequence[ChainID]
+            ) -> Union[UpperDiff, TreeDiff]:
+    driver = store.driver
+    if driver.whiteouts == "device":
+        return UpperDiff(driver.container_root(record.id))
+    return TreeDiff(driver.diff_base(list(chain)), driver.container_root(record.id))
+
+
+def container_facts(store: Store, layers: Optional[Dict[ChainID, LayerRecord]] = None
+                    ) -> List[Dict[str, Any]]:
+    """One row per container, as ``docker ps -s`` shows it (plus the chain, internal)."""
+    layers = store.layers.by_chain() if layers is None else layers
+    return [container_row(store, record, layers) for record in ContainerDB(store.root).all()]
+
+
+def container_row(store: Store, record: ContainerRecord,
+                  layers: Optional[Dict[ChainID, LayerRecord]] = None) -> Dict[str, Any]:
+    try:
+        chain = image_chain(store, store.images.get(record.image_id))
+    except NotFound:
+        chain = []
+    if layers is None:
+        layers = {c: store.layers.get(c) for c in chain if store.layers.exists(c)}
+    image_size = sum(layers[c].size for c in chain if c in layers)
+    size = changes(store, record, chain).size() if store.driver_name else 0
+    mounted = record.mount_point is not None and mount_at(record.mount_point) is not None
+    return {"id": record.id, "name": record.name, "image_id": record.image_id,
+            "size": size, "virtual_size": size + image_size, "mounted": mounted,
+            "mount_point": record.mount_point if mounted else None,
+            "created": record.created, "chain": chain}
+
+
+# ---------------------------------------------------------------------- mutations
+
+def create(store: Store, name: str, image: ImageRecord, kind: str = "container"
+           ) -> ContainerRecord:
+    driver = store.driver
+    cid = secrets.token_hex(32)
+    db = ContainerDB(store.root)
+    staged = os.path.join(store.tmp, temp_name("container"))
+    mark = store.marks.begin("create-container").set(
+        record=db.path(cid), if_absent=[(driver.name, driver.container_dir(cid)),
+                                        (None, staged)])
+    crash_point("container-create.marked")
+    try:
+        driver.create_container(cid, image_chain(store, image))
+        fsync_dir(driver.container_dir(cid))
+        fsync_dir(os.path.dirname(driver.container_dir(cid)))
+        crash_point("container-create.driver")
+        record = ContainerRecord(id=cid, name=name, image_id=image.id, created=now_iso(),
+                                 kind=kind)
+        makedirs(store.tmp)
+        os.mkdir(staged, 0o700)
+        write_json(os.path.join(staged, "container.json"), record.to_json())
+        makedirs(db.dir)
+        rename_durable(staged, db.path(cid))
+        crash_point("container-create.recorded")
+    except BaseException:
+        store._rollback(mark)
+        raise
+    mark.done()
+    return record
+
+
+def remove(store: Store, record: ContainerRecord) -> None:
+    driver = store.driver
+    if record.mount_point:
+        driver.unmount(record.mount_point)
+    db = ContainerDB(store.root)
+    mark = store.marks.begin("remove-container").set(
+        record=db.path(record.id),
+        if_absent=[(driver.name, driver.container_dir(record.id)),
+                   (None, default_mount_point(store, record.id))])
+    crash_point("container-remove.marked")
+    makedirs(store.tmp)
+    rename_durable(db.path(record.id), os.path.join(store.tmp, temp_name("removed")))
+    crash_point("container-remove.unrecorded")
+    driver.remove_container(record.id)
+    crash_point("container-remove.driver")
+    remove_tree(default_mount_point(store, record.id))
+    mark.done()
+
+
+def check_mount_point(store: Store, target: str) -> str:
+    if not os.path.isabs(target):
+        raise InvalidInput("mount_point %r must be an absolute path" % target)
+    real = os.path.realpath(target)
+    root = os.path.realpath(store.root)
+    if os.path.exists(real) and not os.path.isdir(real):
+        raise InvalidInput("mount_point %s exists and is not a directory" % target)
+    mounts = os.path.join(root, "mounts")
+    if (real == root or real.startswith(root + "/")) and not real.startswith(mounts + "/"):
+        raise InvalidInput("mount_point %s lies inside the store's own directories (%s); "
+                           "choose a path outside it or leave mount_point unset" % (target, root))
+    return real
+
+
+def mount(store: Store, record: ContainerRecord, target: str) -> bool:
+    """Mount ``record`` at ``target``; False when it already is."""
+    driver = store.driver
+    current = record.mount_point
+    if current == target and driver.is_mounted(target):
+        return False
+    if current and current != target and driver.is_mounted(current):
+        driver.unmount(current)
+    if mount_at(target) is not None:
+        raise AlreadyExists("something else is already mounted at %s; unmount it or choose "
+                            "another mount_point" % target)
+    makedirs(target, 0o755)
+    image = store.images.get(record.image_id)
+    driver.mount(record.id, image_chain(store, image), target)
+    record.mount_point = target
+    ContainerDB(store.root).save(record)
+    return True
+
+
+def unmount(store: Store, record: ContainerRecord) -> bool:
+    if not record.mount_point:
+        return False
+    was = store.driver.is_mounted(record.mount_point)
+    store.driver.unmount(record.mount_point)
+    record.mount_point = None
+    ContainerDB(store.root).save(record)
+    return was
+
+
+# ---------------------------------------------------------------------- the module
+
+def _reason(store: Store, record: Optional[ContainerRecord], image_id: Optional[str],
+            state: str, target: Optional[str]) -> Optional[str]:
+    if state == "absent":
+        return "remove" if record is not None else None
+    if record is None:
+        return "create"
+    if image_id is not None and record.image_id != image_id:
+        raise AlreadyExists(
+            "container %r already exists on image %s, not on %s; remove it first (state: "
+            "absent) or choose another name" % (record.name, record.image_id[7:19], image_id[7:19]))
+    if state == "mounted":
+        if record.mount_point == target and mount_at(target) is not None:
+            return None
+        return "mount"
+    if state == "unmounted":
+        return "unmount" if record.mount_point and mount_at(record.mount_point) else None
+    return None
+
+
+def container_layer(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, Any]:
+    name = params["name"]
+    state = params.get("state") or "present"
+    if state not in STATES:
+        raise InvalidInput("state %r is not one of %s" % (state, ", ".join(STATES)))
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise InvalidInput("container name %r is not valid: letters, digits, _ . - (not first), "
+                           "at most 128" % (name,))
+    if state in ("present", "mounted") and not params.get("image"):
+        raise InvalidInput("image is required for state %s" % state)
+    store = Store(params["data_root"], float(params.get("lock_timeout") or 300))
+    if check_mode or (state in ("absent", "unmounted") and not store.exists()):
+        with store.read():
+            return _run(store, params, state, dry=True)
+    with store.write("container_layer %s (%s)" % (name, state)):
+        return _run(store, params, state, dry=False)
+
+
+def _run(store: Store, params: Dict[str, Any], state: str, dry: bool) -> Dict[str, Any]:
+    name = params["name"]
+    exists = store.exists()
+    db = ContainerDB(store.root)
+    record = db.by_name(name) if exists else None
+    image_id = None
+    if params.get("image") and state != "absent":
+        if not exists:
+            raise NotFound("image %r is not in the store (the store is empty)" % params["image"])
+        image_id = store.images.resolve(params["image"])
+    target = None
+    if state == "mounted":
+        wanted = params.get("mount_point")
+        target = check_mount_point(store, wanted) if wanted else None
+        if target is None:
+            target = record.mount_point if record and record.mount_point else None
+    reason = _reason(store, record, image_id, state,
+                     target or (default_mount_point(store, record.id) if record else None))
+    if dry or reason is None:
+        return _result(store, record, reason is not None, state, reason)
+    if reason == "remove" and record is not None:
+        remove(store, record)
+        return {"changed": True, "id": record.id, "name": name, "image_id": record.image_id,
+                "state": "absent", "action": "removed"}
+    if record is None:
+        record = create(store, name, store.images.get(image_id))
+    if state == "mounted":
+        mount(store, record, target or default_mount_point(store, record.id))
+    elif state == "unmounted":
+        unmount(store, record)
+    return _result(store, db.get(record.id), True, state, reason)
+
+
+def _result(store: Store, record: Optional[ContainerRecord], changed: bool, state: str,
+            reason: Optional[str]) -> Dict[str, Any]:
+    if record is None:
+        return {"changed": changed, "id": None, "name": None, "image_id": None,
+                "size": 0, "virtual_size": 0, "mounted": False, "action": reason}
+    row = container_row(store, record)
+    row.pop("chain")
+    row.update(changed=changed, action=reason)
+    return row

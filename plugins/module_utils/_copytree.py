@@ -1,0 +1,144 @@
+# Copyright: strata.layers contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A faithful tree copy for full-copy drivers (vfs) and fallbacks.
+
+Preserves types, modes (setuid included), numeric owners, xattrs, nanosecond times
+and hardlinks inside the tree.  File data is cloned with ``FICLONE`` (a reflink:
+no data copied on btrfs and xfs with reflink=1), else ``copy_file_range`` (in-kernel
+copy).  Never follows a symlink.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import stat
+from typing import Dict, Tuple
+
+FICLONE = 0x40049409
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class TreeCopier:
+    """Copies one tree; counts files and bytes; remembers whether reflinks worked."""
+
+    def __init__(self, reflink: bool = True) -> None:
+        self.reflink = reflink
+        self.files = 0
+        self.bytes = 0
+        self._links: Dict[Tuple[int, int], bytes] = {}
+        self._dst_root = -1
+
+    def copy(self, src: str, dst: str) -> None:
+        """Create ``dst`` (which must not exist) as a copy of directory ``src``."""
+        os.mkdir(dst, 0o700)
+        sfd = os.open(src, _DIR_FLAGS)
+        dfd = os.open(dst, _DIR_FLAGS)
+        self._dst_root = dfd
+        try:
+            self._copy_dir(sfd, dfd, b"")
+            _copy_meta(sfd, dfd, os.fstat(sfd))
+        finally:
+            os.close(sfd)
+            os.close(dfd)
+            self._dst_root = -1
+
+    def _copy_dir(self, sfd: int, dfd: int, rel: bytes) -> None:
+        with os.scandir(sfd) as it:
+            names = [os.fsencode(e.name) for e in it]
+        for name in names:
+            st = os.lstat(name, dir_fd=sfd)
+            mode = st.st_mode
+            if stat.S_ISDIR(mode):
+                os.mkdir(name, 0o700, dir_fd=dfd)
+                csfd = os.open(name, _DIR_FLAGS, dir_fd=sfd)
+                cdfd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
+                try:
+                    self._copy_dir(csfd, cdfd, rel + name + b"/")
+                    _copy_meta(csfd, cdfd, st)
+                finally:
+                    os.close(csfd)
+                    os.close(cdfd)
+                continue
+            key = (st.st_dev, st.st_ino)
+            if st.st_nlink > 1 and key in self._links:
+                os.link(self._links[key], name, src_dir_fd=self._dst_root, dst_dir_fd=dfd,
+                        follow_symlinks=False)
+                continue
+            if stat.S_ISREG(mode):
+                self._copy_file(sfd, dfd, name, st)
+            elif stat.S_ISLNK(mode):
+                os.symlink(os.readlink(name, dir_fd=sfd), name, dir_fd=dfd)
+                os.chown(name, st.st_uid, st.st_gid, dir_fd=dfd, follow_symlinks=False)
+                os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dfd,
+                         follow_symlinks=False)
+            else:
+                os.mknod(name, mode, st.st_rdev, dir_fd=dfd)
+                _copy_meta_path(sfd, dfd, name, st)
+            if st.st_nlink > 1:
+                self._links[key] = rel + name
+
+    def _copy_file(self, sfd: int, dfd: int, name: bytes, st: os.stat_result) -> None:
+        src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=sfd)
+        try:
+            dst = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
+                          os.O_CLOEXEC, 0o600, dir_fd=dfd)
+            try:
+                self._copy_data(src, dst, st.st_size)
+                _copy_meta(src, dst, st)
+            finally:
+                os.close(dst)
+        finally:
+            os.close(src)
+        self.files += 1
+        self.bytes += st.st_size
+
+    def _copy_data(self, src: int, dst: int, size: int) -> None:
+        if size == 0:
+            return
+        if self.reflink:
+            try:
+                fcntl.ioctl(dst, FICLONE, src)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY):
+                    raise
+                self.reflink = False
+        left = size
+        while left > 0:
+            try:
+                done = os.copy_file_range(src, dst, left)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP):
+                    raise
+                done = os.sendfile(dst, src, None, left)
+            if done == 0:
+                break
+            left -= done
+
+
+def copy_xattrs(src: "int | bytes", dst: "int | bytes") -> None:
+    follow = isinstance(src, int)  # descriptors cannot take follow_symlinks=False
+    try:
+        names = os.listxattr(src, follow_symlinks=follow)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return
+        raise
+    for xname in names:
+        os.setxattr(dst, xname, os.getxattr(src, xname, follow_symlinks=follow),
+                    follow_symlinks=not isinstance(dst, bytes))
+
+
+def _copy_meta(src_fd: int, dst_fd: int, st: os.stat_result) -> None:
+    os.chown(dst_fd, st.st_uid, st.st_gid)
+    os.chmod(dst_fd, stat.S_IMODE(st.st_mode))
+    copy_xattrs(src_fd, dst_fd)
+    os.utime(dst_fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _copy_meta_path(sfd: int, dfd: int, name: bytes, st: os.stat_result) -> None:
+    os.chown(name, st.st_uid, st.st_gid, dir_fd=dfd, follow_symlinks=False)
+    os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=dfd)
+    copy_xattrs(b"/proc/self/fd/%d/%s" % (sfd, name), b"/proc/self/fd/%d/%s" % (dfd, name))
+    os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dfd, follow_symlinks=False)

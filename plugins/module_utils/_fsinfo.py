@@ -1,0 +1,213 @@
+# Copyright: strata.layers contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Facts about filesystems and mounts, read from the kernel directly.
+
+``statfs(2)`` for the backing filesystem type (Python's ``statvfs`` has no f_type),
+``getdents64`` (through libc ``readdir``) for d_type support, ``mount(2)`` and
+``umount2(2)`` through libc, and ``/proc/self/mountinfo`` for what is mounted where.
+All of it is standard library (ctypes) so modules run on bare managed hosts.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+from ansible_collections.strata.layers.plugins.module_utils._atomic import libc
+
+FS_MAGIC: Dict[int, str] = {
+    0xEF53: "ext4",
+    0x58465342: "xfs",
+    0x9123683E: "btrfs",
+    0x01021994: "tmpfs",
+    0x794C7630: "overlay",
+    0x2FC12FC1: "zfs",
+    0x6969: "nfs",
+    0x65735546: "fuse",
+    0x5346544E: "ntfs",
+    0x4D44: "vfat",
+    0x858458F6: "ramfs",
+    0x73717368: "squashfs",
+    0xFF534D42: "cifs",
+    0x01021997: "9p",
+    0xF2F52010: "f2fs",
+    0x6A656A63: "fakeowner",
+}
+
+
+class _Statfs(ctypes.Structure):
+    _fields_ = [
+        ("f_type", ctypes.c_long), ("f_bsize", ctypes.c_long),
+        ("f_blocks", ctypes.c_ulong), ("f_bfree", ctypes.c_ulong), ("f_bavail", ctypes.c_ulong),
+        ("f_files", ctypes.c_ulong), ("f_ffree", ctypes.c_ulong),
+        ("f_fsid", ctypes.c_int * 2), ("f_namelen", ctypes.c_long), ("f_frsize", ctypes.c_long),
+        ("f_flags", ctypes.c_long), ("f_spare", ctypes.c_long * 4),
+    ]
+
+
+def fs_type(path: str) -> str:
+    """Name of the filesystem type holding ``path`` (``ext4``, ``xfs``, ... or ``0x....``)."""
+    buf = _Statfs()
+    if libc().statfs(os.fsencode(path), ctypes.byref(buf)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    magic = buf.f_type & 0xFFFFFFFF
+    return FS_MAGIC.get(magic, "0x%x" % magic)
+
+
+class _Dirent(ctypes.Structure):
+    _fields_ = [("d_ino", ctypes.c_uint64), ("d_off", ctypes.c_int64),
+                ("d_reclen", ctypes.c_ushort), ("d_type", ctypes.c_ubyte),
+                ("d_name", ctypes.c_char * 256)]
+
+
+DT_UNKNOWN = 0
+
+
+def supports_d_type(directory: str) -> bool:
+    """True when ``readdir`` reports file types under ``directory`` (overlay needs it).
+
+    Reads the directory with libc's readdir and looks at the d_type reported for its
+    ``.`` entry: filesystems without d_type (xfs with ftype=0, ext4 without the
+    filetype feature) report DT_UNKNOWN for every entry.  Writes nothing.
+    """
+    lib = libc()
+    lib.opendir.restype = ctypes.c_void_p
+    lib.opendir.argtypes = [ctypes.c_char_p]
+    lib.readdir.restype = ctypes.POINTER(_Dirent)
+    lib.readdir.argtypes = [ctypes.c_void_p]
+    lib.closedir.argtypes = [ctypes.c_void_p]
+    handle = lib.opendir(os.fsencode(directory))
+    if not handle:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), directory)
+    try:
+        while True:
+            entry = lib.readdir(handle)
+            if not entry:
+                return False
+            if entry.contents.d_name in (b".", b".."):
+                return entry.contents.d_type != DT_UNKNOWN
+    finally:
+        lib.closedir(handle)
+
+
+MS_RDONLY = 1
+MS_BIND = 4096
+MNT_DETACH = 2
+
+
+def mount(source: str, target: str, fstype: Optional[str], flags: int = 0,
+          options: Optional[str] = None) -> None:
+    lib = libc()
+    rc = lib.mount(os.fsencode(source), os.fsencode(target),
+                   os.fsencode(fstype) if fstype else None, ctypes.c_ulong(flags),
+                   options.encode() if options else None)
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, "mount %s on %s: %s" % (fstype or source, target, os.strerror(err)))
+
+
+def umount(target: str, flags: int = 0) -> None:
+    if libc().umount2(os.fsencode(target), flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, "umount %s: %s" % (target, os.strerror(err)))
+
+
+@dataclass
+class MountEntry:
+    mount_id: int
+    parent_id: int
+    mount_point: str
+    fstype: str
+    source: str
+    options: str
+    super_options: str
+
+
+def _unescape(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo
+    if "\\" not in field:
+        return field
+    out = bytearray()
+    raw = field.encode("utf-8", "surrogateescape")
+    i = 0
+    while i < len(raw):
+        if raw[i:i + 1] == b"\\" and raw[i + 1:i + 4].isdigit():
+            out.append(int(raw[i + 1:i + 4], 8))
+            i += 4
+        else:
+            out.append(raw[i])
+            i += 1
+    return out.decode("utf-8", "surrogateescape")
+
+
+def mounts() -> List[MountEntry]:
+    entries = []
+    with open("/proc/self/mountinfo", "rb") as handle:
+        for line in handle.read().decode("utf-8", "surrogateescape").splitlines():
+            left, _sep, right = line.partition(" - ")
+            fields = left.split()
+            tail = right.split()
+            if len(fields) < 6 or len(tail) < 3:
+                continue
+            entries.append(MountEntry(int(fields[0]), int(fields[1]), _unescape(fields[4]),
+                                      tail[0], _unescape(tail[1]), fields[5], tail[2]))
+    return entries
+
+
+def mount_at(path: str) -> Optional[MountEntry]:
+    """The topmost mount whose mount point is exactly ``path``, if any."""
+    real = os.path.realpath(path)
+    found = None
+    for entry in mounts():
+        if entry.mount_point == real:
+            found = entry
+    return found
+
+
+def mounts_below(path: str) -> List[MountEntry]:
+    real = os.path.realpath(path).rstrip("/") + "/"
+    return [m for m in mounts() if m.mount_point.startswith(real)]
+
+
+def processes_using(path: str) -> List[str]:
+    """``pid (command)`` of processes whose cwd, root or open files lie under ``path``."""
+    real = os.path.realpath(path).rstrip("/")
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        links = ["/proc/%s/cwd" % pid, "/proc/%s/root" % pid]
+        try:
+            links += ["/proc/%s/fd/%s" % (pid, fd) for fd in os.listdir("/proc/%s/fd" % pid)]
+        except OSError:
+            pass
+        for link in links:
+            try:
+                target = os.readlink(link)
+            except OSError:
+                continue
+            if target == real or target.startswith(real + "/"):
+                found.append("%s (%s)" % (pid, _comm(pid)))
+                break
+    return found
+
+
+def _comm(pid: str) -> str:
+    try:
+        with open("/proc/%s/comm" % pid) as handle:
+            return handle.read().strip()
+    except OSError:
+        return "?"
+
+
+def is_busy_error(exc: OSError) -> bool:
+    return exc.errno == errno.EBUSY
+
+
+def free_bytes(path: str) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize

@@ -1,0 +1,133 @@
+# Copyright: strata.layers contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""``store_info``: the data behind ``docker info``, ``docker image ls``, ``docker ps -s``,
+``docker history`` and ``docker system df -v``.  Read-only (shared lock, writes nothing).
+
+Sizes follow Docker: a layer's size is the bytes of the regular files its tar adds
+(recorded at import, never re-walked); an image's size is the sum over its layers;
+``shared_size`` counts the layers another image also uses; a container's ``size`` is
+the bytes of the files in its writable layer and ``virtual_size`` adds its image.
+"""
+from __future__ import annotations
+
+import os
+import stat
+from typing import Any, Dict, List, Optional, Set
+
+from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID
+from ansible_collections.strata.layers.plugins.module_utils._fsinfo import fs_type, supports_d_type
+from ansible_collections.strata.layers.plugins.module_utils._images import ImageRecord
+from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord
+from ansible_collections.strata.layers.plugins.module_utils._probe import nearest_existing
+from ansible_collections.strata.layers.plugins.module_utils._store import Store
+
+
+def history_of(image: ImageRecord, layers: Dict[ChainID, LayerRecord]) -> List[Dict[str, Any]]:
+    """``docker history`` rows, oldest first: each non-empty entry takes the next layer."""
+    chain = [ChainID(c) for c in image.chain]
+    rows = []
+    index = 0
+    for entry in image.config.history:
+        empty = bool(entry.get("empty_layer"))
+        size = 0
+        if not empty and index < len(chain):
+            record = layers.get(chain[index])
+            size = record.size if record else 0
+            index += 1
+        rows.append({"created": entry.get("created", ""), "created_by": entry.get("created_by", ""),
+                     "comment": entry.get("comment", ""), "empty_layer": empty, "size": size})
+    return rows
+
+
+def disk_bytes(root: str) -> int:
+    """Bytes allocated under ``root`` (hardlinks once; mounted filesystems skipped)."""
+    total = 0
+    seen: Set[tuple] = set()
+    try:
+        dev = os.lstat(root).st_dev
+    except FileNotFoundError:
+        return 0
+    stack = [root]
+    while stack:
+        path = stack.pop()
+        try:
+            entries = list(os.scandir(path))
+        except (FileNotFoundError, PermissionError, NotADirectoryError):
+            continue
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if st.st_dev != dev:
+                continue
+            if st.st_nlink > 1:
+                key = (st.st_dev, st.st_ino)
+                if key in seen:
+                    continue
+                seen.add(key)
+            total += st.st_blocks * 512
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(entry.path)
+    return total
+
+
+def store_info(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, Any]:
+    store = Store(params["data_root"], float(params.get("lock_timeout") or 300))
+    with store.read():
+        return describe(store)
+
+
+def describe(store: Store, containers: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
+    where = store.root if os.path.isdir(store.root) else nearest_existing(store.root)
+    result: Dict[str, Any] = {
+        "changed": False, "data_root": store.root, "driver": store.driver_name,
+        "previous_driver": store.state().get("previous_driver"),
+        "backing_filesystem": fs_type(where), "supports_d_type": supports_d_type(where),
+        "images": [], "layers": [], "containers": [],
+        "disk_usage": {"images": 0, "containers": 0, "layers": 0, "reclaimable": 0,
+                       "on_disk": 0}}
+    if not store.exists():
+        return result
+    layers = store.layers.by_chain()
+    images = store.images.all()
+    tags = store.images.tags()
+    users: Dict[ChainID, List[str]] = {}
+    for image in images:
+        for chain in image.chain:
+            users.setdefault(ChainID(chain), []).append(image.id)
+    if containers is None:
+        from ansible_collections.strata.layers.plugins.module_utils._containers import (
+            container_facts)
+        containers = container_facts(store, layers)
+    used_by_containers: Set[ChainID] = set()
+    for container in containers:
+        used_by_containers.update(ChainID(c) for c in container.get("chain", []))
+    result["images"] = [_image_row(image, layers, users, tags) for image in images]
+    result["layers"] = [{"diff_id": r.diff_id, "chain_id": r.chain_id, "size": r.size,
+                         "parent": r.parent, "depth": r.depth,
+                         "referenced_by": sorted(users.get(r.chain_id, []))}
+                        for r in layers.values()]
+    result["containers"] = [{k: v for k, v in c.items() if k != "chain"} for c in containers]
+    image_layers = set(users)
+    result["disk_usage"] = {
+        "images": sum(layers[c].size for c in image_layers if c in layers),
+        "containers": sum(c["size"] for c in containers),
+        "layers": sum(r.size for r in layers.values()),
+        "reclaimable": sum(r.size for c, r in layers.items()
+                           if c not in image_layers and c not in used_by_containers),
+        "on_disk": disk_bytes(store.root),
+    }
+    return result
+
+
+def _image_row(image: ImageRecord, layers: Dict[ChainID, LayerRecord],
+               users: Dict[ChainID, List[str]], tags: Dict[str, str]) -> Dict[str, Any]:
+    chain = [ChainID(c) for c in image.chain]
+    size = sum(layers[c].size for c in chain if c in layers)
+    shared = sum(layers[c].size for c in chain if c in layers and len(set(users.get(c, []))) > 1)
+    return {"id": image.id, "tags": sorted(t for t, i in tags.items() if i == image.id),
+            "size": size, "shared_size": shared, "unique_size": size - shared,
+            "layers": [layers[c].diff_id if c in layers else None for c in chain],
+            "created": image.config.created, "history": history_of(image, layers),
+            "parent": image.meta.get("parent")}

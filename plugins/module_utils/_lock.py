@@ -1,0 +1,116 @@
+# Copyright: strata.layers contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The store lock: ``flock`` on ``<data_root>/lock``, a file never renamed or deleted.
+
+Exclusive for mutations, shared for reads.  Waiting polls with a non-blocking
+``flock`` so a timeout is exact and the waiter can say who holds the lock: the
+exclusive holder writes its pid, operation and start time into the lock file, and
+``/proc/locks`` tells which processes hold a lock on that inode right now (a pid
+written by a holder that died is therefore never blamed).
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import time
+from typing import List, Optional
+
+from ansible_collections.strata.layers.plugins.module_utils._errors import Locked
+
+DEFAULT_TIMEOUT = 300.0
+
+
+class StoreLock:
+    """One acquisition of the store lock; use as a context manager."""
+
+    def __init__(self, path: str, exclusive: bool, timeout: float = DEFAULT_TIMEOUT,
+                 operation: str = "") -> None:
+        self.path = path
+        self.exclusive = exclusive
+        self.timeout = timeout
+        self.operation = operation
+        self._fd: Optional[int] = None
+
+    def __enter__(self) -> "StoreLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        mode = fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH
+        deadline = time.monotonic() + max(self.timeout, 0.0)
+        delay = 0.005
+        while True:
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = describe_holders(fd)
+                    os.close(fd)
+                    raise Locked(
+                        "the store lock %s is held by %s; gave up after %gs. Wait for that "
+                        "run to finish (or raise lock_timeout) and run again"
+                        % (self.path, holder, self.timeout), holder=holder)
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+        self._fd = fd
+        if self.exclusive:
+            note = "pid %d on %s: %s since %s\n" % (
+                os.getpid(), socket.gethostname(), self.operation or "a mutation",
+                time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, note.encode("utf-8", "replace"), 0)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            if self.exclusive:
+                os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def _holder_pids(fd: int) -> List[int]:
+    st = os.fstat(fd)
+    want_dev = "%02x:%02x:%d" % (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    pids = []
+    try:
+        with open("/proc/locks") as handle:
+            for line in handle:
+                fields = line.split()
+                # "1: FLOCK  ADVISORY  WRITE 1234 00:2e:123 0 EOF" (blocked waiters have "->")
+                if "->" in fields or len(fields) < 6 or fields[1] != "FLOCK":
+                    continue
+                if fields[5].lower() == want_dev:
+                    pids.append(int(fields[4]))
+    except (OSError, ValueError):
+        pass
+    return sorted(set(pids))
+
+
+def describe_holders(fd: int) -> str:
+    pids = [p for p in _holder_pids(fd) if p != os.getpid()]
+    note = os.pread(fd, 512, 0).decode("utf-8", "replace").strip()
+    parts = []
+    for pid in pids:
+        if note.startswith("pid %d " % pid):
+            parts.append(note)
+        else:
+            parts.append("pid %d (%s)" % (pid, _cmdline(pid)))
+    if not parts:
+        return note or "another process"
+    return "; ".join(parts)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as handle:
+            raw = handle.read().replace(b"\0", b" ").strip()
+        return raw.decode("utf-8", "replace")[:120] or "unknown command"
+    except OSError:
+        return "unknown command"

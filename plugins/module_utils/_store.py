@@ -1,0 +1,424 @@
+# Copyright: strata.layers contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The layer store of one host.
+
+On-disk layout under ``data_root``::
+
+    lock                     flock target; never renamed or deleted
+    store.json               {"format", "driver", "previous_driver"}: the active driver
+    layers/<chain-hex>/      layer record: layer.json, tar-split.gz (see _layers)
+    images/<id-hex>/         image record: config.json (exact bytes), image.json
+    tags.json                NAME:TAG -> image id
+    containers/<id>/         container record: container.json
+    distribution/<hex>       compressed blob digest -> diff_id (skip work on re-import)
+    sources/<hex>            stat key of an imported file -> its digests
+    incomplete/*.json        marks of mutations under way (see _recovery)
+    tmp/                     staging for records; anything here is debris once the
+                             exclusive lock is held
+    mounts/<id>              default mount points of containers
+    <driver>/                each driver's home (overlay2/, vfs/, ...; see drivers/)
+
+Mutations take the exclusive lock; reads the shared lock.  Opening for writing
+settles the incomplete marks and sweeps staging debris before anything else.
+
+Importing a layer (``ingest_layer``), step by step, and what a crash leaves:
+
+1. look the layer up by what is known before reading (expected diff_id, a compressed
+   digest seen before, the stat key of a file imported before): present -> done;
+2. write a mark naming the driver staging dir and the record staging dir
+   (crash: the mark rolls back what exists of the two);
+3. the driver creates the staging dir; the applier extracts the stream into it and
+   writes the header record into the record staging dir, hashing as it goes;
+4. verify the diff_id and any expected digest; if the chain is already present
+   (content the store could not recognise beforehand), discard the copy;
+5. rewrite the mark with the chain id (crash from here: the mark also removes the
+   driver's final dir unless the record exists);
+6. the driver renames staging to the final name; ``syncfs`` flushes the layer data;
+7. ``layer.json`` is written (fsync) and the record dir renamed into ``layers/``
+   (fsync of the directory): the commit point;
+8. the distribution and source caches are updated (losing them only costs speed);
+9. the mark is removed.
+
+Adding an image writes config.json and image.json into a staged dir renamed into
+``images/`` (atomic, no mark needed: tmp/ is swept), then rewrites ``tags.json``.
+A crash in between leaves an untagged image that a re-run tags.
+
+Removing a layer or container renames its record into tmp/ first (the commit point,
+under a mark), then removes the driver data; a crash between is finished by the mark.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Callable, Dict, Iterator, List, Optional, Set, Tuple
+
+from ansible_collections.strata.layers.plugins.module_utils._apply import Applier
+from ansible_collections.strata.layers.plugins.module_utils._atomic import (
+    TEMP_PREFIX, makedirs, read_json, remove_tree, rename_durable, syncfs, temp_name,
+    write_file, write_json)
+from ansible_collections.strata.layers.plugins.module_utils._compression import DecodedStream
+from ansible_collections.strata.layers.plugins.module_utils._crash import crash_point
+from ansible_collections.strata.layers.plugins.module_utils._digest import (
+    ChainID, DiffID, Digest, ImageID, chain_id, chain_ids, hex_of, is_digest, sha256_bytes)
+from ansible_collections.strata.layers.plugins.module_utils._errors import (
+    DigestMismatch, InvalidInput, NotFound, StoreError, Unsupported)
+from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mounts_below, umount
+from ansible_collections.strata.layers.plugins.module_utils._images import (
+    ImageConfig, ImageDB, ImageRecord)
+from ansible_collections.strata.layers.plugins.module_utils._layers import (
+    LayerDB, LayerRecord, now_iso)
+from ansible_collections.strata.layers.plugins.module_utils._lock import DEFAULT_TIMEOUT, StoreLock
+from ansible_collections.strata.layers.plugins.module_utils._probe import driver_class, select
+from ansible_collections.strata.layers.plugins.module_utils._recovery import Marks
+from ansible_collections.strata.layers.plugins.module_utils._tarformat import ChunkReader
+from ansible_collections.strata.layers.plugins.module_utils._tarsplit import TarSplitWriter
+from ansible_collections.strata.layers.plugins.module_utils.drivers._base import Driver
+
+FORMAT = 1
+DEFAULT_ROOT = "/var/lib/strata"
+StreamOpener = Callable[[], DecodedStream]
+
+
+class Store:
+    """One store under ``data_root``; see the module docstring for layout and steps."""
+
+    def __init__(self, data_root: str = DEFAULT_ROOT, lock_timeout: float = DEFAULT_TIMEOUT) -> None:
+        if not data_root or not os.path.isabs(data_root):
+            raise InvalidInput("data_root %r must be an absolute path" % (data_root,))
+        self.root = os.path.normpath(data_root)
+        self.lock_timeout = lock_timeout
+        self.layers = LayerDB(self.root)
+        self.images = ImageDB(self.root)
+        self.marks = Marks(self.root)
+        self.tmp = os.path.join(self.root, "tmp")
+        self._driver: Optional[Driver] = None
+        self.recovered: List[str] = []
+        self.writable = False
+
+    # ------------------------------------------------------------------ opening
+    def exists(self) -> bool:
+        return os.path.isfile(os.path.join(self.root, "store.json"))
+
+    @contextlib.contextmanager
+    def write(self, operation: str, init: bool = True) -> Iterator["Store"]:
+        """Exclusive access; crash debris settled; a driver chosen if ``init``."""
+        if os.path.exists(self.root) and not os.path.isdir(self.root):
+            raise InvalidInput("data_root %s exists and is not a directory" % self.root)
+        makedirs(self.root, 0o711)
+        with StoreLock(os.path.join(self.root, "lock"), True, self.lock_timeout, operation):
+            self.writable = True
+            try:
+                self._recover()
+                if init and not self.exists():
+                    self.initialize(select(self.root, "auto", self._probe_dir())[0])
+                yield self
+            finally:
+                self.writable = False
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator["Store"]:
+        """Shared access (a store that does not exist yet reads as empty)."""
+        if not os.path.isfile(os.path.join(self.root, "lock")):
+            yield self
+            return
+        with StoreLock(os.path.join(self.root, "lock"), False, self.lock_timeout):
+            yield self
+
+    def _probe_dir(self) -> str:
+        makedirs(self.tmp)
+        return self.tmp
+
+    # ------------------------------------------------------------------ driver
+    def state(self) -> Dict[str, object]:
+        try:
+            return read_json(os.path.join(self.root, "store.json"))
+        except FileNotFoundError:
+            return {}
+
+    @property
+    def driver_name(self) -> Optional[str]:
+        value = self.state().get("driver")
+        return str(value) if value else None
+
+    @property
+    def driver(self) -> Driver:
+        if self._driver is None:
+            name = self.driver_name
+            if name is None:
+                raise NotFound("the store %s has no storage driver yet (run "
+                               "strata.layers.storage_driver, or import something)" % self.root)
+            self._driver = driver_class(name)(self.root)
+        return self._driver
+
+    def driver_named(self, name: str) -> Driver:
+        return driver_class(name)(self.root)
+
+    def initialize(self, driver: str, previous: Optional[str] = None) -> None:
+        """Record ``driver`` as the active one (the store.json rewrite is atomic)."""
+        impl = driver_class(driver)(self.root)
+        impl.init()
+        for sub in ("layers", "images", "containers", "distribution", "sources", "tmp"):
+            makedirs(os.path.join(self.root, sub))
+        write_json(os.path.join(self.root, "store.json"),
+                   {"format": FORMAT, "driver": driver, "previous_driver": previous})
+        self._driver = impl
+
+    def has_content(self) -> bool:
+        return bool(self.layers.chains()) or bool(self.container_ids())
+
+    def container_ids(self) -> List[str]:
+        try:
+            return sorted(n for n in os.listdir(os.path.join(self.root, "containers"))
+                          if not n.startswith(TEMP_PREFIX))
+        except FileNotFoundError:
+            return []
+
+    # ------------------------------------------------------------------ recovery
+    def remove_path(self, driver: Optional[str], path: str) -> None:
+        """Remove one path a mark names, unmounting what is mounted below it first."""
+        for entry in sorted(mounts_below(path), key=lambda m: len(m.mount_point), reverse=True):
+            umount(entry.mount_point)
+        if driver:
+            self.driver_named(driver).remove_path(path)
+        else:
+            remove_tree(path)
+
+    def _recover(self) -> None:
+        self.recovered = self.marks.settle(self.remove_path)
+        if os.path.isdir(self.tmp):
+            for entry in sorted(mounts_below(self.tmp), key=lambda m: len(m.mount_point),
+                                reverse=True):
+                umount(entry.mount_point)
+                self.recovered.append("unmounted %s" % entry.mount_point)
+            for name in os.listdir(self.tmp):
+                remove_tree(os.path.join(self.tmp, name))
+                self.recovered.append("removed tmp/%s" % name)
+        for sub in ("", "layers", "images", "containers", "distribution", "sources",
+                    "incomplete"):
+            self._sweep_temp_files(os.path.join(self.root, sub))
+        name = self.driver_name
+        if name is not None:
+            self.recovered += ["removed %s" % p for p in self.driver.sweep()]
+
+    def _sweep_temp_files(self, directory: str) -> None:
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name.startswith(TEMP_PREFIX):
+                remove_tree(os.path.join(directory, name))
+                self.recovered.append("removed %s" % os.path.join(directory, name))
+
+    def _require_writable(self) -> None:
+        if not self.writable:
+            raise StoreError("internal error: a mutation ran without the exclusive store lock")
+
+    def staging(self, what: str) -> str:
+        makedirs(self.tmp)
+        path = os.path.join(self.tmp, temp_name(what))
+        os.mkdir(path, 0o700)
+        return path
+
+    # ------------------------------------------------------------------ layers
+    def known_diff_id(self, digest: str) -> Optional[DiffID]:
+        """The diff_id for a compressed blob digest seen before, if any."""
+        if not is_digest(digest):
+            return None
+        try:
+            with open(os.path.join(self.root, "distribution", hex_of(digest))) as handle:
+                value = handle.read().strip()
+        except FileNotFoundError:
+            return None
+        return DiffID(value) if is_digest(value) else None
+
+    def remember_blob(self, digest: Digest, diff_id: DiffID) -> None:
+        if digest != diff_id:
+            makedirs(os.path.join(self.root, "distribution"))
+            write_file(os.path.join(self.root, "distribution", hex_of(digest)),
+                       diff_id.encode() + b"\n")
+
+    def source_digests(self, key: str) -> Optional[Dict[str, str]]:
+        try:
+            data = read_json(os.path.join(self.root, "sources", hex_of(sha256_bytes(key.encode()))))
+        except (FileNotFoundError, ValueError):
+            return None
+        return data if isinstance(data, dict) and data.get("key") == key else None
+
+    def remember_source(self, key: str, digests: Dict[str, str]) -> None:
+        makedirs(os.path.join(self.root, "sources"))
+        write_json(os.path.join(self.root, "sources", hex_of(sha256_bytes(key.encode()))),
+                   dict(digests, key=key))
+
+    def parent_depth(self, parent: Optional[ChainID]) -> int:
+        if parent is None:
+            return 0
+        record = self.layers.find(parent)
+        if record is None:
+            raise NotFound("parent layer %s is not in the store: import it first" % parent)
+        return record.depth
+
+    def ingest_layer(self, open_stream: StreamOpener, parent: Optional[ChainID],
+                     what: str, expect: Optional[str] = None, expect_diff: Optional[DiffID] = None,
+                     max_size: Optional[int] = None) -> Tuple[LayerRecord, bool, Dict[str, str]]:
+        """Store one layer stream on ``parent``; returns (record, imported, digests).
+
+        ``expect`` is a digest the stream must have compressed or uncompressed;
+        ``expect_diff`` the diff_id it must have (both checked before anything is kept).
+        """
+        self._require_writable()
+        if expect_diff is not None:
+            found = self.layers.find(chain_id(parent, expect_diff))
+            if found is not None:
+                return found, False, {"diff_id": expect_diff}
+        depth = self.parent_depth(parent) + 1
+        driver = self.driver
+        key = driver.staging_key()
+        record_dir = os.path.join(self.tmp, key)
+        mark = self.marks.begin("import-layer").set(
+            if_absent=[(driver.name, driver.staging_dir(key)), (None, record_dir)])
+        crash_point("import.marked")
+        try:
+            makedirs(self.tmp)
+            os.mkdir(record_dir, 0o700)
+            staged = driver.stage_layer(key, parent, depth)
+            crash_point("import.staged")
+            stream = open_stream()
+            try:
+                split = TarSplitWriter(os.path.join(record_dir, "tar-split.gz"))
+                try:
+                    reader = ChunkReader(stream.chunk, limit=max_size, what=what)
+                    applier = Applier(staged.path, driver.whiteouts, split, what)
+                    result = applier.apply(reader)
+                    stream.drain_raw()
+                    split.close()
+                finally:
+                    split.abort()
+            finally:
+                stream.close()
+            crash_point("import.applied")
+            digests = {"diff_id": result.diff_id, "digest": stream.compressed_digest()}
+            self._verify(what, digests, expect, expect_diff)
+            chain = chain_id(parent, DiffID(result.diff_id))
+            present = self.layers.find(chain)
+            if present is not None:
+                self.remove_path(driver.name, staged.top)
+                remove_tree(record_dir)
+                mark.done()
+                return present, False, digests
+            mark.set(record=self.layers.path(chain), if_absent=[
+                (driver.name, driver.staging_dir(key)), (driver.name, driver.layer_dir(chain)),
+                (None, record_dir)])
+            driver.commit_layer(staged, chain)
+            crash_point("import.committed")
+            syncfs(driver.home)
+            record = LayerRecord(chain_id=chain, diff_id=DiffID(result.diff_id), parent=parent,
+                                 size=result.size, tar_size=result.tar_size, depth=depth,
+                                 created=now_iso(), mtime_max=applier.mtime_max)
+            LayerDB.write_staged(record_dir, record)
+            crash_point("import.record-staged")
+            rename_durable(record_dir, self.layers.path(chain))
+            crash_point("import.recorded")
+        except BaseException:
+            self._rollback(mark)
+            raise
+        self.remember_blob(Digest(digests["digest"]), DiffID(result.diff_id))
+        mark.done()
+        crash_point("import.done")
+        return record, True, digests
+
+    def _rollback(self, mark) -> None:
+        """Undo a failed mutation now, as recovery would after a crash."""
+        try:
+            data = mark.data
+            record = data.get("record")
+            if record and os.path.exists(os.path.join(self.root, record)):
+                mark.done()
+                return
+            for drv, rel in data.get("if_absent") or []:
+                target = os.path.join(self.root, rel)
+                if os.path.lexists(target):
+                    self.remove_path(drv, target)
+            mark.done()
+        except Exception:  # leave the mark: the next open settles it
+            pass
+
+    @staticmethod
+    def _verify(what: str, digests: Dict[str, str], expect: Optional[str],
+                expect_diff: Optional[str]) -> None:
+        if expect_diff is not None and digests["diff_id"] != expect_diff:
+            raise DigestMismatch("%s: its uncompressed content has digest %s, but %s was "
+                                 "expected; nothing was kept" % (what, digests["diff_id"],
+                                                                 expect_diff),
+                                 expected=expect_diff, actual=digests["diff_id"])
+        if expect is not None and expect not in (digests["diff_id"], digests["digest"]):
+            raise DigestMismatch("%s: digest mismatch: expected %s, the file has %s (compressed)"
+                                 " and %s (uncompressed); nothing was kept"
+                                 % (what, expect, digests["digest"], digests["diff_id"]),
+                                 expected=expect, actual=digests["digest"])
+
+    def layer_users(self) -> Dict[ChainID, Set[str]]:
+        """Which images and containers need each layer (directly or as an ancestor)."""
+        users: Dict[ChainID, Set[str]] = {}
+        for image in self.images.all():
+            for chain in image.chain:
+                users.setdefault(ChainID(chain), set()).add(image.id)
+        return users
+
+    # ------------------------------------------------------------------ images
+    def put_image(self, config: ImageConfig, meta: Dict[str, object]) -> Tuple[ImageRecord, bool]:
+        """Store an image config whose layers are all present; returns (record, added)."""
+        self._require_writable()
+        image_id = config.id
+        if self.images.exists(image_id):
+            return self.images.get(image_id), False
+        for chain in self._chain_of(config):
+            if not self.layers.exists(chain):
+                raise NotFound("image %s needs layer %s, which is not in the store"
+                               % (image_id, chain))
+        staged = self.staging("image")
+        ImageDB.write_staged(staged, config, dict(meta, id=image_id, added=now_iso()))
+        crash_point("image.staged")
+        makedirs(self.images.dir)
+        rename_durable(staged, self.images.path(image_id))
+        crash_point("image.recorded")
+        return self.images.get(image_id), True
+
+    @staticmethod
+    def _chain_of(config: ImageConfig) -> List[ChainID]:
+        return chain_ids(config.diff_ids)
+
+    def tag(self, image_id: ImageID, tags: List[str]) -> List[str]:
+        """Point ``tags`` at ``image_id``; returns the tags that changed."""
+        current = self.images.tags()
+        moved = [t for t in tags if current.get(t) != image_id]
+        if moved:
+            for tag in moved:
+                current[tag] = image_id
+            self.images.write_tags(current)
+        return moved
+
+    def resolve_parent(self, ref: str) -> Tuple[Optional[ImageRecord], ChainID]:
+        """``parent`` of a layer import: an image reference or a layer chain id."""
+        try:
+            image = self.images.get(self.images.resolve(ref, "parent"))
+        except (NotFound, StoreError) as exc:
+            if is_digest(ref) and self.layers.exists(ChainID(ref)):
+                return None, ChainID(ref)
+            if isinstance(exc, NotFound):
+                raise NotFound("parent %r is neither an image nor a layer chain id in the store"
+                               % ref) from exc
+            raise
+        if image.top is None:
+            raise InvalidInput("parent image %s has no layers to stack on" % ref)
+        return image, ChainID(image.top)
+
+    def check_driver_usable(self) -> None:
+        """Fail early (with the reason) when the recorded driver cannot run here."""
+        if self.driver_name is None:
+            return
+        try:
+            select(self.root, self.driver_name, self._probe_dir())
+        except Unsupported as exc:
+            raise Unsupported("%s (the store records %s as its driver)" % (exc, self.driver_name),
+                              **exc.details) from exc

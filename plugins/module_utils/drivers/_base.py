@@ -1,0 +1,198 @@
+# Copyright: strata.layers contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The abstract storage driver.
+
+A driver owns ``<data_root>/<name>/`` (its *home*) and nothing else.  The store tells
+it what to do and when; the driver decides how layers and containers sit on disk.
+
+Layers are named by their chain id (hex), containers by their id.  A layer directory
+is created under a staging name (``.tmp-*`` in the home), filled by the tar applier,
+and renamed to its final name by ``commit_layer``: a final name therefore always
+holds a complete layer.  Staging names left by a crash are removed by ``sweep``.
+
+``whiteouts`` tells the applier how to express deletions: ``device`` (overlay
+family: 0/0 character devices and ``trusted.overlay.opaque``) or ``delete`` (full
+copy drivers: the layer directory starts as a copy of its parent and deletions are
+applied to it).
+"""
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar, List, Optional, Sequence
+
+from ansible_collections.strata.layers.plugins.module_utils._atomic import (
+    TEMP_PREFIX, makedirs, remove_tree, temp_name)
+from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID, hex_of
+from ansible_collections.strata.layers.plugins.module_utils._errors import Busy, StoreError
+from ansible_collections.strata.layers.plugins.module_utils._fsinfo import (
+    mount_at, processes_using, umount)
+
+
+@dataclass
+class Candidate:
+    """Whether a driver can run for a store here, and why (or why not)."""
+
+    name: str
+    usable: bool
+    reason: str
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "usable": self.usable, "reason": self.reason}
+
+
+@dataclass
+class HostFacts:
+    """What the selection needs to know about the host and the data root."""
+
+    data_root: str
+    probe_dir: str
+    backing_filesystem: str
+    supports_d_type: bool
+
+
+@dataclass
+class Staged:
+    """A layer directory being filled: ``path`` is where the tar is applied."""
+
+    key: str
+    top: str
+    path: str
+
+
+class Driver(ABC):
+    """How layers and container layers are stored (see the module docstring)."""
+
+    name: ClassVar[str] = ""
+    whiteouts: ClassVar[str] = "delete"
+    max_depth: ClassVar[Optional[int]] = None
+    layers_dir: ClassVar[str] = "layers"
+    containers_dir: ClassVar[str] = "containers"
+
+    def __init__(self, data_root: str) -> None:
+        self.data_root = data_root
+        self.home = os.path.join(data_root, self.name)
+
+    # ---------------------------------------------------------------- selection
+    @classmethod
+    @abstractmethod
+    def probe(cls, facts: HostFacts) -> Candidate:
+        """Can this driver run here?  Must not touch the store's contents."""
+
+    def init(self) -> None:
+        makedirs(os.path.join(self.home, self.layers_dir))
+        makedirs(os.path.join(self.home, self.containers_dir))
+
+    def exists(self) -> bool:
+        return os.path.isdir(self.home)
+
+    # ---------------------------------------------------------------- layers
+    def layer_dir(self, chain: ChainID) -> str:
+        return os.path.join(self.home, self.layers_dir, hex_of(chain))
+
+    def layer_files(self, chain: ChainID) -> str:
+        """The directory holding the files this layer's tar names (for re-emission)."""
+        return self.layer_dir(chain)
+
+    def has_layer(self, chain: ChainID) -> bool:
+        return os.path.isdir(self.layer_dir(chain))
+
+    def layer_hexes(self) -> List[str]:
+        try:
+            return sorted(n for n in os.listdir(os.path.join(self.home, self.layers_dir))
+                          if not n.startswith(TEMP_PREFIX))
+        except FileNotFoundError:
+            return []
+
+    def staging_key(self) -> str:
+        return temp_name("layer")
+
+    def staging_dir(self, key: str) -> str:
+        return os.path.join(self.home, self.layers_dir, key)
+
+    @abstractmethod
+    def stage_layer(self, key: str, parent: Optional[ChainID], depth: int) -> Staged:
+        """Create staging directory ``key`` ready to receive a layer on ``parent``."""
+
+    def commit_layer(self, staged: Staged, chain: ChainID) -> None:
+        """Give a filled staging directory its final name (atomic rename)."""
+        os.rename(staged.top, self.layer_dir(chain))
+
+    def remove_layer(self, chain: ChainID) -> None:
+        self.remove_path(self.layer_dir(chain))
+
+    def remove_path(self, path: str) -> None:
+        """Remove a layer or container directory of this driver, staging ones included."""
+        remove_tree(path)
+
+    def sweep(self) -> List[str]:
+        """Remove staging leftovers (crash debris); return what was removed."""
+        removed = []
+        for sub in (self.layers_dir, self.containers_dir):
+            base = os.path.join(self.home, sub)
+            try:
+                names = os.listdir(base)
+            except FileNotFoundError:
+                continue
+            for name in names:
+                if name.startswith(TEMP_PREFIX):
+                    self.remove_path(os.path.join(base, name))
+                    removed.append(os.path.join(base, name))
+        return removed
+
+    def leftovers(self) -> List[str]:
+        found = []
+        for sub in (self.layers_dir, self.containers_dir):
+            base = os.path.join(self.home, sub)
+            if os.path.isdir(base):
+                found += [os.path.join(base, n) for n in os.listdir(base)
+                          if n.startswith(TEMP_PREFIX)]
+        return found
+
+    # ---------------------------------------------------------------- containers
+    def container_dir(self, cid: str) -> str:
+        return os.path.join(self.home, self.containers_dir, cid)
+
+    def container_ids(self) -> List[str]:
+        try:
+            return sorted(n for n in os.listdir(os.path.join(self.home, self.containers_dir))
+                          if not n.startswith(TEMP_PREFIX))
+        except FileNotFoundError:
+            return []
+
+    @abstractmethod
+    def create_container(self, cid: str, chain: Sequence[ChainID]) -> None:
+        """Create the writable layer of container ``cid`` over the layers ``chain``
+        (bottom to top; may be empty)."""
+
+    @abstractmethod
+    def container_root(self, cid: str) -> str:
+        """The directory that receives the container's writes (upper or full copy)."""
+
+    def remove_container(self, cid: str) -> None:
+        self.remove_path(self.container_dir(cid))
+
+    @abstractmethod
+    def mount(self, cid: str, chain: Sequence[ChainID], target: str) -> None:
+        """Mount the container's merged root filesystem at ``target``."""
+
+    def unmount(self, target: str) -> None:
+        if mount_at(target) is None:
+            return
+        try:
+            umount(target)
+        except OSError as exc:
+            users = processes_using(target)
+            if users:
+                raise Busy("cannot unmount %s: it is in use by %s; stop them (or leave the "
+                           "directory) and run again" % (target, ", ".join(users)),
+                           processes=users) from exc
+            raise StoreError("cannot unmount %s: %s" % (target, exc)) from exc
+
+    def is_mounted(self, target: str) -> bool:
+        return mount_at(target) is not None
+
+    def diff_base(self, chain: Sequence[ChainID]) -> Optional[str]:
+        """For full-copy drivers: the image's root to compare a container against."""
+        return self.layer_dir(chain[-1]) if chain else None

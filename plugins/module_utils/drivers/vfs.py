@@ -1,0 +1,58 @@
+# Copyright: strata.layers contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""vfs: every layer and every container a full copy of its root filesystem.
+
+Works on any filesystem (no union mount, no d_type needed); costs a full copy per
+layer and per container, made with reflinks where the filesystem offers them (btrfs,
+xfs with reflink=1), so on those it is cheap after all.  Whiteouts are applied as
+deletions to the layer's copy of its parent.  A container is "mounted" by a bind
+mount of its copy.
+
+Home layout::
+
+    vfs/layers/<chain-hex>/   the full root filesystem up to and including the layer
+    vfs/containers/<id>/      the container's full root filesystem
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+from ansible_collections.strata.layers.plugins.module_utils._copytree import TreeCopier
+from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID
+from ansible_collections.strata.layers.plugins.module_utils._fsinfo import MS_BIND, mount
+from ansible_collections.strata.layers.plugins.module_utils.drivers._base import (
+    Candidate, Driver, HostFacts, Staged)
+
+
+class Vfs(Driver):
+    """Full copies; see the module docstring."""
+
+    name = "vfs"
+    whiteouts = "delete"
+
+    @classmethod
+    def probe(cls, facts: HostFacts) -> Candidate:
+        return Candidate(cls.name, True, "always works: a full copy per layer and container "
+                         "(%s)" % ("cheap reflinks" if facts.backing_filesystem in ("btrfs", "xfs")
+                                   else "slow and disk-hungry on %s" % facts.backing_filesystem))
+
+    def stage_layer(self, key: str, parent: Optional[ChainID], depth: int) -> Staged:
+        top = self.staging_dir(key)
+        self._materialize(top, [parent] if parent else [])
+        return Staged(key=key, top=top, path=top)
+
+    def _materialize(self, path: str, chain: Sequence[ChainID]) -> None:
+        if chain:
+            TreeCopier().copy(self.layer_dir(chain[-1]), path)
+        else:
+            os.mkdir(path, 0o755)
+
+    def create_container(self, cid: str, chain: Sequence[ChainID]) -> None:
+        self._materialize(self.container_dir(cid), chain)
+
+    def container_root(self, cid: str) -> str:
+        return self.container_dir(cid)
+
+    def mount(self, cid: str, chain: Sequence[ChainID], target: str) -> None:
+        mount(self.container_root(cid), target, None, MS_BIND)

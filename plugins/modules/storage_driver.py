@@ -1,0 +1,133 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: strata.layers contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: storage_driver
+short_description: Choose, initialise and switch the storage driver of a layer store
+version_added: 0.1.0
+description:
+  - Probes the host for real (backing filesystem and d_type of O(data_root), a test
+    overlay mount with two lower layers, the programs each driver needs) and reports why
+    each driver is or is not usable in RV(candidates).
+  - Initialises a new store with the chosen driver. A store that already holds content
+    is switched only with O(migrate=true).
+  - "Priority for O(driver=auto): C(btrfs) when O(data_root) is on btrfs, then
+    C(overlay2), C(fuse-overlayfs), C(vfs). A store with content keeps its usable driver
+    under O(driver=auto) unless O(migrate=true)."
+author:
+  - strata.layers developers (@strata-layers)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - ansible.builtin.action_common_attributes.actiongroups
+  - strata.layers.store
+attributes:
+  action_group:
+    support: full
+    membership: [strata.layers.layers]
+  check_mode:
+    support: full
+    details: Probes (a transient test mount) and reports what would change and move.
+  diff_mode:
+    support: none
+  platform:
+    support: full
+    platforms: posix
+options:
+  driver:
+    description:
+      - The driver to use. V(auto) picks the best usable one.
+    type: str
+    default: auto
+    choices: [auto, overlay2, btrfs, fuse-overlayfs, vfs]
+  migrate:
+    description:
+      - The store holds content under another driver. V(false) fails, naming both drivers.
+        V(true) re-materialises every layer and container under the new driver, verifies
+        it, then switches.
+    type: bool
+    default: false
+  keep_previous:
+    description:
+      - After a migration, keep the previous driver's data so that switching back is instant.
+    type: bool
+    default: false
+"""
+
+EXAMPLES = r"""
+- name: Initialise the store with the best driver for this host
+  strata.layers.storage_driver:
+  register: sd
+
+- name: Explain the choice
+  ansible.builtin.debug:
+    msg: "{{ item.name }}: {{ 'usable' if item.usable else 'refused' }} ({{ item.reason }})"
+  loop: "{{ sd.candidates }}"
+
+- name: Move a store with content to vfs, keeping overlay2 data for a rollback
+  strata.layers.storage_driver:
+    driver: vfs
+    migrate: true
+    keep_previous: true
+"""
+
+RETURN = r"""
+driver:
+  description: The driver in use after the run.
+  returned: always
+  type: str
+  sample: overlay2
+previous_driver:
+  description: The driver before the last switch, or null.
+  returned: always
+  type: str
+backing_filesystem:
+  description: Filesystem type under O(data_root).
+  returned: always
+  type: str
+  sample: xfs
+supports_d_type:
+  description: Whether the filesystem reports d_type (overlay needs it).
+  returned: always
+  type: bool
+candidates:
+  description: Every driver in priority order, with why it is or is not usable here.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name: {description: Driver name., type: str}
+    usable: {description: Whether it can run for this store., type: bool}
+    reason: {description: Why (or why not)., type: str}
+migrated:
+  description: What a migration moved (what it would move, in check mode); null when none ran.
+  returned: always
+  type: dict
+  contains:
+    layers: {description: Layers re-materialised., type: int}
+    containers: {description: Container layers carried over., type: int}
+    bytes: {description: Bytes of layer data moved., type: int}
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.strata.layers.plugins.module_utils._argspec import run, store_spec
+from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=store_spec(
+            driver=dict(type="str", default="auto",
+                        choices=["auto", "overlay2", "btrfs", "fuse-overlayfs", "vfs"]),
+            migrate=dict(type="bool", default=False),
+            keep_previous=dict(type="bool", default=False),
+        ),
+        supports_check_mode=True,
+    )
+    run(module, storage_driver)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""The driver contract: every storage driver passes these, on real filesystems.
+
+Layers with whiteouts and opaque directories, containers mounted for real, copy-up
+observed through the mount, sizes as docker ps -s shows them, a container's changes
+read back as a layer tar, byte-identical re-emission, crash debris swept.
+"""
+from __future__ import annotations
+
+import io
+import os
+
+import pytest
+
+from ansible_collections.strata.layers.plugins.module_utils import _containers as containers
+from ansible_collections.strata.layers.plugins.module_utils._compression import DecodedStream
+from ansible_collections.strata.layers.plugins.module_utils._digest import chain_ids
+from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mount_at
+from ansible_collections.strata.layers.plugins.module_utils._images import derive_config, parse_config
+from ansible_collections.strata.layers.plugins.module_utils._store import Store
+from ansible_collections.strata.layers.plugins.module_utils._tarsplit import emit
+from tests.support.tars import LayerTar
+
+# (driver, filesystem the store sits on; None = the test's tmp_path)
+SETUPS = [("overlay2", None), ("overlay2", "xfs"), ("vfs", None), ("vfs", "xfs")]
+
+
+@pytest.fixture(params=SETUPS, ids=lambda p: "%s-on-%s" % (p[0], p[1] or "tmp"))
+def store(request, tmp_path, make_fs):
+    driver, fs = request.param
+    base = make_fs(fs).mountpoint if fs else str(tmp_path)
+    st = Store(os.path.join(base, "store"))
+    with st.write("test", init=False):
+        st.initialize(driver)
+    return st
+
+
+BASE = (LayerTar().dir("etc").file("etc/config", b"original\n").dir("var").dir("var/cache")
+        .file("var/cache/a", b"a" * 1000).file("var/cache/b", b"b").dir("bin")
+        .file("bin/tool", b"tool").symlink("bin/alias", "tool").bytes())
+CHILD = (LayerTar().whiteout("bin/tool").dir("var/cache").opaque("var/cache")
+         .file("var/cache/fresh", b"fresh").file("etc/added", b"added").bytes())
+
+
+def ingest(store, data, parent=None):
+    record, imported, _digests = store.ingest_layer(
+        lambda: DecodedStream(io.BytesIO(data).read), parent, "test layer")
+    return record
+
+
+def image_of(store, datas, tag):
+    parent = None
+    base = None
+    for data in datas:
+        record = ingest(store, data, parent)
+        parent = record.chain_id
+        raw = derive_config(base, record.diff_id, "2024-01-01T00:00:00Z", "layer")
+        base = parse_config(raw, "test")
+    image, _added = store.put_image(base, {})
+    store.tag(image.id, [tag])
+    return image
+
+
+def test_layers_merge_with_whiteouts_and_opaque_dirs(store, tmp_path):
+    with store.write("t"):
+        image_of(store, [BASE, CHILD], "img:1")
+        c = containers.create(store, "c1", store.images.get(store.images.resolve("img:1")))
+        target = str(tmp_path / "m1")
+        containers.mount(store, c, target)
+    try:
+        assert sorted(os.listdir(target)) == ["bin", "etc", "var"]
+        assert os.listdir(os.path.join(target, "bin")) == ["alias"]
+        assert sorted(os.listdir(os.path.join(target, "var/cache"))) == ["fresh"]
+        assert open(os.path.join(target, "etc/added")).read() == "added"
+        assert open(os.path.join(target, "etc/config")).read() == "original\n"
+    finally:
+        with store.write("t"):
+            containers.unmount(store, c)
+    assert mount_at(target) is None
+
+
+def test_copy_up_reaches_only_the_containers_layer(store, tmp_path):
+    with store.write("t"):
+        image = image_of(store, [BASE], "img:1")
+        c1 = containers.create(store, "c1", image)
+        c2 = containers.create(store, "c2", image)
+        m1, m2 = str(tmp_path / "m1"), str(tmp_path / "m2")
+        containers.mount(store, c1, m1)
+        containers.mount(store, c2, m2)
+    try:
+        with open(os.path.join(m1, "etc/config"), "a") as handle:
+            handle.write("changed\n")
+        os.unlink(os.path.join(m1, "var/cache/b"))
+        with open(os.path.join(m1, "new"), "wb") as handle:
+            handle.write(b"n" * 500)
+        assert open(os.path.join(m2, "etc/config")).read() == "original\n"
+        assert os.path.exists(os.path.join(m2, "var/cache/b"))
+        layer_files = store.driver.layer_files(chain_ids([image.config.diff_ids[0]])[0])
+        assert open(os.path.join(layer_files, "etc/config")).read() == "original\n"
+        upper = store.driver.container_root(c1.id)
+        assert open(os.path.join(upper, "etc/config")).read() == "original\nchanged\n"
+        with store.read():
+            rows = {r["name"]: r for r in containers.container_facts(store)}
+        # docker ps -s: the copied-up file counts whole, deletions count nothing
+        assert rows["c1"]["size"] == len("original\nchanged\n") + 500
+        assert rows["c2"]["size"] == 0
+        assert rows["c1"]["virtual_size"] == rows["c1"]["size"] + rows["c2"]["virtual_size"]
+        assert rows["c1"]["mounted"] and rows["c2"]["mounted"]
+    finally:
+        with store.write("t"):
+            containers.unmount(store, c1)
+            containers.unmount(store, c2)
+
+
+def test_container_changes_become_a_layer_with_the_same_view(store, tmp_path):
+    with store.write("t"):
+        image = image_of(store, [BASE], "img:1")
+        c1 = containers.create(store, "c1", image)
+        m1 = str(tmp_path / "m1")
+        containers.mount(store, c1, m1)
+    with open(os.path.join(m1, "etc/config"), "w") as handle:
+        handle.write("rewritten\n")
+    os.unlink(os.path.join(m1, "bin/tool"))
+    os.makedirs(os.path.join(m1, "opt/app"))
+    with open(os.path.join(m1, "opt/app/run"), "w") as handle:
+        handle.write("run")
+    with store.write("t"):
+        containers.unmount(store, c1)
+        chunks = containers.changes(store, c1, list(image.chain)).tar()
+        stream = DecodedStream(lambda n, it=iter(chunks): next(it, b""))
+        record, imported, _digests = store.ingest_layer(lambda: stream, image.chain[-1], "commit")
+        raw = derive_config(image.config, record.diff_id, "2024-01-02T00:00:00Z", "commit")
+        child, _added = store.put_image(parse_config(raw, "t"), {})
+        c2 = containers.create(store, "c2", child)
+        m2 = str(tmp_path / "m2")
+        containers.mount(store, c2, m2)
+    try:
+        assert open(os.path.join(m2, "etc/config")).read() == "rewritten\n"
+        assert not os.path.lexists(os.path.join(m2, "bin/tool"))
+        assert os.path.lexists(os.path.join(m2, "bin/alias"))
+        assert open(os.path.join(m2, "opt/app/run")).read() == "run"
+    finally:
+        with store.write("t"):
+            containers.unmount(store, c2)
+
+
+def test_every_layer_reemits_to_its_diff_id(store):
+    with store.write("t"):
+        image_of(store, [BASE, CHILD], "img:1")
+        for record in store.layers.all():
+            out = io.BytesIO()
+            digest, size = emit(store.layers.split_path(record.chain_id),
+                                store.driver.layer_files(record.chain_id), out.write)
+            assert digest == record.diff_id and size == record.tar_size
+
+
+def test_remove_container_removes_its_data_and_mount(store, tmp_path):
+    with store.write("t"):
+        image = image_of(store, [BASE], "img:1")
+        c = containers.create(store, "c1", image)
+        containers.mount(store, c, str(tmp_path / "m"))
+        containers.remove(store, c)
+        assert not os.path.exists(store.driver.container_dir(c.id))
+        assert containers.ContainerDB(store.root).ids() == []
+    assert mount_at(str(tmp_path / "m")) is None
+
+
+def test_staging_debris_is_swept_on_next_open(store):
+    with store.write("t"):
+        key = store.driver.staging_key()
+        store.driver.stage_layer(key, None, 1)
+        assert store.driver.leftovers()
+    with store.write("t"):
+        assert store.driver.leftovers() == []

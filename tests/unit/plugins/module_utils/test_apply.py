@@ -1,0 +1,191 @@
+"""The safe applier: every member type, whiteouts for both driver families,
+confinement of hostile members, and byte-identical re-emission."""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import stat
+import struct
+import tarfile
+
+import pytest
+
+from ansible_collections.strata.layers.plugins.module_utils._apply import Applier
+from ansible_collections.strata.layers.plugins.module_utils._errors import (
+    Corrupt, InvalidInput, StoreError)
+from ansible_collections.strata.layers.plugins.module_utils._tarformat import ChunkReader
+from ansible_collections.strata.layers.plugins.module_utils._tarsplit import TarSplitWriter, emit
+from tests.support.tars import MTIME, LayerTar
+
+MODES = ["device", "delete"]
+# a VFS_CAP_REVISION_2 capability set: cap_net_raw (13) permitted and effective
+CAP_NET_RAW = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0).decode("utf-8", "surrogateescape")
+
+
+def apply(tmp_path, data: bytes, mode: str = "device", root: str = "root", split: bool = True):
+    target = tmp_path / root
+    target.mkdir(exist_ok=True)
+    writer = TarSplitWriter(str(tmp_path / ("%s.split" % root))) if split else None
+    chunks = [data[i:i + 4096] for i in range(0, len(data), 4096)] + [b""]
+    result = Applier(str(target), mode, writer, "test layer").apply(
+        ChunkReader(iter(chunks).__next__))
+    if writer:
+        writer.close()
+    return result
+
+
+def reemit(tmp_path, root: str = "root") -> bytes:
+    out = io.BytesIO()
+    emit(str(tmp_path / ("%s.split" % root)), str(tmp_path / root), out.write)
+    return out.getvalue()
+
+
+def rich_layer() -> bytes:
+    t = LayerTar()
+    t.dir("etc").file("etc/passwd", b"root:x:0:0\n", mode=0o644)
+    t.dir("usr/bin", mode=0o755, uid=2, gid=3)
+    t.file("usr/bin/su", b"\x7fELF" * 100, mode=0o4755)
+    t.file("usr/bin/ping", b"ping", mode=0o755, xattrs={"security.capability": CAP_NET_RAW})
+    t.file("usr/bin/tagged", b"x", xattrs={"user.origin": "test"})
+    t.hardlink("usr/bin/su2", "usr/bin/su")
+    t.symlink("bin", "usr/bin")
+    t.symlink("abs", "/etc/passwd")
+    t.device("dev/null", 1, 3)
+    t.fifo("run/fifo")
+    t.file("d/" + "long" * 40 + "/file", b"deep" * 1000)
+    t.file("empty", b"")
+    return t.bytes()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_member_type_is_applied_faithfully(tmp_path, mode):
+    data = rich_layer()
+    result = apply(tmp_path, data, mode)
+    root = tmp_path / "root"
+    assert result.diff_id == "sha256:" + hashlib.sha256(data).hexdigest()
+    assert result.tar_size == len(data)
+    su = os.lstat(root / "usr/bin/su")
+    assert stat.S_IMODE(su.st_mode) == 0o4755 and su.st_nlink == 2
+    assert os.lstat(root / "usr/bin/su2").st_ino == su.st_ino
+    assert os.stat(root / "usr/bin").st_uid == 2 and os.stat(root / "usr/bin").st_gid == 3
+    assert os.readlink(root / "abs") == "/etc/passwd"
+    assert os.readlink(root / "bin") == "usr/bin"
+    assert os.getxattr(root / "usr/bin/tagged", "user.origin") == b"test"
+    assert os.getxattr(root / "usr/bin/ping", "security.capability") == \
+        CAP_NET_RAW.encode("utf-8", "surrogateescape")
+    assert stat.S_ISCHR(os.lstat(root / "dev/null").st_mode)
+    assert os.major(os.lstat(root / "dev/null").st_rdev) == 1
+    assert stat.S_ISFIFO(os.lstat(root / "run/fifo").st_mode)
+    assert os.lstat(root / "etc/passwd").st_mtime_ns == MTIME * 10**9
+    assert os.lstat(root / "etc").st_mtime_ns == MTIME * 10**9
+    assert result.size == sum(len(x) for x in (b"root:x:0:0\n", b"\x7fELF" * 100, b"ping", b"x",
+                                               b"deep" * 1000))
+    assert reemit(tmp_path) == data
+
+
+def test_gnu_format_and_gzip_padding_reemit_identically(tmp_path):
+    t = LayerTar(fmt=tarfile.GNU_FORMAT)
+    t.file("x" * 200, b"gnu long name")
+    t.symlink("y" * 150, "z" * 150)
+    data = t.bytes() + bytes(10240)  # tape-style zero padding after the end marker
+    apply(tmp_path, data)
+    assert reemit(tmp_path) == data
+
+
+def test_overlay_whiteouts_are_devices_and_opaque_is_an_xattr(tmp_path):
+    apply(tmp_path, LayerTar().whiteout("etc/gone").dir("var").opaque("var").file(
+        "var/new", b"n").bytes(), "device")
+    root = tmp_path / "root"
+    st = os.lstat(root / "etc/gone")
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+    assert os.getxattr(root / "var", "trusted.overlay.opaque") == b"y"
+    assert (root / "var/new").read_bytes() == b"n"
+    assert not (root / "etc/.wh.gone").exists()
+
+
+def test_full_copy_whiteouts_delete_and_opaque_keeps_only_this_layer(tmp_path):
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/gone").write_text("old")
+    (root / "etc/kept").write_text("old")
+    (root / "var/sub").mkdir(parents=True)
+    (root / "var/old").write_text("old")
+    (root / "var/sub/old").write_text("old")
+    data = LayerTar().whiteout("etc/gone").file("var/sub/new", b"n").opaque("var").bytes()
+    apply(tmp_path, data, "delete")
+    assert not (root / "etc/gone").exists() and (root / "etc/kept").exists()
+    assert sorted(os.listdir(root / "var")) == ["sub"]
+    assert sorted(os.listdir(root / "var/sub")) == ["new"]
+    assert reemit(tmp_path) == data
+
+
+def outside_state(tmp_path):
+    return sorted(p.name for p in tmp_path.iterdir()), (tmp_path / "outside" / "secret").read_bytes()
+
+
+HOSTILE = {
+    "dotdot": lambda: LayerTar().file("../outside/secret", b"pwned").bytes(),
+    "dotdot-deep": lambda: LayerTar().file("a/b/../../../outside/secret", b"pwned").bytes(),
+    "absolute": lambda: LayerTar().file("/outside/secret", b"pwned").bytes(),
+    "symlink-dir-escape": lambda: LayerTar().symlink("evil", "../outside").file(
+        "evil/secret", b"pwned").bytes(),
+    "symlink-abs-escape": lambda: LayerTar().symlink("evil", "/").file("evil/tmp/x", b"p").bytes(),
+    "symlink-chain": lambda: LayerTar().symlink("a", "b").symlink("b", "../outside").file(
+        "a/secret", b"pwned").bytes(),
+    "hardlink-abs": lambda: LayerTar().hardlink("h", "/etc/passwd").bytes(),
+    "hardlink-dotdot": lambda: LayerTar().hardlink("h", "../outside/secret").bytes(),
+    "hardlink-not-in-layer": lambda: LayerTar().hardlink("h", "etc/passwd").bytes(),
+    "hardlink-through-symlink": lambda: LayerTar().symlink("s", "../outside").hardlink(
+        "h", "s/secret").bytes(),
+    "whiteout-dotdot": lambda: LayerTar().file(".wh..", b"").bytes(),
+    "whiteout-empty": lambda: LayerTar().file("etc/.wh.", b"").bytes(),
+    "whiteout-through-symlink": lambda: LayerTar().symlink("s", "../outside").whiteout(
+        "s/secret").bytes(),
+    "opaque-root": lambda: LayerTar().file(".wh..wh..opq", b"").bytes(),
+    "aufs-meta": lambda: LayerTar().dir(".wh..wh.plnk").bytes(),
+    "whiteout-then-add": lambda: LayerTar().whiteout("a").file("a", b"x").bytes(),
+    "add-then-whiteout": lambda: LayerTar().file("a", b"x").whiteout("a").bytes(),
+    "duplicate-file": lambda: LayerTar().file("a", b"1").file("a", b"2").bytes(),
+    "dir-then-file": lambda: LayerTar().file("a/b", b"1").file("a", b"2").bytes(),
+    "trusted-xattr": lambda: LayerTar().file("f", b"", xattrs={
+        "trusted.overlay.opaque": "y"}).bytes(),
+    "trusted-redirect": lambda: LayerTar().dir("d").file("d/f", b"", xattrs={
+        "trusted.overlay.redirect": "/etc"}).bytes(),
+    "fuse-xattr": lambda: LayerTar().file("f", b"", xattrs={
+        "user.fuseoverlayfs.opaque": "y"}).bytes(),
+    "trailing-garbage": lambda: LayerTar().file("f", b"x").bytes() + b"GARBAGE" + bytes(505),
+    "truncated": lambda: LayerTar().file("f", b"x" * 5000).bytes()[:3000],
+    "not-a-tar": lambda: b"this is not a tar archive at all" * 40,
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_members_are_refused_and_nothing_outside_changes(tmp_path, mode, case):
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret").write_bytes(b"safe")
+    (tmp_path / "root").mkdir()
+    before = outside_state(tmp_path)
+    with pytest.raises(StoreError) as info:
+        apply(tmp_path, HOSTILE[case](), mode, split=False)
+    assert isinstance(info.value, (InvalidInput, Corrupt)), info.value
+    assert "test layer" in str(info.value)
+    assert outside_state(tmp_path) == before
+    assert not os.path.exists("/etc/x") and not os.path.exists("/tmp/x")
+
+
+def test_refusal_names_the_member(tmp_path):
+    with pytest.raises(InvalidInput) as info:
+        apply(tmp_path, LayerTar().file("ok", b"").file("../bad", b"").bytes())
+    assert info.value.member == "../bad"
+    assert "'../bad'" in str(info.value)
+
+
+def test_nul_byte_in_pax_name_is_refused(tmp_path):
+    t = LayerTar()
+    info = tarfile.TarInfo("x")
+    info.pax_headers = {"path": "a\0b"}
+    t.tar.addfile(info)
+    with pytest.raises(InvalidInput, match="NUL"):
+        apply(tmp_path, t.bytes())
