@@ -19,7 +19,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Dict, Iterator, List, Optional, Set, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils._errors import Unsupported
 from ansible_collections.strata.layers.plugins.module_utils._tarformat import (
@@ -284,3 +284,13 @@ def _differs(old: os.stat_result, new: os.stat_result, new_path: bytes,
     if stat.S_ISCHR(new.st_mode) or stat.S_ISBLK(new.st_mode):
         return old.st_rdev != new.st_rdev
     return False
+
+
+def chunk_reader(chunks: Iterator[bytes]) -> "Callable[[int], bytes]":
+    """A raw ``read(n)`` over generated chunks (empty chunks are not end of stream)."""
+    def read(_size: int) -> bytes:
+        for chunk in chunks:
+            if chunk:
+                return chunk
+        return b""
+    return read

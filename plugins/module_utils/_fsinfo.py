@@ -12,8 +12,9 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import stat
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Set, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils._atomic import libc
 
@@ -211,3 +212,39 @@ def is_busy_error(exc: OSError) -> bool:
 def free_bytes(path: str) -> int:
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize
+
+
+def allocated_bytes(root: str) -> int:
+    """Bytes allocated under ``root`` (hardlinks once; mounts below it skipped).
+
+    Mount points are skipped by path, not by device number: btrfs subvolumes each have
+    their own st_dev but are part of the store.
+    """
+    total = 0
+    seen: Set[Tuple[int, int]] = set()
+    if not os.path.lexists(root):
+        return 0
+    skip = {m.mount_point for m in mounts_below(root)}
+    stack = [os.path.realpath(root)]
+    while stack:
+        path = stack.pop()
+        try:
+            entries = list(os.scandir(path))
+        except (FileNotFoundError, PermissionError, NotADirectoryError):
+            continue
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if entry.path in skip:
+                continue
+            if st.st_nlink > 1:
+                key = (st.st_dev, st.st_ino)
+                if key in seen:
+                    continue
+                seen.add(key)
+            total += st.st_blocks * 512
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(entry.path)
+    return total

@@ -11,11 +11,11 @@ the bytes of the files in its writable layer and ``virtual_size`` adds its image
 from __future__ import annotations
 
 import os
-import stat
 from typing import Any, Dict, List, Optional, Set
 
 from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID
-from ansible_collections.strata.layers.plugins.module_utils._fsinfo import fs_type, supports_d_type
+from ansible_collections.strata.layers.plugins.module_utils._fsinfo import (
+    allocated_bytes, fs_type, supports_d_type)
 from ansible_collections.strata.layers.plugins.module_utils._images import ImageRecord
 from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord
 from ansible_collections.strata.layers.plugins.module_utils._probe import nearest_existing
@@ -37,39 +37,6 @@ def history_of(image: ImageRecord, layers: Dict[ChainID, LayerRecord]) -> List[D
         rows.append({"created": entry.get("created", ""), "created_by": entry.get("created_by", ""),
                      "comment": entry.get("comment", ""), "empty_layer": empty, "size": size})
     return rows
-
-
-def disk_bytes(root: str) -> int:
-    """Bytes allocated under ``root`` (hardlinks once; mounted filesystems skipped)."""
-    total = 0
-    seen: Set[tuple] = set()
-    try:
-        dev = os.lstat(root).st_dev
-    except FileNotFoundError:
-        return 0
-    stack = [root]
-    while stack:
-        path = stack.pop()
-        try:
-            entries = list(os.scandir(path))
-        except (FileNotFoundError, PermissionError, NotADirectoryError):
-            continue
-        for entry in entries:
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            if st.st_dev != dev:
-                continue
-            if st.st_nlink > 1:
-                key = (st.st_dev, st.st_ino)
-                if key in seen:
-                    continue
-                seen.add(key)
-            total += st.st_blocks * 512
-            if stat.S_ISDIR(st.st_mode):
-                stack.append(entry.path)
-    return total
 
 
 def store_info(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, Any]:
@@ -116,7 +83,7 @@ def describe(store: Store, containers: Optional[List[Dict[str, Any]]] = None) ->
         "layers": sum(r.size for r in layers.values()),
         "reclaimable": sum(r.size for c, r in layers.items()
                            if c not in image_layers and c not in used_by_containers),
-        "on_disk": disk_bytes(store.root),
+        "on_disk": allocated_bytes(store.root),
     }
     return result
 

@@ -62,7 +62,8 @@ from ansible_collections.strata.layers.plugins.module_utils._digest import (
     ChainID, DiffID, Digest, ImageID, chain_id, chain_ids, hex_of, is_digest, sha256_bytes)
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     DigestMismatch, InvalidInput, NotFound, StoreError, Unsupported)
-from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mounts_below, umount
+from ansible_collections.strata.layers.plugins.module_utils._fsinfo import (
+    allocated_bytes, mounts_below, umount)
 from ansible_collections.strata.layers.plugins.module_utils._images import (
     ImageConfig, ImageDB, ImageRecord)
 from ansible_collections.strata.layers.plugins.module_utils._layers import (
@@ -363,7 +364,47 @@ class Store:
         for image in self.images.all():
             for chain in image.chain:
                 users.setdefault(ChainID(chain), set()).add(image.id)
+        for cid in self.container_ids():
+            try:
+                data = read_json(os.path.join(self.root, "containers", cid, "container.json"))
+                chain = self.images.get(data["image_id"]).chain
+            except (OSError, ValueError, KeyError, StoreError):
+                continue
+            for link in chain:
+                users.setdefault(ChainID(link), set()).add("container:" + cid)
         return users
+
+    def remove_layer(self, chain: ChainID) -> int:
+        """Remove one layer (record first: the commit point), return the bytes freed."""
+        self._require_writable()
+        driver = self.driver
+        freed = allocated_bytes(driver.layer_dir(chain))
+        mark = self.marks.begin("remove-layer").set(
+            record=self.layers.path(chain), if_absent=[(driver.name, driver.layer_dir(chain))])
+        crash_point("layer-remove.marked")
+        makedirs(self.tmp)
+        rename_durable(self.layers.path(chain), os.path.join(self.tmp, temp_name("removed-layer")))
+        crash_point("layer-remove.unrecorded")
+        driver.remove_layer(chain)
+        mark.done()
+        return freed
+
+    def remove_image(self, image_id: ImageID) -> None:
+        """Remove an image record and every tag pointing at it (not its layers)."""
+        self._require_writable()
+        tags = self.images.tags()
+        kept = {t: i for t, i in tags.items() if i != image_id}
+        if kept != tags:
+            self.images.write_tags(kept)
+        crash_point("image-remove.untagged")
+        makedirs(self.tmp)
+        rename_durable(self.images.path(image_id), os.path.join(self.tmp, temp_name("removed-image")))
+
+    def unused_layers(self) -> List[ChainID]:
+        """Layers no image and no container needs, children before parents."""
+        users = self.layer_users()
+        unused = [r for r in self.layers.all() if r.chain_id not in users]
+        return [r.chain_id for r in sorted(unused, key=lambda r: r.depth, reverse=True)]
 
     # ------------------------------------------------------------------ images
     def put_image(self, config: ImageConfig, meta: Dict[str, object]) -> Tuple[ImageRecord, bool]:

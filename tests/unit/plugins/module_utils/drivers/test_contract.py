@@ -12,6 +12,7 @@ import os
 import pytest
 
 from ansible_collections.strata.layers.plugins.module_utils import _containers as containers
+from ansible_collections.strata.layers.plugins.module_utils._changes import chunk_reader
 from ansible_collections.strata.layers.plugins.module_utils._compression import DecodedStream
 from ansible_collections.strata.layers.plugins.module_utils._digest import chain_ids
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mount_at
@@ -126,7 +127,7 @@ def test_container_changes_become_a_layer_with_the_same_view(store, tmp_path):
     with store.write("t"):
         containers.unmount(store, c1)
         chunks = containers.changes(store, c1, list(image.chain)).tar()
-        stream = DecodedStream(lambda n, it=iter(chunks): next(it, b""))
+        stream = DecodedStream(chunk_reader(iter(chunks)))
         record, imported, _digests = store.ingest_layer(lambda: stream, image.chain[-1], "commit")
         raw = derive_config(image.config, record.diff_id, "2024-01-02T00:00:00Z", "commit")
         child, _added = store.put_image(parse_config(raw, "t"), {})

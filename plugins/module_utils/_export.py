@@ -1,0 +1,285 @@
+# Copyright: strata.layers contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""``image_export``: write an image as ``docker-archive``, ``oci-archive`` or ``oci-layout``.
+
+Layers are re-emitted from their header records and the driver's files, byte for byte
+as they were imported (the original tar is never kept): every blob is hashed while it
+is written and must match its diff_id, or the export fails and leaves nothing.
+
+Archives use the layout ``docker save`` writes since Docker 25 (an OCI image layout
+plus ``manifest.json`` and ``repositories``), which ``docker load``, ``podman load`` and
+``skopeo`` read; layers are uncompressed tars, so their blob digest is their diff_id.
+Member headers are deterministic (mtime 0, root-owned): exporting the same image twice
+gives the same bytes.  Archives are written to a temp file beside ``dest`` and renamed.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from ansible_collections.strata.layers.plugins.module_utils._archive import (
+    DirIndex, TarIndex)
+from ansible_collections.strata.layers.plugins.module_utils._atomic import (
+    fsync_dir, temp_name, wrap_os_error, write_file)
+from ansible_collections.strata.layers.plugins.module_utils._digest import (
+    ChainID, chain_ids, hex_of, sha256_bytes)
+from ansible_collections.strata.layers.plugins.module_utils._errors import (
+    Corrupt, InvalidInput, StoreError)
+from ansible_collections.strata.layers.plugins.module_utils._images import (
+    ImageRecord, normalize_tag, split_reference)
+from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord
+from ansible_collections.strata.layers.plugins.module_utils._store import Store
+from ansible_collections.strata.layers.plugins.module_utils._tarformat import (
+    DIRTYPE, REGTYPE, encode_header, end_of_archive, padding)
+from ansible_collections.strata.layers.plugins.module_utils._tarsplit import emit
+
+FORMATS = ("docker-archive", "oci-archive", "oci-layout")
+MT_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MT_INDEX = "application/vnd.oci.image.index.v1+json"
+MT_CONFIG = "application/vnd.oci.image.config.v1+json"
+MT_LAYER = "application/vnd.oci.image.layer.v1.tar"
+Sink = Callable[[Any], object]
+
+
+@dataclass
+class Blob:
+    """One blob of the export: bytes in memory, or a layer re-emitted on demand."""
+
+    digest: str
+    size: int
+    data: Optional[bytes] = None
+    layer: Optional[LayerRecord] = None
+
+    @property
+    def name(self) -> str:
+        return "blobs/sha256/" + hex_of(self.digest)
+
+
+def _json(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+class Plan:
+    """Every blob and metadata file of one image's export."""
+
+    def __init__(self, store: Store, image: ImageRecord, tags: List[str]) -> None:
+        self.image = image
+        self.tags = tags
+        records = [store.layers.get(ChainID(c)) for c in chain_ids(image.config.diff_ids)]
+        self.layers: List[Blob] = []
+        seen = set()
+        for record in records:
+            if record.diff_id not in seen:
+                seen.add(record.diff_id)
+                self.layers.append(Blob(record.diff_id, record.tar_size, layer=record))
+        self.layer_digests = [r.diff_id for r in records]
+        sizes = {r.diff_id: r.tar_size for r in records}
+        self.config = Blob(image.id, len(image.config.raw), data=image.config.raw)
+        manifest = _json({"schemaVersion": 2, "mediaType": MT_MANIFEST,
+                          "config": {"mediaType": MT_CONFIG, "digest": image.id,
+                                     "size": len(image.config.raw)},
+                          "layers": [{"mediaType": MT_LAYER, "digest": d, "size": sizes[d]}
+                                     for d in self.layer_digests]})
+        self.manifest = Blob(sha256_bytes(manifest), len(manifest), data=manifest)
+
+    def index(self) -> bytes:
+        desc: Dict[str, Any] = {"mediaType": MT_MANIFEST, "digest": self.manifest.digest,
+                                "size": self.manifest.size}
+        if self.tags:
+            desc["annotations"] = {"io.containerd.image.name": self.tags[0],
+                                   "org.opencontainers.image.ref.name": self.tags[0]}
+        return _json({"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": [desc]})
+
+    def docker_manifest(self) -> bytes:
+        return _json([{"Config": self.config.name, "RepoTags": self.tags or None,
+                       "Layers": ["blobs/sha256/" + hex_of(d) for d in self.layer_digests]}])
+
+    def repositories(self) -> bytes:
+        repos: Dict[str, Dict[str, str]] = {}
+        top = hex_of(self.layer_digests[-1]) if self.layer_digests else ""
+        for tag in self.tags:
+            name, version = split_reference(tag)
+            repos.setdefault(name, {})[version] = top
+        return _json(repos)
+
+    def metadata(self, fmt: str) -> List[Tuple[str, bytes]]:
+        files = [("oci-layout", _json({"imageLayoutVersion": "1.0.0"})),
+                 ("index.json", self.index())]
+        if fmt == "docker-archive":
+            files += [("manifest.json", self.docker_manifest()),
+                      ("repositories", self.repositories())]
+        return files
+
+    def blobs(self) -> List[Blob]:
+        return self.layers + [self.config, self.manifest]
+
+
+def write_blob(store: Store, blob: Blob, sink: Sink) -> None:
+    """Send ``blob`` to ``sink``; a layer must re-emit to its diff_id."""
+    if blob.data is not None:
+        sink(blob.data)
+        return
+    layer = blob.layer
+    if layer is None:
+        raise StoreError("internal error: blob %s has no content" % blob.digest)
+    digest, size = emit(store.layers.split_path(layer.chain_id),
+                        store.driver.layer_files(layer.chain_id), sink)
+    if digest != layer.diff_id or size != layer.tar_size:
+        raise Corrupt("layer %s no longer matches its content (re-emitted as %s): the store "
+                      "is damaged; run strata.layers.store_check" % (layer.diff_id, digest))
+
+
+class _FileSink:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.size = 0
+
+    def __call__(self, data: Any) -> None:
+        view = memoryview(data)
+        self.size += len(view)
+        while view:
+            view = view[os.write(self.fd, view):]
+
+
+def write_archive(store: Store, plan: Plan, fmt: str, dest: str) -> None:
+    tmp = os.path.join(os.path.dirname(dest) or ".", temp_name(os.path.basename(dest)))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        sink = _FileSink(fd)
+        for name in ("blobs/", "blobs/sha256/"):
+            sink(encode_header(name.encode(), DIRTYPE, 0o755))
+        for blob in plan.blobs():
+            sink(encode_header(blob.name.encode(), REGTYPE, 0o644, size=blob.size))
+            write_blob(store, blob, sink)
+            sink(padding(blob.size))
+        for name, data in plan.metadata(fmt):
+            sink(encode_header(name.encode(), REGTYPE, 0o644, size=len(data)))
+            sink(data + padding(len(data)))
+        sink(end_of_archive())
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, dest)
+        fsync_dir(os.path.dirname(os.path.abspath(dest)))
+    except OSError as exc:
+        raise wrap_os_error(exc, "writing %s" % dest) from exc
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_layout(store: Store, plan: Plan, dest: str) -> None:
+    blobs_dir = os.path.join(dest, "blobs", "sha256")
+    os.makedirs(blobs_dir, mode=0o755, exist_ok=True)
+    for blob in plan.blobs():
+        path = os.path.join(dest, blob.name)
+        if os.path.isfile(path) and os.path.getsize(path) == blob.size:
+            continue
+        tmp = os.path.join(blobs_dir, temp_name(hex_of(blob.digest)))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            write_blob(store, blob, _FileSink(fd))
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+        os.close(fd)
+        os.replace(tmp, path)
+    fsync_dir(blobs_dir)
+    for name, data in plan.metadata("oci-layout"):
+        if name == "index.json":
+            data = _merged_index(os.path.join(dest, name), plan)
+        write_file(os.path.join(dest, name), data)
+
+
+def _merged_index(path: str, plan: Plan) -> bytes:
+    """Our manifest replaces an entry of the same name (or digest); other images stay."""
+    mine = json.loads(plan.index())["manifests"][0]
+    name = (mine.get("annotations") or {}).get("org.opencontainers.image.ref.name")
+    try:
+        with open(path, "rb") as handle:
+            current = json.loads(handle.read()).get("manifests", [])
+    except (OSError, ValueError, AttributeError):
+        current = []
+    others = [m for m in current if m.get("digest") != mine["digest"] and
+              (name is None or (m.get("annotations") or {}).get(
+                  "org.opencontainers.image.ref.name") != name)]
+    return _json({"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": others + [mine]})
+
+
+def _same_export(dest: str, fmt: str, plan: Plan) -> bool:
+    """The reason idiom: does ``dest`` already hold exactly this export?"""
+    if not os.path.exists(dest):
+        return False
+    index: Any = None
+    try:
+        index = DirIndex(dest) if fmt == "oci-layout" else TarIndex(dest)
+        if fmt == "docker-archive":
+            if index.read("manifest.json") != plan.docker_manifest():
+                return False
+        elif fmt == "oci-archive" and index.read("index.json") != plan.index():
+            return False
+        elif fmt == "oci-layout":
+            entries = json.loads(index.read("index.json")).get("manifests", [])
+            if not any(m.get("digest") == plan.manifest.digest for m in entries):
+                return False
+        return all(_blob_present(index, blob) for blob in plan.blobs())
+    except (StoreError, OSError, ValueError):
+        return False
+    finally:
+        if index is not None:
+            index.close()
+
+
+def _blob_present(index: Any, blob: Blob) -> bool:
+    if isinstance(index, TarIndex):
+        return index.has(blob.name) and index.resolve(blob.name).size == blob.size
+    path = os.path.join(index.path, blob.name)
+    return os.path.isfile(path) and os.path.getsize(path) == blob.size
+
+
+def image_export(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, Any]:
+    fmt = params.get("format") or "docker-archive"
+    if fmt not in FORMATS:
+        raise InvalidInput("format %r is not one of %s" % (fmt, ", ".join(FORMATS)))
+    dest = params.get("dest")
+    if not dest or not os.path.isabs(dest):
+        raise InvalidInput("dest %r must be an absolute path" % (dest,))
+    if fmt != "oci-layout" and os.path.isdir(dest):
+        raise InvalidInput("dest %s is a directory; format %s writes a file" % (dest, fmt))
+    if fmt == "oci-layout" and os.path.exists(dest) and not os.path.isdir(dest):
+        raise InvalidInput("dest %s exists and is not a directory (oci-layout)" % dest)
+    parent = os.path.dirname(dest)
+    if not os.path.isdir(parent):
+        raise InvalidInput("the directory of dest (%s) does not exist" % parent)
+    store = Store(params["data_root"], float(params.get("lock_timeout") or 300))
+    with store.read():
+        ref = params.get("image") or ""
+        image = store.images.get(store.images.resolve(ref))
+        tags = _tags_for(ref, image.id)
+        plan = Plan(store, image, tags)
+        changed = not _same_export(dest, fmt, plan)
+        if changed and not check_mode:
+            if fmt == "oci-layout":
+                write_layout(store, plan, dest)
+            else:
+                write_archive(store, plan, fmt, dest)
+    return {"changed": changed, "image_id": image.id, "dest": dest, "format": fmt,
+            "layers": plan.layer_digests, "tags": tags}
+
+
+def _tags_for(ref: str, image_id: str) -> List[str]:
+    """As ``docker save``: an image saved by tag carries that tag; by id, none."""
+    try:
+        tag = normalize_tag(ref)
+    except StoreError:
+        return []
+    if ref.startswith("sha256:") or (len(ref) >= 12 and all(c in "0123456789abcdef" for c in ref)
+                                     and image_id[7:].startswith(ref)):
+        return []
+    return [tag]

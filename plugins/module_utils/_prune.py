@@ -1,0 +1,71 @@
+# Copyright: strata.layers contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""``store_prune``: remove what nothing references (``docker image prune``).
+
+An image is unreferenced when no tag points at it, no container uses it and it is not
+the parent of a kept image (a build step another image was made from); a layer when no
+remaining image or container needs it.  Reclaimed bytes are measured on disk (what
+the driver's directories really took), not the layers' logical sizes.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Set
+
+from ansible_collections.strata.layers.plugins.module_utils import _containers as containers
+from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID
+from ansible_collections.strata.layers.plugins.module_utils._fsinfo import allocated_bytes
+from ansible_collections.strata.layers.plugins.module_utils._store import Store
+
+
+def dangling_images(store: Store) -> List[str]:
+    tagged = set(store.images.tags().values())
+    used = {c.image_id for c in containers.ContainerDB(store.root).all()}
+    images = store.images.all()
+    keep: Set[str] = tagged | used
+    parents = {i.id: i.meta.get("parent") for i in images}
+    frontier = list(keep)
+    while frontier:
+        parent = parents.get(frontier.pop())
+        if parent and parent not in keep:
+            keep.add(parent)
+            frontier.append(parent)
+    return sorted(i.id for i in images if i.id not in keep)
+
+
+def store_prune(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, Any]:
+    store = Store(params["data_root"], float(params.get("lock_timeout") or 300))
+    if check_mode or not store.exists():
+        with store.read():
+            return _plan(store)
+    with store.write("store_prune"):
+        return _prune(store)
+
+
+def _plan(store: Store) -> Dict[str, Any]:
+    if not store.exists():
+        return {"changed": False, "removed": {"images": [], "layers": []}, "reclaimed": 0}
+    images = dangling_images(store)
+    doomed = set(images)
+    needed: Set[ChainID] = set()
+    for image in store.images.all():
+        if image.id not in doomed:
+            needed.update(ChainID(c) for c in image.chain)
+    for record in containers.ContainerDB(store.root).all():
+        if store.images.exists(record.image_id):
+            needed.update(ChainID(c) for c in store.images.get(record.image_id).chain)
+    layers = [r.chain_id for r in store.layers.all() if r.chain_id not in needed]
+    reclaimed = sum(allocated_bytes(store.driver.layer_dir(c)) for c in layers)
+    return {"changed": bool(images or layers),
+            "removed": {"images": images, "layers": [str(c) for c in layers]},
+            "reclaimed": reclaimed}
+
+
+def _prune(store: Store) -> Dict[str, Any]:
+    images = dangling_images(store)
+    for image_id in images:
+        store.remove_image(image_id)
+    layers = store.unused_layers()
+    reclaimed = sum(store.remove_layer(chain) for chain in layers)
+    return {"changed": bool(images or layers),
+            "removed": {"images": images, "layers": [str(c) for c in layers]},
+            "reclaimed": reclaimed}

@@ -1,0 +1,69 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: strata.layers contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: store_prune
+short_description: Remove images and layers nothing references
+version_added: 0.1.0
+description:
+  - Removes untagged images no container uses and that no kept image was built from, then
+    every layer no remaining image or container needs (C(docker image prune)).
+  - Reports the bytes reclaimed on disk. In check mode, only reports.
+author:
+  - strata.layers developers (@strata-layers)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - ansible.builtin.action_common_attributes.actiongroups
+  - strata.layers.store
+attributes:
+  action_group:
+    support: full
+    membership: [strata.layers.layers]
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  platform:
+    support: full
+    platforms: posix
+"""
+
+EXAMPLES = r"""
+- name: What would a prune free?
+  strata.layers.store_prune:
+  check_mode: true
+  register: prune
+
+- name: Prune
+  strata.layers.store_prune:
+"""
+
+RETURN = r"""
+removed:
+  description: What was removed (would be, in check mode).
+  returned: always
+  type: dict
+  contains:
+    images: {description: Image ids., type: list, elements: str}
+    layers: {description: Layer chain ids., type: list, elements: str}
+reclaimed:
+  description: Bytes freed on disk (that would be freed, in check mode).
+  returned: always
+  type: int
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.strata.layers.plugins.module_utils._argspec import run, store_spec
+from ansible_collections.strata.layers.plugins.module_utils._prune import store_prune
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=store_spec(), supports_check_mode=True)
+    run(module, store_prune)
+
+
+if __name__ == "__main__":
+    main()

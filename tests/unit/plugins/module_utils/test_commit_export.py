@@ -1,0 +1,139 @@
+"""container_commit, image_export, image and store_prune against real stores,
+with podman and skopeo reading what we export."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+
+from ansible_collections.strata.layers.plugins.module_utils._commit import container_commit
+from ansible_collections.strata.layers.plugins.module_utils._containers import container_layer
+from ansible_collections.strata.layers.plugins.module_utils._errors import AlreadyExists
+from ansible_collections.strata.layers.plugins.module_utils._export import image_export
+from ansible_collections.strata.layers.plugins.module_utils._imageops import image
+from ansible_collections.strata.layers.plugins.module_utils._info import store_info
+from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
+from ansible_collections.strata.layers.plugins.module_utils._prune import store_prune
+from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
+from tests.support.images import skopeo
+from tests.support.tars import LayerTar, write
+
+
+@pytest.fixture(params=["overlay2", "vfs"])
+def root(request, store_root, busybox_tar):
+    storage_driver({"data_root": store_root, "driver": request.param})
+    layer_import({"data_root": store_root, "src": busybox_tar, "tag": ["bb:1"]})
+    return store_root
+
+
+def call(op, root, **kw):
+    return op(dict({"data_root": root}, **kw))
+
+
+def test_commit_makes_a_layer_of_the_changes_and_is_idempotent(root, tmp_path):
+    c = call(container_layer, root, name="c1", image="bb:1", state="mounted")
+    m = c["mount_point"]
+    with open(os.path.join(m, "etc/passwd"), "a") as handle:
+        handle.write("app:x:1000:1000::/home/app:/bin/sh\n")
+    os.unlink(os.path.join(m, "etc/os-release"))
+    os.makedirs(os.path.join(m, "opt/app"))
+    with open(os.path.join(m, "opt/app/data"), "w") as handle:
+        handle.write("data")
+    first = call(container_commit, root, name="c1", tag=["bb:committed"], message="snap")
+    assert first["changed"] and len(first["layers"]) == 2
+    again = call(container_commit, root, name="c1", tag=["bb:committed"], message="snap")
+    assert not again["changed"] and again["image_id"] == first["image_id"]
+    check = container_commit({"data_root": root, "name": "c1", "tag": ["bb:committed"],
+                              "message": "snap"}, check_mode=True)
+    assert not check["changed"]
+    c2 = call(container_layer, root, name="c2", image="bb:committed", state="mounted")
+    m2 = c2["mount_point"]
+    assert "app:x:1000" in open(os.path.join(m2, "etc/passwd")).read()
+    assert not os.path.exists(os.path.join(m2, "etc/os-release"))
+    assert open(os.path.join(m2, "opt/app/data")).read() == "data"
+    info = call(store_info, root)
+    committed = next(i for i in info["images"] if "bb:committed" in i["tags"])
+    assert committed["history"][-1]["comment"] == "snap"
+    for name in ("c1", "c2"):
+        call(container_layer, root, name=name, state="absent")
+
+
+def test_export_reimports_to_the_same_ids(root, tmp_path):
+    layer = write(tmp_path / "top.tar", LayerTar().dir("app").file("app/x", b"x").whiteout(
+        "etc/os-release").bytes())
+    child = call(layer_import, root, src=layer, parent="bb:1", tag=["bb:child"])
+    for fmt, dest in (("docker-archive", "a.tar"), ("oci-archive", "o.tar"),
+                      ("oci-layout", "layout")):
+        dest = str(tmp_path / dest)
+        out = call(image_export, root, image="bb:child", dest=dest, format=fmt)
+        assert out["changed"] and out["layers"] == [l["diff_id"] for l in child["layers"]]
+        assert not call(image_export, root, image="bb:child", dest=dest, format=fmt)["changed"]
+        fresh = str(tmp_path / ("fresh-" + fmt))
+        back = layer_import({"data_root": fresh, "src": dest})
+        assert back["image_id"] == child["image_id"]
+        assert [l["diff_id"] for l in back["layers"]] == out["layers"]
+        assert back["tags"] == ["bb:child"]
+
+
+def test_exported_archives_load_in_podman_and_skopeo(root, tmp_path):
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not installed")
+    dest = str(tmp_path / "bb.tar")
+    out = call(image_export, root, image="bb:1", dest=dest)
+    runroot = tempfile.mkdtemp(prefix="strata-prr-")  # podman wants a runroot under 50 chars
+    pod = ["podman", "--root", str(tmp_path / "pr"), "--runroot", runroot,
+           "--storage-driver", "vfs"]
+    try:
+        loaded = subprocess.run(pod + ["load", "-i", dest], check=False, capture_output=True,
+                                text=True, timeout=120)
+        assert loaded.returncode == 0, loaded.stderr
+        inspect = subprocess.run(pod + ["image", "inspect", "bb:1"], check=True,
+                                 capture_output=True, text=True, timeout=60)
+        data = json.loads(inspect.stdout)[0]
+        assert data["RootFS"]["Layers"] == out["layers"]
+        assert "sha256:" + data["Id"] == out["image_id"] or data["Id"] == out["image_id"][7:]
+    finally:
+        subprocess.run(pod + ["system", "reset", "--force"], capture_output=True, check=False,
+                       timeout=120)
+        shutil.rmtree(runroot, ignore_errors=True)
+    layout = str(tmp_path / "copied")
+    skopeo("copy", "docker-archive:" + dest, "oci:" + layout + ":copied")
+    copied = layer_import({"data_root": str(tmp_path / "s2"), "src": layout, "tag": ["c:1"]})
+    # skopeo rewrites the config when it converts to OCI; the layers stay byte-identical
+    assert [l["diff_id"] for l in copied["layers"]] == out["layers"]
+
+
+def test_image_tags_untags_and_refuses_removing_a_used_image(root):
+    out = call(image, root, name="bb:1", tag=["bb:stable", "bb:latest"])
+    assert out["changed"] and set(out["tags"]) == {"bb:1", "bb:stable", "bb:latest"}
+    assert not call(image, root, name="bb:1", tag=["bb:stable"])["changed"]
+    untag = call(image, root, name="bb:stable", state="absent")
+    assert untag["removed"]["tags"] == ["bb:stable"] and untag["removed"]["images"] == []
+    call(container_layer, root, name="user", image="bb:1")
+    assert call(image, root, name="bb:latest", state="absent")["removed"]["images"] == []
+    with pytest.raises(AlreadyExists, match="user"):
+        call(image, root, name="bb:1", state="absent")
+    forced = call(image, root, name="bb:1", state="absent", force=True)
+    assert forced["removed"]["containers"] == ["user"]
+    assert forced["removed"]["layers"]
+    info = call(store_info, root)
+    assert info["images"] == [] and info["layers"] == [] and info["containers"] == []
+    assert not call(image, root, name="bb:1", state="absent")["changed"]
+
+
+def test_prune_removes_only_what_nothing_references(root, tmp_path):
+    orphan = write(tmp_path / "o.tar", LayerTar().file("orphan", b"o" * 10000).bytes())
+    call(layer_import, root, src=orphan)
+    kept = write(tmp_path / "k.tar", LayerTar().file("kept", b"k").bytes())
+    call(layer_import, root, src=kept, parent="bb:1", tag=["bb:kept"])
+    plan = store_prune({"data_root": root}, check_mode=True)
+    assert plan["changed"] and len(plan["removed"]["layers"]) == 1 and plan["reclaimed"] > 0
+    done = call(store_prune, root)
+    assert done["removed"] == plan["removed"] and done["reclaimed"] >= 10000
+    assert not call(store_prune, root)["changed"]
+    info = call(store_info, root)
+    assert len(info["layers"]) == 2 and len(info["images"]) == 2
