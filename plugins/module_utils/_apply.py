@@ -29,7 +29,7 @@ import errno
 import os
 import stat
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Set, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils._atomic import remove_tree, wrap_os_error
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
@@ -82,6 +82,7 @@ class Applier:
         self.split = split
         self.what = what
         self.seen: Dict[bytes, int] = {}
+        self.opaque: Set[bytes] = set()
         self.dir_times: Dict[bytes, Tuple[int, int]] = {}
         self.size = 0
         self.entries = 0
@@ -349,6 +350,7 @@ class Applier:
             raise self._refuse("marks opaque a directory this layer whites out")
         fd = self._tree.dir_fd(directory, create=self._implicit_dir, on_open=self._saw_dir)
         self.seen.setdefault(directory, K_IMPLICIT)
+        self.opaque.add(directory)
         if self.whiteouts == WHITEOUT_DEVICE:
             os.setxattr(fd, OVERLAY_OPAQUE_XATTR, b"y")
         else:

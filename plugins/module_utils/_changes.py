@@ -28,6 +28,9 @@ from ansible_collections.strata.layers.plugins.module_utils._tarformat import (
 
 CHUNK = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# fuse-overlayfs marks opaque directories with the xattr (when root) and these entries
+FUSE_MARKERS = (b".wh..wh..opq", b".wh..opq")
+OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque", "user.fuseoverlayfs.opaque")
 _SKIPPED_XATTRS = ("trusted.overlay.", "user.overlay.", "user.fuseoverlayfs.",
                    "security.selinux")
 
@@ -68,8 +71,9 @@ def _is_whiteout(st: os.stat_result) -> bool:
 class _Emitter:
     """Tar bytes for entries of a tree (shared by both diff kinds)."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, exact_times: bool = False) -> None:
         self.root = os.fsencode(root)
+        self.exact_times = exact_times
         self.links: Dict[Tuple[int, int], bytes] = {}
         self.size = 0
         self.sized: Set[Tuple[int, int]] = set()
@@ -89,7 +93,8 @@ class _Emitter:
 
     def entry(self, rel: bytes, st: os.stat_result, with_data: bool = True) -> Iterator[bytes]:
         path = self.full(rel)
-        mtime = (st.st_mtime_ns // 1_000_000_000) * 1_000_000_000
+        # Docker truncates to seconds (commit); a migration keeps every nanosecond
+        mtime = st.st_mtime_ns if self.exact_times else (st.st_mtime_ns // 1_000_000_000) * 1_000_000_000
         mode = stat.S_IMODE(st.st_mode)
         name = rel + b"/" if stat.S_ISDIR(st.st_mode) else rel
         key = (st.st_dev, st.st_ino)
@@ -141,13 +146,14 @@ def _listdir(path: bytes) -> List[bytes]:
 class UpperDiff:
     """Native diff of an overlay upper directory."""
 
-    def __init__(self, upper: str) -> None:
+    def __init__(self, upper: str, exact_times: bool = False) -> None:
         self.upper = upper
+        self.exact_times = exact_times
 
     def size(self) -> int:
         emitter = _Emitter(self.upper)
-        for _rel, st in self._walk(emitter):
-            if not _is_whiteout(st):
+        for rel, st in self._walk(emitter):
+            if not _is_whiteout(st) and os.path.basename(rel) not in FUSE_MARKERS:
                 emitter.count(st)
         return emitter.size
 
@@ -163,12 +169,14 @@ class UpperDiff:
                     stack.append(child)
 
     def tar(self) -> Iterator[bytes]:
-        emitter = _Emitter(self.upper)
+        emitter = _Emitter(self.upper, self.exact_times)
         yield from self._tree(emitter, b"")
         yield end_of_archive()
 
     def _tree(self, emitter: _Emitter, rel: bytes) -> Iterator[bytes]:
         for name in _listdir(emitter.full(rel)):
+            if name in FUSE_MARKERS:
+                continue  # fuse-overlayfs's own opaque markers: the xattr says it all
             child = rel + b"/" + name if rel else name
             path = emitter.full(child)
             st = os.lstat(path)
@@ -185,10 +193,13 @@ class UpperDiff:
 
 
 def _opaque(path: bytes) -> bool:
-    try:
-        return os.getxattr(path, "trusted.overlay.opaque", follow_symlinks=False) == b"y"
-    except OSError:
-        return False
+    for xattr in OPAQUE_XATTRS:
+        try:
+            if os.getxattr(path, xattr, follow_symlinks=False) == b"y":
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _refuse_redirect(path: bytes, rel: bytes) -> None:
@@ -202,21 +213,27 @@ def _refuse_redirect(path: bytes, rel: bytes) -> None:
 
 
 class TreeDiff:
-    """Walk-and-compare of a full copy (``root``) against its image (``base``)."""
+    """Walk-and-compare of a full copy (``root``) against its image (``base``).
 
-    def __init__(self, base: Optional[str], root: str) -> None:
+    The parent directories of every change are emitted too (with their attributes),
+    as an overlay copy-up would put them in an upper directory: applied anywhere, the
+    tar then reproduces the parents' modes and owners instead of defaults.
+    """
+
+    def __init__(self, base: Optional[str], root: str, exact_times: bool = False) -> None:
         self.base = base
         self.root = root
+        self.exact_times = exact_times
 
     def size(self) -> int:
         emitter = _Emitter(self.root)
-        for _chunk in self._changes(emitter, b"", count_only=True):
+        for _chunk in self._changes(emitter, b"", [], count_only=True):
             pass
         return emitter.size
 
     def tar(self) -> Iterator[bytes]:
-        emitter = _Emitter(self.root)
-        yield from self._changes(emitter, b"", count_only=False)
+        emitter = _Emitter(self.root, self.exact_times)
+        yield from self._changes(emitter, b"", [], count_only=False)
         yield end_of_archive()
 
     def _base_path(self, rel: bytes) -> Optional[bytes]:
@@ -225,29 +242,43 @@ class TreeDiff:
         base = os.fsencode(self.base)
         return base + b"/" + rel if rel else base
 
-    def _changes(self, emitter: _Emitter, rel: bytes, count_only: bool) -> Iterator[bytes]:
+    @staticmethod
+    def _flush(emitter: _Emitter, pending: List[Tuple[bytes, os.stat_result]],
+               count_only: bool) -> Iterator[bytes]:
+        """Emit the not yet emitted ancestors of a change, outermost first."""
+        for rel, st in pending:
+            if not count_only:
+                yield from emitter.entry(rel, st)
+        pending.clear()
+
+    def _changes(self, emitter: _Emitter, rel: bytes, pending: List[Tuple[bytes, os.stat_result]],
+                 count_only: bool) -> Iterator[bytes]:
         here = _listdir(emitter.full(rel))
         base_dir = self._base_path(rel)
         there = set(_listdir(base_dir)) if base_dir is not None and os.path.isdir(base_dir) else set()
         for name in sorted(set(here) | there):
             child = rel + b"/" + name if rel else name
             if name not in here:
+                yield from self._flush(emitter, pending, count_only)
                 if not count_only:
                     yield emitter.whiteout(child)
                 continue
             st = os.lstat(emitter.full(child))
             old = _lstat(self._base_path(child)) if name in there else None
-            changed = old is None or _differs(old, st, emitter.full(child),
-                                              self._base_path(child))
-            if changed:
+            if old is None or _differs(old, st, emitter.full(child), self._base_path(child)):
+                yield from self._flush(emitter, pending, count_only)
                 emitter.count(st)
                 if not count_only:
                     yield from emitter.entry(child, st)
+            elif stat.S_ISDIR(st.st_mode):
+                pending.append((child, st))
             if stat.S_ISDIR(st.st_mode):
-                if old is not None and not stat.S_ISDIR(old.st_mode):
-                    old = None
-                yield from self._changes(emitter, child, count_only) if old is not None \
-                    else self._added(emitter, child, count_only)
+                if old is not None and stat.S_ISDIR(old.st_mode):
+                    yield from self._changes(emitter, child, pending, count_only)
+                else:
+                    yield from self._added(emitter, child, count_only)
+                if pending and pending[-1][0] == child:
+                    pending.pop()  # nothing changed below it: not emitted after all
 
     def _added(self, emitter: _Emitter, rel: bytes, count_only: bool) -> Iterator[bytes]:
         for name in _listdir(emitter.full(rel)):
@@ -288,7 +319,7 @@ def _differs(old: os.stat_result, new: os.stat_result, new_path: bytes,
 
 def chunk_reader(chunks: Iterator[bytes]) -> "Callable[[int], bytes]":
     """A raw ``read(n)`` over generated chunks (empty chunks are not end of stream)."""
-    def read(_size: int) -> bytes:
+    def read(_size: int = 0) -> bytes:
         for chunk in chunks:
             if chunk:
                 return chunk

@@ -35,6 +35,7 @@ from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mount
 from ansible_collections.strata.layers.plugins.module_utils._images import ImageRecord
 from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord, now_iso
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
+from ansible_collections.strata.layers.plugins.module_utils.drivers._base import Driver
 
 _NAME_RE = re.compile(r"\A[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}\Z")
 STATES = ("present", "mounted", "unmounted", "absent")
@@ -110,10 +111,15 @@ def default_mount_point(store: Store, cid: str) -> str:
 
 def changes(store: Store, record: ContainerRecord, chain: Sequence[ChainID]
             ) -> Union[UpperDiff, TreeDiff]:
-    driver = store.driver
+    return changes_with(store.driver, record, chain)
+
+
+def changes_with(driver: Driver, record: ContainerRecord, chain: Sequence[ChainID],
+                 exact_times: bool = False) -> Union[UpperDiff, TreeDiff]:
+    """The container's changes as ``driver`` stores them (native or naive diff)."""
     if driver.whiteouts == "device":
-        return UpperDiff(driver.container_root(record.id))
-    return TreeDiff(driver.diff_base(list(chain)), driver.container_root(record.id))
+        return UpperDiff(driver.container_root(record.id), exact_times)
+    return TreeDiff(driver.diff_base(list(chain)), driver.container_root(record.id), exact_times)
 
 
 def container_facts(store: Store, layers: Optional[Dict[ChainID, LayerRecord]] = None

@@ -25,15 +25,14 @@ from ansible_collections.strata.layers.plugins.module_utils._errors import (
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import fs_type, supports_d_type
 from ansible_collections.strata.layers.plugins.module_utils.drivers._base import (
     Candidate, Driver, HostFacts)
+from ansible_collections.strata.layers.plugins.module_utils.drivers.btrfs import Btrfs
+from ansible_collections.strata.layers.plugins.module_utils.drivers.fuse_overlayfs import (
+    FuseOverlayfs)
 from ansible_collections.strata.layers.plugins.module_utils.drivers.overlay2 import Overlay2
 from ansible_collections.strata.layers.plugins.module_utils.drivers.vfs import Vfs
 
-DRIVERS: Dict[str, Type[Driver]] = {cls.name: cls for cls in (Overlay2, Vfs)}
+DRIVERS: Dict[str, Type[Driver]] = {cls.name: cls for cls in (Btrfs, Overlay2, FuseOverlayfs, Vfs)}
 PRIORITY = ["btrfs", "overlay2", "fuse-overlayfs", "vfs"]
-
-
-def register(cls: Type[Driver]) -> None:
-    DRIVERS[cls.name] = cls
 
 
 def driver_class(name: str) -> Type[Driver]:

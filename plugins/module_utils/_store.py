@@ -69,7 +69,8 @@ from ansible_collections.strata.layers.plugins.module_utils._images import (
 from ansible_collections.strata.layers.plugins.module_utils._layers import (
     LayerDB, LayerRecord, now_iso)
 from ansible_collections.strata.layers.plugins.module_utils._lock import DEFAULT_TIMEOUT, StoreLock
-from ansible_collections.strata.layers.plugins.module_utils._probe import driver_class, select
+from ansible_collections.strata.layers.plugins.module_utils._probe import (
+    DRIVERS, driver_class, select)
 from ansible_collections.strata.layers.plugins.module_utils._recovery import Marks
 from ansible_collections.strata.layers.plugins.module_utils._tarformat import ChunkReader
 from ansible_collections.strata.layers.plugins.module_utils._tarsplit import TarSplitWriter
@@ -154,15 +155,22 @@ class Store:
     def driver_named(self, name: str) -> Driver:
         return driver_class(name)(self.root)
 
-    def initialize(self, driver: str, previous: Optional[str] = None) -> None:
+    def initialize(self, driver: str, previous: Optional[str] = None,
+                   keep_previous: bool = False) -> None:
         """Record ``driver`` as the active one (the store.json rewrite is atomic)."""
         impl = driver_class(driver)(self.root)
         impl.init()
         for sub in ("layers", "images", "containers", "distribution", "sources", "tmp"):
             makedirs(os.path.join(self.root, sub))
         write_json(os.path.join(self.root, "store.json"),
-                   {"format": FORMAT, "driver": driver, "previous_driver": previous})
+                   {"format": FORMAT, "driver": driver, "previous_driver": previous,
+                    "keep_previous": bool(keep_previous and previous)})
         self._driver = impl
+
+    def driver_homes(self) -> List[Driver]:
+        """Every driver with a home under the store (the active one and kept ones)."""
+        return [self.driver_named(name) for name in DRIVERS
+                if os.path.isdir(os.path.join(self.root, name))]
 
     def has_content(self) -> bool:
         return bool(self.layers.chains()) or bool(self.container_ids())
@@ -197,9 +205,8 @@ class Store:
         for sub in ("", "layers", "images", "containers", "distribution", "sources",
                     "incomplete"):
             self._sweep_temp_files(os.path.join(self.root, sub))
-        name = self.driver_name
-        if name is not None:
-            self.recovered += ["removed %s" % p for p in self.driver.sweep()]
+        for home in self.driver_homes():
+            self.recovered += ["removed %s" % p for p in home.sweep()]
 
     def _sweep_temp_files(self, directory: str) -> None:
         try:
@@ -385,7 +392,9 @@ class Store:
         makedirs(self.tmp)
         rename_durable(self.layers.path(chain), os.path.join(self.tmp, temp_name("removed-layer")))
         crash_point("layer-remove.unrecorded")
-        driver.remove_layer(chain)
+        for home in self.driver_homes():
+            if home.has_layer(chain):
+                home.remove_layer(chain)
         mark.done()
         return freed
 

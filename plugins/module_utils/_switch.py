@@ -9,11 +9,10 @@ refuses to strand content: without ``migrate`` it fails naming both drivers.
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Dict, List, Optional
 
-from ansible_collections.strata.layers.plugins.module_utils._atomic import remove_tree
 from ansible_collections.strata.layers.plugins.module_utils._errors import InvalidInput, Unsupported
+from ansible_collections.strata.layers.plugins.module_utils import _migrate as migration
 from ansible_collections.strata.layers.plugins.module_utils._probe import PRIORITY, select
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
 from ansible_collections.strata.layers.plugins.module_utils.drivers._base import Candidate
@@ -43,14 +42,17 @@ def _plan(store: Store, requested: str, migrate: bool, keep: bool, dry: bool) ->
         if target != current else store.state().get("previous_driver"),
         "backing_filesystem": facts.backing_filesystem, "supports_d_type": facts.supports_d_type,
         "candidates": [c.as_dict() for c in found], "migrated": None}
-    if target == current or dry:
-        if dry and target != current and current is not None and store.has_content():
-            result["migrated"] = _migration_preview(store)
+    if dry:
+        if target != current and current is not None and store.has_content():
+            result["migrated"] = migration.preview(store, target)
+        return result
+    if target == current:
+        result["changed"] = migration.finish_previous(store)
         return result
     if current is None or not store.has_content():
         _switch_empty(store, current, target)
         return result
-    result["migrated"] = _migrate(store, current, target, keep)
+    result["migrated"] = migration.migrate(store, target, keep)
     return result
 
 
@@ -82,17 +84,4 @@ def _reason_of(found: List[Candidate], name: str) -> str:
 def _switch_empty(store: Store, current: Optional[str], target: str) -> None:
     store.initialize(target, previous=current)
     if current is not None and current != target:
-        old = store.driver_named(current)
-        if os.path.isdir(old.home) and not old.layer_hexes() and not old.container_ids():
-            remove_tree(old.home)
-
-
-def _migration_preview(store: Store) -> Dict[str, Any]:
-    layers = list(store.layers.all())
-    return {"layers": len(layers), "containers": len(store.container_ids()),
-            "bytes": sum(r.tar_size for r in layers)}
-
-
-def _migrate(store: Store, current: str, target: str, keep: bool) -> Dict[str, Any]:
-    raise Unsupported("migrating a store with content from %s to %s is not implemented yet; "
-                      "the store was left unchanged" % (current, target))
+        migration.remove_home(store, current)

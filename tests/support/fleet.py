@@ -919,7 +919,7 @@ def _cli_enter(args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tests.support.fleet",
-                                     description=__doc__.split("\n\n")[0])
+                                     description=__doc__.split("\n\n", maxsplit=1)[0])
     sub = parser.add_subparsers(dest="command", required=True)
     cmd_up = sub.add_parser("up", help="start the fleet (replaces one already there)")
     cmd_up.add_argument("--hosts", nargs="+", metavar="SPEC",

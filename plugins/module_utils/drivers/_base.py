@@ -161,6 +161,9 @@ class Driver(ABC):
         except FileNotFoundError:
             return []
 
+    def container_exists(self, cid: str) -> bool:
+        return os.path.isdir(self.container_dir(cid))
+
     @abstractmethod
     def create_container(self, cid: str, chain: Sequence[ChainID]) -> None:
         """Create the writable layer of container ``cid`` over the layers ``chain``

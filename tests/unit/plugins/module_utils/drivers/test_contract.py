@@ -22,7 +22,8 @@ from ansible_collections.strata.layers.plugins.module_utils._tarsplit import emi
 from tests.support.tars import LayerTar
 
 # (driver, filesystem the store sits on; None = the test's tmp_path)
-SETUPS = [("overlay2", None), ("overlay2", "xfs"), ("vfs", None), ("vfs", "xfs")]
+SETUPS = [("overlay2", None), ("overlay2", "xfs"), ("vfs", None), ("vfs", "xfs"),
+          ("btrfs", "btrfs"), ("fuse-overlayfs", None), ("fuse-overlayfs", "ext4-nodtype")]
 
 
 @pytest.fixture(params=SETUPS, ids=lambda p: "%s-on-%s" % (p[0], p[1] or "tmp"))

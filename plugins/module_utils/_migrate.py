@@ -1,0 +1,258 @@
+# Copyright: strata.layers contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Switching the driver of a store that holds content, without losing any of it.
+
+Layer records are driver independent; only the files move.  Step by step:
+
+1. refuse if a container is mounted (its writable layer would change under us);
+2. every layer, parents first, that the new driver does not hold yet is re-emitted
+   from its header record and the old driver's files, and streamed through the
+   applier into a staging directory of the new driver; the stream must hash to the
+   layer's diff_id, then the staging directory is renamed to its final name.  A layer
+   the new driver already holds (an earlier, interrupted run, or data kept by
+   ``keep_previous``) is reused: final names only ever hold verified layers;
+3. every container's writable layer is carried over: its changes are read as a layer
+   tar from the old driver (native or naive diff), applied onto a fresh container of
+   the new driver, and read back from the new driver: both change sets must match
+   entry for entry (type, mode, owner, size, content digest, link target);
+4. ``store.json`` is rewritten to name the new driver (atomic: the commit point);
+5. unless ``keep_previous``, the old driver's home is removed, only now that the
+   switch is durable; a crash before that is finished by the next storage_driver run.
+
+Killed at any point before step 4, the store still works under the old driver and a
+re-run resumes (verified layers stay; staging debris is swept on open; containers are
+carried again).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import stat
+import threading
+import time
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+from ansible_collections.strata.layers.plugins.module_utils import _containers as containers
+from ansible_collections.strata.layers.plugins.module_utils._apply import Applier
+from ansible_collections.strata.layers.plugins.module_utils._atomic import (
+    fsync_dir, remove_tree, syncfs)
+from ansible_collections.strata.layers.plugins.module_utils._changes import chunk_reader
+from ansible_collections.strata.layers.plugins.module_utils._crash import crash_point
+from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID
+from ansible_collections.strata.layers.plugins.module_utils._errors import (
+    Busy, Corrupt, DigestMismatch)
+from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord
+from ansible_collections.strata.layers.plugins.module_utils._store import Store
+from ansible_collections.strata.layers.plugins.module_utils._tarformat import ChunkReader
+from ansible_collections.strata.layers.plugins.module_utils._tarsplit import emit
+from ansible_collections.strata.layers.plugins.module_utils.drivers._base import Driver
+
+
+def preview(store: Store, target: str) -> Dict[str, Any]:
+    """What a migration to ``target`` would move (check mode)."""
+    new = store.driver_named(target)
+    todo = [r for r in store.layers.all() if not new.has_layer(r.chain_id)]
+    return {"layers": len(todo), "containers": len(store.container_ids()),
+            "bytes": sum(r.tar_size for r in todo),
+            "reused_layers": len(list(store.layers.all())) - len(todo)}
+
+
+def migrate(store: Store, target: str, keep_previous: bool) -> Dict[str, Any]:
+    started = time.monotonic()
+    old, new = store.driver, store.driver_named(target)
+    _refuse_mounted(store)
+    new.init()
+    moved, reused, nbytes = _layers(store, old, new)
+    carried = _containers(store, old, new)
+    syncfs(new.home)
+    crash_point("migrate.materialized")
+    store.initialize(target, previous=old.name, keep_previous=keep_previous)
+    crash_point("migrate.switched")
+    finish_previous(store)
+    return {"layers": moved, "reused_layers": reused, "containers": carried, "bytes": nbytes,
+            "seconds": round(time.monotonic() - started, 3)}
+
+
+def finish_previous(store: Store) -> bool:
+    """Remove the previous driver's data once the switch is durable (unless kept).
+
+    Also finishes the job when a crash came between the switch and the removal."""
+    state = store.state()
+    previous = state.get("previous_driver")
+    if not previous or state.get("keep_previous") or previous == state.get("driver"):
+        return False
+    return remove_home(store, str(previous))
+
+
+def remove_home(store: Store, name: str) -> bool:
+    """Remove a driver's home with all its layers and containers (subvolumes too)."""
+    driver = store.driver_named(name)
+    if not os.path.isdir(driver.home):
+        return False
+    for chain in driver.layer_hexes():
+        driver.remove_path(driver.layer_dir(ChainID("sha256:" + chain)))
+    for cid in driver.container_ids():
+        driver.remove_path(driver.container_dir(cid))
+    remove_tree(driver.home)
+    fsync_dir(store.root)
+    return True
+
+
+def _refuse_mounted(store: Store) -> None:
+    mounted = [r["name"] for r in containers.container_facts(store) if r["mounted"]]
+    if mounted:
+        raise Busy("containers %s are mounted; unmount them (container_layer state: unmounted) "
+                   "before switching drivers" % ", ".join(sorted(mounted)), containers=mounted)
+
+
+def _layers(store: Store, old: Driver, new: Driver) -> Tuple[int, int, int]:
+    moved = reused = nbytes = 0
+    for record in sorted(store.layers.all(), key=lambda r: r.depth):
+        if new.has_layer(record.chain_id):
+            reused += 1
+            continue
+        _layer(store, old, new, record)
+        moved += 1
+        nbytes += record.tar_size
+        crash_point("migrate.layer")
+    return moved, reused, nbytes
+
+
+def _layer(store: Store, old: Driver, new: Driver, record: LayerRecord) -> None:
+    """Re-emit one layer from the old driver into the new one, verified."""
+    key = new.staging_key()
+    staged = new.stage_layer(key, record.parent, record.depth)
+    try:
+        chunks = _emitted(store, old, record)
+        reader = ChunkReader(chunk_reader(chunks), what="layer %s" % record.diff_id)
+        result = Applier(staged.path, new.whiteouts, None,
+                         "layer %s (migrating to %s)" % (record.diff_id, new.name)).apply(reader)
+        if result.diff_id != record.diff_id:
+            raise DigestMismatch("layer %s re-emitted from %s hashes to %s: its files there are "
+                                 "damaged; nothing was switched (run strata.layers.store_check)"
+                                 % (record.diff_id, old.name, result.diff_id))
+        new.commit_layer(staged, record.chain_id)
+    except BaseException:
+        new.remove_path(staged.top)
+        raise
+
+
+def _emitted(store: Store, old: Driver, record: LayerRecord) -> Iterator[bytes]:
+    """The layer's tar re-emitted from the old driver, as chunks the applier can pull."""
+    return _pull(lambda sink: emit(store.layers.split_path(record.chain_id),
+                                   old.layer_files(record.chain_id), sink))
+
+
+def _pull(producer: Callable[[Callable[[bytes], None]], object]) -> Iterator[bytes]:
+    """Run a push-style producer in a thread and hand its chunks out as an iterator
+    (a bounded queue: memory stays at a few chunks whatever the layer's size)."""
+    pipe: "queue.Queue[Any]" = queue.Queue(maxsize=8)
+    done = object()
+    failure: List[BaseException] = []
+
+    def run() -> None:
+        try:
+            producer(lambda data: pipe.put(bytes(data)))
+        except BaseException as exc:  # handed to the consumer below
+            failure.append(exc)
+        finally:
+            pipe.put(done)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    while True:
+        item = pipe.get()
+        if item is done:
+            break
+        yield item
+    thread.join()
+    if failure:
+        raise failure[0]
+
+
+def _containers(store: Store, old: Driver, new: Driver) -> int:
+    carried = 0
+    for record in containers.ContainerDB(store.root).all():
+        image = store.images.get(record.image_id)
+        chain = [ChainID(c) for c in image.chain]
+        if new.container_exists(record.id):
+            new.remove_container(record.id)
+        new.create_container(record.id, chain)
+        changes = containers.changes_with(old, record, chain, exact_times=True).tar()
+        applier = Applier(new.container_root(record.id), new.whiteouts, None,
+                          "the writable layer of container %s" % record.name)
+        applier.apply(ChunkReader(chunk_reader(iter(changes))))
+        _verify_container(store, old, new, record, chain, applier)
+        carried += 1
+        crash_point("migrate.container")
+    return carried
+
+
+def _verify_container(store: Store, old: Driver, new: Driver, record: Any,
+                      chain: List[ChainID], applier: Applier) -> None:
+    """Mount the container under both drivers; every path its changes touch (and all
+    below an opaque directory) must look the same: type, mode, owner, size, mtime,
+    content, link target, device, xattrs."""
+    views = [store.staging("verify-%s" % d.name) for d in (old, new)]
+    mounted: List[Tuple[Driver, str]] = []
+    try:
+        for driver, view in zip((old, new), views):
+            driver.mount(record.id, chain, view)
+            mounted.append((driver, view))
+        for rel in sorted(applier.seen):
+            _same(record, views, rel, below=rel in applier.opaque)
+    finally:
+        for driver, view in reversed(mounted):
+            driver.unmount(view)
+        for view in views:
+            remove_tree(view)
+
+
+def _same(record: Any, views: List[str], rel: bytes, below: bool) -> None:
+    seen = [describe(os.path.join(os.fsencode(v), rel)) for v in views]
+    if seen[0] != seen[1]:
+        raise Corrupt("container %s: %s differs after carrying it over (%s before, %s after); "
+                      "nothing was switched" % (record.name, rel.decode("utf-8", "replace"),
+                                                seen[0], seen[1]))
+    if below and seen[0] is not None and seen[0][0] == stat.S_IFDIR:
+        names = set(os.listdir(os.path.join(os.fsencode(views[0]), rel)))
+        names |= set(os.listdir(os.path.join(os.fsencode(views[1]), rel)))
+        for name in sorted(names):
+            _same(record, views, rel + b"/" + name, below=True)
+
+
+_INTERNAL_XATTRS = ("trusted.overlay.", "user.overlay.", "user.fuseoverlayfs.", "security.selinux")
+
+
+def describe(path: bytes) -> Optional[Tuple[Any, ...]]:
+    """What a user of the container sees of one path (None: it does not exist)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    kind = stat.S_IFMT(st.st_mode)
+    entry: List[Any] = [kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid]
+    if kind != stat.S_IFDIR:
+        entry += [st.st_size, st.st_mtime_ns, st.st_rdev]
+    if kind == stat.S_IFREG:
+        entry.append(_sha256(path))
+    elif kind == stat.S_IFLNK:
+        entry.append(os.readlink(path))
+    names = [] if kind == stat.S_IFLNK else os.listxattr(path, follow_symlinks=False)
+    entry.append(tuple(sorted((n, os.getxattr(path, n, follow_symlinks=False)) for n in names
+                              if not n.startswith(_INTERNAL_XATTRS))))
+    return tuple(entry)
+
+
+def _sha256(path: bytes) -> str:
+    digest = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        while True:
+            data = os.read(fd, 1 << 20)
+            if not data:
+                return digest.hexdigest()
+            digest.update(data)
+    finally:
+        os.close(fd)

@@ -1,0 +1,176 @@
+"""Switching drivers without losing anything: every ordered pair of the drivers this
+machine runs (all four run on btrfs), with containers holding changes; image ids,
+diff ids and every container's files compared before and after; kill -9 mid-way."""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from ansible_collections.strata.layers.plugins.module_utils._containers import container_layer
+from ansible_collections.strata.layers.plugins.module_utils._errors import Busy, InvalidInput
+from ansible_collections.strata.layers.plugins.module_utils._info import store_info
+from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
+from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
+from tests.support.paths import python_env
+from tests.support.tars import LayerTar, write
+
+DRIVERS = ["overlay2", "vfs", "btrfs", "fuse-overlayfs"]
+PAIRS = list(itertools.permutations(DRIVERS, 2))
+
+
+def tree(root: str) -> dict:
+    """Everything a user could observe of a root filesystem (overlay internals aside)."""
+    out = {}
+    for base, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(dirs + files):
+            path = os.path.join(base, name)
+            st = os.lstat(path)
+            entry = [stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid]
+            if not stat.S_ISDIR(st.st_mode):
+                entry.append(st.st_mtime_ns)
+            if stat.S_ISREG(st.st_mode):
+                with open(path, "rb") as handle:
+                    entry += [st.st_size, hashlib.sha256(handle.read()).hexdigest()]
+            elif stat.S_ISLNK(st.st_mode):
+                entry.append(os.readlink(path))
+            out[os.path.relpath(path, root)] = entry
+    return out
+
+
+def build(root: str, tmp_path, busybox_tar) -> None:
+    layer_import({"data_root": root, "src": busybox_tar, "tag": ["bb:1"]})
+    child = LayerTar().dir("srv", mode=0o750, uid=33, gid=33).file(
+        "srv/index.html", b"<h1>hi</h1>", uid=33, gid=33).whiteout("etc/os-release").dir(
+        "etc").opaque("root").bytes()
+    layer_import({"data_root": root, "src": write(tmp_path / "child.tar", child),
+                  "parent": "bb:1", "tag": ["web:1"]})
+    for name in ("c1", "c2"):
+        c = container_layer({"data_root": root, "name": name, "image": "web:1",
+                             "state": "mounted"})
+        m = c["mount_point"]
+        with open(os.path.join(m, "etc/passwd"), "a") as handle:
+            handle.write("%s:x:1000:1000::/:/bin/sh\n" % name)
+        os.unlink(os.path.join(m, "bin/cat"))
+        os.makedirs(os.path.join(m, "var/lib/app"))
+        with open(os.path.join(m, "var/lib/app/state"), "wb") as handle:
+            handle.write(os.urandom(3000))
+        os.chown(os.path.join(m, "var/lib/app/state"), 1000, 1000)
+        os.symlink("/var/lib/app/state", os.path.join(m, "state-link"))
+        os.link(os.path.join(m, "var/lib/app/state"), os.path.join(m, "var/lib/app/hard"))
+        os.chmod(os.path.join(m, "srv"), 0o700)
+        container_layer({"data_root": root, "name": name, "state": "unmounted"})
+
+
+def observe(root: str) -> dict:
+    info = store_info({"data_root": root})
+    seen = {"images": sorted((i["id"], tuple(i["layers"]), tuple(i["tags"]))
+                             for i in info["images"]),
+            "layers": sorted((l["chain_id"], l["diff_id"], l["size"]) for l in info["layers"]),
+            "containers": {}}
+    for c in info["containers"]:
+        m = container_layer({"data_root": root, "name": c["name"], "image": c["image_id"],
+                             "state": "mounted"})["mount_point"]
+        try:
+            seen["containers"][c["name"]] = (c["id"], c["size"], tree(m))
+        finally:
+            container_layer({"data_root": root, "name": c["name"], "state": "unmounted"})
+    return seen
+
+
+@pytest.fixture
+def btrfs_root(make_fs):
+    return os.path.join(make_fs("btrfs", 700).mountpoint, "store")
+
+
+@pytest.mark.parametrize("source,target", PAIRS, ids=["%s-to-%s" % p for p in PAIRS])
+def test_migration_keeps_every_image_layer_and_container_file(btrfs_root, tmp_path,
+                                                              busybox_tar, source, target):
+    root = btrfs_root
+    assert storage_driver({"data_root": root, "driver": source})["driver"] == source
+    build(root, tmp_path, busybox_tar)
+    before = observe(root)
+    with pytest.raises(InvalidInput, match="migrate"):
+        storage_driver({"data_root": root, "driver": target})
+    plan = storage_driver({"data_root": root, "driver": target, "migrate": True},
+                          check_mode=True)
+    assert plan["changed"] and plan["migrated"]["layers"] == 2
+    assert store_info({"data_root": root})["driver"] == source
+    done = storage_driver({"data_root": root, "driver": target, "migrate": True})
+    assert done["driver"] == target and done["previous_driver"] == source
+    assert done["migrated"]["layers"] == 2 and done["migrated"]["containers"] == 2
+    assert not os.path.exists(os.path.join(root, source))
+    after = observe(root)
+    assert after == before
+    again = storage_driver({"data_root": root, "driver": target, "migrate": True})
+    assert not again["changed"]
+
+
+def test_keep_previous_makes_switching_back_instant(btrfs_root, tmp_path, busybox_tar):
+    root = btrfs_root
+    storage_driver({"data_root": root, "driver": "overlay2"})
+    build(root, tmp_path, busybox_tar)
+    before = observe(root)
+    out = storage_driver({"data_root": root, "driver": "btrfs", "migrate": True,
+                          "keep_previous": True})
+    assert os.path.isdir(os.path.join(root, "overlay2"))
+    back = storage_driver({"data_root": root, "driver": "overlay2", "migrate": True})
+    assert back["migrated"]["layers"] == 0 and back["migrated"]["reused_layers"] == 2
+    assert back["migrated"]["containers"] == 2
+    assert not os.path.exists(os.path.join(root, "btrfs"))
+    assert observe(root) == before
+    assert out["migrated"]["layers"] == 2
+
+
+def test_mounted_containers_block_a_migration(btrfs_root, tmp_path, busybox_tar):
+    root = btrfs_root
+    storage_driver({"data_root": root, "driver": "overlay2"})
+    build(root, tmp_path, busybox_tar)
+    container_layer({"data_root": root, "name": "c1", "image": "web:1", "state": "mounted"})
+    with pytest.raises(Busy, match="c1"):
+        storage_driver({"data_root": root, "driver": "vfs", "migrate": True})
+    assert store_info({"data_root": root})["driver"] == "overlay2"
+    container_layer({"data_root": root, "name": "c1", "state": "unmounted"})
+
+
+def migrate_in_subprocess(root: str, target: str, crash_at: str, skip: int = 0):
+    env = python_env()
+    env.update(STRATA_CRASH_AT=crash_at, STRATA_CRASH_SKIP=str(skip))
+    code = ("import json, sys\n"
+            "from ansible_collections.strata.layers.plugins.module_utils._switch import "
+            "storage_driver\n"
+            "print(json.dumps(storage_driver({'data_root': %r, 'driver': %r, "
+            "'migrate': True})))\n" % (root, target))
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+
+
+@pytest.mark.parametrize("crash_at,skip", [("migrate.layer", 0), ("migrate.container", 1),
+                                           ("migrate.materialized", 0), ("migrate.switched", 0)])
+def test_kill_9_mid_migration_then_resume(btrfs_root, tmp_path, busybox_tar, crash_at, skip):
+    root = btrfs_root
+    storage_driver({"data_root": root, "driver": "vfs"})
+    build(root, tmp_path, busybox_tar)
+    before = observe(root)
+    killed = migrate_in_subprocess(root, "btrfs", crash_at, skip)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    expect_driver = "btrfs" if crash_at == "migrate.switched" else "vfs"
+    assert store_info({"data_root": root})["driver"] == expect_driver
+    assert observe(root) == before            # the store works, nothing lost
+    resumed = storage_driver({"data_root": root, "driver": "btrfs", "migrate": True})
+    assert resumed["driver"] == "btrfs"
+    if crash_at == "migrate.layer":
+        assert resumed["migrated"]["reused_layers"] == 1
+    assert observe(root) == before
+    assert not os.path.exists(os.path.join(root, "vfs"))
+    leftovers = [n for n in os.listdir(os.path.join(root, "btrfs", "layers")) if n.startswith(".tmp")]
+    assert leftovers == [] and os.listdir(os.path.join(root, "incomplete")) == []
+    assert json.loads(open(os.path.join(root, "store.json")).read())["driver"] == "btrfs"
