@@ -27,10 +27,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-from typing import List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Collection, List, Mapping, Optional, Sequence, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
-    makedirs, remove_tree, temp_name, write_file)
+    TEMP_PREFIX, makedirs, remove_tree, temp_name, write_file)
 from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID, hex_of
 from ansible_collections.strata.layers.plugins.module_utils._errors import StoreError, Unsupported
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mount, umount
@@ -45,6 +46,22 @@ _NO_OVERLAY_ON = ("overlay", "nfs", "fuse", "0x65735546", "ecryptfs", "aufs", "z
 def link_name(chain: ChainID) -> str:
     digest = hashlib.sha256(b"strata-overlay2-link:" + hex_of(chain).encode()).digest()
     return base64.b32encode(digest[:16]).decode("ascii").rstrip("=")
+
+
+@dataclass
+class LayoutIssue:
+    """One piece of the derived layout that does not match the layer records.
+
+    ``action`` is how ``repair_layout`` puts it right: ``link`` (re-make the ``l/``
+    link of ``chain``), ``write`` (write ``content`` to ``path``), ``remove``, ``mkdir``.
+    """
+
+    kind: str
+    path: str
+    detail: str
+    action: str
+    chain: Optional[ChainID] = None
+    content: Optional[str] = None
 
 
 def kernel_has_overlay() -> bool:
@@ -182,6 +199,97 @@ class Overlay2(Driver):
             self._ensure_link(layer, link_name(layer))
         return ":".join("l/" + link_name(layer) for layer in reversed(chain))
 
+    # ---------------------------------------------------------------- check
+    def check_layout(self, parents: Mapping[ChainID, Optional[ChainID]],
+                     undecided: Collection[ChainID] = ()) -> List[LayoutIssue]:
+        """What of the derived layout (``l/`` links, ``link`` and ``lower`` files,
+        ``empty/``) does not match ``parents``: chain -> parent of every layer whose data
+        this driver holds.  All of it can be derived again from the layer records.
+        The links of ``undecided`` layers (damaged records) are left alone."""
+        issues = self._check_links(parents, {link_name(c) for c in undecided})
+        for chain in sorted(parents):
+            issues += self._check_layer_files(chain, parents)
+        empty = os.path.join(self.home, "empty")
+        if not os.path.isdir(empty):
+            issues.append(LayoutIssue("missing-link", empty, "the lower directory of containers "
+                                      "on an image without layers is missing", "mkdir"))
+        return issues
+
+    def _check_links(self, parents: Mapping[ChainID, Optional[ChainID]],
+                     skip: Collection[str]) -> List[LayoutIssue]:
+        links = os.path.join(self.home, "l")
+        owners = {link_name(chain): chain for chain in parents}
+        try:
+            names = sorted(n for n in os.listdir(links) if n not in skip)
+        except FileNotFoundError:
+            names = []
+        issues = [i for i in (self._check_link(links, n, owners.get(n)) for n in names) if i]
+        present = set(names)
+        for name, chain in sorted(owners.items()):
+            if name not in present:
+                issues.append(LayoutIssue("missing-link", os.path.join(links, name),
+                                          "the short link of layer %s is missing" % chain,
+                                          "link", chain=chain))
+        return issues
+
+    def _check_link(self, links: str, name: str, chain: Optional[ChainID]
+                    ) -> Optional[LayoutIssue]:
+        path = os.path.join(links, name)
+        if name.startswith(TEMP_PREFIX):
+            return LayoutIssue("leftover", path, "a link being made when a run was interrupted",
+                               "remove")
+        try:
+            target = os.readlink(path)
+        except OSError:
+            return LayoutIssue("dangling-link", path, "not a symbolic link",
+                               "link" if chain else "remove", chain=chain)
+        if chain is not None:
+            if target == self._link_target(chain):
+                return None
+            return LayoutIssue("dangling-link", path, "points to %s instead of layer %s"
+                               % (target, chain), "link", chain=chain)
+        state = "which is not a layer of the store" if os.path.exists(path) \
+            else "which does not exist"
+        return LayoutIssue("dangling-link", path, "points to %s, %s" % (target, state), "remove")
+
+    def _check_layer_files(self, chain: ChainID, parents: Mapping[ChainID, Optional[ChainID]]
+                           ) -> List[LayoutIssue]:
+        issues = []
+        link_file = os.path.join(self.layer_dir(chain), "link")
+        if _read_text(link_file) != link_name(chain):
+            issues.append(LayoutIssue("missing-link", link_file, "the link file of layer %s is "
+                                      "missing or wrong" % chain, "write", chain=chain,
+                                      content=link_name(chain)))
+        known, lower = _expected_lower(chain, parents)
+        lower_file = os.path.join(self.layer_dir(chain), "lower")
+        if known and _read_text(lower_file) != lower:
+            issues.append(LayoutIssue(
+                "missing-link", lower_file, "the lower file of layer %s is missing or does not "
+                "list its parents (layers stacked on it later would mount wrong)" % chain,
+                "write" if lower else "remove", chain=chain, content=lower))
+        return issues
+
+    def _link_target(self, chain: ChainID) -> str:
+        return os.path.join("..", self.layers_dir, hex_of(chain), "diff")
+
+    def repair_layout(self, issue: LayoutIssue) -> Optional[str]:
+        """Put one issue right; returns what was done (None: its layer is gone)."""
+        if issue.action == "remove":
+            remove_tree(issue.path)
+            return "removed"
+        if issue.action == "mkdir":
+            makedirs(issue.path, 0o755)
+            return "created"
+        if issue.chain is None or not os.path.isdir(self.layer_files(issue.chain)):
+            return None
+        if issue.action == "write":
+            write_file(issue.path, (issue.content or "").encode())
+            return "rewritten"
+        if os.path.lexists(issue.path) and not os.path.islink(issue.path):
+            remove_tree(issue.path)
+        self._ensure_link(issue.chain, link_name(issue.chain))
+        return "linked to %s" % self._link_target(issue.chain)
+
     # ---------------------------------------------------------------- containers
     def create_container(self, cid: str, chain: Sequence[ChainID]) -> None:
         top = self.container_dir(cid)
@@ -213,6 +321,29 @@ class Overlay2(Driver):
         finally:
             os.fchdir(cwd)
             os.close(cwd)
+
+
+def _read_text(path: str) -> Optional[str]:
+    try:
+        with open(path) as handle:
+            return handle.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _expected_lower(chain: ChainID, parents: Mapping[ChainID, Optional[ChainID]]
+                    ) -> Tuple[bool, Optional[str]]:
+    """(known, the ``lower`` file a layer needs: its ancestors' links, nearest first).
+
+    Unknown when an ancestor's data is missing: there is nothing right to write then."""
+    names = []
+    parent = parents.get(chain)
+    while parent is not None:
+        if parent not in parents or len(names) > MAX_DEPTH:
+            return False, None
+        names.append("l/" + link_name(parent))
+        parent = parents[parent]
+    return True, ":".join(names) or None
 
 
 def copy_root_attrs(src: str, dst: str) -> None:
