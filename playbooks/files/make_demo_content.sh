@@ -1,8 +1,9 @@
 #!/bin/sh
 # make_demo_content.sh DIR: the seed walkthrough's inputs, from real content on this host.
 #   DIR/base-os.tar   a busybox root filesystem (stands in for ubuntu:16.10)
-#   DIR/cow-test/     the build context of the walkthrough (hello.sh)
-#   DIR/app.tar       "COPY . /app" of that context, as a layer
+#   DIR/cow-test/     the build context of the walkthrough (hello.sh, Dockerfile.base,
+#                     Dockerfile)
+#   DIR/app.tar       "COPY . /app" of that context, as a plain layer tar
 #   DIR/tools.tar     another layer on the same base, for a second image
 set -eu
 dir="$1"
@@ -21,6 +22,8 @@ tar --numeric-owner --sort=name --mtime=@1700000000 -C "$root" -cf "$dir/base-os
 mkdir -p "$dir/cow-test"
 printf '#!/bin/sh\necho "Hello world"\n' > "$dir/cow-test/hello.sh"
 chmod +x "$dir/cow-test/hello.sh"
+printf 'FROM demo/base-os:1\nCOPY . /app\n' > "$dir/cow-test/Dockerfile.base"
+printf 'FROM acme/my-base-image:1.0\nCMD /app/hello.sh\n' > "$dir/cow-test/Dockerfile"
 rm -rf "$dir/app-layer" && mkdir -p "$dir/app-layer/app"
 cp -p "$dir/cow-test/hello.sh" "$dir/app-layer/app/"
 tar --numeric-owner --sort=name --mtime=@1700000100 -C "$dir/app-layer" -cf "$dir/app.tar" app

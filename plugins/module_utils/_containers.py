@@ -189,12 +189,14 @@ def remove(store: Store, record: ContainerRecord) -> None:
                    (None, default_mount_point(store, record.id))])
     crash_point("container-remove.marked")
     makedirs(store.tmp)
-    rename_durable(db.path(record.id), os.path.join(store.tmp, temp_name("removed")))
+    parked = os.path.join(store.tmp, temp_name("removed"))
+    rename_durable(db.path(record.id), parked)
     crash_point("container-remove.unrecorded")
     driver.remove_container(record.id)
     crash_point("container-remove.driver")
     remove_tree(default_mount_point(store, record.id))
     mark.done()
+    remove_tree(parked)
 
 
 def check_mount_point(store: Store, target: str) -> str:

@@ -193,12 +193,15 @@ class Store:
             remove_tree(path)
 
     def _recover(self) -> None:
-        self.recovered = self.marks.settle(self.remove_path)
+        self.recovered = []
+        # build containers and probes are mounted under tmp/: unmount before the marks
+        # remove what those mounts stand on
+        for entry in sorted(mounts_below(self.tmp), key=lambda m: len(m.mount_point),
+                            reverse=True):
+            umount(entry.mount_point)
+            self.recovered.append("unmounted %s" % entry.mount_point)
+        self.recovered += self.marks.settle(self.remove_path)
         if os.path.isdir(self.tmp):
-            for entry in sorted(mounts_below(self.tmp), key=lambda m: len(m.mount_point),
-                                reverse=True):
-                umount(entry.mount_point)
-                self.recovered.append("unmounted %s" % entry.mount_point)
             for name in os.listdir(self.tmp):
                 remove_tree(os.path.join(self.tmp, name))
                 self.recovered.append("removed tmp/%s" % name)
@@ -390,12 +393,14 @@ class Store:
             record=self.layers.path(chain), if_absent=[(driver.name, driver.layer_dir(chain))])
         crash_point("layer-remove.marked")
         makedirs(self.tmp)
-        rename_durable(self.layers.path(chain), os.path.join(self.tmp, temp_name("removed-layer")))
+        parked = os.path.join(self.tmp, temp_name("removed-layer"))
+        rename_durable(self.layers.path(chain), parked)
         crash_point("layer-remove.unrecorded")
         for home in self.driver_homes():
             if home.has_layer(chain):
                 home.remove_layer(chain)
         mark.done()
+        remove_tree(parked)
         return freed
 
     def remove_image(self, image_id: ImageID) -> None:
@@ -407,7 +412,9 @@ class Store:
             self.images.write_tags(kept)
         crash_point("image-remove.untagged")
         makedirs(self.tmp)
-        rename_durable(self.images.path(image_id), os.path.join(self.tmp, temp_name("removed-image")))
+        parked = os.path.join(self.tmp, temp_name("removed-image"))
+        rename_durable(self.images.path(image_id), parked)
+        remove_tree(parked)
 
     def unused_layers(self) -> List[ChainID]:
         """Layers no image and no container needs, children before parents."""

@@ -1,0 +1,410 @@
+# Copyright: strata.layers contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""``image_build``: images from Dockerfile-like specs, with a build cache.
+
+Each step of each needed stage makes an image: RUN, COPY and ADD a layer on the
+previous image's layers, every other instruction a config change with an
+``empty_layer`` history entry (as Docker's classic builder).  Every intermediate image
+is stored (untagged, with its parent) so ``docker history`` has ids to show and the
+build cache has something to hit.
+
+The cache: a step is reused when a record ``cache/build/<key>`` names an image that is
+still in the store, the key hashing the parent image id, the instruction after
+substitution (its history line, build args included) and, for COPY/ADD, the content,
+modes and ownership of what it copies.  Changing one context file therefore rebuilds
+from the first step that reads it.  ``no_cache`` ignores the records (and rewrites
+them).
+
+A RUN step: a build container (a container record of kind ``build``) on the previous
+image, mounted under ``tmp/``, the command run by ``_sandbox``, the container's changes
+committed as the step's layer, the container removed.  A mark covers the container
+from creation: a crash leaves nothing the next open does not remove.  A failing step
+leaves no build container, no partial layer and no tag (tags are set last).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+from ansible_collections.strata.layers.plugins.module_utils import _containers as containers
+from ansible_collections.strata.layers.plugins.module_utils._atomic import (
+    makedirs, remove_tree, write_file)
+from ansible_collections.strata.layers.plugins.module_utils._buildcontext import (
+    ContextReader, CopyPlan, ViewReader)
+from ansible_collections.strata.layers.plugins.module_utils._changes import chunk_reader
+from ansible_collections.strata.layers.plugins.module_utils._compression import DecodedStream
+from ansible_collections.strata.layers.plugins.module_utils._crash import crash_point
+from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID, is_digest
+from ansible_collections.strata.layers.plugins.module_utils import _dockerfile as dockerfile
+from ansible_collections.strata.layers.plugins.module_utils._dockerfile import (
+    Copy, DockerIgnore, Instruction, Run, Spec, Stage, apply_config)
+from ansible_collections.strata.layers.plugins.module_utils._errors import (
+    InvalidInput, NotFound, StoreError)
+from ansible_collections.strata.layers.plugins.module_utils._images import (
+    ImageRecord, host_platform, parse_config, validate_tags)
+from ansible_collections.strata.layers.plugins.module_utils._imageview import ImageView
+from ansible_collections.strata.layers.plugins.module_utils._info import history_of
+from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord
+from ansible_collections.strata.layers.plugins.module_utils._sandbox import Sandbox
+from ansible_collections.strata.layers.plugins.module_utils._store import Store
+
+CACHE_VERSION = "strata-build-cache/1"
+
+
+@dataclass
+class Current:
+    """Where a stage stands: the image made by its last step (None: FROM scratch, no step)."""
+
+    config: Dict[str, Any]
+    image_id: Optional[str]
+    chain: List[ChainID]
+    pending: bool = False   # check mode: an earlier step would run, so this is unknown
+
+
+@dataclass
+class StepResult:
+    created_by: str
+    empty_layer: bool
+    cached: bool
+    size: int = 0
+    image_id: Optional[str] = None
+
+
+@dataclass
+class BuildResult:
+    image_id: Optional[str]
+    layers: List[str]
+    history: List[StepResult] = field(default_factory=list)
+    ran: int = 0
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def scratch_config() -> Dict[str, Any]:
+    osname, arch = host_platform()
+    return {"architecture": arch, "os": osname, "config": {},
+            "rootfs": {"type": "layers", "diff_ids": []}, "history": []}
+
+
+def dumps(config: Dict[str, Any]) -> bytes:
+    return json.dumps(config, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+class Builder:
+    """One build of ``spec`` (see the module docstring)."""
+
+    def __init__(self, store: Store, spec: Spec, context: Optional[str], no_cache: bool,
+                 dry: bool, source: str = "Dockerfile") -> None:
+        self.store = store
+        self.spec = spec
+        self.context = context
+        self.no_cache = no_cache
+        self.dry = dry
+        self.source = source
+        self.reader: Optional[ContextReader] = None
+        self.results: Dict[int, Current] = {}
+
+    # ------------------------------------------------------------------ driving
+    def build(self) -> BuildResult:
+        result = BuildResult(image_id=None, layers=[])
+        for stage in self.spec.needed_stages():
+            steps: List[StepResult] = []
+            current = self._base(stage)
+            for step in stage.instructions:
+                current, outcome = self._step(stage, step, current)
+                steps.append(outcome)
+                result.ran += 0 if outcome.cached else 1
+            self.results[stage.index] = current
+            if stage.index == self.spec.target_index:
+                result.history = self._history(current, steps)
+                result.image_id = None if current.pending else current.image_id
+                result.layers = list(current.config["rootfs"]["diff_ids"])
+        return result
+
+    def _history(self, current: Current, steps: List[StepResult]) -> List[StepResult]:
+        """The target's whole history: its base image's entries, then this build's."""
+        inherited = current.config.get("history", [])[:max(0, len(current.config.get(
+            "history", [])) - len(steps))]
+        rows = [StepResult(h.get("created_by", ""), bool(h.get("empty_layer")), True)
+                for h in inherited]
+        return rows + steps
+
+    def _base(self, stage: Stage) -> Current:
+        if stage.base_stage is not None:
+            return self.results[stage.base_stage]
+        if stage.base == "scratch":
+            return Current(scratch_config(), None, [])
+        image = self._image(stage.base, "FROM %s (line %d)" % (stage.base, stage.line))
+        return Current(json.loads(image.config.raw), image.id, [ChainID(c) for c in image.chain])
+
+    def _image(self, ref: str, what: str) -> ImageRecord:
+        try:
+            return self.store.images.get(self.store.images.resolve(ref, "base image"))
+        except NotFound as exc:
+            raise NotFound("%s: image %s is not in the store; import, pull or build it first "
+                           "(there is no registry to pull from implicitly)" % (what, ref)) from exc
+
+    # ------------------------------------------------------------------ steps
+    def _step(self, stage: Stage, step: Instruction, current: Current
+              ) -> Tuple[Current, StepResult]:
+        if current.pending or self._reads_pending_stage(step):
+            return self._would_run(step, current, step.history("?"))
+        plan = self._copy_plan(step, current) if isinstance(step.args, Copy) else None
+        created_by = step.history(plan.digest() if plan is not None else "")
+        key = self._key(current, step, created_by)
+        hit = None if self.no_cache else self._cached(key)
+        if hit is not None:
+            return hit, StepResult(created_by, not step.makes_layer, True,
+                                   self._top_size(hit, step), hit.image_id)
+        if self.dry:
+            return self._would_run(step, current, created_by)
+        if isinstance(step.args, Run):
+            layer: Optional[LayerRecord] = self._run(step, current)
+        elif plan is not None:
+            layer = self._ingest(plan.tar(), current, "%s line %d (%s)" % (
+                self.source, step.line, step.keyword))
+        else:
+            layer = None
+        config = self._child(current, step, created_by, layer)
+        image, _added = self.store.put_image(parse_config(dumps(config), "build step"), {
+            "parent": current.image_id, "build_step": created_by})
+        self._remember(key, image.id)
+        nxt = Current(config, image.id, [ChainID(c) for c in image.chain])
+        crash_point("build.step")
+        return nxt, StepResult(created_by, layer is None, False, layer.size if layer else 0,
+                               image.id)
+
+    @staticmethod
+    def _would_run(step: Instruction, current: Current, created_by: str
+                   ) -> Tuple[Current, StepResult]:
+        """Check mode: this step would run, so nothing after it can be known."""
+        return (Current(current.config, None, current.chain, pending=True),
+                StepResult(created_by, not step.makes_layer, False))
+
+    def _reads_pending_stage(self, step: Instruction) -> bool:
+        args = step.args
+        if not isinstance(args, Copy) or args.from_stage is None:
+            return False
+        source = self.results.get(args.from_stage)
+        return source is not None and source.pending
+
+    def _top_size(self, current: Current, step: Instruction) -> int:
+        if not step.makes_layer or not current.chain:
+            return 0
+        return self.store.layers.get(current.chain[-1]).size
+
+    def _child(self, current: Current, step: Instruction, created_by: str,
+               layer: Optional[LayerRecord]) -> Dict[str, Any]:
+        config = apply_config(current.config, step)
+        history = list(config.get("history") or [])
+        entry: Dict[str, Any] = {"created": now(), "created_by": created_by}
+        if layer is None:
+            entry["empty_layer"] = True
+        else:
+            config["rootfs"] = {"type": "layers", "diff_ids": list(
+                config["rootfs"].get("diff_ids") or []) + [layer.diff_id]}
+        history.append(entry)
+        config["history"] = history
+        config["created"] = entry["created"]
+        for key in ("id", "parent", "container", "container_config"):
+            config.pop(key, None)
+        return config
+
+    # ------------------------------------------------------------------ cache
+    def _key(self, current: Current, step: Instruction, created_by: str) -> str:
+        material = json.dumps([CACHE_VERSION, current.image_id or "scratch:" + hashlib.sha256(
+            dumps(current.config)).hexdigest(), step.keyword, created_by,
+            step.state.run_env() if isinstance(step.args, Run) else None,
+            step.state.workdir, step.state.user], sort_keys=True)
+        return hashlib.sha256(material.encode("utf-8")).hexdigest()
+
+    def _cache_path(self, key: str) -> str:
+        return os.path.join(self.store.root, "cache", "build", key)
+
+    def _cached(self, key: str) -> Optional[Current]:
+        try:
+            with open(self._cache_path(key)) as handle:
+                image_id = handle.read().strip()
+        except FileNotFoundError:
+            return None
+        if not is_digest(image_id) or not self.store.images.exists(image_id):
+            return None
+        image = self.store.images.get(image_id)
+        if not all(self.store.layers.exists(ChainID(c)) for c in image.chain):
+            return None
+        return Current(json.loads(image.config.raw), image.id, [ChainID(c) for c in image.chain])
+
+    def _remember(self, key: str, image_id: str) -> None:
+        makedirs(os.path.dirname(self._cache_path(key)))
+        write_file(self._cache_path(key), image_id.encode() + b"\n")
+
+    # ------------------------------------------------------------------ COPY / ADD
+    def _context(self) -> ContextReader:
+        if self.reader is None:
+            if not self.context:
+                raise InvalidInput("COPY/ADD from the build context needs the context option")
+            ignore_path = os.path.join(self.context, ".dockerignore")
+            text = ""
+            if os.path.isfile(ignore_path):
+                with open(ignore_path, encoding="utf-8", errors="surrogateescape") as handle:
+                    text = handle.read()
+            self.reader = ContextReader(self.context, DockerIgnore(text, ignore_path))
+        return self.reader
+
+    def _copy_plan(self, step: Instruction, current: Current) -> CopyPlan:
+        args: Copy = step.args  # type: ignore[assignment]
+        what = "%s line %d (%s)" % (self.source, step.line, step.keyword)
+        view = ImageView(self.store.driver, current.chain)
+        if args.from_stage is not None:
+            source = self.results.get(args.from_stage)
+            if source is None:
+                raise InvalidInput("%s: stage %d was not built" % (what, args.from_stage))
+            reader: Any = ViewReader(ImageView(self.store.driver, source.chain),
+                                     "stage %d" % args.from_stage)
+        elif args.from_image:
+            image = self._image(args.from_image, what)
+            reader = ViewReader(ImageView(self.store.driver, [ChainID(c) for c in image.chain]),
+                                "image %s" % args.from_image)
+        elif args.sources:
+            reader = self._context()
+        else:
+            reader = ViewReader(view, "inline")
+        owner = view.user_ids(args.chown) if args.chown else (0, 0)
+        return CopyPlan(args, view, reader, owner, what)
+
+    def _ingest(self, chunks: Any, current: Current, what: str) -> LayerRecord:
+        layer, _imported, _digests = self.store.ingest_layer(
+            lambda: DecodedStream(chunk_reader(iter(chunks)), what=what),
+            current.chain[-1] if current.chain else None, what)
+        return layer
+
+    # ------------------------------------------------------------------ RUN
+    def _run(self, step: Instruction, current: Current) -> LayerRecord:
+        args: Run = step.args  # type: ignore[assignment]
+        what = "%s line %d (RUN)" % (self.source, step.line)
+        store = self.store
+        image, _added = store.put_image(parse_config(dumps(current.config), "build base"),
+                                        {"parent": current.image_id, "build_base": True}) \
+            if current.image_id is None else (store.images.get(current.image_id), False)
+        name = "build-" + secrets.token_hex(8)
+        record = containers.create(store, name, image, kind="build")
+        db = containers.ContainerDB(store.root)
+        mark = store.marks.begin("build-run").set(
+            record=db.path(record.id),
+            if_present=[(None, db.path(record.id)),
+                        (store.driver.name, store.driver.container_dir(record.id))],
+            if_absent=[(store.driver.name, store.driver.container_dir(record.id))])
+        crash_point("build.container")
+        try:
+            self._execute(step, args, record, current, what)
+            crash_point("build.ran")
+            diff = containers.changes(store, record, current.chain)
+            layer = self._ingest(diff.tar(), current, what)
+        finally:
+            containers.remove(store, record)
+            mark.done()
+        return layer
+
+    def _execute(self, step: Instruction, args: Run, record: Any, current: Current,
+                 what: str) -> None:
+        store = self.store
+        target = store.staging("run")
+        store.driver.mount(record.id, current.chain, target)
+        try:
+            view = ImageView(store.driver, current.chain)
+            owner = view.user_ids(step.state.user) if step.state.user else (0, 0)
+            with Sandbox(target) as sandbox:
+                sandbox.add_files(args.files)
+                sandbox.ensure_workdir(step.state.workdir, owner)
+                sandbox.run(args.argv, step.state.run_env(), step.state.workdir, owner, what)
+        finally:
+            store.driver.unmount(target)
+            remove_tree(target)
+
+
+def describe(result: BuildResult) -> List[Dict[str, Any]]:
+    return [{"created_by": s.created_by, "size": s.size, "empty_layer": s.empty_layer,
+             "cached": s.cached} for s in result.history]
+
+
+def _spec(params: Dict[str, Any], base_config: Any = None) -> Tuple[Spec, str]:
+    build_args = {str(k): "" if v is None else str(v)
+                  for k, v in (params.get("build_args") or {}).items()}
+    target = params.get("target")
+    if params.get("instructions") is not None:
+        return dockerfile.from_instructions(params["instructions"], build_args, target,
+                                            base_config), "instructions"
+    if params.get("spec") is not None:
+        return dockerfile.parse(params["spec"], build_args, target, "spec",
+                                base_config), "spec"
+    context = params.get("context")
+    if not context:
+        raise InvalidInput("give context (with a Dockerfile in it), spec or instructions")
+    path = os.path.join(context, params.get("dockerfile") or "Dockerfile")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise NotFound("cannot read the Dockerfile %s: %s" % (path, exc.strerror)) from exc
+    name = os.path.basename(path)
+    return dockerfile.parse(text, build_args, target, name, base_config), name
+
+
+def _base_config(store: Store) -> Any:
+    def lookup(ref: str) -> Optional[Dict[str, Any]]:
+        try:
+            image = store.images.get(store.images.resolve(ref))
+        except StoreError:
+            return None
+        return json.loads(image.config.raw).get("config") or {}
+    return lookup
+
+
+def image_build(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, Any]:
+    """Entry point of the module (see the module docstring)."""
+    tags = validate_tags(params.get("tag") or [])
+    context = params.get("context")
+    if context and not os.path.isdir(context):
+        raise NotFound("context %s is not a directory on this host" % context)
+    _spec(params)   # every spec error, before the store is even opened
+    store = Store(params["data_root"], float(params.get("lock_timeout") or 300))
+    opener = store.read() if check_mode else store.write("image_build")
+    with opener:
+        spec, source = _spec(params, _base_config(store) if store.exists() else None)
+        if check_mode and not store.exists():
+            return {"changed": True, "image_id": None, "tags": tags, "layers": [],
+                    "history": [{"created_by": i.history("?"), "size": 0,
+                                 "empty_layer": not i.makes_layer, "cached": False}
+                                for s in spec.needed_stages() for i in s.instructions]}
+        result = Builder(store, spec, context, bool(params.get("no_cache")), check_mode,
+                         source).build()
+        moved: List[str] = []
+        if result.image_id and not check_mode:
+            moved = store.tag(result.image_id, tags)
+        elif result.image_id:
+            current = store.images.tags()
+            moved = [t for t in tags if current.get(t) != result.image_id]
+        return {"changed": result.ran > 0 or bool(moved) or result.image_id is None,
+                "image_id": result.image_id, "tags": tags, "layers": result.layers,
+                "history": _history_rows(store, result)}
+
+
+def _history_rows(store: Store, result: BuildResult) -> List[Dict[str, Any]]:
+    """``docker history`` rows of the result (sizes of inherited layers included), with
+    ``cached`` telling which steps of this build were reused."""
+    rows = describe(result)
+    if result.image_id is None:
+        return rows
+    image = store.images.get(result.image_id)
+    layers = {ChainID(c): store.layers.get(ChainID(c)) for c in image.chain}
+    full = history_of(image, layers)
+    for row, mine in zip(full, rows):
+        row["cached"] = mine["cached"]
+    return [{k: row[k] for k in ("created_by", "size", "empty_layer", "cached")} for row in full]

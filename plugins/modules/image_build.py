@@ -1,0 +1,168 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: strata.layers contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: image_build
+short_description: Build an image from a Dockerfile-like spec, with a build cache
+version_added: 0.1.0
+description:
+  - Builds an image in the store at O(data_root) from a Dockerfile in O(context), an inline
+    O(spec), or the same spec as YAML O(instructions) (validated on the controller against
+    the collection's JSON schema).
+  - Every filesystem-changing instruction (C(RUN), C(COPY), C(ADD)) makes a layer; the
+    others change the config only and leave an C(empty_layer) history entry, as
+    C(docker history) shows.
+  - C(RUN) executes in the build container's root filesystem, isolated with mount, PID,
+    UTS, IPC and network namespaces (no network), with C(/proc) and a minimal C(/dev), as
+    the stage's C(USER), in its C(WORKDIR), with its C(ENV). A failing step reports its
+    exit code and last output lines and leaves no build container, partial layer or tag.
+  - A step is reused from the build cache when its parent image, its instruction after
+    substitution and, for C(COPY)/C(ADD), the content, modes and ownership of its sources
+    are unchanged. A re-run with nothing changed gives the same image id and C(changed=false).
+  - Base images come from the store (import, pull or build them first); C(ADD) takes local
+    files and tar archives only (no URLs).
+author:
+  - strata.layers developers (@strata-layers)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - ansible.builtin.action_common_attributes.actiongroups
+  - ansible.builtin.action_common_attributes.flow
+  - strata.layers.store
+attributes:
+  action:
+    support: full
+    details: Validates O(instructions) against the JSON schema on the controller.
+  async:
+    support: none
+  bypass_host_loop:
+    support: none
+  action_group:
+    support: full
+    membership: [strata.layers.layers]
+  check_mode:
+    support: full
+    details: Reports which steps would run (C(cached) in RV(history)); builds nothing.
+  diff_mode:
+    support: none
+  platform:
+    support: full
+    platforms: posix
+options:
+  context:
+    description: The build context directory on the managed host (C(.dockerignore) in it applies).
+    type: path
+  dockerfile:
+    description: The Dockerfile, relative to O(context).
+    type: str
+    default: Dockerfile
+  spec:
+    description: Inline Dockerfile text, instead of O(dockerfile).
+    type: str
+  instructions:
+    description:
+      - "The spec as YAML, one C({INSTRUCTION: value}) item a step, instead of O(dockerfile)."
+      - Validated against C(schemas/image_build.instructions.json) on the controller.
+    type: list
+    elements: raw
+  tag:
+    description: Tags (C(NAME[:TAG])) for the result, set once the whole build succeeded.
+    type: list
+    elements: str
+    default: []
+  build_args:
+    description: Values for C(ARG).
+    type: dict
+    default: {}
+  target:
+    description: The stage to build in a multi-stage spec (its name or index); the last by default.
+    type: str
+  no_cache:
+    description: Rebuild every step.
+    type: bool
+    default: false
+notes:
+  - RUN steps need root and util-linux C(unshare) on the managed host. There is no user
+    namespace, so root in a step is root on the host, as with Docker's default daemon.
+"""
+
+EXAMPLES = r"""
+- name: docker build -t acme/my-base-image:1.0 -f Dockerfile.base .
+  strata.layers.image_build:
+    context: /srv/cow-test
+    dockerfile: Dockerfile.base
+    tag: [acme/my-base-image:1.0]
+
+- name: The same kind of spec, inline
+  strata.layers.image_build:
+    spec: |
+      FROM acme/my-base-image:1.0
+      CMD /app/hello.sh
+    tag: [acme/my-final-image:1.0]
+
+- name: As YAML
+  strata.layers.image_build:
+    context: /srv/app
+    instructions:
+      - FROM: busybox:1.36
+      - COPY: {src: [app/], dest: /app/}
+      - RUN: chmod +x /app/run.sh
+      - CMD: [/app/run.sh]
+    tag: [acme/app:1]
+"""
+
+RETURN = r"""
+image_id:
+  description: Id of the built image (null in check mode when a step would run).
+  returned: always
+  type: str
+tags:
+  description: Tags pointing at it.
+  returned: always
+  type: list
+  elements: str
+layers:
+  description: Its diff ids, bottom to top.
+  returned: always
+  type: list
+  elements: str
+history:
+  description: Oldest first (C(docker history) shows it reversed); the base image's entries first.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    created_by: {description: The instruction as Docker records it., type: str}
+    size: {description: Bytes of the layer it made (0 for config-only steps)., type: int}
+    empty_layer: {description: True when it changed the config only., type: bool}
+    cached: {description: True when it came from the build cache (or the base image)., type: bool}
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.strata.layers.plugins.module_utils._argspec import run, store_spec
+from ansible_collections.strata.layers.plugins.module_utils._builder import image_build
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=store_spec(
+            context=dict(type="path"),
+            dockerfile=dict(type="str", default="Dockerfile"),
+            spec=dict(type="str"),
+            instructions=dict(type="list", elements="raw"),
+            tag=dict(type="list", elements="str", default=[]),
+            build_args=dict(type="dict", default={}),
+            target=dict(type="str"),
+            no_cache=dict(type="bool", default=False),
+        ),
+        mutually_exclusive=[("spec", "instructions")],
+        required_one_of=[("context", "spec", "instructions")],
+        supports_check_mode=True,
+    )
+    run(module, image_build)
+
+
+if __name__ == "__main__":
+    main()
