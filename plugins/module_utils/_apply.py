@@ -56,6 +56,8 @@ WHITEOUT_DELETE = "delete"
 _REFUSED_XATTR_PREFIXES = ("trusted.", "user.overlay.", "user.fuseoverlayfs.",
                            "user.containers.")
 _APPLIED_SYSTEM_XATTRS = ("system.posix_acl_access", "system.posix_acl_default")
+_XATTR_NAMESPACES = ("user.", "security.", "system.", "trusted.")
+_INPUT_ERRNOS = (errno.EINVAL, errno.ENAMETOOLONG, errno.ERANGE, errno.E2BIG)
 
 
 @dataclass
@@ -115,6 +117,10 @@ class Applier:
                                % (_show(exc.blocker), exc.reason)) from exc
         except OSError as exc:
             raise self._os_error(exc) from exc
+        except (ValueError, OverflowError) as exc:
+            # a NUL inside a PAX link target or xattr name, a uid, device number or time
+            # the kernel's types cannot hold: the tar's fault, not the store's
+            raise self._refuse("has a value this system cannot take (%s)" % exc) from exc
         finally:
             self._tree.close()
         return ApplyResult(diff_id="sha256:" + reader.hasher.hexdigest(), tar_size=reader.total,
@@ -128,6 +134,10 @@ class Applier:
                    member=name)
 
     def _os_error(self, exc: OSError) -> StoreError:
+        if self._member is not None and exc.errno in _INPUT_ERRNOS:
+            # the kernel refused a value of the tar: an ACL it cannot parse, a link
+            # target longer than PATH_MAX, an attribute name or value out of range
+            return self._refuse("has a value the filesystem refuses (%s)" % exc.strerror)
         where = "member %r" % self._member.display() if self._member else "the layer"
         err = wrap_os_error(exc, "writing %s of %s" % (where, self.what))
         if self._member is not None:
@@ -354,18 +364,23 @@ class Applier:
         if self.whiteouts == WHITEOUT_DEVICE:
             os.setxattr(fd, OVERLAY_OPAQUE_XATTR, b"y")
         else:
-            self._prune_inherited(fd, directory)
+            self._prune_inherited(directory)
 
-    def _prune_inherited(self, fd: int, directory: bytes) -> None:
-        """Full-copy drivers: drop everything below ``directory`` this layer did not add."""
-        for name in os.listdir(fd):
-            rel = directory + b"/" + os.fsencode(name)
-            kind = self.seen.get(rel)
-            if kind is None:
-                self._tree.invalidate(rel)
-                remove_tree(_proc_path(fd, os.fsencode(name)))
-            elif kind in (K_DIR, K_IMPLICIT):
-                self._prune_inherited(self._tree.dir_fd(rel), rel)
+    def _prune_inherited(self, directory: bytes) -> None:
+        """Full-copy drivers: drop everything below ``directory`` this layer did not add
+        (without recursion: the layer's own directories may nest 2000 deep)."""
+        pending = [directory]
+        while pending:
+            current = pending.pop()
+            fd = self._tree.dir_fd(current)
+            for name in os.listdir(fd):
+                rel = current + b"/" + os.fsencode(name)
+                kind = self.seen.get(rel)
+                if kind is None:
+                    self._tree.invalidate(rel)
+                    remove_tree(_proc_path(fd, os.fsencode(name)))
+                elif kind in (K_DIR, K_IMPLICIT):
+                    pending.append(rel)
 
     def _embed_payload(self, reader: ChunkReader, member: Member) -> None:
         """Keep in the header record the data of a member that is not a file on disk."""
@@ -396,6 +411,9 @@ class Applier:
     def _xattrs(self, pfd: Optional[int], name: Optional[bytes], fd: Optional[int],
                 member: Member) -> None:
         for xname, value in member.xattrs.items():
+            if not xname.startswith(_XATTR_NAMESPACES):
+                raise self._refuse("carries the extended attribute %r, which is in no "
+                                   "namespace Linux knows" % xname)
             if xname.startswith(_REFUSED_XATTR_PREFIXES):
                 raise self._refuse("carries the extended attribute %s, which a layer may not "
                                    "set (it would steer the storage driver)" % xname)

@@ -11,8 +11,10 @@ outside it.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -72,6 +74,7 @@ class TarIndex:
 
     def _scan(self) -> None:
         pos = [0]
+        end = os.fstat(self.fd).st_size
 
         def source() -> bytes:
             data = os.pread(self.fd, BLOCK, pos[0])
@@ -88,6 +91,10 @@ class TarIndex:
                                        member.linkname.decode("utf-8", "surrogateescape"))
             self.order.append(name)
             pos[0] += member.size + member.padding
+            if pos[0] > end:
+                # a size past the end (up to 2^95 in base-256) would overflow pread
+                raise Corrupt("archive %s is truncated: member %r runs past its end"
+                              % (self.path, name), member=name)
 
     def has(self, name: str) -> bool:
         return _norm(name) in self.entries
@@ -155,27 +162,44 @@ class DirIndex:
     def has(self, name: str) -> bool:
         return os.path.isfile(self._full(name))
 
-    def opener(self, name: str) -> Tuple[RawRead, int]:
-        path = self._full(name)
+    def _open_regular(self, name: str, what: str) -> int:
+        """A descriptor of a regular file of the layout.  Never through a final symlink
+        (it could name any file of the host) nor of a FIFO or device: /dev/zero as
+        index.json is an endless read, a FIFO a read that never starts."""
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            fd = os.open(self._full(name), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW |
+                         os.O_NONBLOCK)
         except FileNotFoundError as exc:
-            raise NotFound("OCI layout %s has no blob %s" % (self.path, name)) from exc
+            raise NotFound("OCI layout %s has no %s%s" % (self.path, what, name)) from exc
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise InvalidInput("OCI layout %s: %s is a symlink; the layout must hold its "
+                                   "blobs and indexes as regular files" % (self.path, name),
+                                   member=name) from exc
+            raise StoreError("cannot read %s of OCI layout %s: %s"
+                             % (name, self.path, exc.strerror)) from exc
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise InvalidInput("OCI layout %s: %s is not a regular file" % (self.path, name),
+                               member=name)
+        return fd
+
+    def opener(self, name: str) -> Tuple[RawRead, int]:
+        fd = self._open_regular(name, "blob ")
         self._fds.append(fd)
         size = os.fstat(fd).st_size
         return RangeReader(fd, 0, size).read, size
 
     def read(self, name: str, limit: int = MAX_JSON) -> bytes:
-        path = self._full(name)
+        fd = self._open_regular(name, "")
         try:
-            size = os.path.getsize(path)
+            size = os.fstat(fd).st_size
             if size > limit:
                 raise InvalidInput("OCI layout %s: %s is %d bytes, too large for JSON"
                                    % (self.path, name, size))
-            with open(path, "rb") as handle:
-                return handle.read()
-        except FileNotFoundError as exc:
-            raise NotFound("OCI layout %s has no %s" % (self.path, name)) from exc
+            return os.pread(fd, size, 0)
+        finally:
+            os.close(fd)
 
 
 @dataclass

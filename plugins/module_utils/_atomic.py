@@ -21,7 +21,7 @@ import json
 import os
 import secrets
 import stat
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from ansible_collections.strata.layers.plugins.module_utils._errors import NoSpace, StoreError
 
@@ -140,29 +140,69 @@ def remove_tree(path: "str | bytes") -> None:
 
 
 def _remove_entry(dir_fd: int, name: str) -> None:
+    if not _unlink_unless_dir(dir_fd, name):
+        return
+    fd = _open_dir(dir_fd, name)
+    if fd < 0:
+        return
+    # Depth first without recursion, holding one descriptor: a layer may nest
+    # directories 2000 deep within PATH_MAX, deeper than Python's stack and than the
+    # descriptors a process may hold.  Each level keeps the names of its subdirectories
+    # still to remove, so every directory is listed once; going up is through "..".
+    pending = [_empty_files(fd)]
+    names: List[str] = []
+    try:
+        while pending:
+            if pending[-1]:
+                sub = pending[-1].pop()
+                child = _open_dir(fd, sub)
+                if child < 0:
+                    continue
+                os.close(fd)
+                fd = child
+                names.append(sub)
+                pending.append(_empty_files(fd))
+                continue
+            pending.pop()
+            if names:
+                parent = os.open("..", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+                os.close(fd)
+                fd = parent
+                os.rmdir(names.pop(), dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=dir_fd)
+
+
+def _empty_files(fd: int) -> List[str]:
+    """Unlink every non-directory of ``fd``; return its subdirectories."""
+    return [entry for entry in os.listdir(fd) if _unlink_unless_dir(fd, entry)]
+
+
+def _unlink_unless_dir(dir_fd: int, name: str) -> bool:
+    """Unlink a non-directory; True when ``name`` is a directory to empty first."""
     try:
         os.unlink(name, dir_fd=dir_fd)
-        return
+        return False
     except FileNotFoundError:
-        return
+        return False
     except IsADirectoryError:
-        pass
+        return True
     except PermissionError:
         # unlink(2) on a directory gives EISDIR on Linux; EPERM comes from an
         # immutable file or a directory on some filesystems: try it as a directory.
-        pass
+        return True
+
+
+def _open_dir(dir_fd: int, name: str) -> int:
+    """The directory ``name``, made writable (layers keep read-only modes); -1 if gone."""
     try:
         fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
                      dir_fd=dir_fd)
     except FileNotFoundError:
-        return
-    try:
-        os.chmod(fd, 0o700)
-        for entry in os.listdir(fd):
-            _remove_entry(fd, entry)
-    finally:
-        os.close(fd)
-    os.rmdir(name, dir_fd=dir_fd)
+        return -1
+    os.chmod(fd, 0o700)
+    return fd
 
 
 def _unlink_quietly(path: str) -> None:

@@ -13,7 +13,7 @@ import errno
 import fcntl
 import os
 import stat
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 FICLONE = 0x40049409
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -44,39 +44,58 @@ class TreeCopier:
             self._dst_root = -1
 
     def _copy_dir(self, sfd: int, dfd: int, rel: bytes) -> None:
-        with os.scandir(sfd) as it:
-            names = [os.fsencode(e.name) for e in it]
-        for name in names:
-            st = os.lstat(name, dir_fd=sfd)
-            mode = st.st_mode
-            if stat.S_ISDIR(mode):
+        """Copy what ``sfd`` holds into ``dfd``, depth first without recursion: a layer
+        may nest directories 2000 deep within PATH_MAX, deeper than Python's stack and
+        than the descriptors a process may hold, so each side keeps one descriptor and
+        goes back up through ".."."""
+        sfd, dfd = os.dup(sfd), os.dup(dfd)
+        above: List[Tuple[os.stat_result, List[bytes], bytes]] = []
+        names = _names(sfd)
+        try:
+            while True:
+                if not names:
+                    if not above:
+                        return
+                    st, names, rel = above.pop()
+                    _copy_meta(sfd, dfd, st)
+                    sfd = _move(sfd, b"..")
+                    dfd = _move(dfd, b"..")
+                    continue
+                name = names.pop()
+                st = os.lstat(name, dir_fd=sfd)
+                if not stat.S_ISDIR(st.st_mode):
+                    self._copy_entry(sfd, dfd, rel, name, st)
+                    continue
                 os.mkdir(name, 0o700, dir_fd=dfd)
-                csfd = os.open(name, _DIR_FLAGS, dir_fd=sfd)
-                cdfd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
-                try:
-                    self._copy_dir(csfd, cdfd, rel + name + b"/")
-                    _copy_meta(csfd, cdfd, st)
-                finally:
-                    os.close(csfd)
-                    os.close(cdfd)
-                continue
-            key = (st.st_dev, st.st_ino)
-            if st.st_nlink > 1 and key in self._links:
-                os.link(self._links[key], name, src_dir_fd=self._dst_root, dst_dir_fd=dfd,
-                        follow_symlinks=False)
-                continue
-            if stat.S_ISREG(mode):
-                self._copy_file(sfd, dfd, name, st)
-            elif stat.S_ISLNK(mode):
-                os.symlink(os.readlink(name, dir_fd=sfd), name, dir_fd=dfd)
-                os.chown(name, st.st_uid, st.st_gid, dir_fd=dfd, follow_symlinks=False)
-                os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dfd,
-                         follow_symlinks=False)
-            else:
-                os.mknod(name, mode, st.st_rdev, dir_fd=dfd)
-                _copy_meta_path(sfd, dfd, name, st)
-            if st.st_nlink > 1:
-                self._links[key] = rel + name
+                sfd = _move(sfd, name)
+                dfd = _move(dfd, name)
+                above.append((st, names, rel))
+                names, rel = _names(sfd), rel + name + b"/"
+        finally:
+            os.close(sfd)
+            os.close(dfd)
+
+    def _copy_entry(self, sfd: int, dfd: int, rel: bytes, name: bytes,
+                    st: os.stat_result) -> None:
+        """Copy one non-directory; a second name of a file already copied is a hardlink."""
+        mode = st.st_mode
+        key = (st.st_dev, st.st_ino)
+        if st.st_nlink > 1 and key in self._links:
+            os.link(self._links[key], name, src_dir_fd=self._dst_root, dst_dir_fd=dfd,
+                    follow_symlinks=False)
+            return
+        if stat.S_ISREG(mode):
+            self._copy_file(sfd, dfd, name, st)
+        elif stat.S_ISLNK(mode):
+            os.symlink(os.readlink(name, dir_fd=sfd), name, dir_fd=dfd)
+            os.chown(name, st.st_uid, st.st_gid, dir_fd=dfd, follow_symlinks=False)
+            os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dfd,
+                     follow_symlinks=False)
+        else:
+            os.mknod(name, mode, st.st_rdev, dir_fd=dfd)
+            _copy_meta_path(sfd, dfd, name, st)
+        if st.st_nlink > 1:
+            self._links[key] = rel + name
 
     def _copy_file(self, sfd: int, dfd: int, name: bytes, st: os.stat_result) -> None:
         src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=sfd)
@@ -115,6 +134,21 @@ class TreeCopier:
             if done == 0:
                 break
             left -= done
+
+
+def _names(fd: int) -> List[bytes]:
+    """The entries of directory ``fd``, last first (they are popped)."""
+    with os.scandir(fd) as it:
+        names = [os.fsencode(e.name) for e in it]
+    names.reverse()
+    return names
+
+
+def _move(fd: int, name: bytes) -> int:
+    """Directory ``name`` (a child, or "..") of ``fd``; ``fd`` is closed once it is open."""
+    moved = os.open(name, _DIR_FLAGS, dir_fd=fd)
+    os.close(fd)
+    return moved
 
 
 def copy_xattrs(src: "int | bytes", dst: "int | bytes") -> None:

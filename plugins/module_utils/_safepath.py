@@ -65,8 +65,20 @@ class Beneath:
         if fd is not None:
             self._cache.move_to_end(rel)
             return fd
-        parent, _sep, name = rel.rpartition(b"/")
-        parent_fd = self.dir_fd(parent, create, on_open)
+        # down from the nearest cached ancestor, without recursion: a layer may nest
+        # directories 2000 deep within PATH_MAX, deeper than Python's stack
+        parts = rel.split(b"/")
+        depth = len(parts) - 1
+        while depth and b"/".join(parts[:depth]) not in self._cache:
+            depth -= 1
+        fd = self.dir_fd(b"/".join(parts[:depth]))
+        for level in range(depth + 1, len(parts) + 1):
+            fd = self._open_child(fd, b"/".join(parts[:level]), create, on_open)
+        return fd
+
+    def _open_child(self, parent_fd: int, rel: bytes, create: Optional[CreateDir],
+                    on_open: Optional[Callable[[bytes], None]]) -> int:
+        name = rel.rpartition(b"/")[2]
         try:
             fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
         except FileNotFoundError:

@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple, Union
 
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
-    Corrupt, InvalidInput, Unsupported)
+    Corrupt, InvalidInput, StoreError, Unsupported)
 
 BLOCK = 512
 MAX_EXTENSION = 1 << 20  # PAX / GNU long-name data larger than this is refused (Go caps the same)
+MAX_EXTENSIONS = 8  # extension headers before one member (x, g, L, K: one each is the norm)
 ZERO_BLOCK = bytes(BLOCK)
 
 REGTYPE = b"0"
@@ -252,10 +253,20 @@ class HeaderParser:
 
     def next(self) -> Optional[Member]:
         """The next member, or None at the end-of-archive marker (or a clean EOF)."""
+        try:
+            return self._next()
+        except StoreError as exc:
+            if self.reader.what in exc.msg:
+                raise
+            # field and PAX parsers know the member, not the stream: add the input's name
+            raise type(exc)("%s: %s" % (self.reader.what, exc.msg), **exc.details) from exc
+
+    def _next(self) -> Optional[Member]:
         raw = bytearray()
         pax: Dict[bytes, bytes] = {}
         longname: Optional[bytes] = None
         longlink: Optional[bytes] = None
+        extensions = 0
         start = self.reader.total - self.reader.available()
         self.end_block = b""
         while True:
@@ -279,6 +290,12 @@ class HeaderParser:
             raw += block
             typeflag = block[156:157]
             if typeflag in (PAX_LOCAL, PAX_GLOBAL, GNU_LONGNAME, GNU_LONGLINK):
+                extensions += 1
+                if extensions > MAX_EXTENSIONS:
+                    # each header is kept (raw) until its member comes: bound their number
+                    raise InvalidInput("%s: %s follows more than %d extension headers in a "
+                                       "row: refused" % (self.reader.what, hint, MAX_EXTENSIONS),
+                                       member=hint)
                 size = _parse_number(block[124:136], "size", hint)
                 if size > MAX_EXTENSION:
                     raise InvalidInput("%s: extension header of %s is %d bytes (limit %d): "
@@ -292,6 +309,10 @@ class HeaderParser:
                     pax.update(_parse_pax(data, hint))
                 elif typeflag == PAX_GLOBAL:
                     self.globals.update(_parse_pax(data, hint))
+                    if sum(len(k) + len(v) for k, v in self.globals.items()) > MAX_EXTENSION:
+                        raise InvalidInput("%s: the PAX global headers up to %s hold more than "
+                                           "%d bytes: refused" % (self.reader.what, hint,
+                                                                  MAX_EXTENSION), member=hint)
                 elif typeflag == GNU_LONGNAME:
                     longname = data.split(b"\0", 1)[0]
                 else:
