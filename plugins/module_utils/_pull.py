@@ -1,0 +1,329 @@
+# Copyright: strata.layers contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""``image_pull``: an image from a registry, layer by layer, skipping what the store holds.
+
+The reason idiom, cheapest question first:
+
+1. a pull by digest whose manifest was pulled before, with the image still in the store
+   and the tags in place: nothing to do, no request at all (content addressed);
+2. otherwise one manifest request (for a multi-platform image, of its index).  The same
+   digest as the last pull of this name for this platform (a small record per name and
+   platform under ``pulls/``) with the image still complete in the
+   store: ``changed: false`` after that one request, or only the tags are moved;
+3. otherwise the platform's manifest (from an index) and the config (one blob request)
+   name the diff_ids, hence the chain ids: a layer whose chain is in the store is never
+   downloaded, whichever image or archive brought it.  Check mode stops here.
+
+Missing layers are fetched with bounded parallelism and applied in order: the lowest
+missing layer streams straight from the socket into ``Store.ingest_layer``
+(decompress, hash, apply in one pass, digest and diff_id verified before anything is
+kept) while up to ``PARALLEL - 1`` later ones download into ``tmp/`` (size and digest
+verified as they arrive) and are applied from there when their turn comes.  A layer
+whose download has not started by its turn is streamed directly instead.
+
+An interrupted pull resumes: each layer is committed by ``ingest_layer`` on its own,
+so what was committed stays and is skipped by the next run; partial downloads live in
+``tmp/``, swept on the next exclusive open, so they restart from zero.  The image
+record and tags are written last, so a killed pull never leaves a tag pointing at an
+image with missing layers.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+
+from ansible_collections.strata.layers.plugins.module_utils._atomic import (
+    TEMP_PREFIX, makedirs, read_json, remove_tree, write_json)
+from ansible_collections.strata.layers.plugins.module_utils._compression import (
+    DecodedStream, open_file)
+from ansible_collections.strata.layers.plugins.module_utils._digest import (
+    ChainID, DiffID, chain_ids, hex_of, is_digest)
+from ansible_collections.strata.layers.plugins.module_utils._errors import (
+    Corrupt, DigestMismatch, InvalidInput, NotFound)
+from ansible_collections.strata.layers.plugins.module_utils._images import (
+    ImageConfig, parse_config, validate_tags)
+from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord
+from ansible_collections.strata.layers.plugins.module_utils._registry import (
+    BlobStream, Descriptor, Manifest, Platform, Reference, Registry, parse_platform,
+    parse_reference)
+from ansible_collections.strata.layers.plugins.module_utils._store import Store
+
+# Downloads in flight at once: the streamed layer and PARALLEL - 1 ahead of it.  Enough
+# to hide per-request latency; more only competes with the applier for CPU and disk.
+PARALLEL = 3
+# Records of the last pull of each name and platform: a directory of its own, so the
+# store's checks of distribution/ (blob digest -> diff_id files only) stay as they are.
+RECORDS = "pulls"
+
+
+def image_pull(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, Any]:
+    """Entry point of the module: returns the result dict (raises StoreError)."""
+    reference = parse_reference(params["name"])
+    wanted = parse_platform(params.get("platform"))
+    tags: List[str] = []
+    for tag in ([reference.tag_name()] if reference.tag_name() else []) + \
+            validate_tags(params.get("tag") or []):
+        if tag not in tags:
+            tags.append(tag)
+    max_size = params.get("max_size")
+    if max_size is not None and int(max_size) <= 0:
+        raise InvalidInput("max_size must be a positive number of bytes")
+    timeout = params.get("timeout") or 60
+    if float(timeout) <= 0:
+        raise InvalidInput("timeout must be a positive number of seconds")
+    store = Store(params["data_root"], float(params.get("lock_timeout") or 300))
+    registry = Registry(reference, insecure=bool(params.get("insecure")),
+                        ca_path=params.get("ca_path"), username=params.get("username"),
+                        password=params.get("password"), timeout=float(timeout))
+    job = PullJob(store, registry, wanted, bool(params.get("platform")), tags, max_size)
+    return job.run(check_mode)
+
+
+def layer_entry(record: LayerRecord, imported: bool) -> Dict[str, Any]:
+    return {"diff_id": record.diff_id, "chain_id": record.chain_id, "size": record.size,
+            "imported": imported}
+
+
+class PullJob:
+    """One pull of one reference for one platform into one store."""
+
+    def __init__(self, store: Store, registry: Registry, wanted: Platform, explicit: bool,
+                 tags: List[str], max_size: Optional[int]) -> None:
+        self.store, self.registry, self.wanted = store, registry, wanted
+        self.explicit, self.tags, self.max_size = explicit, tags, max_size
+        self.reference: Reference = registry.reference
+
+    # -- the record of the last pull of this name and platform
+    def record_path(self) -> str:
+        key = "%s %s" % (self.reference, self.wanted)
+        return os.path.join(self.store.root, RECORDS,
+                            hashlib.sha256(key.encode("utf-8")).hexdigest() + ".json")
+
+    def _record(self) -> Optional[Dict[str, Any]]:
+        try:
+            data = read_json(self.record_path())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict) or data.get("name") != str(self.reference) or \
+                not is_digest(data.get("digest")) or not is_digest(data.get("image_id")):
+            return None
+        return data
+
+    def _write_record(self, manifest: Manifest, image_id: str) -> None:
+        """Written under the exclusive lock, which also makes the temp files a crashed
+        write left here debris to sweep (the store's recovery does not know this dir)."""
+        directory = os.path.dirname(self.record_path())
+        makedirs(directory)
+        for name in os.listdir(directory):
+            if name.startswith(TEMP_PREFIX):
+                remove_tree(os.path.join(directory, name))
+        write_json(self.record_path(), {
+            "name": str(self.reference), "platform": str(self.wanted),
+            "digest": manifest.top_digest, "manifest": manifest.digest, "image_id": image_id,
+            "layers": [d.digest for d in manifest.layers]})
+
+    # -- the reason idiom
+    def run(self, check_mode: bool) -> Dict[str, Any]:
+        if self.reference.digest is not None:
+            result = self._from_record(self.reference.digest, check_mode)
+            if result is not None:
+                return result
+        top = self.registry.top()
+        result = self._from_record(top[2], check_mode)
+        if result is not None:
+            return result
+        manifest = self.registry.resolve(self.wanted, top)
+        config = self._config(manifest)
+        if check_mode:
+            with self.store.read():
+                return self._plan(manifest, config)
+        with self.store.write("image_pull of %s" % self.reference):
+            return self._pull(manifest, config)
+
+    def _from_record(self, top_digest: str, check_mode: bool) -> Optional[Dict[str, Any]]:
+        """The result when the last pull of this name got ``top_digest`` and its image is
+        still complete in the store (at most the tags need moving), else None."""
+        with self.store.read():
+            known = self._known(top_digest)
+            if known is None:
+                return None
+            record, layers = known
+            current = self.store.images.tags()
+            stale = [tag for tag in self.tags if current.get(tag) != record["image_id"]]
+        if stale and not check_mode:
+            with self.store.write("image_pull of %s (tags)" % self.reference):
+                stale = self.store.tag(record["image_id"], self.tags)
+        return self._result(bool(stale), record["image_id"],
+                            [layer_entry(r, False) for r in layers],
+                            record.get("manifest") or top_digest, top_digest)
+
+    def _known(self, top_digest: str) -> Optional[Tuple[Dict[str, Any], List[LayerRecord]]]:
+        if not self.store.exists():
+            return None
+        record = self._record()
+        if record is None or record["digest"] != top_digest or \
+                not self.store.images.exists(record["image_id"]):
+            return None
+        image = self.store.images.get(record["image_id"])
+        layers = [self.store.layers.find(ChainID(c)) for c in image.chain]
+        if any(layer is None for layer in layers):
+            return None
+        return record, [layer for layer in layers if layer is not None]
+
+    def _result(self, changed: bool, image_id: str, layers: List[Dict[str, Any]],
+                manifest_digest: str, top_digest: str) -> Dict[str, Any]:
+        return {"changed": changed, "image_id": image_id, "image_ids": [image_id],
+                "layers": layers, "tags": sorted(self.tags), "digest": top_digest,
+                "manifest_digest": manifest_digest, "platform": str(self.wanted)}
+
+    def _config(self, manifest: Manifest) -> ImageConfig:
+        raw = self.registry.blob_bytes(manifest.config, "config")
+        config = parse_config(raw, "%s (config %s)" % (self.reference, manifest.config.digest))
+        if len(config.diff_ids) != len(manifest.layers):
+            raise Corrupt("%s: manifest %s lists %d layers but its config names %d diff_ids"
+                          % (self.reference, manifest.digest, len(manifest.layers),
+                             len(config.diff_ids)))
+        if self.explicit and manifest.platform is None:
+            self._check_platform(config)
+        return config
+
+    def _check_platform(self, config: ImageConfig) -> None:
+        """A single-platform image asked for by platform must be that platform's."""
+        osname, arch = config.data.get("os"), config.data.get("architecture")
+        if osname and arch and (osname, arch) != (self.wanted.os, self.wanted.architecture):
+            raise NotFound("%s is an image for %s/%s only (not an index), not for platform %s"
+                           % (self.reference, osname, arch, self.wanted), offered=[
+                               "%s/%s" % (osname, arch)])
+
+    def _plan(self, manifest: Manifest, config: ImageConfig) -> Dict[str, Any]:
+        exists = self.store.exists()
+        layers = []
+        for diff_id, chain in zip(config.diff_ids, chain_ids(config.diff_ids)):
+            record = self.store.layers.find(chain) if exists else None
+            layers.append({"diff_id": diff_id, "chain_id": chain, "imported": record is None,
+                           "size": record.size if record is not None else None})
+        present = exists and self.store.images.exists(config.id)
+        current = self.store.images.tags() if exists else {}
+        moved = any(current.get(tag) != config.id for tag in self.tags)
+        changed = not present or moved or any(layer["imported"] for layer in layers)
+        return self._result(changed, config.id, layers, manifest.digest, manifest.top_digest)
+
+    def _pull(self, manifest: Manifest, config: ImageConfig) -> Dict[str, Any]:
+        store = self.store
+        chains = chain_ids(config.diff_ids)
+        self._check_known_blobs(manifest, config)
+        missing = [n for n, chain in enumerate(chains) if not store.layers.exists(chain)]
+        fetch = LayerFetch(store, self.registry, manifest.layers, config.diff_ids, self.max_size,
+                           str(self.reference))
+        imported = fetch.run(missing)
+        record, added = store.put_image(config, {
+            "source": "registry:%s@%s" % (self.reference.name, manifest.digest)})
+        moved = store.tag(record.id, self.tags)
+        self._write_record(manifest, record.id)
+        layers = [layer_entry(store.layers.get(chain), n in imported)
+                  for n, chain in enumerate(chains)]
+        return self._result(bool(imported) or added or bool(moved), record.id, layers,
+                            manifest.digest, manifest.top_digest)
+
+    def _check_known_blobs(self, manifest: Manifest, config: ImageConfig) -> None:
+        """A blob seen before decompressed to one diff_id; a config naming another for it
+        does not belong to this manifest (caught before any download)."""
+        for number, (desc, diff_id) in enumerate(zip(manifest.layers, config.diff_ids), 1):
+            known = self.store.known_diff_id(desc.digest)
+            if known is not None and known != diff_id:
+                raise DigestMismatch(
+                    "%s failed verification: layer %d is blob %s, which holds diff_id %s (seen "
+                    "before), but the config names %s; the manifest and config do not belong "
+                    "together" % (self.reference, number, desc.digest, known, diff_id),
+                    expected=diff_id, actual=known)
+
+
+class LayerFetch:
+    """The missing layers of one image: downloaded ahead in parallel, applied in order."""
+
+    def __init__(self, store: Store, registry: Registry, blobs: List[Descriptor],
+                 diff_ids: List[DiffID], max_size: Optional[int], name: str) -> None:
+        self.store, self.registry, self.blobs = store, registry, blobs
+        self.diff_ids, self.max_size, self.name = diff_ids, max_size, name
+        self.chains = chain_ids(diff_ids)
+        self._stop = threading.Event()
+
+    def what(self, number: int) -> str:
+        return "layer %d/%d (blob %s) of %s" % (number + 1, len(self.blobs),
+                                                self.blobs[number].digest, self.name)
+
+    def run(self, missing: List[int]) -> Set[int]:
+        """Fetch and apply ``missing`` (layer numbers, bottom up); returns those imported."""
+        if not missing:
+            return set()
+        staging = self.store.staging("pull")
+        pool = ThreadPoolExecutor(max_workers=PARALLEL - 1, thread_name_prefix="strata-pull")
+        try:
+            ahead: Dict[int, Future] = {n: pool.submit(self._download, n, staging)
+                                        for n in missing[1:]}
+            imported: Set[int] = set()
+            for number in missing:
+                future = ahead.get(number)
+                if future is None or future.cancel():
+                    new = self._ingest(number, self._stream_opener(number))
+                else:
+                    path = future.result()
+                    new = self._ingest(number, lambda path=path, n=number: open_file(
+                        path, self.what(n)))
+                    os.unlink(path)
+                if new:
+                    imported.add(number)
+            return imported
+        finally:
+            self._stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            remove_tree(staging)
+
+    def _download(self, number: int, staging: str) -> str:
+        path = os.path.join(staging, "%d-%s" % (number, hex_of(self.blobs[number].digest)))
+        self.registry.download(self.blobs[number], path, self.what(number), self._stop.is_set)
+        return path
+
+    def _stream_opener(self, number: int) -> "Opener":
+        return Opener(self.registry, self.blobs[number], self.what(number))
+
+    def _ingest(self, number: int, opener: Callable[[], DecodedStream]) -> bool:
+        parent = self.chains[number - 1] if number else None
+        desc = self.blobs[number]
+        try:
+            _record, imported, _digests = self.store.ingest_layer(
+                opener, parent, self.what(number), expect=desc.digest,
+                expect_diff=self.diff_ids[number], max_size=self.max_size)
+        except (DigestMismatch, Corrupt) as exc:
+            if "failed verification" in str(exc):  # the registry client said so already
+                raise
+            raise DigestMismatch("blob %s failed verification (the registry's copy does not "
+                                 "match what the image's manifest and config name: it is "
+                                 "damaged or was tampered with): %s" % (desc.digest, exc),
+                                 **exc.details) from exc
+        finally:
+            close = getattr(opener, "close", None)
+            if close is not None:
+                close()
+        return imported
+
+
+class Opener:
+    """Opens a blob as a DecodedStream for ``ingest_layer``; ``close`` ends the response
+    (the DecodedStream only closes what it owns)."""
+
+    def __init__(self, registry: Registry, desc: Descriptor, what: str) -> None:
+        self.registry, self.desc, self.what = registry, desc, what
+        self.blob: Optional[BlobStream] = None
+
+    def __call__(self) -> DecodedStream:
+        self.blob = self.registry.open_blob(self.desc, self.what)
+        return DecodedStream(self.blob.read, what=self.what)
+
+    def close(self) -> None:
+        if self.blob is not None:
+            self.blob.close()
+            self.blob = None

@@ -1,0 +1,108 @@
+"""The registry client's parsers: references, platforms, index entries, challenges.
+
+(The protocol itself is tested against a real registry in test_pull.py.)
+"""
+from __future__ import annotations
+
+import email.message
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ansible_collections.strata.layers.plugins.module_utils._errors import (
+    InvalidInput, InvalidReference, NotFound, Unsupported)
+from ansible_collections.strata.layers.plugins.module_utils._registry import (
+    Platform, _challenges, parse_platform, parse_reference, pick_platform)
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+@pytest.mark.parametrize("name, registry, repository, tag, digest, stored", [
+    ("127.0.0.1:5000/acme/app:1.0", "127.0.0.1:5000", "acme/app", "1.0", None,
+     "127.0.0.1:5000/acme/app:1.0"),
+    ("registry.example.com/app", "registry.example.com", "app", "latest", None,
+     "registry.example.com/app:latest"),
+    ("localhost/app:x", "localhost", "app", "x", None, "localhost/app:x"),
+    ("docker.io/busybox:1.36", "docker.io", "library/busybox", "1.36", None, "busybox:1.36"),
+    ("reg.io:443/a/b@" + DIGEST, "reg.io:443", "a/b", None, DIGEST, None),
+])
+def test_references(name, registry, repository, tag, digest, stored):
+    ref = parse_reference(name)
+    assert (ref.registry, ref.repository) == (registry, repository)
+    assert (ref.tag, ref.digest) == (tag, digest)
+    assert ref.tag_name() == stored
+    assert ref.ref == (digest or tag)
+
+
+@pytest.mark.parametrize("name, fragment", [
+    ("busybox", "no default registry"),
+    ("acme/app:1", "no default registry"),
+    ("reg.io/App:1", "not valid"),
+    ("reg.io/app@sha256:12", "not sha256"),
+    ("", "empty"),
+])
+def test_bad_references(name, fragment):
+    with pytest.raises(InvalidReference) as info:
+        parse_reference(name)
+    assert fragment in str(info.value)
+
+
+def test_sha512_references_are_unsupported():
+    with pytest.raises(Unsupported):
+        parse_reference("reg.io/app@sha512:" + "a" * 128)
+
+
+@given(st.text(max_size=80))
+def test_reference_parsing_never_crashes(text):
+    try:
+        ref = parse_reference(text)
+    except (InvalidReference, Unsupported):
+        return
+    assert str(ref).startswith(ref.registry + "/")
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("linux/amd64", Platform("linux", "amd64")),
+    ("linux/arm64", Platform("linux", "arm64")),
+    ("linux/aarch64", Platform("linux", "arm64")),
+    ("linux/arm/v7", Platform("linux", "arm", "v7")),
+])
+def test_platforms(value, expected):
+    assert parse_platform(value) == expected
+
+
+def test_bad_platform():
+    with pytest.raises(InvalidInput):
+        parse_platform("amd64")
+
+
+def _entry(arch, variant=None, os_name="linux"):
+    platform = {"os": os_name, "architecture": arch}
+    if variant:
+        platform["variant"] = variant
+    return {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": DIGEST,
+            "size": 1, "platform": platform, "name": "%s/%s" % (arch, variant)}
+
+
+def test_pick_platform():
+    index = [_entry("amd64"), _entry("arm64", "v8"), _entry("arm", "v6"), _entry("arm", "v7"),
+             _entry("unknown", os_name="unknown")]
+    assert pick_platform(index, Platform("linux", "amd64"), "x")["name"] == "amd64/None"
+    assert pick_platform(index, Platform("linux", "arm64"), "x")["name"] == "arm64/v8"
+    assert pick_platform(index, Platform("linux", "arm", "v7"), "x")["name"] == "arm/v7"
+    assert pick_platform(index[:3], Platform("linux", "arm", "v7"), "x")["name"] == "arm/v6"
+    with pytest.raises(NotFound) as info:
+        pick_platform(index, Platform("linux", "s390x"), "reg/app:1")
+    assert "it offers: linux/amd64, linux/arm/v6, linux/arm/v7, linux/arm64" in str(info.value)
+
+
+def test_challenges():
+    headers = email.message.Message()
+    headers["WWW-Authenticate"] = ('Bearer realm="https://auth.example/token",'
+                                   'service="registry.example",scope="repository:a/b:pull"')
+    headers["WWW-Authenticate"] = 'Basic realm="Registry Realm, with comma"'
+    found = _challenges(headers)
+    assert found["bearer"] == {"realm": "https://auth.example/token",
+                               "service": "registry.example", "scope": "repository:a/b:pull"}
+    assert found["basic"] == {"realm": "Registry Realm, with comma"}
