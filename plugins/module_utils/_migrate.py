@@ -69,20 +69,25 @@ def migrate(store: Store, target: str, keep_previous: bool) -> Dict[str, Any]:
     crash_point("migrate.materialized")
     store.initialize(target, previous=old.name, keep_previous=keep_previous)
     crash_point("migrate.switched")
-    finish_previous(store)
+    finish_previous(store, keep_previous)
     return {"layers": moved, "reused_layers": reused, "containers": carried, "bytes": nbytes,
             "seconds": round(time.monotonic() - started, 3)}
 
 
-def finish_previous(store: Store) -> bool:
-    """Remove the previous driver's data once the switch is durable (unless kept).
+def finish_previous(store: Store, keep: bool = False) -> bool:
+    """Remove the previous driver's data once the switch is durable, unless it is to be
+    kept: by this run (``keep``) or, when this run does not say, by the migration.
 
-    Also finishes the job when a crash came between the switch and the removal."""
+    Also finishes the job when a crash came between the switch and the removal; a run
+    with ``keep_previous: false`` on a store whose previous data was kept drops it."""
     state = store.state()
     previous = state.get("previous_driver")
-    if not previous or state.get("keep_previous") or previous == state.get("driver"):
+    if not previous or keep or previous == state.get("driver"):
         return False
-    return remove_home(store, str(previous))
+    removed = remove_home(store, str(previous))
+    if state.get("keep_previous"):
+        store.initialize(str(state["driver"]), previous=str(previous), keep_previous=False)
+    return removed
 
 
 def remove_home(store: Store, name: str) -> bool:
@@ -92,6 +97,7 @@ def remove_home(store: Store, name: str) -> bool:
         return False
     for chain in driver.layer_hexes():
         driver.remove_path(driver.layer_dir(ChainID("sha256:" + chain)))
+        crash_point("migrate.previous-removed")
     for cid in driver.container_ids():
         driver.remove_path(driver.container_dir(cid))
     remove_tree(driver.home)

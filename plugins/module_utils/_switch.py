@@ -47,7 +47,7 @@ def _plan(store: Store, requested: str, migrate: bool, keep: bool, dry: bool) ->
             result["migrated"] = migration.preview(store, target)
         return result
     if target == current:
-        result["changed"] = migration.finish_previous(store)
+        result["changed"] = migration.finish_previous(store, keep)
         return result
     if current is None or not store.has_content():
         _switch_empty(store, current, target)

@@ -52,6 +52,8 @@ options:
   keep_previous:
     description:
       - After a migration, keep the previous driver's data so that switching back is instant.
+      - A later run with V(false) on a store whose previous data was kept removes it (once
+        the switch has been verified, say).
     type: bool
     default: false
 """

@@ -122,6 +122,8 @@ def test_keep_previous_makes_switching_back_instant(btrfs_root, tmp_path, busybo
     out = storage_driver({"data_root": root, "driver": "btrfs", "migrate": True,
                           "keep_previous": True})
     assert os.path.isdir(os.path.join(root, "overlay2"))
+    kept = storage_driver({"data_root": root, "driver": "btrfs", "keep_previous": True})
+    assert not kept["changed"] and os.path.isdir(os.path.join(root, "overlay2"))
     back = storage_driver({"data_root": root, "driver": "overlay2", "migrate": True})
     assert back["migrated"]["layers"] == 0 and back["migrated"]["reused_layers"] == 2
     assert back["migrated"]["containers"] == 2
@@ -174,3 +176,14 @@ def test_kill_9_mid_migration_then_resume(btrfs_root, tmp_path, busybox_tar, cra
     leftovers = [n for n in os.listdir(os.path.join(root, "btrfs", "layers")) if n.startswith(".tmp")]
     assert leftovers == [] and os.listdir(os.path.join(root, "incomplete")) == []
     assert json.loads(open(os.path.join(root, "store.json")).read())["driver"] == "btrfs"
+
+
+def test_a_later_run_without_keep_previous_drops_the_kept_data(btrfs_root, tmp_path, busybox_tar):
+    root = btrfs_root
+    storage_driver({"data_root": root, "driver": "vfs"})
+    build(root, tmp_path, busybox_tar)
+    storage_driver({"data_root": root, "driver": "overlay2", "migrate": True,
+                    "keep_previous": True})
+    dropped = storage_driver({"data_root": root, "driver": "overlay2"})
+    assert dropped["changed"] and not os.path.exists(os.path.join(root, "vfs"))
+    assert not storage_driver({"data_root": root, "driver": "overlay2"})["changed"]
