@@ -251,14 +251,25 @@ class ArchiveJob:
                              % (self.digest, images[0].config.id, self.src))
 
     def _decompress(self, scratch_dir: str) -> str:
+        """A compressed archive, decompressed into the store's tmp/ to be indexed.
+
+        With ``max_size`` the whole archive may not inflate beyond 128 times it (no
+        image has more layers than overlay2's limit of 125 plus its configs): a bomb
+        is stopped there, without it by the filesystem's free space (NoSpace, cleaned)."""
         target = os.path.join(scratch_dir, "archive.tar")
         stream = open_file(self.src)
+        limit = self.max_size * 128 if self.max_size else None
+        total = 0
         out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             while True:
                 chunk = stream.chunk()
                 if not chunk:
                     break
+                total += len(chunk)
+                if limit is not None and total > limit:
+                    raise InvalidInput("%s inflates beyond 128 x max_size (%d bytes): refused, "
+                                       "nothing was kept" % (self.src, limit))
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(out, view):]
@@ -296,6 +307,7 @@ class ArchiveJob:
     def run(self) -> Dict[str, Any]:
         scratch = self.store.staging("archive") if self.fmt == "compressed-archive" else None
         index, images = self._open(scratch)
+        self._new: List[Tuple[ChainID, str]] = []
         try:
             changed = False
             first_layers: List[Dict[str, Any]] = []
@@ -306,18 +318,32 @@ class ArchiveJob:
                 changed = changed or imported or added
                 if number == 0:
                     first_layers = entries
-            moved = []
-            wanted = self._wanted_tags(images)
-            for image in images:
-                mine = [t for t, i in wanted.items() if i == image.config.id]
-                moved += self.store.tag(image.config.id, mine)
+        except BaseException:
+            self._forget_new_layers(images)
+            raise
         finally:
             index.close()
             if scratch is not None:
                 remove_tree(scratch)
+        moved = []
+        wanted = self._wanted_tags(images)
+        for image in images:
+            mine = [t for t, i in wanted.items() if i == image.config.id]
+            moved += self.store.tag(image.config.id, mine)
         return {"changed": changed or bool(moved), "image_id": images[0].config.id,
                 "image_ids": [i.config.id for i in images], "layers": first_layers,
                 "tags": sorted(wanted)}
+
+    def _forget_new_layers(self, images: List[ArchiveImage]) -> None:
+        """A failed archive import leaves the store as it was: the layers this run added
+        go again (children first), unless an image of the archive was already stored."""
+        if any(self.store.images.exists(i.config.id) for i in images):
+            return
+        unused = set(self.store.unused_layers())
+        for chain, blob in reversed(self._new):
+            if chain in unused:
+                self.store.remove_layer(chain)
+                self.store.forget_blob(blob)
 
     def _layers(self, index: Any, image: ArchiveImage) -> Tuple[List[Dict[str, Any]], bool]:
         parent: Optional[ChainID] = None
@@ -330,6 +356,8 @@ class ArchiveJob:
                 parent, what, expect=ref.digest, expect_diff=DiffID(ref.diff_id),
                 max_size=self.max_size)
             entries.append(layer_entry(record, imported))
+            if imported:
+                self._new.append((record.chain_id, _digests.get("digest", "")))
             any_new = any_new or imported
             parent = record.chain_id
         return entries, any_new

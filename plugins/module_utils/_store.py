@@ -251,6 +251,13 @@ class Store:
             write_file(os.path.join(self.root, "distribution", hex_of(digest)),
                        diff_id.encode() + b"\n")
 
+    def forget_blob(self, digest: str) -> None:
+        if is_digest(digest):
+            try:
+                os.unlink(os.path.join(self.root, "distribution", hex_of(digest)))
+            except FileNotFoundError:
+                pass
+
     def source_digests(self, key: str) -> Optional[Dict[str, str]]:
         try:
             data = read_json(os.path.join(self.root, "sources", hex_of(sha256_bytes(key.encode()))))
@@ -322,6 +329,7 @@ class Store:
             mark.set(record=self.layers.path(chain), if_absent=[
                 (driver.name, driver.staging_dir(key)), (driver.name, driver.layer_dir(chain)),
                 (None, record_dir)])
+            crash_point("import.remarked")
             driver.commit_layer(staged, chain)
             crash_point("import.committed")
             syncfs(driver.home)
