@@ -25,8 +25,9 @@ import stat
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Tuple
 
+from ansible_collections.strata.layers.plugins.module_utils import _files as files
 from ansible_collections.strata.layers.plugins.module_utils._compression import (
-    CHUNK, DecodedStream, detect)
+    DecodedStream, detect)
 from ansible_collections.strata.layers.plugins.module_utils._dockerfile import Copy, DockerIgnore
 from ansible_collections.strata.layers.plugins.module_utils._errors import InvalidInput, NotFound
 from ansible_collections.strata.layers.plugins.module_utils._imageview import ImageView
@@ -60,19 +61,6 @@ class Entry:
                 stat.S_IFBLK: BLKTYPE, stat.S_IFIFO: FIFOTYPE}.get(kind, REGTYPE)
 
 
-def _file_digest(path: bytes) -> str:
-    digest = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        while True:
-            data = os.read(fd, CHUNK)
-            if not data:
-                return digest.hexdigest()
-            digest.update(data)
-    finally:
-        os.close(fd)
-
-
 class ContextReader:
     """The build context directory, as Docker sends it (``.dockerignore`` applied)."""
 
@@ -100,7 +88,7 @@ class ContextReader:
         key = (st.st_size, st.st_mtime_ns, st.st_ino)
         cached = self._digests.get(rel)
         if cached is None or cached[0] != key:
-            cached = (key, _file_digest(self._real(rel)))
+            cached = (key, files.sha256(self._real(rel)))
             self._digests[rel] = cached
         return cached[1]
 
@@ -129,7 +117,7 @@ class ViewReader:
         return self.view.listdir(self.view.resolve(rel.decode("utf-8", "surrogateescape")))
 
     def digest(self, rel: bytes, st: os.stat_result) -> str:
-        return _file_digest(self.path(rel))
+        return files.sha256(self.path(rel))
 
     def path(self, rel: bytes) -> bytes:
         found = self.view.locate(self.view.resolve(rel.decode("utf-8", "surrogateescape"),
@@ -319,12 +307,12 @@ class CopyPlan:
             hasher.update(b"%s\0%o\0%d\0%d\0%d\0%s\0%s\0%d\n" % (
                 dest, e.mode, e.uid, e.gid, e.size, e.digest.encode(), e.link, e.rdev))
         for dest, archive in self.archives:
-            hasher.update(b"archive\0%s\0%s\n" % (dest, _file_digest(archive).encode()))
+            hasher.update(b"archive\0%s\0%s\n" % (dest, files.sha256(archive).encode()))
         kind = "multi"
         sources = len(self.step.sources) + len(self.step.heredoc_files)
         if sources == 1 and not self.archives:
-            files = [e for e in self.entries.values() if e.real or e.data]
-            kind = "file" if len(files) == 1 and not self.step.dest_path.endswith("/") else "dir"
+            copied = [e for e in self.entries.values() if e.real or e.data]
+            kind = "file" if len(copied) == 1 and not self.step.dest_path.endswith("/") else "dir"
         elif sources == 1:
             kind = "file"
         return "%s:%s" % (kind, hasher.hexdigest())
@@ -350,23 +338,8 @@ class CopyPlan:
         if entry.data is not None:
             yield entry.data
         else:
-            yield from _file_chunks(entry.real or b"", entry.size)
+            yield from files.chunks(entry.real or b"", entry.size)
         yield padding(entry.size)
-
-
-def _file_chunks(path: bytes, size: int) -> Iterator[bytes]:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        left = size
-        while left:
-            data = os.read(fd, min(CHUNK, left))
-            if not data:
-                raise InvalidInput("%s shrank while being copied"
-                                   % path.decode("utf-8", "replace"))
-            left -= len(data)
-            yield data
-    finally:
-        os.close(fd)
 
 
 def _rerooted(archive: bytes, dest: bytes, what: str) -> Iterator[bytes]:

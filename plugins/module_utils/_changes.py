@@ -21,12 +21,12 @@ import os
 import stat
 from typing import Callable, Dict, Iterator, List, Optional, Set, Tuple
 
+from ansible_collections.strata.layers.plugins.module_utils import _files as files
 from ansible_collections.strata.layers.plugins.module_utils._errors import Unsupported
 from ansible_collections.strata.layers.plugins.module_utils._tarformat import (
     BLKTYPE, CHRTYPE, DIRTYPE, FIFOTYPE, LNKTYPE, REGTYPE, SYMTYPE, encode_header, end_of_archive,
     padding)
 
-CHUNK = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # fuse-overlayfs marks opaque directories with the xattr (when root) and these entries
 FUSE_MARKERS = (b".wh..wh..opq", b".wh..opq")
@@ -111,22 +111,8 @@ class _Emitter:
         yield encode_header(name, flag, mode, st.st_uid, st.st_gid, size, mtime, link,
                             dev[0], dev[1], xattrs=_xattrs(path))
         if size and with_data:
-            yield from self._data(path, size)
+            yield from files.chunks(path, size)
             yield padding(size)
-
-    @staticmethod
-    def _data(path: bytes, size: int) -> Iterator[bytes]:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            left = size
-            while left:
-                data = os.read(fd, min(CHUNK, left))
-                if not data:
-                    raise OSError(errno.EIO, "file shrank while being read", path)
-                left -= len(data)
-                yield data
-        finally:
-            os.close(fd)
 
     @staticmethod
     def whiteout(rel: bytes, st: Optional[os.stat_result] = None) -> bytes:

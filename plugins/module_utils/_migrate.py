@@ -25,7 +25,6 @@ carried again).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import queue
 import stat
@@ -34,6 +33,7 @@ import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils import _containers as containers
+from ansible_collections.strata.layers.plugins.module_utils import _files as files
 from ansible_collections.strata.layers.plugins.module_utils._apply import Applier
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
     fsync_dir, remove_tree, syncfs)
@@ -242,23 +242,10 @@ def describe(path: bytes) -> Optional[Tuple[Any, ...]]:
     if kind != stat.S_IFDIR:
         entry += [st.st_size, st.st_mtime_ns, st.st_rdev]
     if kind == stat.S_IFREG:
-        entry.append(_sha256(path))
+        entry.append(files.sha256(path))
     elif kind == stat.S_IFLNK:
         entry.append(os.readlink(path))
     names = [] if kind == stat.S_IFLNK else os.listxattr(path, follow_symlinks=False)
     entry.append(tuple(sorted((n, os.getxattr(path, n, follow_symlinks=False)) for n in names
                               if not n.startswith(_INTERNAL_XATTRS))))
     return tuple(entry)
-
-
-def _sha256(path: bytes) -> str:
-    digest = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        while True:
-            data = os.read(fd, 1 << 20)
-            if not data:
-                return digest.hexdigest()
-            digest.update(data)
-    finally:
-        os.close(fd)

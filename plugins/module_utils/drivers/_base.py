@@ -27,7 +27,7 @@ from ansible_collections.strata.layers.plugins.module_utils._atomic import (
 from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID, hex_of
 from ansible_collections.strata.layers.plugins.module_utils._errors import Busy, StoreError
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import (
-    mount_at, processes_using, umount)
+    MS_BIND, mount, mount_at, processes_using, umount)
 
 
 @dataclass
@@ -59,6 +59,10 @@ class Staged:
     key: str
     top: str
     path: str
+
+
+def bind_mount(source: str, target: str) -> None:
+    mount(source, target, None, MS_BIND)
 
 
 class Driver(ABC):
@@ -199,3 +203,30 @@ class Driver(ABC):
     def diff_base(self, chain: Sequence[ChainID]) -> Optional[str]:
         """For full-copy drivers: the image's root to compare a container against."""
         return self.layer_dir(chain[-1]) if chain else None
+
+
+class FullCopyDriver(Driver):
+    """A driver whose every layer and container directory is a complete root filesystem
+    (vfs, btrfs): a layer starts as a copy (or snapshot) of its parent, whiteouts are
+    applied as deletions, a container starts as a copy of its image's top layer and is
+    "mounted" by a bind mount; changes are found by walk-and-compare (``diff_base``)."""
+
+    whiteouts: ClassVar[str] = "delete"
+
+    @abstractmethod
+    def _materialize(self, path: str, chain: Sequence[ChainID]) -> None:
+        """Create ``path`` holding the root filesystem of ``chain`` (empty: a new root)."""
+
+    def stage_layer(self, key: str, parent: Optional[ChainID], depth: int) -> Staged:
+        top = self.staging_dir(key)
+        self._materialize(top, [parent] if parent else [])
+        return Staged(key=key, top=top, path=top)
+
+    def create_container(self, cid: str, chain: Sequence[ChainID]) -> None:
+        self._materialize(self.container_dir(cid), chain)
+
+    def container_root(self, cid: str) -> str:
+        return self.container_dir(cid)
+
+    def mount(self, cid: str, chain: Sequence[ChainID], target: str) -> None:
+        bind_mount(self.container_root(cid), target)

@@ -20,14 +20,13 @@ import errno
 import fcntl
 import os
 import struct
-from typing import Optional, Sequence
+from typing import Sequence
 
 from ansible_collections.strata.layers.plugins.module_utils._atomic import remove_tree, temp_name
 from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID
 from ansible_collections.strata.layers.plugins.module_utils._errors import StoreError
-from ansible_collections.strata.layers.plugins.module_utils._fsinfo import MS_BIND, mount
 from ansible_collections.strata.layers.plugins.module_utils.drivers._base import (
-    Candidate, Driver, HostFacts, Staged)
+    Candidate, FullCopyDriver, HostFacts)
 
 # _IOW(0x94, nr, struct btrfs_ioctl_vol_args), the struct being {s64 fd; char name[4088]}
 SUBVOL_CREATE = 0x5000940E
@@ -88,11 +87,10 @@ def delete_subvolume(path: str) -> None:
             raise
 
 
-class Btrfs(Driver):
+class Btrfs(FullCopyDriver):
     """Snapshots on a btrfs data root; see the module docstring."""
 
     name = "btrfs"
-    whiteouts = "delete"
 
     @classmethod
     def probe(cls, facts: HostFacts) -> Candidate:
@@ -114,11 +112,6 @@ class Btrfs(Driver):
         return Candidate(cls.name, True, "btrfs data root: layers and containers are "
                          "subvolume snapshots with block-level copy-on-write")
 
-    def stage_layer(self, key: str, parent: Optional[ChainID], depth: int) -> Staged:
-        top = self.staging_dir(key)
-        self._materialize(top, [parent] if parent else [])
-        return Staged(key=key, top=top, path=top)
-
     def _materialize(self, path: str, chain: Sequence[ChainID]) -> None:
         if chain:
             snapshot(self.layer_dir(chain[-1]), path)
@@ -131,12 +124,3 @@ class Btrfs(Driver):
             delete_subvolume(path)
         else:
             remove_tree(path)
-
-    def create_container(self, cid: str, chain: Sequence[ChainID]) -> None:
-        self._materialize(self.container_dir(cid), chain)
-
-    def container_root(self, cid: str) -> str:
-        return self.container_dir(cid)
-
-    def mount(self, cid: str, chain: Sequence[ChainID], target: str) -> None:
-        mount(self.container_root(cid), target, None, MS_BIND)

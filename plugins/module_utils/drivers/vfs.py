@@ -16,20 +16,18 @@ Home layout::
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence
+from typing import Sequence
 
 from ansible_collections.strata.layers.plugins.module_utils._copytree import TreeCopier
 from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID
-from ansible_collections.strata.layers.plugins.module_utils._fsinfo import MS_BIND, mount
 from ansible_collections.strata.layers.plugins.module_utils.drivers._base import (
-    Candidate, Driver, HostFacts, Staged)
+    Candidate, FullCopyDriver, HostFacts)
 
 
-class Vfs(Driver):
+class Vfs(FullCopyDriver):
     """Full copies; see the module docstring."""
 
     name = "vfs"
-    whiteouts = "delete"
 
     @classmethod
     def probe(cls, facts: HostFacts) -> Candidate:
@@ -37,22 +35,8 @@ class Vfs(Driver):
                          "(%s)" % ("cheap reflinks" if facts.backing_filesystem in ("btrfs", "xfs")
                                    else "slow and disk-hungry on %s" % facts.backing_filesystem))
 
-    def stage_layer(self, key: str, parent: Optional[ChainID], depth: int) -> Staged:
-        top = self.staging_dir(key)
-        self._materialize(top, [parent] if parent else [])
-        return Staged(key=key, top=top, path=top)
-
     def _materialize(self, path: str, chain: Sequence[ChainID]) -> None:
         if chain:
             TreeCopier().copy(self.layer_dir(chain[-1]), path)
         else:
             os.mkdir(path, 0o755)
-
-    def create_container(self, cid: str, chain: Sequence[ChainID]) -> None:
-        self._materialize(self.container_dir(cid), chain)
-
-    def container_root(self, cid: str) -> str:
-        return self.container_dir(cid)
-
-    def mount(self, cid: str, chain: Sequence[ChainID], target: str) -> None:
-        mount(self.container_root(cid), target, None, MS_BIND)

@@ -1,0 +1,46 @@
+# Copyright: strata.layers contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Reading a regular file's bytes, never through a symlink: in chunks, or as a digest.
+
+Used wherever the store reads files it did not just write (container changes, build
+context, migration checks): ``O_NOFOLLOW`` on the last component, and a file that
+shrinks while read is reported instead of giving a short stream.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Iterator
+
+from ansible_collections.strata.layers.plugins.module_utils._errors import Corrupt
+
+CHUNK = 1 << 20
+
+
+def chunks(path: bytes, size: int) -> Iterator[bytes]:
+    """Exactly ``size`` bytes of the file at ``path``, in chunks."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        left = size
+        while left:
+            data = os.read(fd, min(CHUNK, left))
+            if not data:
+                raise Corrupt("%s shrank while being read" % path.decode("utf-8", "replace"))
+            left -= len(data)
+            yield data
+    finally:
+        os.close(fd)
+
+
+def sha256(path: bytes) -> str:
+    """Hex sha256 of the file at ``path``."""
+    digest = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        while True:
+            data = os.read(fd, CHUNK)
+            if not data:
+                return digest.hexdigest()
+            digest.update(data)
+    finally:
+        os.close(fd)
