@@ -204,3 +204,24 @@ def test_seed_walkthrough_images_share_every_layer(root, tmp_path):
     info = store_info({"data_root": root})
     by_tag = {i["tags"][0]: i for i in info["images"] if i["tags"]}
     assert by_tag["acme/my-final-image:1.0"]["unique_size"] == 0
+
+
+def test_heredocs_for_run_and_copy(root, tmp_path):
+    spec = ("FROM busybox:test\n"
+            "RUN <<EOF\n"
+            "echo one > /one\n"
+            "echo two > /two\n"
+            "EOF\n"
+            "COPY <<CONF /etc/app.conf\n"
+            "key=value\n"
+            "CONF\n"
+            "RUN <<SCRIPT\n"
+            "#!/bin/sh\n"
+            "echo \"from a script: $0\" > /three\n"
+            "SCRIPT\n")
+    build(root, spec=spec, tag=["hd:1"])
+    view = files_of(root, "hd:1", tmp_path)
+    assert view["one"] == b"one\n" and view["two"] == b"two\n"
+    assert view["etc/app.conf"] == b"key=value\n"
+    assert view["three"].startswith(b"from a script")
+    assert "dev/pipes" not in view

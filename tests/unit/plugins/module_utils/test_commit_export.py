@@ -137,3 +137,22 @@ def test_prune_removes_only_what_nothing_references(root, tmp_path):
     assert not call(store_prune, root)["changed"]
     info = call(store_info, root)
     assert len(info["layers"]) == 2 and len(info["images"]) == 2
+
+
+def test_removing_a_busy_mounted_container_names_the_process_and_keeps_it(root):
+    from ansible_collections.strata.layers.plugins.module_utils._errors import Busy
+    c = call(container_layer, root, name="busy", image="bb:1", state="mounted")
+    with open(os.path.join(c["mount_point"], "root/keep"), "w") as handle:
+        handle.write("data")
+    sleeper = subprocess.Popen(["sleep", "60"], cwd=c["mount_point"])
+    try:
+        with pytest.raises(Busy) as info:
+            call(container_layer, root, name="busy", state="absent")
+        assert str(sleeper.pid) in str(info.value) and "sleep" in str(info.value)
+        after = call(container_layer, root, name="busy", image="bb:1", state="mounted")
+        assert after["id"] == c["id"] and not after["changed"]
+        assert open(os.path.join(after["mount_point"], "root/keep")).read() == "data"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert call(container_layer, root, name="busy", state="absent")["changed"]
