@@ -28,31 +28,17 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from typing import Callable, Dict, List
+from typing import Dict, List
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(REPO, ".collections"))
-sys.path.insert(0, REPO)
-
-from tests.support.loopfs import LoopFS  # noqa: E402
-from tests.support.paths import python_env  # noqa: E402
-from tests.support.registry import Registry, missing_tools  # noqa: E402
+from _common import LoopFS, file_sha256, sh, timed, wipe
+from tests.support.paths import python_env
+from tests.support.registry import Registry, missing_tools
 
 DEFAULT_DIRS = "usr/include,usr/lib/gcc,usr/lib/python3.11,usr/libexec,usr/share/perl"
 PULL_CODE = ("import json, sys\n"
              "from ansible_collections.strata.layers.plugins.module_utils._pull import image_pull\n"
              "r = image_pull(json.loads(sys.argv[1]))\n"
              "print(json.dumps({'image_id': r['image_id'], 'n': len(r['layers'])}))\n")
-
-
-def sh(cmd: List[str], **kw) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, check=False, capture_output=True, **kw)
-    if proc.returncode != 0:
-        raise RuntimeError("%s failed (%d): %s"
-                           % (" ".join(cmd[:4]), proc.returncode, proc.stderr[-2000:]))
-    return proc
 
 
 def build_layout(work: str, dirs: List[str]) -> Dict[str, object]:
@@ -92,39 +78,11 @@ def build_layout(work: str, dirs: List[str]) -> Dict[str, object]:
             "layers": len(layers)}
 
 
-def file_sha256(path: str) -> str:
-    hasher = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            hasher.update(chunk)
-    return hasher.hexdigest()
-
-
 def write_blob(blobs: str, data: bytes) -> str:
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     with open(os.path.join(blobs, digest[7:]), "wb") as handle:
         handle.write(data)
     return digest
-
-
-def timed(fn: Callable[[], None]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def wipe(path: str) -> None:
-    """Remove a tool's output (unmounting what podman/our store may have left mounted)."""
-    if os.path.islink(path + ".runroot"):
-        wipe(os.readlink(path + ".runroot"))
-        os.unlink(path + ".runroot")
-    if not os.path.exists(path):
-        return
-    with open("/proc/self/mounts") as handle:
-        mounts = [line.split()[1] for line in handle]
-    for point in sorted((m for m in mounts if m.startswith(path + "/")), key=len, reverse=True):
-        subprocess.run(["umount", "-l", point], check=False, capture_output=True)
-    shutil.rmtree(path, ignore_errors=True)
 
 
 class Bench:
