@@ -381,13 +381,14 @@ ARCHIVE_NAMES = ("manifest.json", "index.json", "oci-layout", "repositories")
 
 
 def looks_like_archive(names: List[str]) -> bool:
+    """Whether member names are those of an image archive: its metadata files, OCI
+    ``blobs/``, or entries named by a digest (``<hex>/layer.tar``, ``<hex>.json``,
+    ``<hex>.tar`` as docker save and skopeo write them)."""
     for name in names:
         first = name.split("/", 1)[0]
         if name in ARCHIVE_NAMES or first == "blobs":
             return True
-        if len(first) == 64 and all(c in "0123456789abcdef" for c in first[:64]):
-            return True
-        if name.endswith(".json") and len(name) == 69:
+        if len(first) >= 64 and all(c in "0123456789abcdef" for c in first[:64]):
             return True
     return False
 

@@ -173,9 +173,13 @@ class Builder:
         else:
             layer = None
         config = self._child(current, step, created_by, layer)
-        image, _added = self.store.put_image(parse_config(dumps(config), "build step"), {
+        parsed = parse_config(dumps(config), "build step")
+        # the cache record first: a kill after the image is stored must still be a cache
+        # hit (the config carries the time, a re-run would store a second image); a
+        # record naming an image not stored yet is simply a miss
+        self._remember(key, parsed.id)
+        image, _added = self.store.put_image(parsed, {
             "parent": current.image_id, "build_step": created_by})
-        self._remember(key, image.id)
         nxt = Current(config, image.id, [ChainID(c) for c in image.chain])
         crash_point("build.step")
         return nxt, StepResult(created_by, layer is None, False, layer.size if layer else 0,
@@ -294,13 +298,19 @@ class Builder:
                                         {"parent": current.image_id, "build_base": True}) \
             if current.image_id is None else (store.images.get(current.image_id), False)
         name = "build-" + secrets.token_hex(8)
-        record = containers.create(store, name, image, kind="build")
+        cid = secrets.token_hex(32)
         db = containers.ContainerDB(store.root)
+        # marked before the container exists: once create() commits, its own mark says
+        # "keep", and a crash before this mark was written would strand the container
         mark = store.marks.begin("build-run").set(
-            record=db.path(record.id),
-            if_present=[(None, db.path(record.id)),
-                        (store.driver.name, store.driver.container_dir(record.id))],
-            if_absent=[(store.driver.name, store.driver.container_dir(record.id))])
+            record=db.path(cid),
+            if_present=[(None, db.path(cid)), (store.driver.name, store.driver.container_dir(cid))],
+            if_absent=[(store.driver.name, store.driver.container_dir(cid))])
+        try:
+            record = containers.create(store, name, image, kind="build", cid=cid)
+        except BaseException:
+            mark.done()
+            raise
         crash_point("build.container")
         try:
             self._execute(step, args, record, current, what)

@@ -70,10 +70,14 @@ class DecodedStream:
         self.what = what
         self._owned_fd = owned_fd
         self._raw_read = raw_read
-        self._raw_hasher = hashlib.sha256()
+        self._raw_hasher: Optional["hashlib._Hash"] = hashlib.sha256()
         self.compressed_size = 0
         self._head = self._take(16)
         self.compression = detect(self._head)
+        if self.compression == "plain":
+            # the raw bytes are the uncompressed bytes, which the tar reader hashes
+            # already: hashing them here too would double the cost of a plain import
+            self._raw_hasher = None
         if self.compression in ("xz", "bzip2"):
             raise Unsupported("%s is %s-compressed; layers may be plain, gzip or zstd tars "
                               "(recompress it with gzip or zstd)" % (what, self.compression))
@@ -95,7 +99,8 @@ class DecodedStream:
     def _take(self, n: int) -> bytes:
         data = self._raw_read(n)
         if data:
-            self._raw_hasher.update(data)
+            if self._raw_hasher is not None:
+                self._raw_hasher.update(data)
             self.compressed_size += len(data)
         return data
 
@@ -213,7 +218,10 @@ class DecodedStream:
             while self._plain_chunk():
                 pass
 
-    def compressed_digest(self) -> Digest:
+    def compressed_digest(self) -> Optional[Digest]:
+        """Digest of the compressed bytes; None for a plain stream (it is the diff_id)."""
+        if self._raw_hasher is None:
+            return None
         return hasher_digest(self._raw_hasher)
 
 

@@ -148,10 +148,10 @@ def container_row(store: Store, record: ContainerRecord,
 
 # ---------------------------------------------------------------------- mutations
 
-def create(store: Store, name: str, image: ImageRecord, kind: str = "container"
-           ) -> ContainerRecord:
+def create(store: Store, name: str, image: ImageRecord, kind: str = "container",
+           cid: Optional[str] = None) -> ContainerRecord:
     driver = store.driver
-    cid = secrets.token_hex(32)
+    cid = cid or secrets.token_hex(32)
     db = ContainerDB(store.root)
     staged = os.path.join(store.tmp, temp_name("container"))
     mark = store.marks.begin("create-container").set(
@@ -226,9 +226,13 @@ def mount(store: Store, record: ContainerRecord, target: str) -> bool:
                             "another mount_point" % target)
     makedirs(target, 0o755)
     image = store.images.get(record.image_id)
-    driver.mount(record.id, image_chain(store, image), target)
+    # the record names the mount point before the mount exists: a kill in between leaves
+    # a mount its container owns (found by the next run), never one nobody knows of
     record.mount_point = target
     ContainerDB(store.root).save(record)
+    crash_point("container-mount.recorded")
+    driver.mount(record.id, image_chain(store, image), target)
+    crash_point("container-mount.mounted")
     return True
 
 

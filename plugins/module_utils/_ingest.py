@@ -49,7 +49,10 @@ def layer_import(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, 
         raise InvalidInput("max_size must be a positive number of bytes")
     store = Store(params["data_root"], float(params.get("lock_timeout") or 300))
     if fmt == "auto":
-        fmt = classify(src)
+        # a file imported before as a layer is one: no need to read its headers again
+        known = store.exists() and not os.path.isdir(src) and \
+            store.source_digests(stat_key(src)) is not None
+        fmt = "layer" if known else classify(src)
     if fmt != "layer" and params.get("parent"):
         raise InvalidInput("parent applies to format: layer only (an archive's config names "
                            "its layers)")

@@ -317,7 +317,8 @@ class Store:
             finally:
                 stream.close()
             crash_point("import.applied")
-            digests = {"diff_id": result.diff_id, "digest": stream.compressed_digest()}
+            digests = {"diff_id": result.diff_id,
+                       "digest": stream.compressed_digest() or result.diff_id}
             self._verify(what, digests, expect, expect_diff)
             chain = chain_id(parent, DiffID(result.diff_id))
             present = self.layers.find(chain)
