@@ -384,7 +384,7 @@ def image_build(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, A
     if context and not os.path.isdir(context):
         raise NotFound("context %s is not a directory on this host" % context)
     _spec(params)   # every spec error, before the store is even opened
-    store = Store(params["data_root"], float(params.get("lock_timeout") or 300))
+    store = Store.from_params(params)
     opener = store.read() if check_mode else store.write("image_build")
     with opener:
         spec, source = _spec(params, _base_config(store) if store.exists() else None)

@@ -144,7 +144,7 @@ class Survey:
 
 def store_check(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, Any]:
     """Entry point of the module: returns the result dict (raises StoreError)."""
-    store = Store(params["data_root"], float(params.get("lock_timeout") or 300))
+    store = Store.from_params(params)
     repair = bool(params.get("repair"))
     with store.read():
         survey, findings = check(store) if store.exists() else (None, [])

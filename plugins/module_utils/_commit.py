@@ -40,7 +40,7 @@ def container_commit(params: Dict[str, Any], check_mode: bool = False) -> Dict[s
     tags = validate_tags(params.get("tag") or [])
     message = params.get("comment") or params.get("message") or ""
     changes_ = params.get("changes") or {}
-    store = Store(params["data_root"], float(params.get("lock_timeout") or 300))
+    store = Store.from_params(params)
     if check_mode:
         with store.read():
             return _plan(store, name, tags, message, changes_)

@@ -277,7 +277,7 @@ def container_layer(params: Dict[str, Any], check_mode: bool = False) -> Dict[st
                            "at most 128" % (name,))
     if state in ("present", "mounted") and not params.get("image"):
         raise InvalidInput("image is required for state %s" % state)
-    store = Store(params["data_root"], float(params.get("lock_timeout") or 300))
+    store = Store.from_params(params)
     if check_mode or (state in ("absent", "unmounted") and not store.exists()):
         with store.read():
             return _run(store, params, state, dry=True)

@@ -24,7 +24,6 @@ ChainID = NewType("ChainID", str)
 ImageID = NewType("ImageID", str)
 
 _DIGEST_RE = re.compile(r"\Asha256:[0-9a-f]{64}\Z")
-_HEX_RE = re.compile(r"\A[0-9a-f]{64}\Z")
 
 
 def is_digest(value: object) -> bool:
@@ -40,27 +39,13 @@ def validate_digest(value: object, what: str = "digest") -> Digest:
     return Digest(str(value))
 
 
-def validate_hex(value: str, what: str = "id") -> str:
-    if not _HEX_RE.match(value or ""):
-        raise InvalidReference("%s %r is not 64 lowercase hex digits" % (what, value))
-    return value
-
-
 def hex_of(digest: str) -> str:
     """The hex part of a validated digest: safe to use as a file name."""
     return validate_digest(digest)[len("sha256:"):]
 
 
-def from_hex(hexpart: str) -> Digest:
-    return Digest("sha256:" + validate_hex(hexpart))
-
-
 def sha256_bytes(data: bytes) -> Digest:
     return Digest("sha256:" + hashlib.sha256(data).hexdigest())
-
-
-def sha256_hasher() -> "hashlib._Hash":
-    return hashlib.sha256()
 
 
 def hasher_digest(hasher: "hashlib._Hash") -> Digest:

@@ -257,7 +257,7 @@ def image_export(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, 
     parent = os.path.dirname(dest)
     if not os.path.isdir(parent):
         raise InvalidInput("the directory of dest (%s) does not exist" % parent)
-    store = Store(params["data_root"], float(params.get("lock_timeout") or 300))
+    store = Store.from_params(params)
     with store.read():
         ref = params.get("image") or ""
         image = store.images.get(store.images.resolve(ref))

@@ -10,7 +10,6 @@ All of it is standard library (ctypes) so modules run on bare managed hosts.
 from __future__ import annotations
 
 import ctypes
-import errno
 import os
 import stat
 from dataclasses import dataclass
@@ -203,10 +202,6 @@ def _comm(pid: str) -> str:
             return handle.read().strip()
     except OSError:
         return "?"
-
-
-def is_busy_error(exc: OSError) -> bool:
-    return exc.errno == errno.EBUSY
 
 
 def free_bytes(path: str) -> int:

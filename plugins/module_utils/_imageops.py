@@ -28,7 +28,7 @@ def image(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, Any]:
     if not name:
         raise InvalidInput("name (an image reference) is required")
     tags = validate_tags(params.get("tag") or [])
-    store = Store(params["data_root"], float(params.get("lock_timeout") or 300))
+    store = Store.from_params(params)
     if check_mode or not store.exists():
         with store.read():
             return _apply(store, state, name, tags, bool(params.get("force")), dry=True)

@@ -40,7 +40,7 @@ def history_of(image: ImageRecord, layers: Dict[ChainID, LayerRecord]) -> List[D
 
 
 def store_info(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, Any]:
-    store = Store(params["data_root"], float(params.get("lock_timeout") or 300))
+    store = Store.from_params(params)
     with store.read():
         return describe(store)
 

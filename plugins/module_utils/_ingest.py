@@ -47,7 +47,7 @@ def layer_import(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, 
     max_size = params.get("max_size")
     if max_size is not None and int(max_size) <= 0:
         raise InvalidInput("max_size must be a positive number of bytes")
-    store = Store(params["data_root"], float(params.get("lock_timeout") or 300))
+    store = Store.from_params(params)
     if fmt == "auto":
         # a file imported before as a layer is one: no need to read its headers again
         known = store.exists() and not os.path.isdir(src) and \

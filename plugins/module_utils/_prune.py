@@ -33,7 +33,7 @@ def dangling_images(store: Store) -> List[str]:
 
 
 def store_prune(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, Any]:
-    store = Store(params["data_root"], float(params.get("lock_timeout") or 300))
+    store = Store.from_params(params)
     if check_mode or not store.exists():
         with store.read():
             return _plan(store)

@@ -74,7 +74,7 @@ def image_pull(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, An
     timeout = params.get("timeout") or 60
     if float(timeout) <= 0:
         raise InvalidInput("timeout must be a positive number of seconds")
-    store = Store(params["data_root"], float(params.get("lock_timeout") or 300))
+    store = Store.from_params(params)
     registry = Registry(reference, insecure=bool(params.get("insecure")),
                         ca_path=params.get("ca_path"), username=params.get("username"),
                         password=params.get("password"), timeout=float(timeout))

@@ -117,8 +117,3 @@ def _is_symlink(dir_fd: int, name: bytes) -> bool:
         return True
     except OSError:
         return False
-
-
-def split_parent(rel: bytes) -> "tuple[bytes, bytes]":
-    parent, _sep, name = rel.rpartition(b"/")
-    return parent, name

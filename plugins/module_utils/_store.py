@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Callable, Dict, Iterator, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils._apply import Applier
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
@@ -63,7 +63,7 @@ from ansible_collections.strata.layers.plugins.module_utils._crash import crash_
 from ansible_collections.strata.layers.plugins.module_utils._digest import (
     ChainID, DiffID, Digest, ImageID, chain_id, chain_ids, hex_of, is_digest, sha256_bytes)
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
-    DigestMismatch, InvalidInput, NotFound, StoreError, Unsupported)
+    DigestMismatch, InvalidInput, NotFound, StoreError)
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import (
     allocated_bytes, mounts_below, umount)
 from ansible_collections.strata.layers.plugins.module_utils._images import (
@@ -98,6 +98,12 @@ class Store:
         self._driver: Optional[Driver] = None
         self.recovered: List[str] = []
         self.writable = False
+
+    @classmethod
+    def from_params(cls, params: Dict[str, Any]) -> "Store":
+        """The store a module's parameters name (``data_root``, ``lock_timeout``)."""
+        timeout = params.get("lock_timeout")
+        return cls(params["data_root"], DEFAULT_TIMEOUT if timeout is None else float(timeout))
 
     # ------------------------------------------------------------------ opening
     def exists(self) -> bool:
@@ -480,13 +486,3 @@ class Store:
         if image.top is None:
             raise InvalidInput("parent image %s has no layers to stack on" % ref)
         return image, ChainID(image.top)
-
-    def check_driver_usable(self) -> None:
-        """Fail early (with the reason) when the recorded driver cannot run here."""
-        if self.driver_name is None:
-            return
-        try:
-            select(self.root, self.driver_name, self._probe_dir())
-        except Unsupported as exc:
-            raise Unsupported("%s (the store records %s as its driver)" % (exc, self.driver_name),
-                              **exc.details) from exc

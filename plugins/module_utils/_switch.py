@@ -22,7 +22,7 @@ def storage_driver(params: Dict[str, Any], check_mode: bool = False) -> Dict[str
     requested = params.get("driver") or "auto"
     if requested != "auto" and requested not in PRIORITY:
         raise InvalidInput("driver %r is not one of auto, %s" % (requested, ", ".join(PRIORITY)))
-    store = Store(params["data_root"], float(params.get("lock_timeout") or 300))
+    store = Store.from_params(params)
     migrate = bool(params.get("migrate"))
     keep = bool(params.get("keep_previous"))
     if check_mode:

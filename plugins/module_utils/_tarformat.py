@@ -117,17 +117,6 @@ class ChunkReader:
             parts += piece
         return bytes(parts)
 
-    def read_rest(self) -> bytes:
-        """Everything left (used only for the short trailer after the end marker)."""
-        parts = bytearray()
-        while True:
-            piece = self.read_some(1 << 20)
-            if not piece:
-                return bytes(parts)
-            parts += piece
-            if len(parts) > (1 << 20):
-                return bytes(parts)
-
 
 @dataclass
 class Member:
