@@ -312,8 +312,14 @@ class Applier:
             raise self._refuse("is a hardlink to %r, which is not a file this layer created "
                                "before it" % _show(target))
         tparent, _sep, tname = target.rpartition(b"/")
-        tfd = self._tree.dir_fd(tparent)
-        os.link(tname, name, src_dir_fd=tfd, dst_dir_fd=pfd, follow_symlinks=False)
+        # opening the target's directory may evict (close) pfd from the descriptor
+        # cache, and the kernel would hand its number to another directory: hold a copy
+        own = os.dup(pfd)
+        try:
+            tfd = self._tree.dir_fd(tparent)
+            os.link(tname, name, src_dir_fd=tfd, dst_dir_fd=own, follow_symlinks=False)
+        finally:
+            os.close(own)
 
     def _special(self, pfd: int, name: bytes, member: Member) -> None:
         if member.typeflag == FIFOTYPE:

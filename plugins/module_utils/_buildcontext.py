@@ -31,6 +31,7 @@ from ansible_collections.strata.layers.plugins.module_utils._compression import 
 from ansible_collections.strata.layers.plugins.module_utils._dockerfile import Copy, DockerIgnore
 from ansible_collections.strata.layers.plugins.module_utils._errors import InvalidInput, NotFound
 from ansible_collections.strata.layers.plugins.module_utils._imageview import ImageView
+from ansible_collections.strata.layers.plugins.module_utils._safepath import resolve_beneath
 from ansible_collections.strata.layers.plugins.module_utils._tarformat import (
     BLKTYPE, CHRTYPE, DIRTYPE, FIFOTYPE, LNKTYPE, REGTYPE, SYMTYPE, ChunkReader, HeaderParser,
     encode_header, end_of_archive, padding)
@@ -69,8 +70,9 @@ class ContextReader:
         self.ignore = ignore
         self._digests: Dict[bytes, Tuple[Tuple[int, int, int], str]] = {}
 
-    def _real(self, rel: bytes) -> bytes:
-        return self.root + b"/" + rel if rel else self.root
+    def _real(self, rel: bytes, follow_last: bool = False) -> bytes:
+        # symlinks on the way are resolved inside the context, never out of it
+        return resolve_beneath(self.root, rel, follow_last) if rel else self.root
 
     def visible(self, rel: bytes) -> bool:
         return not rel or not self.ignore.matches(rel.decode("utf-8", "surrogateescape"))
@@ -82,7 +84,7 @@ class ContextReader:
             return None
 
     def listdir(self, rel: bytes) -> List[bytes]:
-        return sorted(os.listdir(self._real(rel)))
+        return sorted(os.listdir(self._real(rel, follow_last=True)))
 
     def digest(self, rel: bytes, st: os.stat_result) -> str:
         key = (st.st_size, st.st_mtime_ns, st.st_ino)

@@ -27,13 +27,12 @@ import hashlib
 import json
 import os
 import secrets
-import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils import _containers as containers
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
-    makedirs, remove_tree, write_file)
+    dumps, makedirs, remove_tree, write_file)
 from ansible_collections.strata.layers.plugins.module_utils._buildcontext import (
     ContextReader, CopyPlan, ViewReader)
 from ansible_collections.strata.layers.plugins.module_utils._changes import chunk_reader
@@ -49,7 +48,7 @@ from ansible_collections.strata.layers.plugins.module_utils._images import (
     ImageRecord, host_platform, parse_config, validate_tags)
 from ansible_collections.strata.layers.plugins.module_utils._imageview import ImageView
 from ansible_collections.strata.layers.plugins.module_utils._info import history_of
-from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord
+from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord, now_iso
 from ansible_collections.strata.layers.plugins.module_utils._sandbox import Sandbox
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
 
@@ -83,18 +82,10 @@ class BuildResult:
     ran: int = 0
 
 
-def now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
 def scratch_config() -> Dict[str, Any]:
     osname, arch = host_platform()
     return {"architecture": arch, "os": osname, "config": {},
             "rootfs": {"type": "layers", "diff_ids": []}, "history": []}
-
-
-def dumps(config: Dict[str, Any]) -> bytes:
-    return json.dumps(config, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
 
 class Builder:
@@ -208,7 +199,7 @@ class Builder:
                layer: Optional[LayerRecord]) -> Dict[str, Any]:
         config = apply_config(current.config, step)
         history = list(config.get("history") or [])
-        entry: Dict[str, Any] = {"created": now(), "created_by": created_by}
+        entry: Dict[str, Any] = {"created": now_iso(), "created_by": created_by}
         if layer is None:
             entry["empty_layer"] = True
         else:
@@ -330,7 +321,7 @@ class Builder:
         try:
             view = ImageView(store.driver, current.chain)
             owner = view.user_ids(step.state.user) if step.state.user else (0, 0)
-            with Sandbox(target) as sandbox:
+            with Sandbox(target, record.id[:12]) as sandbox:
                 sandbox.add_files(args.files)
                 sandbox.ensure_workdir(step.state.workdir, owner)
                 sandbox.run(args.argv, step.state.run_env(), step.state.workdir, owner, what)

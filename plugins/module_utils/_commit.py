@@ -15,7 +15,6 @@ written to while it is committed gives whatever the walk saw.
 from __future__ import annotations
 
 import hashlib
-import time
 from typing import Any, Dict, List, Optional
 
 from ansible_collections.strata.layers.plugins.module_utils._changes import chunk_reader
@@ -28,6 +27,7 @@ from ansible_collections.strata.layers.plugins.module_utils._digest import (
 from ansible_collections.strata.layers.plugins.module_utils._errors import InvalidInput, NotFound
 from ansible_collections.strata.layers.plugins.module_utils._images import (
     ImageConfig, ImageRecord, derive_config, parse_config, validate_tags)
+from ansible_collections.strata.layers.plugins.module_utils._layers import iso
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
 
 CREATED_BY = "strata.layers.container_commit"
@@ -38,7 +38,7 @@ def container_commit(params: Dict[str, Any], check_mode: bool = False) -> Dict[s
     if not name:
         raise InvalidInput("name (the container to commit) is required")
     tags = validate_tags(params.get("tag") or [])
-    message = params.get("comment") or params.get("message") or ""
+    message = params.get("comment") or ""
     changes_ = params.get("changes") or {}
     store = Store.from_params(params)
     if check_mode:
@@ -56,14 +56,10 @@ def _container(store: Store, name: str) -> ContainerRecord:
     return record
 
 
-def _iso(ns: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(max(ns, 0) // 1_000_000_000))
-
-
 def commit_config(image: ImageRecord, diff_id: DiffID, mtime_max: int, message: str,
                   created_by: str = CREATED_BY,
                   changes_: Optional[Dict[str, Any]] = None) -> ImageConfig:
-    created = max(_iso(mtime_max), image.config.created or "")
+    created = max(iso(mtime_max), image.config.created or "")
     raw = derive_config(image.config, diff_id, created, created_by, comment=message,
                         changes=changes_ or None)
     return parse_config(raw, "commit config")

@@ -21,6 +21,7 @@ from typing import Callable, Optional
 from ansible_collections.strata.layers.plugins.module_utils._digest import Digest, hasher_digest
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, StoreError, Unsupported)
+from ansible_collections.strata.layers.plugins.module_utils._tarformat import BLOCK, checksum_ok
 
 CHUNK = 1 << 20
 GZIP_MAGIC = b"\x1f\x8b"
@@ -41,6 +42,11 @@ def detect(head: bytes) -> str:
     if head.startswith(BZIP2_MAGIC) and len(head) > 3 and head[3:4] in b"123456789":
         return "bzip2"
     return "plain"
+
+
+def tar_header(block: bytes) -> bool:
+    """True when ``block`` starts with a tar header (512 bytes with a valid checksum)."""
+    return len(block) >= BLOCK and block[:BLOCK] != bytes(BLOCK) and checksum_ok(block[:BLOCK])
 
 
 class RangeReader:
@@ -72,8 +78,10 @@ class DecodedStream:
         self._raw_read = raw_read
         self._raw_hasher: Optional["hashlib._Hash"] = hashlib.sha256()
         self.compressed_size = 0
-        self._head = self._take(16)
-        self.compression = detect(self._head)
+        self._head = self._take_head(512)
+        # a plain tar begins with its first member's name, which may well start with
+        # "BZh9" or the gzip magic: a block with a valid tar checksum is a tar
+        self.compression = "plain" if tar_header(self._head) else detect(self._head)
         if self.compression == "plain":
             # the raw bytes are the uncompressed bytes, which the tar reader hashes
             # already: hashing them here too would double the cost of a plain import
@@ -95,6 +103,15 @@ class DecodedStream:
             self.chunk = self._zstd_chunk
         else:
             self.chunk = self._plain_chunk
+
+    def _take_head(self, n: int) -> bytes:
+        head = b""
+        while len(head) < n:
+            data = self._take(n - len(head))
+            if not data:
+                break
+            head += data
+        return head
 
     def _take(self, n: int) -> bytes:
         data = self._raw_read(n)

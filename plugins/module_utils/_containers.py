@@ -192,7 +192,9 @@ def remove(store: Store, record: ContainerRecord) -> None:
     parked = os.path.join(store.tmp, temp_name("removed"))
     rename_durable(db.path(record.id), parked)
     crash_point("container-remove.unrecorded")
-    driver.remove_container(record.id)
+    for home in store.driver_homes():  # a kept previous driver has a copy too
+        if home.container_exists(record.id):
+            home.remove_container(record.id)
     crash_point("container-remove.driver")
     remove_tree(default_mount_point(store, record.id))
     mark.done()
@@ -219,11 +221,9 @@ def mount(store: Store, record: ContainerRecord, target: str) -> bool:
     current = record.mount_point
     if current == target and driver.is_mounted(target):
         return False
+    refuse_busy_target(target)
     if current and current != target and driver.is_mounted(current):
         driver.unmount(current)
-    if mount_at(target) is not None:
-        raise AlreadyExists("something else is already mounted at %s; unmount it or choose "
-                            "another mount_point" % target)
     makedirs(target, 0o755)
     image = store.images.get(record.image_id)
     # the record names the mount point before the mount exists: a kill in between leaves
@@ -234,6 +234,13 @@ def mount(store: Store, record: ContainerRecord, target: str) -> bool:
     driver.mount(record.id, image_chain(store, image), target)
     crash_point("container-mount.mounted")
     return True
+
+
+def refuse_busy_target(target: str) -> None:
+    """Checked before anything changes: a failed ``mounted`` leaves the store as it was."""
+    if mount_at(target) is not None:
+        raise AlreadyExists("something else is already mounted at %s; unmount it or choose "
+                            "another mount_point" % target)
 
 
 def unmount(store: Store, record: ContainerRecord) -> bool:
@@ -310,6 +317,8 @@ def _run(store: Store, params: Dict[str, Any], state: str, dry: bool) -> Dict[st
         return {"changed": True, "id": record.id, "name": name, "image_id": record.image_id,
                 "state": "absent", "action": "removed"}
     if record is None:
+        if state == "mounted" and target is not None:
+            refuse_busy_target(target)
         record = create(store, name, store.images.get(image_id))
     if state == "mounted":
         mount(store, record, target or default_mount_point(store, record.id))

@@ -14,15 +14,17 @@ gives the same bytes.  Archives are written to a temp file beside ``dest`` and r
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from ansible_collections.strata.layers.plugins.module_utils import _files as files
 from ansible_collections.strata.layers.plugins.module_utils._archive import (
     DirIndex, TarIndex)
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
-    fsync_dir, temp_name, wrap_os_error, write_file)
+    dumps, fsync_dir, temp_name, wrap_os_error, write_file)
 from ansible_collections.strata.layers.plugins.module_utils._digest import (
     ChainID, chain_ids, hex_of, sha256_bytes)
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
@@ -57,10 +59,6 @@ class Blob:
         return "blobs/sha256/" + hex_of(self.digest)
 
 
-def _json(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
-
-
 class Plan:
     """Every blob and metadata file of one image's export."""
 
@@ -77,7 +75,7 @@ class Plan:
         self.layer_digests = [r.diff_id for r in records]
         sizes = {r.diff_id: r.tar_size for r in records}
         self.config = Blob(image.id, len(image.config.raw), data=image.config.raw)
-        manifest = _json({"schemaVersion": 2, "mediaType": MT_MANIFEST,
+        manifest = dumps({"schemaVersion": 2, "mediaType": MT_MANIFEST,
                           "config": {"mediaType": MT_CONFIG, "digest": image.id,
                                      "size": len(image.config.raw)},
                           "layers": [{"mediaType": MT_LAYER, "digest": d, "size": sizes[d]}
@@ -90,10 +88,10 @@ class Plan:
         if self.tags:
             desc["annotations"] = {"io.containerd.image.name": self.tags[0],
                                    "org.opencontainers.image.ref.name": self.tags[0]}
-        return _json({"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": [desc]})
+        return dumps({"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": [desc]})
 
     def docker_manifest(self) -> bytes:
-        return _json([{"Config": self.config.name, "RepoTags": self.tags or None,
+        return dumps([{"Config": self.config.name, "RepoTags": self.tags or None,
                        "Layers": ["blobs/sha256/" + hex_of(d) for d in self.layer_digests]}])
 
     def repositories(self) -> bytes:
@@ -102,10 +100,10 @@ class Plan:
         for tag in self.tags:
             name, version = split_reference(tag)
             repos.setdefault(name, {})[version] = top
-        return _json(repos)
+        return dumps(repos)
 
     def metadata(self, fmt: str) -> List[Tuple[str, bytes]]:
-        files = [("oci-layout", _json({"imageLayoutVersion": "1.0.0"})),
+        files = [("oci-layout", dumps({"imageLayoutVersion": "1.0.0"})),
                  ("index.json", self.index())]
         if fmt == "docker-archive":
             files += [("manifest.json", self.docker_manifest()),
@@ -177,7 +175,7 @@ def write_layout(store: Store, plan: Plan, dest: str) -> None:
     os.makedirs(blobs_dir, mode=0o755, exist_ok=True)
     for blob in plan.blobs():
         path = os.path.join(dest, blob.name)
-        if os.path.isfile(path) and os.path.getsize(path) == blob.size:
+        if _layout_blob_ok(path, blob):
             continue
         tmp = os.path.join(blobs_dir, temp_name(hex_of(blob.digest)))
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -209,7 +207,7 @@ def _merged_index(path: str, plan: Plan) -> bytes:
     others = [m for m in current if m.get("digest") != mine["digest"] and
               (name is None or (m.get("annotations") or {}).get(
                   "org.opencontainers.image.ref.name") != name)]
-    return _json({"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": others + [mine]})
+    return dumps({"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": others + [mine]})
 
 
 def _same_export(dest: str, fmt: str, plan: Plan) -> bool:
@@ -237,10 +235,24 @@ def _same_export(dest: str, fmt: str, plan: Plan) -> bool:
 
 
 def _blob_present(index: Any, blob: Blob) -> bool:
+    """The blob is there with its size *and* its digest: a damaged or tampered output
+    of the same sizes must be written again, not declared unchanged."""
     if isinstance(index, TarIndex):
-        return index.has(blob.name) and index.resolve(blob.name).size == blob.size
-    path = os.path.join(index.path, blob.name)
-    return os.path.isfile(path) and os.path.getsize(path) == blob.size
+        if not index.has(blob.name) or index.resolve(blob.name).size != blob.size:
+            return False
+        read, _size = index.opener(blob.name)
+        digest = hashlib.sha256()
+        while True:
+            data = read(1 << 20)
+            if not data:
+                return "sha256:" + digest.hexdigest() == blob.digest
+            digest.update(data)
+    return _layout_blob_ok(os.path.join(index.path, blob.name), blob)
+
+
+def _layout_blob_ok(path: str, blob: Blob) -> bool:
+    return os.path.isfile(path) and os.path.getsize(path) == blob.size and \
+        "sha256:" + files.sha256(os.fsencode(path)) == blob.digest
 
 
 def image_export(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, Any]:

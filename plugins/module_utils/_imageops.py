@@ -77,17 +77,20 @@ def _absent(store: Store, name: str, force: bool, dry: bool) -> Dict[str, Any]:
                             "force: true (which removes them too)"
                             % (name, ", ".join(sorted(c.name for c in users))),
                             containers=sorted(c.name for c in users))
+    # only the image's own layers that nothing else needs go with it (docker rmi): a
+    # layer kept untagged for later use as a parent is not this image's to remove
+    chain = set(store.images.get(image_id).chain)
+    gone = {image_id} | {"container:" + c.id for c in users}
+    freed = [c for c in store.unused_layers(gone) if c in chain]
     removed = {"tags": mine, "images": [image_id], "containers": sorted(c.name for c in users),
-               "layers": []}
+               "layers": [str(c) for c in freed]}
     if dry:
         return {"changed": True, "image_id": image_id, "tags": [], "removed": removed}
     for user in users:
         containers.remove(store, user)
     store.remove_image(image_id)
-    unused = store.unused_layers()
-    for chain in unused:
-        store.remove_layer(chain)
-    removed["layers"] = [str(c) for c in unused]
+    for layer in freed:
+        store.remove_layer(layer)
     return {"changed": True, "image_id": image_id, "tags": [], "removed": removed}
 
 

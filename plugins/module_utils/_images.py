@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
-    TEMP_PREFIX, read_json, write_file, write_json)
+    TEMP_PREFIX, dumps, read_json, write_file, write_json)
 from ansible_collections.strata.layers.plugins.module_utils._digest import (
     DiffID, ImageID, chain_ids, hex_of, is_digest, sha256_bytes, validate_digest)
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
@@ -145,7 +145,7 @@ def derive_config(base: Optional[ImageConfig], diff_id: Optional[DiffID], create
     history.append(entry)
     data["history"] = history
     data["created"] = created
-    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return dumps(data)
 
 
 @dataclass

@@ -11,14 +11,16 @@ the bytes of the files in its writable layer and ``virtual_size`` adds its image
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Dict, List, Optional
 
+from ansible_collections.strata.layers.plugins.module_utils._containers import container_facts
 from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import (
     allocated_bytes, fs_type, supports_d_type)
 from ansible_collections.strata.layers.plugins.module_utils._images import ImageRecord
 from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord
 from ansible_collections.strata.layers.plugins.module_utils._probe import nearest_existing
+from ansible_collections.strata.layers.plugins.module_utils._prune import plan as prune_plan
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
 
 
@@ -64,12 +66,7 @@ def describe(store: Store, containers: Optional[List[Dict[str, Any]]] = None) ->
         for chain in image.chain:
             users.setdefault(ChainID(chain), []).append(image.id)
     if containers is None:
-        from ansible_collections.strata.layers.plugins.module_utils._containers import (
-            container_facts)
         containers = container_facts(store, layers)
-    used_by_containers: Set[ChainID] = set()
-    for container in containers:
-        used_by_containers.update(ChainID(c) for c in container.get("chain", []))
     result["images"] = [_image_row(image, layers, users, tags) for image in images]
     result["layers"] = [{"diff_id": r.diff_id, "chain_id": r.chain_id, "size": r.size,
                          "parent": r.parent, "depth": r.depth,
@@ -81,8 +78,7 @@ def describe(store: Store, containers: Optional[List[Dict[str, Any]]] = None) ->
         "images": sum(layers[c].size for c in image_layers if c in layers),
         "containers": sum(c["size"] for c in containers),
         "layers": sum(r.size for r in layers.values()),
-        "reclaimable": sum(r.size for c, r in layers.items()
-                           if c not in image_layers and c not in used_by_containers),
+        "reclaimable": sum(layers[c].size for c in prune_plan(store)[1] if c in layers),
         "on_disk": allocated_bytes(store.root),
     }
     return result

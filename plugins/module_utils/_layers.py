@@ -60,6 +60,11 @@ def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+def iso(ns: int) -> str:
+    """A time in nanoseconds since the epoch, as image configs write times."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(max(ns, 0) // 1_000_000_000))
+
+
 class LayerDB:
     """The layer records of one store."""
 

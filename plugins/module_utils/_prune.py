@@ -9,7 +9,7 @@ the driver's directories really took), not the layers' logical sizes.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Set
+from typing import Any, Dict, List, Set, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils import _containers as containers
 from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID
@@ -32,6 +32,12 @@ def dangling_images(store: Store) -> List[str]:
     return sorted(i.id for i in images if i.id not in keep)
 
 
+def plan(store: Store) -> Tuple[List[str], List[ChainID]]:
+    """What a prune removes: dangling images, then every layer nothing else needs."""
+    images = dangling_images(store)
+    return images, store.unused_layers(set(images))
+
+
 def store_prune(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, Any]:
     store = Store.from_params(params)
     if check_mode or not store.exists():
@@ -44,16 +50,7 @@ def store_prune(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, A
 def _plan(store: Store) -> Dict[str, Any]:
     if not store.exists():
         return {"changed": False, "removed": {"images": [], "layers": []}, "reclaimed": 0}
-    images = dangling_images(store)
-    doomed = set(images)
-    needed: Set[ChainID] = set()
-    for image in store.images.all():
-        if image.id not in doomed:
-            needed.update(ChainID(c) for c in image.chain)
-    for record in containers.ContainerDB(store.root).all():
-        if store.images.exists(record.image_id):
-            needed.update(ChainID(c) for c in store.images.get(record.image_id).chain)
-    layers = [r.chain_id for r in store.layers.all() if r.chain_id not in needed]
+    images, layers = plan(store)
     reclaimed = sum(allocated_bytes(store.driver.layer_dir(c)) for c in layers)
     return {"changed": bool(images or layers),
             "removed": {"images": images, "layers": [str(c) for c in layers]},
@@ -61,10 +58,9 @@ def _plan(store: Store) -> Dict[str, Any]:
 
 
 def _prune(store: Store) -> Dict[str, Any]:
-    images = dangling_images(store)
+    images, layers = plan(store)
     for image_id in images:
         store.remove_image(image_id)
-    layers = store.unused_layers()
     reclaimed = sum(store.remove_layer(chain) for chain in layers)
     return {"changed": bool(images or layers),
             "removed": {"images": images, "layers": [str(c) for c in layers]},

@@ -117,3 +117,37 @@ def _is_symlink(dir_fd: int, name: bytes) -> bool:
         return True
     except OSError:
         return False
+
+
+MAX_SYMLINKS = 40
+
+
+def resolve_beneath(root: bytes, path: bytes, follow_last: bool = True) -> bytes:
+    """``path`` inside directory ``root``, with symlinks resolved as a chroot at ``root``
+    would resolve them: ``..`` and absolute targets never leave ``root``.
+
+    The build context and a RUN step's root are read this way, as Docker scopes them
+    (a context symlink to /etc means the context's own etc/, not the host's)."""
+    todo = [p for p in path.split(b"/") if p]
+    done: list = []
+    hops = 0
+    while todo:
+        part = todo.pop(0)
+        if part == b".":
+            continue
+        if part == b"..":
+            if done:
+                done.pop()
+            continue
+        candidate = os.path.join(root, *done, part)
+        if (todo or follow_last) and os.path.islink(candidate):
+            hops += 1
+            if hops > MAX_SYMLINKS:
+                raise NotBeneath(b"/".join(done + [part]), "is part of a symlink loop")
+            target = os.readlink(candidate)
+            if target.startswith(b"/"):
+                done = []
+            todo = [p for p in target.split(b"/") if p] + todo
+            continue
+        done.append(part)
+    return os.path.join(root, *done) if done else root

@@ -2,25 +2,48 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """RUN: a command executed in a build container's mounted root filesystem.
 
-Isolation with Linux namespaces through util-linux ``unshare`` (present on every
-distribution; Python 3.11 has no ``os.unshare``): new mount, PID, UTS, IPC and network
-namespaces (no network at all: build steps are offline), ``--root`` into the
-container's root filesystem, ``/proc`` mounted inside the namespace (it goes away with
-it), and a minimal ``/dev`` on a tmpfs (null, zero, full, random, urandom, tty, fd
-links, shm) mounted from here and unmounted after.  The command runs as the stage's
-USER (uid/gid looked up in the image), in its WORKDIR, with its ENV and nothing else.
-There is no user namespace: root in the step is root on the host, as with Docker's
-default daemon; the step cannot see the host's filesystem, processes or network.
+Isolated the way container runtimes do it, standard library only.  util-linux
+``unshare`` (present on every distribution; Python 3.11 has no ``os.unshare``) makes new
+mount (propagation private), PID, UTS, IPC and network namespaces (no network at all:
+build steps are offline) and runs this host's Python interpreter with a small init
+program (``INIT``, passed with ``-c``: modules run from an Ansible zip payload, so no
+file of ours can be executed) that, as PID 1 of the new PID namespace:
+
+1. bind-mounts the container's root onto itself (recursively, so the ``/dev`` tmpfs
+   mounted from here stays visible) and remounts it ``nodev``: device nodes a layer
+   carries do not open, since no device cgroup stands behind them;
+2. ``pivot_root(".", ".")`` then a lazy unmount of the old root (runc's sequence): the
+   host's filesystem is no longer in the namespace at all, so the chroot(2) escape
+   (chroot into a subdirectory, ``chdir("..")`` out, ``chroot(".")``) finds nothing;
+3. mounts a fresh ``/proc`` (nosuid, nodev, noexec) with Docker's masked paths
+   (``/proc/kcore``, ``/proc/keys``, ...) and read-only paths (``/proc/sys``,
+   ``/proc/sysrq-trigger``, ...): uid 0 may write ``core_pattern`` without any capability;
+4. sets the hostname, starts a new session (no controlling terminal to inject into);
+5. drops from the capability bounding set every capability outside Docker's default
+   set, and ``CAP_MKNOD`` too, clears the inheritable and ambient sets;
+6. takes the stage's USER (uid, gid, the supplementary groups /etc/group of the image
+   lists for that user), enters its WORKDIR and executes the command with its ENV
+   (looked up in the step's PATH; 127 when it is not found, as a shell says).
+
+A minimal ``/dev`` on a tmpfs (null, zero, full, random, urandom, tty, fd links, shm) is
+mounted from here before and unmounted after.  There is no user namespace and no seccomp
+filter: root in a step is uid 0 on the host, as with Docker's default daemon, but without
+``CAP_SYS_ADMIN``, ``CAP_MKNOD``, ``CAP_SYS_MODULE`` and the rest it cannot mount,
+create devices, load modules or leave its root; it cannot see the host's filesystem,
+processes or network.
 
 Directories created only to mount on (``/proc``, ``/dev``) are removed afterwards so
 they do not end up in the step's layer, like Docker's init layer keeps them out.
 """
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import shutil
 import stat
 import subprocess
+import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
@@ -31,6 +54,232 @@ DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
            ("urandom", 1, 9), ("tty", 5, 0))
 MAX_OUTPUT = 256 << 10
 TAIL_LINES = 30
+MS_NOSUID = 2
+HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# The init program, run by the host's interpreter inside the new namespaces.  It must
+# run on Python 3.9+, import everything before pivot_root (after it, a module path names
+# a file of the image, so importing is switched off) and touch files only through os.
+# Its configuration arrives as JSON on stdin (no argument-size limit), and its own
+# failures exit 125 (setup), 126 (not executable) or 127 (not found) with a message.
+INIT = r'''
+import ctypes
+import json
+import os
+import signal
+import stat
+import sys
+
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+MNT_DETACH = 2
+PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 1, 24, 47, 4
+CAP_VERSION_3 = 0x20080522
+# glibc has no pivot_root(): the system call number depends on the architecture
+PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "loongarch64": 41,
+              "ppc64le": 203, "ppc64": 203, "s390x": 217, "i686": 217, "i386": 217,
+              "armv7l": 218, "armv8l": 218}
+# Docker's default capability set without CAP_MKNOD (27): CHOWN DAC_OVERRIDE FOWNER
+# FSETID KILL SETGID SETUID SETPCAP NET_BIND_SERVICE NET_RAW SYS_CHROOT AUDIT_WRITE
+# SETFCAP.  Docker can leave MKNOD in because its device cgroup refuses to open the
+# nodes; there is no device cgroup here, so a step able to mknod the host's disk could
+# read and write it.
+KEEP = (0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 29, 31)
+# Docker's masked and read-only /proc paths: uid 0 needs no capability to write
+# /proc/sys/kernel/core_pattern (a program the host's kernel runs) or sysrq-trigger
+MASKED = ("/proc/asound", "/proc/acpi", "/proc/interrupts", "/proc/kcore", "/proc/keys",
+          "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
+          "/proc/sched_debug", "/proc/scsi")
+READ_ONLY = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+NOT_FOUND = (2, 20)   # ENOENT, ENOTDIR
+
+
+class CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+class SetupError(Exception):
+    pass
+
+
+LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def fail(code, message):
+    os.write(2, ("strata sandbox: %s\n" % message).encode("utf-8", "replace"))
+    os._exit(code)
+
+
+def check(result, what):
+    if result != 0:
+        raise SetupError("%s: %s" % (what, os.strerror(ctypes.get_errno())))
+
+
+def mount(source, target, fstype, flags):
+    check(LIBC.mount(None if source is None else os.fsencode(source), os.fsencode(target),
+                     None if fstype is None else fstype.encode(), ctypes.c_ulong(flags),
+                     None), "mount %s on %s" % (fstype or source, target))
+
+
+def read_config():
+    chunks = []
+    while True:
+        chunk = os.read(0, 1 << 16)
+        if not chunk:
+            return json.loads(b"".join(chunks))
+        chunks.append(chunk)
+
+
+def enter_root(root):
+    # pivot_root needs a mount point not under a shared mount; unshare made all private
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    mount(root, root, None, MS_BIND | MS_REC)
+    kept = os.statvfs(root).f_flag & (MS_RDONLY | MS_NOSUID | MS_NOEXEC)
+    mount(None, root, None, MS_BIND | MS_REMOUNT | MS_NODEV | kept)
+    os.chdir(root)
+    number = PIVOT_ROOT.get(os.uname().machine)
+    if number is None:
+        raise SetupError("pivot_root: no system call number known for %s"
+                         % os.uname().machine)
+    check(LIBC.syscall(ctypes.c_long(number), b".", b"."), "pivot_root")
+    # the old root now sits on top of the new one: detach it and everything under it
+    check(LIBC.umount2(b".", MNT_DETACH), "unmount the host's root")
+    os.chdir("/")
+
+
+def mount_proc():
+    flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
+    mount("proc", "/proc", "proc", flags)
+    for path in MASKED:
+        if os.path.isdir(path):
+            mount("tmpfs", path, "tmpfs", MS_RDONLY | flags)
+        elif os.path.exists(path):
+            mount("/dev/null", path, None, MS_BIND)
+    for path in READ_ONLY:
+        if os.path.exists(path):
+            mount(path, path, None, MS_BIND | MS_REC)
+            mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | flags)
+
+
+def read_small(path):
+    """A file of the image as the step sees it (symlinks resolve inside its root)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError:
+        return ""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return ""
+        return os.read(fd, 1 << 20).decode("utf-8", "replace")
+    finally:
+        os.close(fd)
+
+
+def rows(path):
+    return [line.split(":") for line in read_small(path).splitlines()]
+
+
+def supplementary_groups(uid):
+    names = [f[0] for f in rows("/etc/passwd") if len(f) > 3 and f[2] == str(uid)]
+    if not names:
+        return []
+    return sorted(set(int(f[2]) for f in rows("/etc/group")
+                      if len(f) > 3 and f[2].isdigit() and names[0] in f[3].split(",")))
+
+
+def drop_capabilities():
+    last = int(read_small("/proc/sys/kernel/cap_last_cap") or "63")
+    for cap in range(last + 1):
+        if cap not in KEEP:
+            check(LIBC.prctl(PR_CAPBSET_DROP, ctypes.c_ulong(cap), ctypes.c_ulong(0),
+                             ctypes.c_ulong(0), ctypes.c_ulong(0)), "drop capability %d" % cap)
+    check(LIBC.prctl(PR_CAP_AMBIENT, ctypes.c_ulong(PR_CAP_AMBIENT_CLEAR_ALL),
+                     ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)),
+          "clear the ambient capabilities")
+    # exec gives uid 0 its inheritable set as well as the bounding set: clear it
+    header = CapHeader(CAP_VERSION_3, 0)
+    data = (CapData * 2)()
+    check(LIBC.capget(ctypes.byref(header), data), "capget")
+    for half in data:
+        half.inheritable = 0
+    check(LIBC.capset(ctypes.byref(header), data), "capset")
+
+
+def become(uid, gid):
+    os.setgroups(supplementary_groups(uid))
+    os.setgid(gid)
+    os.setuid(uid)
+    # changing credentials cleared the parent-death signal unshare --kill-child set:
+    # without it a timed-out step of a non-root USER would outlive unshare
+    check(LIBC.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL), ctypes.c_ulong(0),
+                     ctypes.c_ulong(0), ctypes.c_ulong(0)), "set the parent-death signal")
+
+
+def setup(config):
+    # the interpreter ignores SIGPIPE and SIGXFSZ, the caller may ignore or block more,
+    # and exec would hand all of that on to the step
+    for number in signal.valid_signals():
+        if number not in (signal.SIGKILL, signal.SIGSTOP):
+            try:
+                signal.signal(number, signal.SIG_DFL)
+            except (OSError, ValueError):
+                pass  # signals reserved by the C library (SIGRTMIN..)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    sys.meta_path[:] = []
+    enter_root(config["root"])
+    mount_proc()
+    name = config["hostname"].encode()
+    check(LIBC.sethostname(name, ctypes.c_size_t(len(name))), "sethostname")
+    os.setsid()
+    null = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    try:
+        os.chdir(config["workdir"])
+    except OSError as exc:
+        raise SetupError("cannot enter the WORKDIR %s: %s"
+                         % (config["workdir"], exc.strerror)) from None
+    drop_capabilities()
+    become(config["uid"], config["gid"])
+
+
+def execute(argv, env):
+    program = argv[0]
+    if "/" in program:
+        candidates = [program]
+    else:
+        candidates = [os.path.join(part or ".", program)
+                      for part in env.get("PATH", "").split(":")]
+    error = None
+    for candidate in candidates:
+        try:
+            os.execve(candidate, argv, env)
+        except OSError as exc:
+            if error is None or (error.errno in NOT_FOUND and exc.errno not in NOT_FOUND):
+                error = exc
+    if error is None or error.errno in NOT_FOUND:
+        fail(127, "%s: not found in the image (PATH=%s)" % (program, env.get("PATH", "")))
+    fail(126, "%s: cannot execute: %s" % (program, error.strerror))
+
+
+def main():
+    try:
+        config = read_config()
+        if not config["argv"]:
+            raise SetupError("the command is empty")
+        setup(config)
+    except (SetupError, OSError, ValueError, KeyError, TypeError) as exc:
+        fail(125, "cannot set up the build container: %s" % exc)
+    execute(config["argv"], config["env"])
+
+
+main()
+'''
 
 
 class StepFailed(StoreError):
@@ -65,12 +314,21 @@ def secure_join(root: str, path: str) -> str:
 
 
 class Sandbox:
-    """Prepares a mounted root for RUN steps and runs them (use as a context manager)."""
+    """Prepares a mounted root for RUN steps and runs them (use as a context manager).
 
-    def __init__(self, root: str) -> None:
-        if shutil.which("unshare") is None:
+    ``hostname`` is what a step sees (Docker uses the first 12 hex digits of the
+    container id); a random one when not given."""
+
+    def __init__(self, root: str, hostname: Optional[str] = None) -> None:
+        unshare = shutil.which("unshare")
+        if unshare is None:
             raise Unsupported("RUN needs the unshare program (util-linux) on the managed host")
-        self.root = root
+        if not sys.executable:
+            raise Unsupported("RUN needs the path of this Python interpreter, and "
+                              "sys.executable is empty")
+        self._unshare = unshare
+        self.root = os.path.abspath(root)
+        self.hostname = hostname or secrets.token_hex(6)
         self._created: List[str] = []
         self._dev: Optional[str] = None
 
@@ -84,7 +342,7 @@ class Sandbox:
                 os.mkdir(path, 0o755)
                 self._created.append(path)
         self._dev = os.path.join(self.root, "dev")
-        mount("tmpfs", self._dev, "tmpfs", 0, "mode=755,size=65536k")
+        mount("tmpfs", self._dev, "tmpfs", MS_NOSUID, "mode=755,size=65536k")
         self._populate_dev(self._dev)
         return self
 
@@ -124,15 +382,22 @@ class Sandbox:
             os.makedirs(target, 0o755)
             os.chown(target, *owner)
 
+    def command(self) -> List[str]:
+        """``unshare`` making the namespaces, then the init program (see ``INIT``)."""
+        # -I: no PYTHON* variable, user site or script directory can steer the init
+        # (it runs as root with every capability until it has left the host's root)
+        return [self._unshare, "--mount", "--uts", "--ipc", "--pid", "--net", "--fork",
+                "--kill-child", "--propagation=private", "--",
+                sys.executable, "-I", "-S", "-c", INIT]
+
     def run(self, argv: Sequence[str], env: Dict[str, str], workdir: str,
             owner: Tuple[int, int], what: str, timeout: Optional[float] = None) -> str:
         """Run ``argv``; return its output or raise StepFailed with the last lines."""
-        command = ["unshare", "--mount", "--uts", "--ipc", "--pid", "--net", "--fork",
-                   "--kill-child", "--mount-proc", "--root=%s" % self.root,
-                   "--wd=%s" % workdir, "--setuid=%d" % owner[0], "--setgid=%d" % owner[1],
-                   "--"] + list(argv)
+        config = {"root": self.root, "workdir": workdir, "uid": owner[0], "gid": owner[1],
+                  "argv": list(argv), "env": dict(env), "hostname": self.hostname}
         try:
-            proc = subprocess.run(command, env=env, stdin=subprocess.DEVNULL,
+            proc = subprocess.run(self.command(), input=json.dumps(config).encode("ascii"),
+                                  env={"PATH": HOST_PATH, "LC_ALL": "C"},
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   timeout=timeout, check=False)
         except subprocess.TimeoutExpired as exc:

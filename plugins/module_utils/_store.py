@@ -433,10 +433,15 @@ class Store:
         rename_durable(self.images.path(image_id), parked)
         remove_tree(parked)
 
-    def unused_layers(self) -> List[ChainID]:
-        """Layers no image and no container needs, children before parents."""
+    def unused_layers(self, without: Optional[Set[str]] = None) -> List[ChainID]:
+        """Layers nothing needs once the images and containers ``without`` names
+        (ids; containers as ``container:<id>``) are gone; children before parents.
+
+        The one removal plan: store_prune, image removal and store_info's reclaimable
+        figure all ask it, in check mode and for real."""
+        gone = without or set()
         users = self.layer_users()
-        unused = [r for r in self.layers.all() if r.chain_id not in users]
+        unused = [r for r in self.layers.all() if not users.get(r.chain_id, set()) - gone]
         return [r.chain_id for r in sorted(unused, key=lambda r: r.depth, reverse=True)]
 
     # ------------------------------------------------------------------ images
@@ -464,6 +469,9 @@ class Store:
 
     def tag(self, image_id: ImageID, tags: List[str]) -> List[str]:
         """Point ``tags`` at ``image_id``; returns the tags that changed."""
+        if tags and not self.images.exists(image_id):
+            raise NotFound("image %s is not in the store (it was removed meanwhile?); nothing "
+                           "was tagged" % image_id)
         current = self.images.tags()
         moved = [t for t in tags if current.get(t) != image_id]
         if moved:

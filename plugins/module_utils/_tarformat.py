@@ -168,7 +168,7 @@ def _parse_number(field_bytes: bytes, name: str, member: str, signed: bool = Fal
                       member=member) from exc
 
 
-def _checksum_ok(block: bytes) -> bool:
+def checksum_ok(block: bytes) -> bool:
     stored = block[148:156]
     try:
         want = int(stored.split(b"\0", 1)[0].strip(b" \0") or b"-1", 8)
@@ -272,7 +272,7 @@ class HeaderParser:
                 self.end_block = block
                 return None
             hint = "entry #%d" % (self.index + 1)
-            if not _checksum_ok(block):
+            if not checksum_ok(block):
                 raise Corrupt("%s: tar header of %s at offset %d has a bad checksum (not a "
                               "tar stream, or corrupt)" % (self.reader.what, hint,
                                                            self.reader.total - self.reader.available() - BLOCK))

@@ -15,10 +15,15 @@ description:
   - Every filesystem-changing instruction (C(RUN), C(COPY), C(ADD)) makes a layer; the
     others change the config only and leave an C(empty_layer) history entry, as
     C(docker history) shows.
-  - C(RUN) executes in the build container's root filesystem, isolated with mount, PID,
-    UTS, IPC and network namespaces (no network), with C(/proc) and a minimal C(/dev), as
-    the stage's C(USER), in its C(WORKDIR), with its C(ENV). A failing step reports its
-    exit code and last output lines and leaves no build container, partial layer or tag.
+  - C(RUN) executes in the build container's root filesystem, isolated as container
+    runtimes do it - new mount, PID, UTS, IPC and network namespaces (no network),
+    C(pivot_root) into the container (the host's filesystem is unmounted from the step's
+    view), a fresh C(/proc) with Docker's masked and read-only paths, a minimal C(/dev),
+    device nodes elsewhere in the image not openable, and a capability bounding set of
+    Docker's defaults without C(CAP_MKNOD) - as the stage's C(USER) (with the
+    supplementary groups the image's C(/etc/group) gives it), in its C(WORKDIR), with its
+    C(ENV). A failing step reports its exit code and last output lines and leaves no build
+    container, partial layer or tag; a command not found in the image exits 127.
   - A step is reused from the build cache when its parent image, its instruction after
     substitution and, for C(COPY)/C(ADD), the content, modes and ownership of its sources
     are unchanged. A re-run with nothing changed gives the same image id and C(changed=false).
@@ -84,8 +89,13 @@ options:
     type: bool
     default: false
 notes:
-  - RUN steps need root and util-linux C(unshare) on the managed host. There is no user
-    namespace, so root in a step is root on the host, as with Docker's default daemon.
+  - RUN steps need root and util-linux C(unshare) on the managed host; the module's Python
+    interpreter runs the small init program that sets up each step.
+  - There is no user namespace and no seccomp filter, so root in a step is uid 0 on the
+    host, as with Docker's default daemon; but without C(CAP_SYS_ADMIN), C(CAP_MKNOD),
+    C(CAP_SYS_MODULE) and the other capabilities outside Docker's default set it cannot
+    mount, create devices, load kernel modules or leave its root. Only build specs you
+    trust should run; nothing limits a step's CPU, memory or disk use.
 """
 
 EXAMPLES = r"""

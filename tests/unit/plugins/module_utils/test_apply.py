@@ -189,3 +189,21 @@ def test_nul_byte_in_pax_name_is_refused(tmp_path):
     t.tar.addfile(info)
     with pytest.raises(InvalidInput, match="NUL"):
         apply(tmp_path, t.bytes())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_hardlink_lands_in_its_directory_when_the_descriptor_cache_turns_over(tmp_path, mode):
+    """Found by review: opening the link target's directories evicted the link's own
+    parent descriptor from the cache and its number was reused for another directory."""
+    t = LayerTar()
+    deep = "/".join(["d"] * 130)
+    t.file(deep + "/f", b"data")
+    for number in range(130):
+        t.dir("top%03d" % number)
+    t.dir("x").hardlink("x/link", deep + "/f")
+    apply(tmp_path, t.bytes(), mode)
+    root = tmp_path / "root"
+    assert (root / "x" / "link").read_bytes() == b"data"
+    assert os.lstat(root / "x" / "link").st_ino == os.lstat(root / deep / "f").st_ino
+    assert not any(name == b"link" for _base, _dirs, files in os.walk(bytes(root / "d"))
+                   for name in files)

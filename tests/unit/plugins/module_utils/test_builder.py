@@ -225,3 +225,23 @@ def test_heredocs_for_run_and_copy(root, tmp_path):
     assert view["etc/app.conf"] == b"key=value\n"
     assert view["three"].startswith(b"from a script")
     assert "dev/pipes" not in view
+
+
+def test_copy_never_reads_outside_the_context_through_symlinks(root, tmp_path):
+    """Found by review: a context symlink to /etc let COPY read the host's files."""
+    secret = tmp_path / "host-secret"
+    secret.write_text("host only")
+    ctx = tmp_path / "ctx"
+    (ctx / "real").mkdir(parents=True)
+    (ctx / "real" / "inside").write_text("in context")
+    os.symlink(str(tmp_path), ctx / "out")           # absolute: leaves the context
+    os.symlink("../..", ctx / "up")                   # relative: climbs out
+    os.symlink("real", ctx / "data")                  # stays inside: fine
+    for src in ("out/host-secret", "up/host-secret", "out/*", "up/*secret"):
+        with pytest.raises(NotFound):
+            build(root, context=str(ctx), spec="FROM busybox:test\nCOPY %s /leak/\n" % src)
+    build(root, context=str(ctx), tag=["ok:1"],
+          spec="FROM busybox:test\nCOPY data/inside /in\nCOPY . /all/\n")
+    view = files_of(root, "ok:1", tmp_path)
+    assert view["in"] == b"in context"
+    assert all(b"host only" not in (content or b"") for content in view.values())

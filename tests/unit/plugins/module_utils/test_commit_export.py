@@ -43,12 +43,12 @@ def test_commit_makes_a_layer_of_the_changes_and_is_idempotent(root, tmp_path):
     os.makedirs(os.path.join(m, "opt/app"))
     with open(os.path.join(m, "opt/app/data"), "w") as handle:
         handle.write("data")
-    first = call(container_commit, root, name="c1", tag=["bb:committed"], message="snap")
+    first = call(container_commit, root, name="c1", tag=["bb:committed"], comment="snap")
     assert first["changed"] and len(first["layers"]) == 2
-    again = call(container_commit, root, name="c1", tag=["bb:committed"], message="snap")
+    again = call(container_commit, root, name="c1", tag=["bb:committed"], comment="snap")
     assert not again["changed"] and again["image_id"] == first["image_id"]
     check = container_commit({"data_root": root, "name": "c1", "tag": ["bb:committed"],
-                              "message": "snap"}, check_mode=True)
+                              "comment": "snap"}, check_mode=True)
     assert not check["changed"]
     c2 = call(container_layer, root, name="c2", image="bb:committed", state="mounted")
     m2 = c2["mount_point"]
@@ -156,3 +156,69 @@ def test_removing_a_busy_mounted_container_names_the_process_and_keeps_it(root):
         sleeper.kill()
         sleeper.wait()
     assert call(container_layer, root, name="busy", state="absent")["changed"]
+
+
+def test_removing_an_image_takes_only_its_own_layers(root, tmp_path):
+    """Found by review: rmi also removed an unrelated untagged layer kept as a parent."""
+    standalone = write(tmp_path / "s.tar", LayerTar().file("standalone", b"s").bytes())
+    kept = call(layer_import, root, src=standalone)["layers"][0]["chain_id"]
+    app = write(tmp_path / "a.tar", LayerTar().file("app", b"a").bytes())
+    call(layer_import, root, src=app, parent="bb:1", tag=["app:1"])
+    plan = image({"data_root": root, "name": "app:1", "state": "absent"}, check_mode=True)
+    done = call(image, root, name="app:1", state="absent")
+    assert done["removed"] == plan["removed"] and len(done["removed"]["layers"]) == 1
+    chains = [l["chain_id"] for l in call(store_info, root)["layers"]]
+    assert kept in chains and len(chains) == 2   # the standalone layer and bb:1's layer
+
+
+def test_reclaimable_is_what_prune_would_remove(root, tmp_path):
+    """Found by review: store_info's reclaimable disagreed with store_prune's plan."""
+    dangling = write(tmp_path / "d.tar", LayerTar().file("d", b"d" * 5000).bytes())
+    first = call(layer_import, root, src=dangling, parent="bb:1", tag=["tmp:1"])
+    call(image, root, name="tmp:1", tag=["tmp:2"])
+    call(image, root, name="tmp:1", state="absent")
+    call(image, root, name="tmp:2", state="absent")   # gone, and its layer with it
+    orphan = write(tmp_path / "o.tar", LayerTar().file("o", b"o" * 7000).bytes())
+    call(layer_import, root, src=orphan)
+    info = call(store_info, root)
+    plan = store_prune({"data_root": root}, check_mode=True)
+    sizes = {l["chain_id"]: l["size"] for l in info["layers"]}
+    assert info["disk_usage"]["reclaimable"] == sum(sizes[c] for c in plan["removed"]["layers"])
+    assert info["disk_usage"]["reclaimable"] == 7000 and first["changed"]
+
+
+def test_a_failed_mount_changes_nothing(root, tmp_path):
+    """Found by review: the container was created before the busy target was noticed,
+    and a mounted container lost its mount before the new target was checked."""
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(busy)], check=True)
+    try:
+        with pytest.raises(AlreadyExists):
+            call(container_layer, root, name="new", image="bb:1", state="mounted",
+                 mount_point=str(busy))
+        assert call(store_info, root)["containers"] == []
+        c = call(container_layer, root, name="c", image="bb:1", state="mounted")
+        with pytest.raises(AlreadyExists):
+            call(container_layer, root, name="c", image="bb:1", state="mounted",
+                 mount_point=str(busy))
+        still = call(container_layer, root, name="c", image="bb:1", state="mounted")
+        assert not still["changed"] and still["mount_point"] == c["mount_point"]
+    finally:
+        subprocess.run(["umount", str(busy)], check=False)
+        call(container_layer, root, name="c", state="absent")
+
+
+def test_export_rewrites_a_tampered_destination(root, tmp_path):
+    """Found by review: an output whose blobs kept their sizes counted as unchanged."""
+    layout = str(tmp_path / "layout")
+    out = call(image_export, root, image="bb:1", dest=layout, format="oci-layout")
+    blob = os.path.join(layout, "blobs", "sha256", out["layers"][0][7:])
+    with open(blob, "r+b") as handle:
+        handle.seek(1000)
+        handle.write(b"X")
+    again = call(image_export, root, image="bb:1", dest=layout, format="oci-layout")
+    assert again["changed"]
+    import hashlib
+    assert "sha256:" + hashlib.sha256(open(blob, "rb").read()).hexdigest() == out["layers"][0]
+    assert not call(image_export, root, image="bb:1", dest=layout, format="oci-layout")["changed"]

@@ -187,3 +187,18 @@ def test_a_later_run_without_keep_previous_drops_the_kept_data(btrfs_root, tmp_p
     dropped = storage_driver({"data_root": root, "driver": "overlay2"})
     assert dropped["changed"] and not os.path.exists(os.path.join(root, "vfs"))
     assert not storage_driver({"data_root": root, "driver": "overlay2"})["changed"]
+
+
+def test_removing_a_container_removes_the_kept_drivers_copy(btrfs_root, tmp_path, busybox_tar):
+    """Found by review: after a keep_previous migration, container removal left the old
+    driver's copy behind (an orphan store_check reported at once)."""
+    from ansible_collections.strata.layers.plugins.module_utils._check import store_check
+    root = btrfs_root
+    storage_driver({"data_root": root, "driver": "overlay2"})
+    build(root, tmp_path, busybox_tar)
+    storage_driver({"data_root": root, "driver": "vfs", "migrate": True, "keep_previous": True})
+    assert os.listdir(os.path.join(root, "overlay2", "containers"))
+    for name in ("c1", "c2"):
+        container_layer({"data_root": root, "name": name, "state": "absent"})
+    assert os.listdir(os.path.join(root, "overlay2", "containers")) == []
+    assert store_check({"data_root": root})["ok"]

@@ -148,3 +148,14 @@ def test_lock_timeout_names_the_holder(store_root):
 def test_relative_data_root_is_refused():
     with pytest.raises(InvalidInput, match="absolute"):
         Store("relative/path")
+
+
+@pytest.mark.parametrize("first", ["BZh91AY&SY", "\x1f\x8bname", "(\xb5/\xfdzst", "\xfd7zXZx"])
+def test_a_plain_tar_whose_first_name_looks_like_a_magic_is_a_tar(tmp_path, store_root, first):
+    """Found by review: compression was told from the first bytes alone."""
+    data = LayerTar().file(first, b"payload").bytes()
+    src = write(tmp_path / "magic.tar", data)
+    result = imp(store_root, src, format="layer")
+    assert result["changed"]
+    import hashlib
+    assert result["layers"][0]["diff_id"] == "sha256:" + hashlib.sha256(data).hexdigest()
