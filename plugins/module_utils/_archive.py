@@ -7,7 +7,13 @@ An archive is indexed once (tar headers only: data is skipped with seeks), then
 manifests and configs are read and verified, and each layer is handed to the store
 as a stream over its byte range, so nothing is copied out of the archive first.
 Symlinked duplicate layers (older ``docker save``) resolve inside the archive, never
-outside it.
+outside it.  Blob sizes are checked against their descriptors before a blob is read.
+
+A compressed archive is decompressed into the store's tmp/ and indexed there; check
+mode, which writes nothing, reads it once as a stream instead and keeps only its
+metadata in memory (MemIndex).  ``auto`` detection takes a tar for an archive only when
+its manifest.json or index.json parses as one: a layer may hold a web app's
+manifest.json.
 """
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ from ansible_collections.strata.layers.plugins.module_utils._errors import (
 from ansible_collections.strata.layers.plugins.module_utils._images import (
     ImageConfig, host_platform, normalize_tag, parse_config)
 from ansible_collections.strata.layers.plugins.module_utils._tarformat import (
-    BLOCK, DIRTYPE, LNKTYPE, SYMTYPE, ChunkReader, HeaderParser)
+    BLOCK, DIRTYPE, LNKTYPE, SYMTYPE, ChunkReader, HeaderParser, Member)
 
 MT_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -36,6 +42,7 @@ MT_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 INDEX_TYPES = (MT_OCI_INDEX, MT_DOCKER_LIST)
 MANIFEST_TYPES = (MT_OCI_MANIFEST, MT_DOCKER_MANIFEST)
 MAX_JSON = 16 << 20
+MAX_KEPT = 4 * MAX_JSON
 RawRead = Callable[[int], bytes]
 
 
@@ -53,48 +60,21 @@ def _norm(name: str) -> str:
     return "/".join(parts)
 
 
-class TarIndex:
-    """Members of an uncompressed tar file, by normalised name."""
+class _Members:
+    """Members of a tar, by normalised name: what TarIndex and MemIndex share."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         self.entries: Dict[str, Entry] = {}
         self.order: List[str] = []
-        try:
-            self._scan()
-        except BaseException:
-            os.close(self.fd)
-            raise
 
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def _scan(self) -> None:
-        pos = [0]
-        end = os.fstat(self.fd).st_size
-
-        def source() -> bytes:
-            data = os.pread(self.fd, BLOCK, pos[0])
-            pos[0] += len(data)
-            return data
-
-        parser = HeaderParser(ChunkReader(source, what=self.path))
-        while True:
-            member = parser.next()
-            if member is None:
-                return
-            name = _norm(member.name.decode("utf-8", "surrogateescape"))
-            self.entries[name] = Entry(name, member.typeflag, pos[0], member.size,
-                                       member.linkname.decode("utf-8", "surrogateescape"))
-            self.order.append(name)
-            pos[0] += member.size + member.padding
-            if pos[0] > end:
-                # a size past the end (up to 2^95 in base-256) would overflow pread
-                raise Corrupt("archive %s is truncated: member %r runs past its end"
-                              % (self.path, name), member=name)
+    def _add(self, member: Member, offset: int) -> Entry:
+        name = _norm(member.name.decode("utf-8", "surrogateescape"))
+        entry = Entry(name, member.typeflag, offset, member.size,
+                      member.linkname.decode("utf-8", "surrogateescape"))
+        self.entries[name] = entry
+        self.order.append(name)
+        return entry
 
     def has(self, name: str) -> bool:
         return _norm(name) in self.entries
@@ -124,10 +104,58 @@ class TarIndex:
                 raise InvalidInput("archive %s: member %r is a link loop" % (self.path, name),
                                    member=name)
 
-    def opener(self, name: str) -> Tuple[RawRead, int]:
+    def _blob(self, name: str) -> Entry:
         entry = self.resolve(name)
         if entry.typeflag == DIRTYPE:
             raise InvalidInput("archive %s: %r is a directory, not a blob" % (self.path, name))
+        return entry
+
+    def size(self, name: str) -> int:
+        """Bytes of a blob, from its header: checked against a descriptor before reading."""
+        return self._blob(name).size
+
+
+class TarIndex(_Members):
+    """Members of an uncompressed tar file, by normalised name.  ``shown`` is the name
+    messages give the archive (``src`` when ``path`` is a decompressed copy of it)."""
+
+    def __init__(self, path: str, shown: Optional[str] = None) -> None:
+        super().__init__(shown or path)
+        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self._scan()
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def _scan(self) -> None:
+        pos = [0]
+        end = os.fstat(self.fd).st_size
+
+        def source() -> bytes:
+            data = os.pread(self.fd, BLOCK, pos[0])
+            pos[0] += len(data)
+            return data
+
+        parser = HeaderParser(ChunkReader(source, what=self.path))
+        while True:
+            member = parser.next()
+            if member is None:
+                return
+            entry = self._add(member, pos[0])
+            pos[0] += member.size + member.padding
+            if pos[0] > end:
+                # a size past the end (up to 2^95 in base-256) would overflow pread
+                raise Corrupt("archive %s is truncated: member %r runs past its end"
+                              % (self.path, entry.name), member=entry.name)
+
+    def opener(self, name: str) -> Tuple[RawRead, int]:
+        entry = self._blob(name)
         return RangeReader(self.fd, entry.offset, entry.size).read, entry.size
 
     def read(self, name: str, limit: int = MAX_JSON) -> bytes:
@@ -139,6 +167,95 @@ class TarIndex:
         if len(data) != entry.size:
             raise Corrupt("archive %s is truncated inside %r" % (self.path, name))
         return data
+
+
+class MemIndex(_Members):
+    """A tar stream read once, front to back, keeping in memory only what may be
+    metadata (the archive's own files, ``*.json`` members and blobs that begin like
+    JSON, each of up to MAX_JSON bytes, MAX_KEPT in all): how check mode reads a
+    compressed archive without writing anything.  ``tar_digest`` is the digest of the
+    whole stream once it was read to its end."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.data: Dict[str, bytes] = {}
+        self.kept = 0
+        self.tar_digest: Optional[str] = None
+
+    def close(self) -> None:
+        self.data = {}
+
+    def add(self, member: Member, reader: ChunkReader) -> None:
+        """Index ``member`` and consume its data (and padding) from ``reader``."""
+        entry = self._add(member, -1)
+        self.data.pop(entry.name, None)     # a later member of the same name replaces it
+        left = member.size
+        if member.is_file and left <= MAX_JSON and _may_be_metadata(entry.name):
+            head = reader.read_exact(min(left, BLOCK), "member %r" % entry.name)
+            left -= len(head)
+            # blobs/ holds the layers too: only a blob that begins like JSON is kept
+            if not entry.name.startswith("blobs/") or head.lstrip()[:1] in (b"{", b"["):
+                self._keep(entry.name, head + reader.read_exact(left, "member %r" % entry.name))
+                left = 0
+        _skip(reader, left + member.padding, entry.name)
+
+    def _keep(self, name: str, data: bytes) -> None:
+        self.kept += len(data)
+        if self.kept > MAX_KEPT:
+            raise InvalidInput("archive %s holds more than %d bytes of JSON: refused, it is "
+                               "no image archive" % (self.path, MAX_KEPT), member=name)
+        self.data[name] = data
+
+    def read(self, name: str, limit: int = MAX_JSON) -> bytes:
+        entry = self.resolve(name)
+        if entry.size > limit:
+            raise InvalidInput("archive %s: %r is %d bytes, more than the %d a manifest or config "
+                               "may have" % (self.path, name, entry.size, limit))
+        data = self.data.get(entry.name)
+        if data is None:
+            raise Corrupt("archive %s: %r is not JSON (a layer where a manifest or config "
+                          "belongs)" % (self.path, name))
+        return data
+
+    def opener(self, name: str) -> Tuple[RawRead, int]:
+        raise Unsupported("internal error: archive %s was read as a stream; its blob %r "
+                          "cannot be opened again" % (self.path, name))
+
+
+def _may_be_metadata(name: str) -> bool:
+    return name in ARCHIVE_NAMES or name.endswith(".json") or name.startswith("blobs/")
+
+
+def _skip(reader: ChunkReader, left: int, name: str) -> None:
+    while left:
+        piece = reader.read_some(min(left, CHUNK))
+        if not piece:
+            raise Corrupt("%s is truncated inside %r" % (reader.what, name), member=name)
+        left -= len(piece)
+
+
+def index_stream(source: Callable[[], bytes], what: str,
+                 until: Optional[Callable[[MemIndex], bool]] = None) -> MemIndex:
+    """A MemIndex of the tar stream ``source`` hands out in chunks: all of it (and its
+    digest), or only its first members, until ``until`` says enough (to tell what it is)."""
+    index = MemIndex(what)
+    reader = ChunkReader(source, what=what)
+    parser = HeaderParser(reader)
+    while until is None or not until(index):
+        member = parser.next()
+        if member is None:
+            if until is None:
+                _skip_to_end(reader)
+                index.tar_digest = "sha256:" + reader.hasher.hexdigest()
+            break
+        index.add(member, reader)
+    return index
+
+
+def _skip_to_end(reader: ChunkReader) -> None:
+    """Read what follows the end-of-archive marker: the stream's digest covers it."""
+    while reader.read_some(CHUNK):
+        pass
 
 
 class DirIndex:
@@ -184,6 +301,13 @@ class DirIndex:
                                member=name)
         return fd
 
+    def size(self, name: str) -> int:
+        fd = self._open_regular(name, "blob ")
+        try:
+            return os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+
     def opener(self, name: str) -> Tuple[RawRead, int]:
         fd = self._open_regular(name, "blob ")
         self._fds.append(fd)
@@ -228,14 +352,45 @@ def _json(index: Any, name: str, what: str) -> Any:
         raise Corrupt("%s %s in %s is not valid JSON" % (what, name, index.path)) from exc
 
 
-def _verified_blob(index: Any, digest: str, what: str) -> bytes:
+def _verified_blob(index: Any, desc: Dict[str, Any], what: str) -> bytes:
+    """The bytes of the blob descriptor ``desc`` names, checked against its digest and size."""
+    digest = desc.get("digest", "")
     if not is_digest(digest):
         raise Corrupt("%s in %s names an invalid digest %r" % (what, index.path, digest))
+    size = descriptor_size(desc, what, index.path)
     raw = index.read("blobs/sha256/" + hex_of(digest))
     if sha256_bytes(raw) != digest:
         raise DigestMismatch("%s blob %s in %s does not match its digest (it hashes to %s)"
                              % (what, digest, index.path, sha256_bytes(raw)))
+    if size is not None and len(raw) != size:
+        raise DigestMismatch("%s blob %s in %s is %d bytes, but its descriptor says %d"
+                             % (what, digest, index.path, len(raw), size))
     return raw
+
+
+def descriptor_size(desc: Dict[str, Any], what: str, where: str) -> Optional[int]:
+    """The ``size`` of an OCI descriptor (None when it has none), validated."""
+    size = desc.get("size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+        raise Corrupt("%s descriptor %s in %s has an invalid size %r"
+                      % (what, desc.get("digest"), where, size))
+    return size
+
+
+def verify_sizes(index: Any, images: List[ArchiveImage]) -> None:
+    """Refuse, before anything is read or stored, a layer blob whose size is not the one
+    its descriptor names (a blob missing from the archive is left to the import: it
+    fails there only if the layer is not in the store already)."""
+    for image in images:
+        for ref in image.layers:
+            if ref.size is None or not index.has(ref.member):
+                continue
+            actual = index.size(ref.member)
+            if actual != ref.size:
+                raise DigestMismatch("layer blob %s in %s is %d bytes, but its descriptor says "
+                                     "%d: the archive is damaged; nothing was imported"
+                                     % (ref.member, index.path, actual, ref.size),
+                                     expected=ref.size, actual=actual)
 
 
 def read_docker_archive(index: Any) -> List[ArchiveImage]:
@@ -244,8 +399,7 @@ def read_docker_archive(index: Any) -> List[ArchiveImage]:
         raise Corrupt("manifest.json in %s lists no images" % index.path)
     images = []
     for number, item in enumerate(manifest, 1):
-        if not isinstance(item, dict) or not isinstance(item.get("Config"), str) or \
-                not isinstance(item.get("Layers", []), list):
+        if not _docker_item(item, required=False):
             raise Corrupt("manifest.json in %s: entry %d has no Config/Layers" % (index.path, number))
         config_name = item["Config"]
         raw = index.read(config_name)
@@ -258,20 +412,26 @@ def read_docker_archive(index: Any) -> List[ArchiveImage]:
         if len(layers) != len(config.diff_ids):
             raise Corrupt("image %d of %s lists %d layers but its config has %d diff_ids"
                           % (number, index.path, len(layers), len(config.diff_ids)))
-        refs = []
         sources = item.get("LayerSources") or {}
-        for member, diff_id in zip(layers, config.diff_ids):
-            if not isinstance(member, str):
-                raise Corrupt("manifest.json in %s names a layer that is not a path" % index.path)
-            source = sources.get(diff_id) if isinstance(sources, dict) else None
-            digest = source.get("digest") if isinstance(source, dict) else None
-            if member.startswith("blobs/sha256/") and digest is None:
-                digest = "sha256:" + os.path.basename(member)
-            refs.append(LayerRef(member=member, diff_id=diff_id,
-                                 digest=digest if is_digest(digest) else None))
+        refs = [_docker_ref(index, member, diff_id, sources)
+                for member, diff_id in zip(layers, config.diff_ids)]
         tags = [normalize_tag(t) for t in item.get("RepoTags") or [] if isinstance(t, str)]
         images.append(ArchiveImage(config=config, layers=refs, tags=tags))
     return images
+
+
+def _docker_ref(index: Any, member: Any, diff_id: str, sources: Any) -> LayerRef:
+    """One layer of a docker-archive image; ``LayerSources`` (docker save of foreign
+    layers) may give its blob's digest and size."""
+    if not isinstance(member, str):
+        raise Corrupt("manifest.json in %s names a layer that is not a path" % index.path)
+    source = sources.get(diff_id) if isinstance(sources, dict) else None
+    source = source if isinstance(source, dict) else {}
+    digest = source.get("digest")
+    if member.startswith("blobs/sha256/") and digest is None:
+        digest = "sha256:" + os.path.basename(member)
+    return LayerRef(member=member, diff_id=diff_id, digest=digest if is_digest(digest) else None,
+                    size=descriptor_size(source, "layer", index.path))
 
 
 def read_oci(index: Any, platform: Optional[Tuple[str, str]] = None) -> List[ArchiveImage]:
@@ -312,7 +472,7 @@ def _ref_name(desc: Dict[str, Any]) -> Optional[str]:
 def _pick(index: Any, desc: Dict[str, Any], platform: Tuple[str, str]) -> Dict[str, Any]:
     depth = 0
     while desc.get("mediaType") in INDEX_TYPES:
-        nested = json.loads(_verified_blob(index, desc.get("digest", ""), "index"))
+        nested = json.loads(_verified_blob(index, desc, "index"))
         options = nested.get("manifests") or []
         wanted = [m for m in options if (m.get("platform") or {}).get("os") == platform[0]
                   and (m.get("platform") or {}).get("architecture") == platform[1]]
@@ -335,60 +495,88 @@ def _pick(index: Any, desc: Dict[str, Any], platform: Tuple[str, str]) -> Dict[s
 
 
 def _oci_image(index: Any, desc: Dict[str, Any]) -> ArchiveImage:
-    raw_manifest = _verified_blob(index, desc.get("digest", ""), "manifest")
+    raw_manifest = _verified_blob(index, desc, "manifest")
     manifest = json.loads(raw_manifest)
     config_desc = manifest.get("config") or {}
-    config_raw = _verified_blob(index, config_desc.get("digest", ""), "config")
+    config_raw = _verified_blob(index, config_desc, "config")
     config = parse_config(config_raw, "%s config %s" % (index.path, config_desc.get("digest")))
     layer_descs = manifest.get("layers") or []
     if len(layer_descs) != len(config.diff_ids):
         raise Corrupt("%s: manifest %s lists %d layers but its config has %d diff_ids"
                       % (index.path, desc.get("digest"), len(layer_descs), len(config.diff_ids)))
-    refs = []
-    for layer, diff_id in zip(layer_descs, config.diff_ids):
-        digest = layer.get("digest", "")
-        if not is_digest(digest):
-            raise Corrupt("%s: a layer descriptor has an invalid digest %r" % (index.path, digest))
-        refs.append(LayerRef(member="blobs/sha256/" + hex_of(digest), diff_id=diff_id,
-                             digest=digest, size=layer.get("size")))
+    refs = [_oci_ref(index, layer, diff_id) for layer, diff_id in zip(layer_descs, config.diff_ids)]
     return ArchiveImage(config=config, layers=refs, manifest_digest=desc.get("digest"))
 
 
-def sniff_tar_names(raw_read: RawRead, limit: int = 4) -> List[str]:
-    """The first few member names of a (possibly compressed) tar stream."""
-    stream = DecodedStream(raw_read)
-    names: List[str] = []
-    try:
-        parser = HeaderParser(ChunkReader(stream.chunk))
-        while len(names) < limit:
-            member = parser.next()
-            if member is None:
-                break
-            names.append(_norm(member.name.decode("utf-8", "surrogateescape")))
-            reader = parser.reader
-            left = member.size + member.padding
-            while left:
-                piece = reader.read_some(min(left, CHUNK))
-                if not piece:
-                    break
-                left -= len(piece)
-    finally:
-        stream.close()
-    return names
+def _oci_ref(index: Any, layer: Any, diff_id: str) -> LayerRef:
+    digest = layer.get("digest", "") if isinstance(layer, dict) else None
+    if not is_digest(digest):
+        raise Corrupt("%s: a layer descriptor has an invalid digest %r" % (index.path, digest))
+    return LayerRef(member="blobs/sha256/" + hex_of(digest), diff_id=diff_id, digest=digest,
+                    size=descriptor_size(layer, "layer", index.path))
 
 
 ARCHIVE_NAMES = ("manifest.json", "index.json", "oci-layout", "repositories")
 
 
-def looks_like_archive(names: List[str]) -> bool:
-    """Whether member names are those of an image archive: its metadata files, OCI
-    ``blobs/``, or entries named by a digest (``<hex>/layer.tar``, ``<hex>.json``,
-    ``<hex>.tar`` as docker save and skopeo write them)."""
-    for name in names:
+def _parsed(index: Any, name: str) -> Any:
+    """The JSON value of member ``name``, or None when it is absent or not JSON."""
+    try:
+        return json.loads(index.read(name).decode("utf-8")) if index.has(name) else None
+    except (StoreError, UnicodeDecodeError, ValueError):
+        return None
+
+
+def is_docker_manifest(value: Any) -> bool:
+    """A ``manifest.json`` as docker save writes it: a list of {Config, Layers} objects
+    (Go writes the Layers of an image without layers as null)."""
+    return isinstance(value, list) and bool(value) and all(_docker_item(i) for i in value)
+
+
+def _docker_item(item: Any, required: bool = True) -> bool:
+    """One image of a docker ``manifest.json``; ``required``: its Layers must be named
+    (to tell an archive from a layer that holds some other manifest.json)."""
+    if not isinstance(item, dict) or not isinstance(item.get("Config"), str):
+        return False
+    if required and "Layers" not in item:
+        return False
+    return item.get("Layers") is None or isinstance(item.get("Layers"), list)
+
+
+def is_oci_index(value: Any) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("manifests"), list)
+
+
+def is_oci_layout(value: Any) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("imageLayoutVersion"), str)
+
+
+METADATA = {"manifest.json": is_docker_manifest, "index.json": is_oci_index,
+            "oci-layout": is_oci_layout, "repositories": lambda value: isinstance(value, dict)}
+
+
+def archive_format(index: Any) -> Optional[str]:
+    """``docker-archive`` or ``oci-archive`` when the tar's metadata parses as such; None
+    for any other tar (a layer may well hold a web app's ``manifest.json``)."""
+    if is_docker_manifest(_parsed(index, "manifest.json")):
+        return "docker-archive"
+    if is_oci_layout(_parsed(index, "oci-layout")) and is_oci_index(_parsed(index, "index.json")):
+        return "oci-archive"
+    return None
+
+
+def looks_like_archive(head: MemIndex) -> bool:
+    """Whether the first members of a tar are those of an image archive: its metadata
+    files (parsing as such), OCI ``blobs/``, or entries named by a digest
+    (``<hex>/layer.tar``, ``<hex>.json``, ``<hex>.tar`` as docker save and skopeo write them)."""
+    for name in head.order:
         first = name.split("/", 1)[0]
-        if name in ARCHIVE_NAMES or first == "blobs":
+        if name in METADATA:
+            if METADATA[name](_parsed(head, name)):
+                return True
+        elif first == "blobs":
             return True
-        if len(first) >= 64 and all(c in "0123456789abcdef" for c in first[:64]):
+        elif len(first) >= 64 and all(c in "0123456789abcdef" for c in first[:64]):
             return True
     return False
 
@@ -404,25 +592,28 @@ def classify(path: str) -> str:
     with open(path, "rb") as handle:
         head = handle.read(16)
     if detect(head) == "plain":
-        try:
-            index = TarIndex(path)
-        except StoreError:
-            return "layer"
-        try:
-            if index.has("manifest.json"):
-                return "docker-archive"
-            if index.has("oci-layout") and index.has("index.json"):
-                return "oci-archive"
-            return "layer"
-        finally:
-            index.close()
+        return _classify_tar(path)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    stream = None
     try:
-        names = sniff_tar_names(lambda n: os.read(fd, n))
+        stream = DecodedStream(lambda n: os.read(fd, n), what=path)
+        first = index_stream(stream.chunk, path,
+                             until=lambda head: len(head.order) >= 4 or looks_like_archive(head))
     except StoreError:
         return "layer"
     finally:
+        if stream is not None:
+            stream.close()
         os.close(fd)
-    if looks_like_archive(names):
-        return "compressed-archive"
-    return "layer"
+    return "compressed-archive" if looks_like_archive(first) else "layer"
+
+
+def _classify_tar(path: str) -> str:
+    try:
+        index = TarIndex(path)
+    except StoreError:
+        return "layer"
+    try:
+        return archive_format(index) or "layer"
+    finally:
+        index.close()

@@ -4,26 +4,29 @@
 
 The reason idiom: each step first works out whether anything must change; check mode
 stops there.  Work is skipped whenever the store can recognise content before reading
-it: archive configs name their diff_ids, ``digest`` names one, and a file imported
-before is recognised by its stat key (device, inode, size, mtime, ctime), so a re-run
-reads nothing but headers.
+it: archive configs name their diff_ids, and a file imported before is recognised by
+its stat key (device, inode, size, mtime, ctime), so a re-run reads nothing but
+headers.  A ``digest`` naming a stored layer spares only the extraction: ``src`` is
+still hashed, since the digest vouches for the layer, not for the file.
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils._archive import (
-    ArchiveImage, DirIndex, TarIndex, classify, read_docker_archive, read_oci)
-from ansible_collections.strata.layers.plugins.module_utils._atomic import remove_tree
+    ArchiveImage, DirIndex, MemIndex, TarIndex, archive_format, classify, index_stream,
+    read_docker_archive, read_oci, verify_sizes)
+from ansible_collections.strata.layers.plugins.module_utils._atomic import (
+    remove_tree, wrap_os_error)
 from ansible_collections.strata.layers.plugins.module_utils._compression import (
-    DecodedStream, open_file)
+    DecodedStream, detect, open_file)
 from ansible_collections.strata.layers.plugins.module_utils._digest import (
-    ChainID, DiffID, chain_id, validate_digest)
+    ChainID, DiffID, ImageID, chain_id, hex_of, is_digest, validate_digest)
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
-    InvalidInput, NotFound, StoreError)
+    Corrupt, DigestMismatch, InvalidInput, NotFound, StoreError)
 from ansible_collections.strata.layers.plugins.module_utils._images import (
     ImageConfig, derive_config, parse_config, validate_tags)
 from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord
@@ -95,27 +98,53 @@ class LayerJob:
             return None, None
         return self.store.resolve_parent(self.parent_ref)
 
-    def _known_diff_id(self, parent: Optional[ChainID]) -> Optional[DiffID]:
-        """The diff_id of ``src`` if the store can tell without reading it."""
+    def _known(self, parent: Optional[ChainID]
+               ) -> Tuple[Optional[DiffID], Optional[Dict[str, str]]]:
+        """The diff_id of ``src`` when the store can tell without extracting it, and the
+        digests learnt by hashing it (remembered once the run succeeded).
+
+        Only the stat-key cache, which holds the digests of this very file, skips reading
+        ``src``.  A ``digest`` naming a stored layer says nothing about ``src`` itself: it
+        is hashed (not extracted) and must match."""
+        cached = self._cached()
+        if cached is not None:
+            return cached, None
+        if not self._names_stored_layer(parent):
+            return None, None
+        digests = self._hashed()
+        return DiffID(digests["diff_id"]), digests
+
+    def _cached(self) -> Optional[DiffID]:
         cached = self.store.source_digests(stat_key(self.src))
-        if cached is not None and (self.digest is None or self.digest in cached.values()):
-            return DiffID(cached["diff_id"])
-        if self.digest is not None:
-            known = self.store.known_diff_id(self.digest)
-            if known is not None:
-                return known
-            if self.store.layers.exists(chain_id(parent, DiffID(self.digest))):
-                return DiffID(self.digest)
-        return None
+        if cached is None or (self.digest is not None and
+                              self.digest not in (cached.get("digest"), cached.get("diff_id"))):
+            return None
+        return DiffID(cached["diff_id"])
+
+    def _names_stored_layer(self, parent: Optional[ChainID]) -> bool:
+        if self.digest is None:
+            return False
+        diff_id = self.store.known_diff_id(self.digest) or DiffID(self.digest)
+        return self.store.layers.exists(chain_id(parent, diff_id))
+
+    def _hashed(self) -> Dict[str, str]:
+        """The digests of ``src`` (read, not extracted), checked against ``digest``."""
+        digests = hash_stream(self.src, self.max_size)
+        if self.digest is not None and self.digest not in (digests["digest"], digests["diff_id"]):
+            raise DigestMismatch("layer %s: digest mismatch: expected %s, the file has %s "
+                                 "(compressed) and %s (uncompressed); nothing was kept"
+                                 % (self.src, self.digest, digests["digest"], digests["diff_id"]),
+                                 expected=self.digest, actual=digests["digest"])
+        return digests
 
     def plan(self) -> Dict[str, Any]:
         exists = self.store.exists()
         if self.parent_ref and not exists:
             raise NotFound("parent %r is not in the store (the store is empty)" % self.parent_ref)
         parent_image, parent = self._parent() if exists else (None, None)
-        diff_id = self._known_diff_id(parent) if exists else None
+        diff_id = self._known(parent)[0] if exists else None
         if diff_id is None:
-            diff_id = hash_stream(self.src, self.max_size)
+            diff_id = DiffID(self._hashed()["diff_id"])
         chain = chain_id(parent, diff_id)
         record = self.store.layers.find(chain) if exists else None
         result: Dict[str, Any] = {
@@ -137,13 +166,14 @@ class LayerJob:
     def run(self) -> Dict[str, Any]:
         store = self.store
         parent_image, parent = self._parent()
-        expect_diff = self._known_diff_id(parent)
+        expect_diff, hashed = self._known(parent)
         what = "layer %s" % self.src
         record, imported, digests = store.ingest_layer(
             lambda: open_file(self.src, what), parent, what,
             expect=self.digest, expect_diff=expect_diff, max_size=self.max_size)
-        if "digest" in digests:
-            store.remember_source(stat_key(self.src), digests)
+        learned = digests if "digest" in digests else hashed
+        if learned is not None:
+            store.remember_source(stat_key(self.src), learned)
         stack = store.layers.stack(record.chain_id)
         result: Dict[str, Any] = {
             "changed": imported, "layers": [layer_entry(r, imported and r is stack[-1])
@@ -187,8 +217,9 @@ def _bare_config(stack: List[LayerRecord]) -> bytes:
     return raw
 
 
-def hash_stream(path: str, max_size: Optional[int]) -> DiffID:
-    """diff_id of a layer file by hashing its uncompressed stream (check mode)."""
+def hash_stream(path: str, max_size: Optional[int]) -> Dict[str, str]:
+    """The digests of a file read but not extracted: ``digest`` as it is (compressed)
+    and ``diff_id`` of its uncompressed stream (check mode, a ``digest`` to verify)."""
     stream = open_file(path)
     try:
         hasher = hashlib.sha256()
@@ -204,83 +235,145 @@ def hash_stream(path: str, max_size: Optional[int]) -> DiffID:
                                    "uncompressed" % (path, max_size))
     finally:
         stream.close()
-    return DiffID("sha256:" + hasher.hexdigest())
+    diff_id = "sha256:" + hasher.hexdigest()
+    return {"diff_id": diff_id, "digest": stream.compressed_digest() or diff_id}
 
 
 class ArchiveJob:
-    """Import of every image of a docker-archive, oci-archive or oci-layout."""
+    """Import of every image of a docker-archive, oci-archive or oci-layout (plain, or
+    gzip- or zstd-compressed).
+
+    A failed run leaves the store as it was (``_undo``): it keeps what it added (tags it
+    moved, images, layers, distribution entries) to remove exactly that, and nothing
+    that existed before the run.
+    """
 
     def __init__(self, store: Store, src: str, fmt: str, digest: Optional[str], tags: List[str],
                  max_size: Optional[int]) -> None:
         self.store, self.src, self.fmt = store, src, fmt
         self.digest, self.tags, self.max_size = digest, tags, max_size
-        self._scratch: Optional[str] = None
+        self.compressed = fmt == "compressed-archive" or (
+            fmt != "oci-layout" and os.path.isfile(src) and _compressed(src))
+        self._src_digests: Optional[List[str]] = None
+        self._tags_before: Optional[Dict[str, ImageID]] = None
+        self._new_images: List[str] = []
+        self._new_layers: List[Tuple[ChainID, str]] = []
+        self._blobs_before: Optional[Set[str]] = None
 
+    # ------------------------------------------------------------------ reading
     def _open(self, scratch_dir: Optional[str]) -> Tuple[Any, List[ArchiveImage]]:
-        path, fmt = self.src, self.fmt
-        if fmt == "compressed-archive":
-            if scratch_dir is None:
-                raise InvalidInput("src %s is a compressed image archive; check mode cannot "
-                                   "inspect it without unpacking" % self.src)
-            path = self._decompress(scratch_dir)
-            index = TarIndex(path)
-            fmt = "docker-archive" if index.has("manifest.json") else "oci-archive"
-        elif fmt == "oci-layout":
-            if not os.path.isdir(path):
-                raise InvalidInput("src %s must be a directory for format: oci-layout" % path)
-            index = DirIndex(path)
-        else:
-            if os.path.isdir(path):
-                raise InvalidInput("src %s is a directory; format %s needs an archive file"
-                                   % (path, fmt))
-            index = TarIndex(path)
+        index, fmt = self._index(scratch_dir)
         try:
-            if fmt == "docker-archive":
-                images = read_docker_archive(index)
-            else:
-                images = read_oci(index)
+            images = read_docker_archive(index) if fmt == "docker-archive" else read_oci(index)
+            verify_sizes(index, images)
+            if self.digest is not None:
+                self._check_archive_digest(images)
         except BaseException:
             index.close()
             raise
-        if self.digest is not None:
-            self._check_archive_digest(images)
         return index, images
 
-    def _check_archive_digest(self, images: List[ArchiveImage]) -> None:
-        known = {images[0].config.id, images[0].manifest_digest}
-        if self.digest not in known:
-            raise StoreError("digest %s matches neither the image id (%s) nor the manifest of "
-                             "the first image of %s; nothing was imported"
-                             % (self.digest, images[0].config.id, self.src))
+    def _index(self, scratch_dir: Optional[str]) -> Tuple[Any, str]:
+        """The archive's members and its format.  A compressed archive is decompressed
+        into ``scratch_dir``, or, without one (check mode), read once as a stream."""
+        if self.fmt == "oci-layout":
+            if not os.path.isdir(self.src):
+                raise InvalidInput("src %s must be a directory for format: oci-layout" % self.src)
+            return DirIndex(self.src), self.fmt
+        if os.path.isdir(self.src):
+            raise InvalidInput("src %s is a directory; format %s needs an archive file"
+                               % (self.src, self.fmt))
+        if not self.compressed:
+            return TarIndex(self.src), self.fmt
+        index = self._streamed() if scratch_dir is None else \
+            TarIndex(self._decompress(scratch_dir), shown=self.src)
+        fmt = archive_format(index) if self.fmt == "compressed-archive" else self.fmt
+        if fmt is None:
+            index.close()
+            raise Corrupt("src %s is a compressed tar whose manifest.json or index.json is not "
+                          "that of an image archive (use format: layer if it is a layer)"
+                          % self.src)
+        return index, fmt
+
+    def _streamed(self) -> MemIndex:
+        """Check mode: the compressed archive read once, its metadata kept in memory."""
+        stream = open_file(self.src)
+        try:
+            index = index_stream(self._inflated(stream), self.src)
+        finally:
+            stream.close()
+        self._src_digests = [stream.compressed_digest() or str(index.tar_digest),
+                             str(index.tar_digest)]
+        return index
 
     def _decompress(self, scratch_dir: str) -> str:
-        """A compressed archive, decompressed into the store's tmp/ to be indexed.
-
-        With ``max_size`` the whole archive may not inflate beyond 128 times it (no
-        image has more layers than overlay2's limit of 125 plus its configs): a bomb
-        is stopped there, without it by the filesystem's free space (NoSpace, cleaned)."""
+        """A compressed archive, decompressed into the store's tmp/ to be indexed (the
+        digest of the uncompressed tar is taken on the way when ``digest`` may need it)."""
         target = os.path.join(scratch_dir, "archive.tar")
         stream = open_file(self.src)
-        limit = self.max_size * 128 if self.max_size else None
-        total = 0
-        out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        hasher = hashlib.sha256() if self.digest is not None else None
         try:
-            while True:
-                chunk = stream.chunk()
-                if not chunk:
-                    break
-                total += len(chunk)
-                if limit is not None and total > limit:
-                    raise InvalidInput("%s inflates beyond 128 x max_size (%d bytes): refused, "
-                                       "nothing was kept" % (self.src, limit))
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(out, view):]
+            out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                for chunk in iter(self._inflated(stream), b""):
+                    if hasher is not None:
+                        hasher.update(chunk)
+                    _write_all(out, chunk)
+            finally:
+                os.close(out)
+        except OSError as exc:
+            raise wrap_os_error(exc, "decompressing %s into %s" % (self.src, scratch_dir)) from exc
         finally:
-            os.close(out)
             stream.close()
+        if hasher is not None:
+            tar_digest = "sha256:" + hasher.hexdigest()
+            self._src_digests = [stream.compressed_digest() or tar_digest, tar_digest]
         return target
 
+    def _inflated(self, stream: DecodedStream) -> Callable[[], bytes]:
+        """The chunks of ``stream``, refused beyond 128 times ``max_size`` when it is set (no
+        image has more layers than overlay2's limit of 125 plus its configs): a bomb is
+        stopped there, without it by the filesystem's free space (NoSpace, cleaned)."""
+        limit = self.max_size * 128 if self.max_size else None
+        total = [0]
+
+        def chunk() -> bytes:
+            data = stream.chunk()
+            total[0] += len(data)
+            if limit is not None and total[0] > limit:
+                raise InvalidInput("%s inflates beyond 128 x max_size (%d bytes): refused, "
+                                   "nothing was kept" % (self.src, limit))
+            return data
+        return chunk
+
+    def _check_archive_digest(self, images: List[ArchiveImage]) -> None:
+        first = images[0]
+        if self.digest in (first.config.id, first.manifest_digest):
+            return
+        own = self._own_digests()
+        if self.digest in own:
+            return
+        accepted = ["the first image's id (%s)" % first.config.id]
+        if first.manifest_digest:
+            accepted.append("its manifest digest (%s)" % first.manifest_digest)
+        if own:
+            accepted.insert(0, "the digest of the file or of its uncompressed tar (%s)"
+                            % ", ".join(own))
+        raise DigestMismatch("digest %s does not match %s: expected %s; nothing was imported"
+                             % (self.digest, self.src, " or ".join(accepted)),
+                             expected=self.digest)
+
+    def _own_digests(self) -> List[str]:
+        """The digests of ``src`` itself (what sha256sum prints, and of its uncompressed
+        tar), hashed only when the image id and manifest digest did not match."""
+        if self._src_digests is None:
+            self._src_digests = []
+            if not os.path.isdir(self.src):
+                digests = hash_stream(self.src, None)
+                self._src_digests = [digests["digest"], digests["diff_id"]]
+        return list(dict.fromkeys(self._src_digests))
+
+    # ------------------------------------------------------------------ check mode
     def plan(self) -> Dict[str, Any]:
         index, images = self._open(None)
         index.close()
@@ -307,46 +400,44 @@ class ArchiveJob:
             wanted[tag] = images[0].config.id
         return wanted
 
+    # ------------------------------------------------------------------ importing
     def run(self) -> Dict[str, Any]:
-        scratch = self.store.staging("archive") if self.fmt == "compressed-archive" else None
-        index, images = self._open(scratch)
-        self._new: List[Tuple[ChainID, str]] = []
+        scratch = self.store.staging("archive") if self.compressed else None
         try:
-            changed = False
-            first_layers: List[Dict[str, Any]] = []
-            for number, image in enumerate(images):
-                entries, imported = self._layers(index, image)
-                record, added = self.store.put_image(image.config, {"source": "%s:%s" % (
-                    self.fmt, self.src)})
-                changed = changed or imported or added
-                if number == 0:
-                    first_layers = entries
-        except BaseException:
-            self._forget_new_layers(images)
-            raise
+            index, images = self._open(scratch)
+            try:
+                return self._import(index, images)
+            finally:
+                index.close()
         finally:
-            index.close()
             if scratch is not None:
                 remove_tree(scratch)
-        moved = []
-        wanted = self._wanted_tags(images)
-        for image in images:
-            mine = [t for t, i in wanted.items() if i == image.config.id]
-            moved += self.store.tag(image.config.id, mine)
+
+    def _import(self, index: Any, images: List[ArchiveImage]) -> Dict[str, Any]:
+        try:
+            changed, first_layers = self._store_images(index, images)
+            moved = self._tag(images)
+        except BaseException as exc:
+            self._undo_after(exc)
+            raise
         return {"changed": changed or bool(moved), "image_id": images[0].config.id,
                 "image_ids": [i.config.id for i in images], "layers": first_layers,
-                "tags": sorted(wanted)}
+                "tags": sorted(self._wanted_tags(images))}
 
-    def _forget_new_layers(self, images: List[ArchiveImage]) -> None:
-        """A failed archive import leaves the store as it was: the layers this run added
-        go again (children first), unless an image of the archive was already stored."""
-        if any(self.store.images.exists(i.config.id) for i in images):
-            return
-        unused = set(self.store.unused_layers())
-        for chain, blob in reversed(self._new):
-            if chain in unused:
-                self.store.remove_layer(chain)
-                self.store.forget_blob(blob)
+    def _store_images(self, index: Any, images: List[ArchiveImage]
+                      ) -> Tuple[bool, List[Dict[str, Any]]]:
+        changed = False
+        first_layers: List[Dict[str, Any]] = []
+        for number, image in enumerate(images):
+            entries, imported = self._layers(index, image)
+            record, added = self.store.put_image(image.config, {"source": "%s:%s" % (
+                self.fmt, self.src)})
+            if added:
+                self._new_images.append(record.id)
+            changed = changed or imported or added
+            if number == 0:
+                first_layers = entries
+        return changed, first_layers
 
     def _layers(self, index: Any, image: ArchiveImage) -> Tuple[List[Dict[str, Any]], bool]:
         parent: Optional[ChainID] = None
@@ -354,16 +445,70 @@ class ArchiveJob:
         any_new = False
         for number, ref in enumerate(image.layers, 1):
             what = "layer %d (%s) of %s" % (number, ref.member, self.src)
-            record, imported, _digests = self.store.ingest_layer(
+            if not self.store.layers.exists(chain_id(parent, DiffID(ref.diff_id))):
+                self._note_blobs()
+            record, imported, digests = self.store.ingest_layer(
                 lambda ref=ref: DecodedStream(index.opener(ref.member)[0], what=what),
                 parent, what, expect=ref.digest, expect_diff=DiffID(ref.diff_id),
                 max_size=self.max_size)
             entries.append(layer_entry(record, imported))
             if imported:
-                self._new.append((record.chain_id, _digests.get("digest", "")))
+                self._new_layers.append((record.chain_id, digests.get("digest", "")))
             any_new = any_new or imported
             parent = record.chain_id
         return entries, any_new
+
+    def _note_blobs(self) -> None:
+        """The distribution entries before this run's first layer import: an undo forgets
+        only the ones the run added."""
+        if self._blobs_before is None:
+            try:
+                self._blobs_before = set(os.listdir(os.path.join(self.store.root,
+                                                                 "distribution")))
+            except FileNotFoundError:
+                self._blobs_before = set()
+
+    def _tag(self, images: List[ArchiveImage]) -> List[str]:
+        wanted = self._wanted_tags(images)
+        self._tags_before = self.store.images.tags()
+        moved = []
+        for image in images:
+            mine = [t for t, i in wanted.items() if i == image.config.id]
+            moved += self.store.tag(image.config.id, mine)
+        return moved
+
+    # ------------------------------------------------------------------ undoing
+    def _undo_after(self, exc: BaseException) -> None:
+        try:
+            self._undo()
+        except (StoreError, OSError) as undo:
+            raise StoreError("%s; undoing what this run had stored failed too (%s): run "
+                             "strata.layers.store_check with repair: true" % (exc, undo)) from exc
+
+    def _undo(self) -> None:
+        """Tags moved back, then the images this run added, then the layers it added
+        that no image or container uses (children first) with their distribution entries."""
+        if self._tags_before is not None and self.store.images.tags() != self._tags_before:
+            self.store.images.write_tags(self._tags_before)
+        for image_id in reversed(self._new_images):
+            self.store.remove_image(ImageID(image_id))
+        unused = set(self.store.unused_layers())
+        for chain, blob in reversed(self._new_layers):
+            if chain in unused:
+                self.store.remove_layer(chain)
+                if is_digest(blob) and hex_of(blob) not in (self._blobs_before or set()):
+                    self.store.forget_blob(blob)
+
+
+def _compressed(path: str) -> bool:
+    with open(path, "rb") as handle:
+        return detect(handle.read(16)) != "plain"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _chains(image: ArchiveImage) -> List[ChainID]:

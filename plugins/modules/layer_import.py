@@ -59,8 +59,8 @@ options:
   digest:
     description:
       - Expected C(sha256:) digest of O(src) as it is (compressed) or of its uncompressed
-        tar (the C(diff_id)). For archives, the image id or manifest digest of the first
-        image. A mismatch fails and stores nothing.
+        tar (the C(diff_id)). For archives, also the image id or manifest digest of the
+        first image. A mismatch fails and stores nothing.
     type: str
   tag:
     description:
