@@ -285,9 +285,13 @@ def container_layer(params: Dict[str, Any], check_mode: bool = False) -> Dict[st
     if state in ("present", "mounted") and not params.get("image"):
         raise InvalidInput("image is required for state %s" % state)
     store = Store.from_params(params)
-    if check_mode or (state in ("absent", "unmounted") and not store.exists()):
+    if store.exists() or check_mode or state in ("absent", "unmounted"):
+        # decide under the shared lock: a run with nothing to do (the common case in a
+        # playbook run again) neither waits for writers' turn nor sweeps the store
         with store.read():
-            return _run(store, params, state, dry=True)
+            planned = _run(store, params, state, dry=True)
+        if check_mode or not planned["changed"]:
+            return planned
     with store.write("container_layer %s (%s)" % (name, state)):
         return _run(store, params, state, dry=False)
 
