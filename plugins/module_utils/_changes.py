@@ -19,7 +19,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Callable, Dict, Iterator, List, Optional, Set, Tuple
+from typing import (
+    Callable, Dict, FrozenSet, Iterator, List, NamedTuple, Optional, Set, Tuple)
 
 from ansible_collections.strata.layers.plugins.module_utils import _files as files
 from ansible_collections.strata.layers.plugins.module_utils._errors import Unsupported
@@ -129,6 +130,23 @@ def _listdir(path: bytes) -> List[bytes]:
     return sorted(os.listdir(path))
 
 
+def _join(rel: bytes, name: bytes) -> bytes:
+    return rel + b"/" + name if rel else name
+
+
+class _Listing(NamedTuple):
+    """One directory of a walk, with the names not visited yet.
+
+    The walks keep a stack of these instead of recursing: the applier accepts paths up
+    to PATH_MAX, directories nested ~2000 deep, deeper than Python's recursion limit.
+    ``here``/``there``: the names in the container and in its image (``TreeDiff``)."""
+
+    rel: bytes
+    names: Iterator[bytes]
+    here: FrozenSet[bytes] = frozenset()
+    there: FrozenSet[bytes] = frozenset()
+
+
 class UpperDiff:
     """Native diff of an overlay upper directory."""
 
@@ -156,26 +174,36 @@ class UpperDiff:
 
     def tar(self) -> Iterator[bytes]:
         emitter = _Emitter(self.upper, self.exact_times)
-        yield from self._tree(emitter, b"")
+        yield from self._tree(emitter)
         yield end_of_archive()
 
-    def _tree(self, emitter: _Emitter, rel: bytes) -> Iterator[bytes]:
-        for name in _listdir(emitter.full(rel)):
+    def _tree(self, emitter: _Emitter) -> Iterator[bytes]:
+        """Every entry, a directory before its children (pre-order, names sorted)."""
+        stack = [_Listing(b"", iter(_listdir(emitter.full(b""))))]
+        while stack:
+            name = next(stack[-1].names, None)
+            if name is None:
+                stack.pop()
+                continue
             if name in FUSE_MARKERS:
                 continue  # fuse-overlayfs's own opaque markers: the xattr says it all
-            child = rel + b"/" + name if rel else name
-            path = emitter.full(child)
-            st = os.lstat(path)
-            if _is_whiteout(st):
-                yield emitter.whiteout(child, st)
-                continue
+            child = _join(stack[-1].rel, name)
+            st = os.lstat(emitter.full(child))
+            yield from self._entry(emitter, child, st)
             if stat.S_ISDIR(st.st_mode):
-                _refuse_redirect(path, child)
-            yield from emitter.entry(child, st)
-            if stat.S_ISDIR(st.st_mode):
-                if _opaque(path):
-                    yield emitter.opaque(child)
-                yield from self._tree(emitter, child)
+                stack.append(_Listing(child, iter(_listdir(emitter.full(child)))))
+
+    @staticmethod
+    def _entry(emitter: _Emitter, rel: bytes, st: os.stat_result) -> Iterator[bytes]:
+        path = emitter.full(rel)
+        if _is_whiteout(st):
+            yield emitter.whiteout(rel, st)
+            return
+        if stat.S_ISDIR(st.st_mode):
+            _refuse_redirect(path, rel)
+        yield from emitter.entry(rel, st)
+        if stat.S_ISDIR(st.st_mode) and _opaque(path):
+            yield emitter.opaque(rel)
 
 
 def _opaque(path: bytes) -> bool:
@@ -213,13 +241,13 @@ class TreeDiff:
 
     def size(self) -> int:
         emitter = _Emitter(self.root)
-        for _chunk in self._changes(emitter, b"", [], count_only=True):
+        for _chunk in self._changes(emitter, count_only=True):
             pass
         return emitter.size
 
     def tar(self) -> Iterator[bytes]:
         emitter = _Emitter(self.root, self.exact_times)
-        yield from self._changes(emitter, b"", [], count_only=False)
+        yield from self._changes(emitter, count_only=False)
         yield end_of_archive()
 
     def _base_path(self, rel: bytes) -> Optional[bytes]:
@@ -237,44 +265,53 @@ class TreeDiff:
                 yield from emitter.entry(rel, st)
         pending.clear()
 
-    def _changes(self, emitter: _Emitter, rel: bytes, pending: List[Tuple[bytes, os.stat_result]],
-                 count_only: bool) -> Iterator[bytes]:
-        here = _listdir(emitter.full(rel))
-        base_dir = self._base_path(rel)
-        there = set(_listdir(base_dir)) if base_dir is not None and os.path.isdir(base_dir) else set()
-        for name in sorted(set(here) | there):
-            child = rel + b"/" + name if rel else name
-            if name not in here:
+    def _listing(self, emitter: _Emitter, rel: bytes, compare: bool) -> _Listing:
+        """Directory ``rel``: compared with the image's, or added as a whole."""
+        here = frozenset(_listdir(emitter.full(rel)))
+        there: FrozenSet[bytes] = frozenset()
+        base_dir = self._base_path(rel) if compare else None
+        if base_dir is not None and os.path.isdir(base_dir):
+            there = frozenset(_listdir(base_dir))
+        return _Listing(rel, iter(sorted(here | there)), here, there)
+
+    def _changes(self, emitter: _Emitter, count_only: bool) -> Iterator[bytes]:
+        """Changed entries, pre-order, each after its not yet emitted ancestors
+        (``pending``: unchanged directories on the way down, dropped on the way up
+        when nothing below them changed)."""
+        pending: List[Tuple[bytes, os.stat_result]] = []
+        stack = [self._listing(emitter, b"", compare=True)]
+        while stack:
+            level = stack[-1]
+            name = next(level.names, None)
+            if name is None:
+                stack.pop()
+                if pending and pending[-1][0] == level.rel:
+                    pending.pop()  # nothing changed below it: not emitted after all
+                continue
+            child = _join(level.rel, name)
+            if name not in level.here:
                 yield from self._flush(emitter, pending, count_only)
                 if not count_only:
                     yield emitter.whiteout(child)
                 continue
             st = os.lstat(emitter.full(child))
-            old = _lstat(self._base_path(child)) if name in there else None
-            if old is None or _differs(old, st, emitter.full(child), self._base_path(child)):
-                yield from self._flush(emitter, pending, count_only)
-                emitter.count(st)
-                if not count_only:
-                    yield from emitter.entry(child, st)
-            elif stat.S_ISDIR(st.st_mode):
-                pending.append((child, st))
+            old = _lstat(self._base_path(child)) if name in level.there else None
+            yield from self._entry(emitter, child, st, old, pending, count_only)
             if stat.S_ISDIR(st.st_mode):
-                if old is not None and stat.S_ISDIR(old.st_mode):
-                    yield from self._changes(emitter, child, pending, count_only)
-                else:
-                    yield from self._added(emitter, child, count_only)
-                if pending and pending[-1][0] == child:
-                    pending.pop()  # nothing changed below it: not emitted after all
+                compare = old is not None and stat.S_ISDIR(old.st_mode)
+                stack.append(self._listing(emitter, child, compare))
 
-    def _added(self, emitter: _Emitter, rel: bytes, count_only: bool) -> Iterator[bytes]:
-        for name in _listdir(emitter.full(rel)):
-            child = rel + b"/" + name
-            st = os.lstat(emitter.full(child))
+    def _entry(self, emitter: _Emitter, rel: bytes, st: os.stat_result,
+               old: Optional[os.stat_result], pending: List[Tuple[bytes, os.stat_result]],
+               count_only: bool) -> Iterator[bytes]:
+        """One entry that exists in the container (``old``: the image's, or None)."""
+        if old is None or _differs(old, st, emitter.full(rel), self._base_path(rel)):
+            yield from self._flush(emitter, pending, count_only)
             emitter.count(st)
             if not count_only:
-                yield from emitter.entry(child, st)
-            if stat.S_ISDIR(st.st_mode):
-                yield from self._added(emitter, child, count_only)
+                yield from emitter.entry(rel, st)
+        elif stat.S_ISDIR(st.st_mode):
+            pending.append((rel, st))
 
 
 def _lstat(path: Optional[bytes]) -> Optional[os.stat_result]:

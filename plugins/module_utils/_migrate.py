@@ -216,16 +216,44 @@ def _verify_container(store: Store, old: Driver, new: Driver, record: Any,
 
 
 def _same(record: Any, views: List[str], rel: bytes, below: bool) -> None:
+    """``rel`` looks the same in both views and, ``below`` an opaque directory, so does
+    everything under it (pre-order, names sorted: the first difference is reported)."""
+    seen = _same_entry(record, views, rel)
+    if not below or not _is_dir(seen):
+        return
+    # a stack of listings, not recursion: the applier accepts paths up to PATH_MAX,
+    # directories nested ~2000 deep, deeper than Python's recursion limit
+    stack = [(rel, iter(_names(views, rel)))]
+    while stack:
+        parent, names = stack[-1]
+        name = next(names, None)
+        if name is None:
+            stack.pop()
+            continue
+        child = parent + b"/" + name
+        if _is_dir(_same_entry(record, views, child)):
+            stack.append((child, iter(_names(views, child))))
+
+
+def _same_entry(record: Any, views: List[str], rel: bytes) -> Optional[Tuple[Any, ...]]:
+    """What both views show of ``rel``; they must agree."""
     seen = [describe(os.path.join(os.fsencode(v), rel)) for v in views]
     if seen[0] != seen[1]:
         raise Corrupt("container %s: %s differs after carrying it over (%s before, %s after); "
                       "nothing was switched" % (record.name, rel.decode("utf-8", "replace"),
                                                 seen[0], seen[1]))
-    if below and seen[0] is not None and seen[0][0] == stat.S_IFDIR:
-        names = set(os.listdir(os.path.join(os.fsencode(views[0]), rel)))
-        names |= set(os.listdir(os.path.join(os.fsencode(views[1]), rel)))
-        for name in sorted(names):
-            _same(record, views, rel + b"/" + name, below=True)
+    return seen[0]
+
+
+def _is_dir(seen: Optional[Tuple[Any, ...]]) -> bool:
+    return seen is not None and seen[0] == stat.S_IFDIR
+
+
+def _names(views: List[str], rel: bytes) -> List[bytes]:
+    """The names in directory ``rel`` of either view."""
+    names = set(os.listdir(os.path.join(os.fsencode(views[0]), rel)))
+    names |= set(os.listdir(os.path.join(os.fsencode(views[1]), rel)))
+    return sorted(names)
 
 
 _INTERNAL_XATTRS = ("trusted.overlay.", "user.overlay.", "user.fuseoverlayfs.", "security.selinux")
