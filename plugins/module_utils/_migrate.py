@@ -26,11 +26,9 @@ carried again).
 from __future__ import annotations
 
 import os
-import queue
 import stat
-import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils import _containers as containers
 from ansible_collections.strata.layers.plugins.module_utils import _files as files
@@ -45,7 +43,8 @@ from ansible_collections.strata.layers.plugins.module_utils._errors import (
 from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
 from ansible_collections.strata.layers.plugins.module_utils._tarformat import ChunkReader
-from ansible_collections.strata.layers.plugins.module_utils._tarsplit import emit
+from ansible_collections.strata.layers.plugins.module_utils import _tarsplit as tarsplit
+from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mount_at
 from ansible_collections.strata.layers.plugins.module_utils.drivers._base import Driver
 
 
@@ -58,7 +57,7 @@ def preview(store: Store, target: str) -> Dict[str, Any]:
             "reused_layers": len(list(store.layers.all())) - len(todo)}
 
 
-def migrate(store: Store, target: str, keep_previous: bool) -> Dict[str, Any]:
+def migrate(store: Store, target: str, keep_previous: Optional[bool]) -> Dict[str, Any]:
     started = time.monotonic()
     old, new = store.driver, store.driver_named(target)
     _refuse_mounted(store)
@@ -67,24 +66,38 @@ def migrate(store: Store, target: str, keep_previous: bool) -> Dict[str, Any]:
     carried = _containers(store, old, new)
     syncfs(new.home)
     crash_point("migrate.materialized")
-    store.initialize(target, previous=old.name, keep_previous=keep_previous)
+    store.initialize(target, previous=old.name, keep_previous=bool(keep_previous))
     crash_point("migrate.switched")
     finish_previous(store, keep_previous)
     return {"layers": moved, "reused_layers": reused, "containers": carried, "bytes": nbytes,
             "seconds": round(time.monotonic() - started, 3)}
 
 
-def finish_previous(store: Store, keep: bool = False) -> bool:
-    """Remove the previous driver's data once the switch is durable, unless it is to be
-    kept: by this run (``keep``) or, when this run does not say, by the migration.
+def previous_to_drop(store: Store, keep: Optional[bool]) -> Optional[str]:
+    """The previous driver whose data should go now, if any.
 
-    Also finishes the job when a crash came between the switch and the removal; a run
-    with ``keep_previous: false`` on a store whose previous data was kept drops it."""
+    ``keep`` is this run's ``keep_previous``: True keeps it, False drops it, None (not
+    said) leaves what the migration decided: data it kept stays, data it did not keep
+    (a crash came between the switch and the removal) is removed.  Check mode asks
+    this too, so it reports what the real run does."""
     state = store.state()
     previous = state.get("previous_driver")
-    if not previous or keep or previous == state.get("driver"):
+    if not previous or previous == state.get("driver") or keep:
+        return None
+    if keep is None and state.get("keep_previous"):
+        return None
+    if not os.path.isdir(store.driver_named(str(previous)).home):
+        return None
+    return str(previous)
+
+
+def finish_previous(store: Store, keep: Optional[bool] = None) -> bool:
+    """Remove the previous driver's data when ``previous_to_drop`` says so."""
+    previous = previous_to_drop(store, keep)
+    if previous is None:
         return False
-    removed = remove_home(store, str(previous))
+    state = store.state()
+    removed = remove_home(store, previous)
     if state.get("keep_previous"):
         store.initialize(str(state["driver"]), previous=str(previous), keep_previous=False)
     return removed
@@ -106,7 +119,8 @@ def remove_home(store: Store, name: str) -> bool:
 
 
 def _refuse_mounted(store: Store) -> None:
-    mounted = [r["name"] for r in containers.container_facts(store) if r["mounted"]]
+    mounted = [r.name for r in containers.ContainerDB(store.root).all()
+               if r.mount_point and mount_at(r.mount_point) is not None]
     if mounted:
         raise Busy("containers %s are mounted; unmount them (container_layer state: unmounted) "
                    "before switching drivers" % ", ".join(sorted(mounted)), containers=mounted)
@@ -130,7 +144,8 @@ def _layer(store: Store, old: Driver, new: Driver, record: LayerRecord) -> None:
     key = new.staging_key()
     staged = new.stage_layer(key, record.parent, record.depth)
     try:
-        chunks = _emitted(store, old, record)
+        chunks = tarsplit.chunks(store.layers.split_path(record.chain_id),
+                                 old.layer_files(record.chain_id))
         reader = ChunkReader(chunk_reader(chunks), what="layer %s" % record.diff_id)
         result = Applier(staged.path, new.whiteouts, None,
                          "layer %s (migrating to %s)" % (record.diff_id, new.name)).apply(reader)
@@ -142,39 +157,6 @@ def _layer(store: Store, old: Driver, new: Driver, record: LayerRecord) -> None:
     except BaseException:
         new.remove_path(staged.top)
         raise
-
-
-def _emitted(store: Store, old: Driver, record: LayerRecord) -> Iterator[bytes]:
-    """The layer's tar re-emitted from the old driver, as chunks the applier can pull."""
-    return _pull(lambda sink: emit(store.layers.split_path(record.chain_id),
-                                   old.layer_files(record.chain_id), sink))
-
-
-def _pull(producer: Callable[[Callable[[bytes], None]], object]) -> Iterator[bytes]:
-    """Run a push-style producer in a thread and hand its chunks out as an iterator
-    (a bounded queue: memory stays at a few chunks whatever the layer's size)."""
-    pipe: "queue.Queue[Any]" = queue.Queue(maxsize=8)
-    done = object()
-    failure: List[BaseException] = []
-
-    def run() -> None:
-        try:
-            producer(lambda data: pipe.put(bytes(data)))
-        except BaseException as exc:  # handed to the consumer below
-            failure.append(exc)
-        finally:
-            pipe.put(done)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    while True:
-        item = pipe.get()
-        if item is done:
-            break
-        yield item
-    thread.join()
-    if failure:
-        raise failure[0]
 
 
 def _containers(store: Store, old: Driver, new: Driver) -> int:

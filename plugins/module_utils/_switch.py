@@ -24,7 +24,7 @@ def storage_driver(params: Dict[str, Any], check_mode: bool = False) -> Dict[str
         raise InvalidInput("driver %r is not one of auto, %s" % (requested, ", ".join(PRIORITY)))
     store = Store.from_params(params)
     migrate = bool(params.get("migrate"))
-    keep = bool(params.get("keep_previous"))
+    keep = params.get("keep_previous")  # None: not said (leave what a migration kept)
     if check_mode:
         with store.read():
             return _plan(store, requested, migrate, keep, dry=True)
@@ -32,7 +32,8 @@ def storage_driver(params: Dict[str, Any], check_mode: bool = False) -> Dict[str
         return _plan(store, requested, migrate, keep, dry=False)
 
 
-def _plan(store: Store, requested: str, migrate: bool, keep: bool, dry: bool) -> Dict[str, Any]:
+def _plan(store: Store, requested: str, migrate: bool, keep: Optional[bool],
+          dry: bool) -> Dict[str, Any]:
     probe_dir = store._probe_dir() if not dry else None
     best, facts, found = select(store.root, requested, probe_dir)
     current = store.driver_name
@@ -45,6 +46,8 @@ def _plan(store: Store, requested: str, migrate: bool, keep: bool, dry: bool) ->
     if dry:
         if target != current and current is not None and store.has_content():
             result["migrated"] = migration.preview(store, target)
+        elif target == current and store.exists():
+            result["changed"] = migration.previous_to_drop(store, keep) is not None
         return result
     if target == current:
         result["changed"] = migration.finish_previous(store, keep)

@@ -138,29 +138,33 @@ def file_entries(path: str) -> Iterator[Tuple[bytes, int]]:
             yield value  # type: ignore[misc]
 
 
-def emit(split_path: str, layer_root: str, sink: Sink,
-         chunk: int = 1 << 20) -> Tuple[str, int]:
-    """Write the layer's tar to ``sink``; return (sha256 digest, size) of what was written.
+def chunks(split_path: str, layer_root: str, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """The layer's tar, re-emitted, as chunks (a generator: nothing is buffered).
 
     Raises Corrupt when a file named by the record is missing, is not a regular file or
-    has another size than recorded: the stored layer no longer matches its diff_id.
-    """
-    hasher = hashlib.sha256()
-    total = 0
+    has another size than recorded: the stored layer no longer matches its diff_id."""
     with Beneath(layer_root) as tree:
         for kind, value in records(split_path):
             if kind == "S":
-                hasher.update(value)  # type: ignore[arg-type]
-                sink(value)  # type: ignore[arg-type]
-                total += len(value)  # type: ignore[arg-type]
+                yield value  # type: ignore[misc]
                 continue
             name, size = value  # type: ignore[misc]
-            total += _emit_file(tree, name, size, hasher, sink, chunk)
+            yield from _file_chunks(tree, name, size, chunk)
+
+
+def emit(split_path: str, layer_root: str, sink: Sink,
+         chunk: int = 1 << 20) -> Tuple[str, int]:
+    """Write the layer's tar to ``sink``; return (sha256 digest, size) of what was written."""
+    hasher = hashlib.sha256()
+    total = 0
+    for data in chunks(split_path, layer_root, chunk):
+        hasher.update(data)
+        sink(data)
+        total += len(data)
     return "sha256:" + hasher.hexdigest(), total
 
 
-def _emit_file(tree: Beneath, name: bytes, size: int, hasher: "hashlib._Hash", sink: Sink,
-               chunk: int) -> int:
+def _file_chunks(tree: Beneath, name: bytes, size: int, chunk: int) -> Iterator[bytes]:
     shown = name.decode("utf-8", "backslashreplace")
     try:
         fd = tree.open_file(name)
@@ -177,9 +181,7 @@ def _emit_file(tree: Beneath, name: bytes, size: int, hasher: "hashlib._Hash", s
             data = os.read(fd, min(chunk, left))
             if not data:
                 raise Corrupt("layer file %s shrank while being read" % shown, member=shown)
-            hasher.update(data)
-            sink(data)
             left -= len(data)
+            yield data
     finally:
         os.close(fd)
-    return size

@@ -51,11 +51,13 @@ options:
     default: false
   keep_previous:
     description:
-      - After a migration, keep the previous driver's data so that switching back is instant.
-      - A later run with V(false) on a store whose previous data was kept removes it (once
-        the switch has been verified, say).
+      - V(true) keeps the previous driver's data after a migration, so that switching back
+        is instant (only containers are carried back).
+      - V(false) removes it; on a run without a migration, that drops data an earlier
+        migration kept (once the switch has been verified, say).
+      - Unset, a migration removes it, and a run without a migration leaves data an
+        earlier migration kept where it is.
     type: bool
-    default: false
 """
 
 EXAMPLES = r"""
@@ -124,7 +126,7 @@ def main() -> None:
             driver=dict(type="str", default="auto",
                         choices=["auto", "overlay2", "btrfs", "fuse-overlayfs", "vfs"]),
             migrate=dict(type="bool", default=False),
-            keep_previous=dict(type="bool", default=False),
+            keep_previous=dict(type="bool"),
         ),
         supports_check_mode=True,
     )

@@ -178,15 +178,16 @@ def test_kill_9_mid_migration_then_resume(btrfs_root, tmp_path, busybox_tar, cra
     assert json.loads(open(os.path.join(root, "store.json")).read())["driver"] == "btrfs"
 
 
-def test_a_later_run_without_keep_previous_drops_the_kept_data(btrfs_root, tmp_path, busybox_tar):
+def test_a_later_run_with_keep_previous_false_drops_the_kept_data(btrfs_root, tmp_path, busybox_tar):
     root = btrfs_root
     storage_driver({"data_root": root, "driver": "vfs"})
     build(root, tmp_path, busybox_tar)
     storage_driver({"data_root": root, "driver": "overlay2", "migrate": True,
                     "keep_previous": True})
-    dropped = storage_driver({"data_root": root, "driver": "overlay2"})
+    dropped = storage_driver({"data_root": root, "driver": "overlay2", "keep_previous": False})
     assert dropped["changed"] and not os.path.exists(os.path.join(root, "vfs"))
-    assert not storage_driver({"data_root": root, "driver": "overlay2"})["changed"]
+    assert not storage_driver({"data_root": root, "driver": "overlay2",
+                               "keep_previous": False})["changed"]
 
 
 def test_removing_a_container_removes_the_kept_drivers_copy(btrfs_root, tmp_path, busybox_tar):
@@ -202,3 +203,21 @@ def test_removing_a_container_removes_the_kept_drivers_copy(btrfs_root, tmp_path
         container_layer({"data_root": root, "name": name, "state": "absent"})
     assert os.listdir(os.path.join(root, "overlay2", "containers")) == []
     assert store_check({"data_root": root})["ok"]
+
+
+def test_kept_data_stays_unless_a_run_says_false_and_check_mode_agrees(btrfs_root, tmp_path,
+                                                                       busybox_tar):
+    """Found by review: any later storage_driver run (keep_previous defaulted to false)
+    silently dropped the rollback data, and check mode said it would not."""
+    root = btrfs_root
+    storage_driver({"data_root": root, "driver": "vfs"})
+    build(root, tmp_path, busybox_tar)
+    storage_driver({"data_root": root, "driver": "overlay2", "migrate": True,
+                    "keep_previous": True})
+    unsaid = storage_driver({"data_root": root, "driver": "overlay2", "keep_previous": None})
+    assert not unsaid["changed"] and os.path.isdir(os.path.join(root, "vfs"))
+    plan = storage_driver({"data_root": root, "driver": "overlay2", "keep_previous": False},
+                          check_mode=True)
+    assert plan["changed"] and os.path.isdir(os.path.join(root, "vfs"))
+    done = storage_driver({"data_root": root, "driver": "overlay2", "keep_previous": False})
+    assert done["changed"] and not os.path.exists(os.path.join(root, "vfs"))
