@@ -23,7 +23,9 @@ description:
     Docker's defaults without C(CAP_MKNOD) - as the stage's C(USER) (with the
     supplementary groups the image's C(/etc/group) gives it), in its C(WORKDIR), with its
     C(ENV). A failing step reports its exit code and last output lines and leaves no build
-    container, partial layer or tag; a command not found in the image exits 127.
+    container, partial layer or tag; a command not found in the image exits 127. The steps
+    that completed before it stay as (untagged) cache images, as with C(docker build), so
+    the next run resumes from there; C(strata.layers.store_prune) removes them.
   - A step is reused from the build cache when its parent image, its instruction after
     substitution and, for C(COPY)/C(ADD), the content, modes and ownership of its sources
     are unchanged. A re-run with nothing changed gives the same image id and C(changed=false).

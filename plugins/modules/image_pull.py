@@ -19,8 +19,10 @@ description:
     C(diff_id)) before it is kept.
   - A second pull of an image whose manifest has not changed costs one manifest request and
     reports C(changed=false). A pull by digest of an image pulled before makes no request.
-  - An interrupted pull resumes where it stopped; the layers it completed are kept. A failed
-    pull never leaves a tag pointing at an incomplete image.
+  - An interrupted or failed pull resumes where it stopped, since the layers it completed (each
+    verified) are kept, unlike a failed C(layer_import), which leaves the store as it was;
+    C(strata.layers.store_prune) removes them if the image is abandoned. A failed pull
+    never leaves a tag pointing at an incomplete image.
 author:
   - strata.layers developers (@strata-layers)
 extends_documentation_fragment:
