@@ -181,7 +181,7 @@ def checksum_ok(block: bytes) -> bool:
     return want == signed
 
 
-def _parse_pax(data: bytes, member_hint: str) -> Dict[bytes, bytes]:
+def parse_pax(data: bytes, member_hint: str) -> Dict[bytes, bytes]:
     records: Dict[bytes, bytes] = {}
     pos = 0
     while pos < len(data):
@@ -295,9 +295,9 @@ class HeaderParser:
                 raw += data
                 data = data[:size]
                 if typeflag == PAX_LOCAL:
-                    pax.update(_parse_pax(data, hint))
+                    pax.update(parse_pax(data, hint))
                 elif typeflag == PAX_GLOBAL:
-                    self.globals.update(_parse_pax(data, hint))
+                    self.globals.update(parse_pax(data, hint))
                     if sum(len(k) + len(v) for k, v in self.globals.items()) > MAX_EXTENSION:
                         raise InvalidInput("%s: the PAX global headers up to %s hold more than "
                                            "%d bytes: refused" % (self.reader.what, hint,
