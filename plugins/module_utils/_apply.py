@@ -29,7 +29,7 @@ import errno
 import os
 import stat
 from dataclasses import dataclass
-from typing import Dict, Optional, Set, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils._atomic import remove_tree, wrap_os_error
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
@@ -78,7 +78,9 @@ class Applier:
     """Applies one layer tar to ``root`` (a staged layer directory of a driver)."""
 
     def __init__(self, root: str, whiteouts: str, split: Optional[TarSplitWriter],
-                 what: str = "layer") -> None:
+                 what: str = "layer", record_only: bool = False) -> None:
+        """``record_only``: hash, size and record the stream without writing a file (the
+        layer directory was made another way, e.g. a snapshot of a committed container)."""
         self.root = root
         self.whiteouts = whiteouts
         self.split = split
@@ -90,6 +92,7 @@ class Applier:
         self.entries = 0
         self.mtime_max = 0
         self._root_user = os.geteuid() == 0
+        self.record_only = record_only
         self._tree = Beneath(root)
         self._member: Optional[Member] = None
 
@@ -108,7 +111,10 @@ class Applier:
                     self.mtime_max = member.mtime_ns
                 if self.split is not None:
                     self.split.raw(member.raw)
-                self._apply_member(reader, member)
+                if self.record_only:
+                    self._record_member(reader, member)
+                else:
+                    self._apply_member(reader, member)
             self._member = None
             self._trailer(reader, parser.end_block)
             self._finish_dirs()
@@ -175,6 +181,52 @@ class Applier:
             if part.startswith(WHITEOUT_PREFIX):
                 raise self._refuse("lies below a whiteout name")
         return path
+
+    def _record_member(self, reader: ChunkReader, member: Member) -> None:
+        """The header record and size of a member whose file already exists (a clone of
+        the tree the stream was read from), refused as ``_apply_member`` refuses it; its
+        times are set from the header, as applying it would (the stream may round them)."""
+        path = self._normalize(member)
+        whiteout = path.rpartition(b"/")[2].startswith(WHITEOUT_PREFIX)
+        if not whiteout:
+            kept = self._checked_xattrs(member)
+            if len(kept) < len(member.xattrs):
+                self._drop_xattrs(path, member, {name for name, _value in kept})
+            if member.typeflag == DIRTYPE:
+                self.dir_times[path] = self._times(member)
+            elif member.typeflag != LNKTYPE:
+                parent, _sep, name = path.rpartition(b"/")
+                os.utime(name, ns=self._times(member), dir_fd=self._parent(parent),
+                         follow_symlinks=False)
+        if not member.is_file or whiteout:
+            self._embed_payload(reader, member)
+            return
+        if member.size and self.split is not None:
+            self.split.file(path, member.size)
+        left = member.size
+        while left:
+            view = reader.read_some(left)
+            if not view:
+                raise Truncated("%s: the stream ends inside the data of member %r"
+                                % (self.what, member.display()), member=member.display())
+            left -= len(view)
+        self.size += member.size
+        pad = reader.read_exact(member.padding, "the padding of member %r" % member.display())
+        if self.split is not None and pad:
+            self.split.raw(pad)
+
+    def _drop_xattrs(self, path: bytes, member: Member, kept: Set[str]) -> None:
+        """Remove from a cloned file the attributes applying would have skipped."""
+        parent, _sep, name = path.rpartition(b"/")
+        where = _proc_path(self._parent(parent), name) if name else \
+            b"/proc/self/fd/%d" % self._tree.root_fd
+        for xname in member.xattrs:
+            if xname not in kept:
+                try:
+                    os.removexattr(where, xname, follow_symlinks=False)
+                except OSError as exc:
+                    if exc.errno != errno.ENODATA:
+                        raise
 
     def _apply_member(self, reader: ChunkReader, member: Member) -> None:
         path = self._normalize(member)
@@ -414,8 +466,9 @@ class Applier:
         else:
             os.chown(name, member.uid, member.gid, dir_fd=pfd, follow_symlinks=False)
 
-    def _xattrs(self, pfd: Optional[int], name: Optional[bytes], fd: Optional[int],
-                member: Member) -> None:
+    def _checked_xattrs(self, member: Member) -> List[Tuple[str, bytes]]:
+        """The member's attributes to set; refuses those a layer may not carry."""
+        kept = []
         for xname, value in member.xattrs.items():
             if not xname.startswith(_XATTR_NAMESPACES):
                 raise self._refuse("carries the extended attribute %r, which is in no "
@@ -423,10 +476,13 @@ class Applier:
             if xname.startswith(_REFUSED_XATTR_PREFIXES):
                 raise self._refuse("carries the extended attribute %s, which a layer may not "
                                    "set (it would steer the storage driver)" % xname)
-            if xname.startswith("security.") and xname != "security.capability":
-                continue
-            if xname.startswith("system.") and xname not in _APPLIED_SYSTEM_XATTRS:
-                continue
+            if layer_xattr(xname):
+                kept.append((xname, value))
+        return kept
+
+    def _xattrs(self, pfd: Optional[int], name: Optional[bytes], fd: Optional[int],
+                member: Member) -> None:
+        for xname, value in self._checked_xattrs(member):
             try:
                 if fd is not None:
                     os.setxattr(fd, xname, value)
@@ -442,6 +498,19 @@ class Applier:
         for path in sorted(self.dir_times, key=len, reverse=True):
             fd = self._tree.dir_fd(path) if path else self._tree.root_fd
             os.utime(fd, ns=self.dir_times[path])
+
+
+def layer_xattr(name: str) -> bool:
+    """Whether an applied layer keeps this extended attribute (the others are refused,
+    or skipped as tar skips them: security labels but file capabilities, system.* but
+    ACLs)."""
+    if not name.startswith(_XATTR_NAMESPACES) or name.startswith(_REFUSED_XATTR_PREFIXES):
+        return False
+    if name.startswith("security."):
+        return name == "security.capability"
+    if name.startswith("system."):
+        return name in _APPLIED_SYSTEM_XATTRS
+    return True
 
 
 def _proc_path(dir_fd: int, name: bytes) -> bytes:

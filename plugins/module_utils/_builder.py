@@ -306,8 +306,7 @@ class Builder:
         try:
             self._execute(step, args, record, current, what)
             crash_point("build.ran")
-            diff = containers.changes(store, record, current.chain)
-            layer = self._ingest(diff.tar(), current, what)
+            layer = containers.commit_changes(store, record, current.chain, what)
         finally:
             containers.remove(store, record)
             mark.done()

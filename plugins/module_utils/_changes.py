@@ -50,6 +50,19 @@ def _typeflag(mode: int) -> bytes:
     return FIFOTYPE
 
 
+def carried_xattr(name: str, value: bytes) -> bool:
+    """Whether a change stream carries this attribute of a container's file (a clone of
+    the container keeps exactly these, so that the stream read from it is the same)."""
+    del value
+    return not name.startswith(_SKIPPED_XATTRS)
+
+
+def carried_upper_xattr(name: str, value: bytes) -> bool:
+    """``carried_xattr`` for an overlay upper directory, plus the opaque mark the stream
+    carries as ``.wh..wh..opq`` (and applying it sets again)."""
+    return carried_xattr(name, value) or (name == "trusted.overlay.opaque" and value == b"y")
+
+
 def _xattrs(path: bytes) -> Dict[str, bytes]:
     try:
         names = os.listxattr(path, follow_symlinks=False)

@@ -6,6 +6,8 @@ The changes are read as a tar (overlay: the upper directory, whiteout devices tu
 back into ``.wh.`` entries and opaque directories into ``.wh..wh..opq``; full copies:
 a walk-and-compare against the image) and streamed through the same applier as any
 import, so the new layer gets its diff_id, size and header record in one pass.
+Where the driver can (btrfs: a snapshot, vfs: a reflink copy) the layer's files are the
+container's own and the stream is only hashed and recorded (``commit_changes``).
 
 The new config is derived from content only (its time is the newest of the image's
 and the changes'), so committing an unchanged container again gives the same image
@@ -17,10 +19,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Dict, List, Optional
 
-from ansible_collections.strata.layers.plugins.module_utils._changes import chunk_reader
-from ansible_collections.strata.layers.plugins.module_utils._compression import DecodedStream
 from ansible_collections.strata.layers.plugins.module_utils._containers import (
-    ContainerDB, ContainerRecord, changes)
+    ContainerDB, ContainerRecord, changes, commit_changes)
 from ansible_collections.strata.layers.plugins.module_utils._crash import crash_point
 from ansible_collections.strata.layers.plugins.module_utils._digest import (
     ChainID, DiffID, chain_id)
@@ -90,11 +90,9 @@ def _commit(store: Store, name: str, tags: List[str], message: str,
     record = _container(store, name)
     image = store.images.get(record.image_id)
     chain = [ChainID(c) for c in image.chain]
-    what = "the changes of container %s" % name
-    diff = changes(store, record, chain)
-    layer, imported, _digests = store.ingest_layer(
-        lambda: DecodedStream(chunk_reader(iter(diff.tar())), what=what),
-        chain[-1] if chain else None, what)
+    before = set(store.layers.chains())
+    layer = commit_changes(store, record, chain, "the changes of container %s" % name)
+    imported = layer.chain_id not in before
     crash_point("commit.layer")
     config = commit_config(image, layer.diff_id, layer.mtime_max, message, changes_=changes_)
     new, added = store.put_image(config, {"source": "commit:" + name, "parent": image.id,

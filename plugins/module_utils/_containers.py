@@ -26,16 +26,18 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
     TEMP_PREFIX, fsync_dir, makedirs, read_json, remove_tree, rename_durable, temp_name,
     write_json)
-from ansible_collections.strata.layers.plugins.module_utils._changes import TreeDiff, UpperDiff
+from ansible_collections.strata.layers.plugins.module_utils._changes import (
+    TreeDiff, UpperDiff, chunk_reader)
+from ansible_collections.strata.layers.plugins.module_utils._compression import DecodedStream
 from ansible_collections.strata.layers.plugins.module_utils._crash import crash_point
 from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
-    AlreadyExists, Corrupt, InvalidInput, NotFound)
+    AlreadyExists, Corrupt, InvalidInput, NotFound, StoreError)
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mount_at
 from ansible_collections.strata.layers.plugins.module_utils._images import ImageRecord
 from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord, now_iso
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
-from ansible_collections.strata.layers.plugins.module_utils.drivers._base import Driver
+from ansible_collections.strata.layers.plugins.module_utils.drivers._base import Driver, Staged
 
 _NAME_RE = re.compile(r"\A[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}\Z")
 STATES = ("present", "mounted", "unmounted", "absent")
@@ -117,9 +119,15 @@ def changes(store: Store, record: ContainerRecord, chain: Sequence[ChainID]
 def changes_with(driver: Driver, record: ContainerRecord, chain: Sequence[ChainID],
                  exact_times: bool = False) -> Union[UpperDiff, TreeDiff]:
     """The container's changes as ``driver`` stores them (native or naive diff)."""
+    return changes_in(driver, driver.container_root(record.id), chain, exact_times)
+
+
+def changes_in(driver: Driver, root: str, chain: Sequence[ChainID],
+               exact_times: bool = False) -> Union[UpperDiff, TreeDiff]:
+    """The changes held in ``root``, a container's (or a copy of it) on ``chain``."""
     if driver.whiteouts == "device":
-        return UpperDiff(driver.container_root(record.id), exact_times)
-    return TreeDiff(driver.diff_base(list(chain)), driver.container_root(record.id), exact_times)
+        return UpperDiff(root, exact_times)
+    return TreeDiff(driver.diff_base(list(chain)), root, exact_times)
 
 
 def container_facts(store: Store, layers: Optional[Dict[ChainID, LayerRecord]] = None
@@ -144,6 +152,35 @@ def container_row(store: Store, record: ContainerRecord,
             "size": size, "virtual_size": size + image_size, "mounted": mounted,
             "mount_point": record.mount_point if mounted else None,
             "created": record.created, "chain": chain}
+
+
+def commit_changes(store: Store, record: ContainerRecord, chain: Sequence[ChainID],
+                   what: str) -> LayerRecord:
+    """The container's changes as a new layer on ``chain`` (commit, a build's RUN step).
+
+    The change stream always gives the diff_id and header record.  Where the driver can
+    (btrfs: a snapshot; overlay2 and vfs: a copy with reflinks where the filesystem has
+    them), the layer's files are cloned from the container's instead of written again
+    from the stream, and the stream is read from that clone, so the layer is exactly
+    what it records even if the container is written to meanwhile."""
+    driver = store.driver
+    source = {"root": driver.container_root(record.id)}
+    materialize = None
+    if driver.commits_from_container:
+        def materialize(key: str, parent: Optional[ChainID], depth: int) -> Staged:
+            staged = driver.stage_from_container(key, record.id, parent, depth)
+            if staged is None:
+                raise StoreError("internal error: %s cannot stage a commit" % driver.name)
+            source["root"] = staged.path
+            return staged
+
+    def open_stream() -> DecodedStream:
+        diff = changes_in(driver, source["root"], chain)
+        return DecodedStream(chunk_reader(iter(diff.tar())), what=what)
+
+    layer, _imported, _digests = store.ingest_layer(
+        open_stream, chain[-1] if chain else None, what, materialize=materialize)
+    return layer
 
 
 # ---------------------------------------------------------------------- mutations

@@ -13,7 +13,7 @@ import errno
 import fcntl
 import os
 import stat
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 FICLONE = 0x40049409
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -22,8 +22,12 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 class TreeCopier:
     """Copies one tree; counts files and bytes; remembers whether reflinks worked."""
 
-    def __init__(self, reflink: bool = True) -> None:
+    def __init__(self, reflink: bool = True,
+                 keep_xattr: Optional[Callable[[str, bytes], bool]] = None) -> None:
+        """``keep_xattr(name, value)``: whether to copy that extended attribute (all
+        are copied without it)."""
         self.reflink = reflink
+        self.keep_xattr = keep_xattr
         self.files = 0
         self.bytes = 0
         self._links: Dict[Tuple[int, int], bytes] = {}
@@ -37,7 +41,20 @@ class TreeCopier:
         self._dst_root = dfd
         try:
             self._copy_dir(sfd, dfd, b"")
-            _copy_meta(sfd, dfd, os.fstat(sfd))
+            self._meta(sfd, dfd, os.fstat(sfd))
+        finally:
+            os.close(sfd)
+            os.close(dfd)
+            self._dst_root = -1
+
+    def copy_children(self, src: str, dst: str) -> None:
+        """Copy what directory ``src`` holds into the existing directory ``dst``, leaving
+        ``dst``'s own attributes as they are."""
+        sfd = os.open(src, _DIR_FLAGS)
+        dfd = os.open(dst, _DIR_FLAGS)
+        self._dst_root = dfd
+        try:
+            self._copy_dir(sfd, dfd, b"")
         finally:
             os.close(sfd)
             os.close(dfd)
@@ -57,7 +74,7 @@ class TreeCopier:
                     if not above:
                         return
                     st, names, rel = above.pop()
-                    _copy_meta(sfd, dfd, st)
+                    self._meta(sfd, dfd, st)
                     sfd = _move(sfd, b"..")
                     dfd = _move(dfd, b"..")
                     continue
@@ -93,7 +110,7 @@ class TreeCopier:
                      follow_symlinks=False)
         else:
             os.mknod(name, mode, st.st_rdev, dir_fd=dfd)
-            _copy_meta_path(sfd, dfd, name, st)
+            _copy_meta_path(sfd, dfd, name, st, self.keep_xattr)
         if st.st_nlink > 1:
             self._links[key] = rel + name
 
@@ -104,13 +121,16 @@ class TreeCopier:
                           os.O_CLOEXEC, 0o600, dir_fd=dfd)
             try:
                 self._copy_data(src, dst, st.st_size)
-                _copy_meta(src, dst, st)
+                self._meta(src, dst, st)
             finally:
                 os.close(dst)
         finally:
             os.close(src)
         self.files += 1
         self.bytes += st.st_size
+
+    def _meta(self, src_fd: int, dst_fd: int, st: os.stat_result) -> None:
+        _copy_meta(src_fd, dst_fd, st, self.keep_xattr)
 
     def _copy_data(self, src: int, dst: int, size: int) -> None:
         if size == 0:
@@ -151,7 +171,8 @@ def _move(fd: int, name: bytes) -> int:
     return moved
 
 
-def copy_xattrs(src: "int | bytes", dst: "int | bytes") -> None:
+def copy_xattrs(src: "int | bytes", dst: "int | bytes",
+                keep: Optional[Callable[[str, bytes], bool]] = None) -> None:
     follow = isinstance(src, int)  # descriptors cannot take follow_symlinks=False
     try:
         names = os.listxattr(src, follow_symlinks=follow)
@@ -160,19 +181,22 @@ def copy_xattrs(src: "int | bytes", dst: "int | bytes") -> None:
             return
         raise
     for xname in names:
-        os.setxattr(dst, xname, os.getxattr(src, xname, follow_symlinks=follow),
-                    follow_symlinks=not isinstance(dst, bytes))
+        value = os.getxattr(src, xname, follow_symlinks=follow)
+        if keep is None or keep(xname, value):
+            os.setxattr(dst, xname, value, follow_symlinks=not isinstance(dst, bytes))
 
 
-def _copy_meta(src_fd: int, dst_fd: int, st: os.stat_result) -> None:
+def _copy_meta(src_fd: int, dst_fd: int, st: os.stat_result,
+               keep: Optional[Callable[[str, bytes], bool]] = None) -> None:
     os.chown(dst_fd, st.st_uid, st.st_gid)
     os.chmod(dst_fd, stat.S_IMODE(st.st_mode))
-    copy_xattrs(src_fd, dst_fd)
+    copy_xattrs(src_fd, dst_fd, keep)
     os.utime(dst_fd, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-def _copy_meta_path(sfd: int, dfd: int, name: bytes, st: os.stat_result) -> None:
+def _copy_meta_path(sfd: int, dfd: int, name: bytes, st: os.stat_result,
+                    keep: Optional[Callable[[str, bytes], bool]] = None) -> None:
     os.chown(name, st.st_uid, st.st_gid, dir_fd=dfd, follow_symlinks=False)
     os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=dfd)
-    copy_xattrs(b"/proc/self/fd/%d/%s" % (sfd, name), b"/proc/self/fd/%d/%s" % (dfd, name))
+    copy_xattrs(b"/proc/self/fd/%d/%s" % (sfd, name), b"/proc/self/fd/%d/%s" % (dfd, name), keep)
     os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dfd, follow_symlinks=False)

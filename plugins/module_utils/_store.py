@@ -57,7 +57,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 from ansible_collections.strata.layers.plugins.module_utils._apply import Applier
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
     TEMP_PREFIX, makedirs, read_json, remove_tree, rename_durable, syncfs, temp_name,
-    write_file, write_json)
+    wrap_os_error, write_file, write_json)
 from ansible_collections.strata.layers.plugins.module_utils._compression import DecodedStream
 from ansible_collections.strata.layers.plugins.module_utils._crash import crash_point
 from ansible_collections.strata.layers.plugins.module_utils._digest import (
@@ -76,7 +76,7 @@ from ansible_collections.strata.layers.plugins.module_utils._probe import (
 from ansible_collections.strata.layers.plugins.module_utils._recovery import Marks
 from ansible_collections.strata.layers.plugins.module_utils._tarformat import ChunkReader
 from ansible_collections.strata.layers.plugins.module_utils._tarsplit import TarSplitWriter
-from ansible_collections.strata.layers.plugins.module_utils.drivers._base import Driver
+from ansible_collections.strata.layers.plugins.module_utils.drivers._base import Driver, Staged
 
 FORMAT = 1
 DEFAULT_ROOT = "/var/lib/strata"
@@ -286,11 +286,16 @@ class Store:
 
     def ingest_layer(self, open_stream: StreamOpener, parent: Optional[ChainID],
                      what: str, expect: Optional[str] = None, expect_diff: Optional[DiffID] = None,
-                     max_size: Optional[int] = None) -> Tuple[LayerRecord, bool, Dict[str, str]]:
+                     max_size: Optional[int] = None,
+                     materialize: Optional[Callable[[str, Optional[ChainID], int], Staged]] = None
+                     ) -> Tuple[LayerRecord, bool, Dict[str, str]]:
         """Store one layer stream on ``parent``; returns (record, imported, digests).
 
         ``expect`` is a digest the stream must have compressed or uncompressed;
         ``expect_diff`` the diff_id it must have (both checked before anything is kept).
+        ``materialize(key, parent, depth)`` makes the staging directory holding the
+        layer's files another way (a commit's snapshot or clone); the stream, opened
+        after it, is then only hashed and recorded.
         """
         self._require_writable()
         if expect_diff is not None:
@@ -307,14 +312,19 @@ class Store:
         try:
             makedirs(self.tmp)
             os.mkdir(record_dir, 0o700)
-            staged = driver.stage_layer(key, parent, depth)
+            try:
+                staged = materialize(key, parent, depth) if materialize is not None else \
+                    driver.stage_layer(key, parent, depth)
+            except OSError as exc:
+                raise wrap_os_error(exc, "staging the layer of %s" % what) from exc
             crash_point("import.staged")
             stream = open_stream()
             try:
                 split = TarSplitWriter(os.path.join(record_dir, "tar-split.gz"))
                 try:
                     reader = ChunkReader(stream.chunk, limit=max_size, what=what)
-                    applier = Applier(staged.path, driver.whiteouts, split, what)
+                    applier = Applier(staged.path, driver.whiteouts, split, what,
+                                      record_only=materialize is not None)
                     result = applier.apply(reader)
                     stream.drain_raw()
                     split.close()

@@ -1,0 +1,189 @@
+"""A commit clones the container's files into the new layer (btrfs: a snapshot;
+overlay2 and vfs: reflinks where the filesystem has them) instead of writing them again
+from the change stream.  The clone must be the very layer the stream path would have
+made: same diff_id, same files, types, modes, owners, xattrs and whiteouts, and the
+layer re-emits its tar byte for byte.  Real loop filesystems (xfs with reflink, btrfs)."""
+from __future__ import annotations
+
+import os
+import random
+import stat
+import subprocess
+
+import pytest
+
+from ansible_collections.strata.layers.plugins.module_utils._check import store_check
+from ansible_collections.strata.layers.plugins.module_utils._commit import container_commit
+from ansible_collections.strata.layers.plugins.module_utils._containers import container_layer
+from ansible_collections.strata.layers.plugins.module_utils._errors import InvalidInput
+from ansible_collections.strata.layers.plugins.module_utils._info import store_info
+from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
+from ansible_collections.strata.layers.plugins.module_utils._store import Store
+from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
+from ansible_collections.strata.layers.plugins.module_utils.drivers._base import FullCopyDriver
+from ansible_collections.strata.layers.plugins.module_utils.drivers.overlay2 import Overlay2
+from tests.support.tars import LayerTar, write
+
+BIG = 24 << 20
+MTIME = 1_700_000_000_123_456_789
+CASES = [("xfs", "overlay2"), ("btrfs", "overlay2"), ("btrfs", "btrfs"), ("btrfs", "vfs"),
+         ("xfs", "vfs")]
+
+
+def base_tar(tmp_path) -> str:
+    tar = (LayerTar().dir("etc").file("etc/passwd", b"root:x:0:0::/root:/bin/sh\n")
+           .file("etc/hosts", b"127.0.0.1 localhost\n").dir("gone").file("gone/a", b"a")
+           .dir("opaque").file("opaque/old", b"old").dir("bin")
+           .file("bin/tool", b"#!/bin/sh\n", mode=0o755))
+    return write(tmp_path / "base.tar", tar.bytes())
+
+
+def change(mount: str) -> None:
+    """Every kind of change a container makes: copy-up, whiteout, opaque directory,
+    new files, hardlink, symlink, setuid, xattr, a big file."""
+    with open(os.path.join(mount, "etc/hosts"), "a") as handle:
+        handle.write("10.0.0.1 db\n")
+    os.remove(os.path.join(mount, "gone/a"))
+    subprocess.run(["rm", "-rf", os.path.join(mount, "opaque")], check=True)
+    os.makedirs(os.path.join(mount, "opaque"))
+    with open(os.path.join(mount, "opaque/new"), "w") as handle:
+        handle.write("new")
+    os.makedirs(os.path.join(mount, "srv/data"))
+    big = os.path.join(mount, "srv/data/big")
+    with open(big, "wb") as handle:
+        handle.write(random.Random(7).randbytes(BIG))
+    os.link(big, os.path.join(mount, "srv/data/big.link"))
+    os.symlink("../etc/passwd", os.path.join(mount, "srv/pw"))
+    os.chmod(os.path.join(mount, "bin/tool"), 0o4755)
+    os.chown(os.path.join(mount, "srv/data"), 1000, 1000)
+    os.setxattr(os.path.join(mount, "srv/data/big"), "user.origin", b"test")
+    # carried by the stream, skipped when applied (as tar skips security labels)
+    os.setxattr(os.path.join(mount, "etc/hosts"), "security.strata-test", b"label")
+    # the same times in every run, so two containers changed alike give one diff_id
+    for rel in ("opaque/new", "opaque", "srv/data/big", "srv/pw", "srv/data", "srv",
+                "etc/hosts", "etc", "gone", "bin/tool", "bin"):
+        os.utime(os.path.join(mount, rel), ns=(MTIME, MTIME), follow_symlinks=False)
+
+
+def committed(root: str, tmp_path, name: str) -> dict:
+    layer_import({"data_root": root, "src": base_tar(tmp_path), "tag": ["base:1"]})
+    c = container_layer({"data_root": root, "name": name, "image": "base:1",
+                         "state": "mounted"})
+    change(c["mount_point"])
+    container_layer({"data_root": root, "name": name, "state": "unmounted"})
+    out = container_commit({"data_root": root, "name": name, "tag": ["base:%s" % name]})
+    layer = [entry for entry in store_info({"data_root": root})["layers"]
+             if entry["diff_id"] == out["layers"][-1]][0]
+    files = Store(root).driver.layer_files(layer["chain_id"])
+    return {"out": out, "layer": layer, "files": files}
+
+
+def snapshot_tree(top: str) -> dict:
+    """Everything a layer's files say but inode numbers and the times noted below."""
+    seen = {}
+    for here, dirs, names in os.walk(top):
+        for name in dirs + names:
+            path = os.path.join(here, name)
+            st = os.lstat(path)
+            rel = os.path.relpath(path, top)
+            xattrs = {}
+            for key in os.listxattr(path, follow_symlinks=False):
+                xattrs[key] = os.getxattr(path, key, follow_symlinks=False)
+            data = None
+            if stat.S_ISREG(st.st_mode):
+                with open(path, "rb") as handle:
+                    data = handle.read()
+            elif stat.S_ISLNK(st.st_mode):
+                data = os.readlink(path)
+            # a whiteout's time is when it was made
+            timeless = stat.S_ISCHR(st.st_mode) and not st.st_rdev
+            seen[rel] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid,
+                         st.st_gid, st.st_rdev, st.st_nlink,
+                         None if timeless else st.st_mtime_ns, xattrs, data)
+    return seen
+
+
+@pytest.mark.parametrize("fs,driver", CASES, ids=["%s-on-%s" % (d, f) for f, d in CASES])
+def test_a_cloned_commit_is_the_layer_the_stream_would_make(make_fs, tmp_path, monkeypatch,
+                                                            fs, driver):
+    mount = make_fs(fs, 600).mountpoint
+    cloned_root = os.path.join(mount, "cloned")
+    streamed_root = os.path.join(mount, "streamed")
+    for root in (cloned_root, streamed_root):
+        storage_driver({"data_root": root, "driver": driver})
+    cloned = committed(cloned_root, tmp_path, "c1")
+    with monkeypatch.context() as patch:
+        for cls in (Overlay2, FullCopyDriver):
+            patch.setattr(cls, "commits_from_container", False)
+        streamed = committed(streamed_root, tmp_path, "c1")
+    assert cloned["layer"]["diff_id"] == streamed["layer"]["diff_id"]
+    assert cloned["out"]["image_id"] == streamed["out"]["image_id"]
+    assert cloned["layer"]["size"] == streamed["layer"]["size"] >= BIG
+    one, other = snapshot_tree(cloned["files"]), snapshot_tree(streamed["files"])
+    differ = {rel: (one.get(rel), other.get(rel)) for rel in set(one) | set(other)
+              if one.get(rel) != other.get(rel)}
+    assert "security.strata-test" not in os.listxattr(os.path.join(cloned["files"],
+                                                                   "etc/hosts"))
+    assert not differ, "\n".join("%s: %r" % (rel, pair[0][:8] if pair[0] else None) + " / " +
+                                 repr(pair[1][:8] if pair[1] else None)
+                                 for rel, pair in sorted(differ.items()))
+    for root in (cloned_root, streamed_root):
+        assert store_check({"data_root": root})["ok"]
+
+
+@pytest.mark.parametrize("fs,driver", [("xfs", "overlay2"), ("btrfs", "btrfs"),
+                                       ("btrfs", "vfs")])
+def test_a_commit_does_not_write_the_data_again(make_fs, tmp_path, fs, driver):
+    """The big file the container wrote is shared by the new layer, not copied: the
+    filesystem's used space grows by far less than its size."""
+    mount = make_fs(fs, 600).mountpoint
+    root = os.path.join(mount, "store")
+    storage_driver({"data_root": root, "driver": driver})
+    layer_import({"data_root": root, "src": base_tar(tmp_path), "tag": ["base:1"]})
+    c = container_layer({"data_root": root, "name": "c", "image": "base:1",
+                         "state": "mounted"})
+    with open(os.path.join(c["mount_point"], "big"), "wb") as handle:
+        handle.write(os.urandom(BIG))
+    container_layer({"data_root": root, "name": "c", "state": "unmounted"})
+    os.sync()
+    used = used_bytes(mount, fs)
+    container_commit({"data_root": root, "name": "c", "tag": ["base:big"]})
+    os.sync()
+    grown = used_bytes(mount, fs) - used
+    assert grown < BIG // 4, "the commit wrote %d bytes for a %d-byte file" % (grown, BIG)
+
+
+def used_bytes(mount: str, fs: str) -> int:
+    if fs == "btrfs":
+        subprocess.run(["btrfs", "filesystem", "sync", mount], check=True,
+                       capture_output=True)
+        out = subprocess.run(["btrfs", "filesystem", "usage", "-b", mount], check=True,
+                             capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            if line.strip().startswith("Used:"):
+                return int(line.split()[1])
+        raise AssertionError(out)
+    st = os.statvfs(mount)
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
+@pytest.mark.parametrize("fs,driver", [("xfs", "overlay2"), ("btrfs", "btrfs")])
+def test_a_cloned_commit_refuses_what_the_applier_refuses(make_fs, tmp_path, fs, driver):
+    """A container's trusted.* attribute would steer a driver: the commit is refused
+    with the file named, as a streamed one is, and leaves no layer behind."""
+    mount = make_fs(fs, 300).mountpoint
+    root = os.path.join(mount, "store")
+    storage_driver({"data_root": root, "driver": driver})
+    layer_import({"data_root": root, "src": base_tar(tmp_path), "tag": ["base:1"]})
+    c = container_layer({"data_root": root, "name": "c", "image": "base:1",
+                         "state": "mounted"})
+    path = os.path.join(c["mount_point"], "steer")
+    with open(path, "w") as handle:
+        handle.write("x")
+    os.setxattr(path, "trusted.strata-test", b"1")
+    layers = len(store_info({"data_root": root})["layers"])
+    with pytest.raises(InvalidInput, match="steer.*trusted.strata-test"):
+        container_commit({"data_root": root, "name": "c", "tag": ["base:bad"]})
+    assert len(store_info({"data_root": root})["layers"]) == layers
+    assert store_check({"data_root": root})["ok"]
+    container_layer({"data_root": root, "name": "c", "state": "absent"})
