@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import threading
 import urllib.parse
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple, Union
 
@@ -52,27 +54,57 @@ class Truncated(Corrupt):
 Chunk = Union[bytes, bytearray, memoryview]
 
 
+# A chunk this large is hashed on a worker thread while the applier writes it out
+# (sha256 releases the GIL): on two cores that hides most of the hashing.
+_HASH_BEHIND = 1 << 18
+_POOL: List[ThreadPoolExecutor] = []
+_POOL_LOCK = threading.Lock()
+
+
+def _hash_pool() -> ThreadPoolExecutor:
+    with _POOL_LOCK:
+        if not _POOL:
+            _POOL.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="strata-sha256"))
+        return _POOL[0]
+
+
 class ChunkReader:
     """Buffered reader over a chunk source that hashes and counts every byte it pulls.
 
     ``source()`` returns the next chunk (empty at end of stream); a chunk stays valid
     until the next call.  Because the tar parser drains the stream to its end, the
-    hash is the digest of the whole uncompressed stream: the layer's diff_id.
+    hash is the digest of the whole uncompressed stream: the layer's diff_id.  A large
+    chunk is hashed on a worker thread while it is parsed and written; the hash of a
+    chunk is always complete before the next chunk is asked for (the source may reuse
+    its buffer) and before ``hasher`` is read.
     """
 
     def __init__(self, source, limit: Optional[int] = None, what: str = "layer") -> None:
         self._source = source
         self._chunk: memoryview = memoryview(b"")
         self._pos = 0
-        self.hasher = hashlib.sha256()
+        self._hasher = hashlib.sha256()
+        self._hashing: Optional[Future] = None
         self.total = 0
         self.limit = limit
         self.what = what
         self.eof = False
 
+    @property
+    def hasher(self) -> "hashlib._Hash":
+        """The hash of every byte pulled so far."""
+        self._hashed()
+        return self._hasher
+
+    def _hashed(self) -> None:
+        if self._hashing is not None:
+            hashing, self._hashing = self._hashing, None
+            hashing.result()
+
     def _next_chunk(self) -> bool:
         if self.eof:
             return False
+        self._hashed()
         data = self._source()
         if not data:
             self.eof = True
@@ -80,7 +112,10 @@ class ChunkReader:
             self._pos = 0
             return False
         view = memoryview(data)
-        self.hasher.update(view)
+        if len(view) >= _HASH_BEHIND:
+            self._hashing = _hash_pool().submit(self._hasher.update, view)
+        else:
+            self._hasher.update(view)
         self.total += len(view)
         if self.limit is not None and self.total > self.limit:
             raise InvalidInput(

@@ -98,3 +98,27 @@ def test_encoded_headers_read_back_with_tarfile():
         assert items[1].pax_headers["SCHILY.xattr.user.a"] == "b"
         assert tar.extractfile(items[1]).read() == body
     assert encode_header(b"a", b"0") == encode_header(b"a", b"0")
+
+
+def test_hashing_behind_the_reader_sees_every_byte_of_a_reused_buffer():
+    """Large chunks are hashed on a worker thread; a source that refills one buffer
+    must still give the digest of the whole stream (the hash of a chunk completes
+    before the next chunk is asked for)."""
+    import hashlib
+    import random
+    from ansible_collections.strata.layers.plugins.module_utils._tarformat import ChunkReader
+    data = random.Random(3).randbytes(5 * (1 << 20) + 12345)
+    buf = bytearray(1 << 20)
+    pos = [0]
+
+    def source():
+        size = min(len(buf), len(data) - pos[0])
+        buf[:size] = data[pos[0]:pos[0] + size]
+        pos[0] += size
+        return memoryview(buf)[:size]
+
+    reader = ChunkReader(source)
+    while reader.read_some(1 << 16):
+        pass
+    assert reader.hasher.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert reader.total == len(data)
