@@ -29,7 +29,7 @@ import errno
 import os
 import stat
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Dict, Iterator, List, Optional, Set, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils._atomic import remove_tree, wrap_os_error
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
@@ -203,6 +203,15 @@ class Applier:
             return
         if member.size and self.split is not None:
             self.split.file(path, member.size)
+        for _view in self._data(reader, member):
+            pass
+        self.size += member.size
+        pad = reader.read_exact(member.padding, "the padding of member %r" % member.display())
+        if self.split is not None and pad:
+            self.split.raw(pad)
+
+    def _data(self, reader: ChunkReader, member: Member) -> Iterator[memoryview]:
+        """The member's data, as the stream gives it (padding left to the caller)."""
         left = member.size
         while left:
             view = reader.read_some(left)
@@ -210,10 +219,7 @@ class Applier:
                 raise Truncated("%s: the stream ends inside the data of member %r"
                                 % (self.what, member.display()), member=member.display())
             left -= len(view)
-        self.size += member.size
-        pad = reader.read_exact(member.padding, "the padding of member %r" % member.display())
-        if self.split is not None and pad:
-            self.split.raw(pad)
+            yield view
 
     def _drop_xattrs(self, path: bytes, member: Member, kept: Set[str]) -> None:
         """Remove from a cloned file the attributes applying would have skipped."""
@@ -330,15 +336,9 @@ class Applier:
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600, dir_fd=pfd)
         try:
-            left = member.size
-            if left and self.split is not None:
-                self.split.file(path, left)
-            while left:
-                view = reader.read_some(left)
-                if not view:
-                    raise Truncated("%s: the stream ends inside the data of member %r"
-                                    % (self.what, member.display()), member=member.display())
-                left -= len(view)
+            if member.size and self.split is not None:
+                self.split.file(path, member.size)
+            for view in self._data(reader, member):
                 while view:
                     view = view[os.write(fd, view):]
             self._owner(None, None, fd, member)

@@ -136,12 +136,7 @@ def test_a_cloned_commit_is_the_layer_the_stream_would_make(make_fs, tmp_path, m
 def test_a_commit_does_not_write_the_data_again(make_fs, tmp_path, fs, driver):
     """The big file the container wrote is shared by the new layer, not copied: the
     filesystem's used space grows by far less than its size."""
-    mount = make_fs(fs, 600).mountpoint
-    root = os.path.join(mount, "store")
-    storage_driver({"data_root": root, "driver": driver})
-    layer_import({"data_root": root, "src": base_tar(tmp_path), "tag": ["base:1"]})
-    c = container_layer({"data_root": root, "name": "c", "image": "base:1",
-                         "state": "mounted"})
+    mount, root, c = one_container(make_fs(fs, 600).mountpoint, tmp_path, driver)
     with open(os.path.join(c["mount_point"], "big"), "wb") as handle:
         handle.write(os.urandom(BIG))
     container_layer({"data_root": root, "name": "c", "state": "unmounted"})
@@ -151,6 +146,15 @@ def test_a_commit_does_not_write_the_data_again(make_fs, tmp_path, fs, driver):
     os.sync()
     grown = used_bytes(mount, fs) - used
     assert grown < BIG // 4, "the commit wrote %d bytes for a %d-byte file" % (grown, BIG)
+
+
+def one_container(mount: str, tmp_path, driver: str):
+    """A store of ``driver`` on ``mount`` with the base image and container "c" mounted."""
+    root = os.path.join(mount, "store")
+    storage_driver({"data_root": root, "driver": driver})
+    layer_import({"data_root": root, "src": base_tar(tmp_path), "tag": ["base:1"]})
+    return mount, root, container_layer({"data_root": root, "name": "c", "image": "base:1",
+                                         "state": "mounted"})
 
 
 def used_bytes(mount: str, fs: str) -> int:
@@ -171,12 +175,7 @@ def used_bytes(mount: str, fs: str) -> int:
 def test_a_cloned_commit_refuses_what_the_applier_refuses(make_fs, tmp_path, fs, driver):
     """A container's trusted.* attribute would steer a driver: the commit is refused
     with the file named, as a streamed one is, and leaves no layer behind."""
-    mount = make_fs(fs, 300).mountpoint
-    root = os.path.join(mount, "store")
-    storage_driver({"data_root": root, "driver": driver})
-    layer_import({"data_root": root, "src": base_tar(tmp_path), "tag": ["base:1"]})
-    c = container_layer({"data_root": root, "name": "c", "image": "base:1",
-                         "state": "mounted"})
+    _mount, root, c = one_container(make_fs(fs, 300).mountpoint, tmp_path, driver)
     path = os.path.join(c["mount_point"], "steer")
     with open(path, "w") as handle:
         handle.write("x")
