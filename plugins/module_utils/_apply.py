@@ -29,9 +29,10 @@ import errno
 import os
 import stat
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Set, Tuple
+from typing import Dict, Optional, Set, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils._atomic import remove_tree, wrap_os_error
+from ansible_collections.strata.layers.plugins.module_utils._copytree import Shadow
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, InvalidInput, StoreError)
 from ansible_collections.strata.layers.plugins.module_utils._safepath import Beneath, NotBeneath
@@ -78,10 +79,11 @@ class Applier:
     """Applies one layer tar to ``root`` (a staged layer directory of a driver)."""
 
     def __init__(self, root: str, whiteouts: str, split: Optional[TarSplitWriter],
-                 what: str = "layer", record_only: bool = False) -> None:
-        """``record_only``: hash, size and record the stream without writing a file (the
-        layer directory was made another way, e.g. a snapshot of a committed container)."""
+                 what: str = "layer", shadow: Optional[Shadow] = None) -> None:
+        """``shadow``: clones of the stream's files (a commit's) to take instead of
+        writing their data."""
         self.root = root
+        self.shadow = shadow
         self.whiteouts = whiteouts
         self.split = split
         self.what = what
@@ -92,7 +94,6 @@ class Applier:
         self.entries = 0
         self.mtime_max = 0
         self._root_user = os.geteuid() == 0
-        self.record_only = record_only
         self._tree = Beneath(root)
         self._member: Optional[Member] = None
 
@@ -111,10 +112,7 @@ class Applier:
                     self.mtime_max = member.mtime_ns
                 if self.split is not None:
                     self.split.raw(member.raw)
-                if self.record_only:
-                    self._record_member(reader, member)
-                else:
-                    self._apply_member(reader, member)
+                self._apply_member(reader, member)
             self._member = None
             self._trailer(reader, parser.end_block)
             self._finish_dirs()
@@ -181,58 +179,6 @@ class Applier:
             if part.startswith(WHITEOUT_PREFIX):
                 raise self._refuse("lies below a whiteout name")
         return path
-
-    def _record_member(self, reader: ChunkReader, member: Member) -> None:
-        """The header record and size of a member whose file already exists (a clone of
-        the tree the stream was read from), refused as ``_apply_member`` refuses it; its
-        times are set from the header, as applying it would (the stream may round them)."""
-        path = self._normalize(member)
-        whiteout = path.rpartition(b"/")[2].startswith(WHITEOUT_PREFIX)
-        if not whiteout:
-            kept = self._checked_xattrs(member)
-            if len(kept) < len(member.xattrs):
-                self._drop_xattrs(path, member, {name for name, _value in kept})
-            if member.typeflag == DIRTYPE:
-                self.dir_times[path] = self._times(member)
-            elif member.typeflag != LNKTYPE:
-                parent, _sep, name = path.rpartition(b"/")
-                os.utime(name, ns=self._times(member), dir_fd=self._parent(parent),
-                         follow_symlinks=False)
-        if not member.is_file or whiteout:
-            self._embed_payload(reader, member)
-            return
-        if member.size and self.split is not None:
-            self.split.file(path, member.size)
-        for _view in self._data(reader, member):
-            pass
-        self.size += member.size
-        pad = reader.read_exact(member.padding, "the padding of member %r" % member.display())
-        if self.split is not None and pad:
-            self.split.raw(pad)
-
-    def _data(self, reader: ChunkReader, member: Member) -> Iterator[memoryview]:
-        """The member's data, as the stream gives it (padding left to the caller)."""
-        left = member.size
-        while left:
-            view = reader.read_some(left)
-            if not view:
-                raise Truncated("%s: the stream ends inside the data of member %r"
-                                % (self.what, member.display()), member=member.display())
-            left -= len(view)
-            yield view
-
-    def _drop_xattrs(self, path: bytes, member: Member, kept: Set[str]) -> None:
-        """Remove from a cloned file the attributes applying would have skipped."""
-        parent, _sep, name = path.rpartition(b"/")
-        where = _proc_path(self._parent(parent), name) if name else \
-            b"/proc/self/fd/%d" % self._tree.root_fd
-        for xname in member.xattrs:
-            if xname not in kept:
-                try:
-                    os.removexattr(where, xname, follow_symlinks=False)
-                except OSError as exc:
-                    if exc.errno != errno.ENODATA:
-                        raise
 
     def _apply_member(self, reader: ChunkReader, member: Member) -> None:
         path = self._normalize(member)
@@ -333,13 +279,24 @@ class Applier:
 
     def _regular(self, reader: ChunkReader, pfd: int, name: bytes, path: bytes,
                  member: Member) -> None:
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600, dir_fd=pfd)
+        # a commit's file already cloned by the change stream: the data is read (hashed,
+        # recorded) but not written again
+        fd = None if self.shadow is None else self.shadow.take(path, member.size, name, pfd)
+        write = fd is None
+        if fd is None:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
+                         os.O_CLOEXEC, 0o600, dir_fd=pfd)
         try:
-            if member.size and self.split is not None:
-                self.split.file(path, member.size)
-            for view in self._data(reader, member):
-                while view:
+            left = member.size
+            if left and self.split is not None:
+                self.split.file(path, left)
+            while left:
+                view = reader.read_some(left)
+                if not view:
+                    raise Truncated("%s: the stream ends inside the data of member %r"
+                                    % (self.what, member.display()), member=member.display())
+                left -= len(view)
+                while write and view:
                     view = view[os.write(fd, view):]
             self._owner(None, None, fd, member)
             os.chmod(fd, member.mode)
@@ -466,9 +423,8 @@ class Applier:
         else:
             os.chown(name, member.uid, member.gid, dir_fd=pfd, follow_symlinks=False)
 
-    def _checked_xattrs(self, member: Member) -> List[Tuple[str, bytes]]:
-        """The member's attributes to set; refuses those a layer may not carry."""
-        kept = []
+    def _xattrs(self, pfd: Optional[int], name: Optional[bytes], fd: Optional[int],
+                member: Member) -> None:
         for xname, value in member.xattrs.items():
             if not xname.startswith(_XATTR_NAMESPACES):
                 raise self._refuse("carries the extended attribute %r, which is in no "
@@ -476,13 +432,10 @@ class Applier:
             if xname.startswith(_REFUSED_XATTR_PREFIXES):
                 raise self._refuse("carries the extended attribute %s, which a layer may not "
                                    "set (it would steer the storage driver)" % xname)
-            if layer_xattr(xname):
-                kept.append((xname, value))
-        return kept
-
-    def _xattrs(self, pfd: Optional[int], name: Optional[bytes], fd: Optional[int],
-                member: Member) -> None:
-        for xname, value in self._checked_xattrs(member):
+            if xname.startswith("security.") and xname != "security.capability":
+                continue
+            if xname.startswith("system.") and xname not in _APPLIED_SYSTEM_XATTRS:
+                continue
             try:
                 if fd is not None:
                     os.setxattr(fd, xname, value)
@@ -498,19 +451,6 @@ class Applier:
         for path in sorted(self.dir_times, key=len, reverse=True):
             fd = self._tree.dir_fd(path) if path else self._tree.root_fd
             os.utime(fd, ns=self.dir_times[path])
-
-
-def layer_xattr(name: str) -> bool:
-    """Whether an applied layer keeps this extended attribute (the others are refused,
-    or skipped as tar skips them: security labels but file capabilities, system.* but
-    ACLs)."""
-    if not name.startswith(_XATTR_NAMESPACES) or name.startswith(_REFUSED_XATTR_PREFIXES):
-        return False
-    if name.startswith("security."):
-        return name == "security.capability"
-    if name.startswith("system."):
-        return name in _APPLIED_SYSTEM_XATTRS
-    return True
 
 
 def _proc_path(dir_fd: int, name: bytes) -> bytes:

@@ -624,14 +624,15 @@ def _may_be_archive(path: str) -> bool:
     try:
         end = os.fstat(fd).st_size
         pos = 0
-        override: Dict[bytes, bytes] = {}
+        pax: Dict[bytes, bytes] = {}
+        longname: Optional[bytes] = None
         while pos + BLOCK <= end:
             block = os.pread(fd, BLOCK, pos)
             if block == ZERO_BLOCK:
                 return False
             typeflag = block[156:157]
             digits = block[124:136].split(b"\0", 1)[0].strip(b" ")
-            if digits and not digits.isdigit():
+            if digits.strip(b"01234567"):
                 return True                 # base-256 or garbage: the full scan decides
             size = int(digits, 8) if digits else 0
             data_at = pos + BLOCK
@@ -643,29 +644,29 @@ def _may_be_archive(path: str) -> bool:
                     continue
                 data = os.pread(fd, size, data_at)
                 if typeflag == GNU_LONGNAME:
-                    override[b"\0longname"] = data.split(b"\0", 1)[0]
+                    longname = data.split(b"\0", 1)[0]
                     continue
                 try:
-                    override.update(parse_pax(data, "a PAX header"))
+                    pax.update(parse_pax(data, "a PAX header"))
                 except StoreError:
                     return True
                 continue
             if typeflag == PAX_GLOBAL:
                 return True
-            if b"size" in override:
-                digits = override[b"size"]
-                if not digits.isdigit():
+            if b"size" in pax:
+                digits = pax[b"size"]
+                if not digits or digits.strip(b"0123456789"):
                     return True
                 size = int(digits)
             pos = data_at + size + ((-size) % BLOCK)
-            name = override.get(b"path", override.get(b"\0longname"))    # PAX wins, as parsed
+            name = pax.get(b"path", longname)           # PAX wins, as the full parser reads it
             if name is None:
                 name = block[0:100].split(b"\0", 1)[0]
                 if block[257:263] == b"ustar\0":
                     prefix = block[345:500].split(b"\0", 1)[0]
                     if prefix:
                         name = prefix + b"/" + name
-            override = {}
+            pax, longname = {}, None
             if (b"manifest.json" in name or b"oci-layout" in name) and \
                     _norm(name.decode("utf-8", "surrogateescape")).encode(
                         "utf-8", "surrogateescape") in _ARCHIVE_KEYS:

@@ -23,6 +23,7 @@ from typing import (
     Callable, Dict, FrozenSet, Iterator, List, NamedTuple, Optional, Set, Tuple)
 
 from ansible_collections.strata.layers.plugins.module_utils import _files as files
+from ansible_collections.strata.layers.plugins.module_utils._copytree import Shadow
 from ansible_collections.strata.layers.plugins.module_utils._errors import Unsupported
 from ansible_collections.strata.layers.plugins.module_utils._tarformat import (
     BLKTYPE, CHRTYPE, DIRTYPE, FIFOTYPE, LNKTYPE, REGTYPE, SYMTYPE, encode_header, end_of_archive,
@@ -50,19 +51,6 @@ def _typeflag(mode: int) -> bytes:
     return FIFOTYPE
 
 
-def carried_xattr(name: str, value: bytes) -> bool:
-    """Whether a change stream carries this attribute of a container's file (a clone of
-    the container keeps exactly these, so that the stream read from it is the same)."""
-    del value
-    return not name.startswith(_SKIPPED_XATTRS)
-
-
-def carried_upper_xattr(name: str, value: bytes) -> bool:
-    """``carried_xattr`` for an overlay upper directory, plus the opaque mark the stream
-    carries as ``.wh..wh..opq`` (and applying it sets again)."""
-    return carried_xattr(name, value) or (name == "trusted.overlay.opaque" and value == b"y")
-
-
 def _xattrs(path: bytes) -> Dict[str, bytes]:
     try:
         names = os.listxattr(path, follow_symlinks=False)
@@ -85,9 +73,11 @@ def _is_whiteout(st: os.stat_result) -> bool:
 class _Emitter:
     """Tar bytes for entries of a tree (shared by both diff kinds)."""
 
-    def __init__(self, root: str, exact_times: bool = False) -> None:
+    def __init__(self, root: str, exact_times: bool = False,
+                 shadow: Optional[Shadow] = None) -> None:
         self.root = os.fsencode(root)
         self.exact_times = exact_times
+        self.shadow = shadow
         self.links: Dict[Tuple[int, int], bytes] = {}
         self.size = 0
         self.sized: Set[Tuple[int, int]] = set()
@@ -122,8 +112,24 @@ class _Emitter:
         link = os.readlink(path) if flag == SYMTYPE else b""
         size = st.st_size if flag == REGTYPE else 0
         dev = (os.major(st.st_rdev), os.minor(st.st_rdev)) if flag in (CHRTYPE, BLKTYPE) else (0, 0)
-        yield encode_header(name, flag, mode, st.st_uid, st.st_gid, size, mtime, link,
-                            dev[0], dev[1], xattrs=_xattrs(path))
+        clone = None
+        if size and with_data and self.shadow is not None:
+            # the data comes from a private clone, which the new layer then takes
+            clone = self.shadow.clone(path, rel)
+            if clone is not None:
+                size = os.fstat(clone).st_size
+        header = encode_header(name, flag, mode, st.st_uid, st.st_gid, size, mtime, link,
+                               dev[0], dev[1], xattrs=_xattrs(path))
+        if clone is not None:
+            try:
+                yield header
+            except BaseException:
+                os.close(clone)
+                raise
+            yield from files.fd_chunks(clone, size, path)
+            yield padding(size)
+            return
+        yield header
         if size and with_data:
             yield from files.chunks(path, size)
             yield padding(size)
@@ -163,9 +169,11 @@ class _Listing(NamedTuple):
 class UpperDiff:
     """Native diff of an overlay upper directory."""
 
-    def __init__(self, upper: str, exact_times: bool = False) -> None:
+    def __init__(self, upper: str, exact_times: bool = False,
+                 shadow: Optional[Shadow] = None) -> None:
         self.upper = upper
         self.exact_times = exact_times
+        self.shadow = shadow
 
     def size(self) -> int:
         emitter = _Emitter(self.upper)
@@ -186,7 +194,7 @@ class UpperDiff:
                     stack.append(child)
 
     def tar(self) -> Iterator[bytes]:
-        emitter = _Emitter(self.upper, self.exact_times)
+        emitter = _Emitter(self.upper, self.exact_times, self.shadow)
         yield from self._tree(emitter)
         yield end_of_archive()
 
@@ -247,10 +255,12 @@ class TreeDiff:
     tar then reproduces the parents' modes and owners instead of defaults.
     """
 
-    def __init__(self, base: Optional[str], root: str, exact_times: bool = False) -> None:
+    def __init__(self, base: Optional[str], root: str, exact_times: bool = False,
+                 shadow: Optional[Shadow] = None) -> None:
         self.base = base
         self.root = root
         self.exact_times = exact_times
+        self.shadow = shadow
 
     def size(self) -> int:
         emitter = _Emitter(self.root)
@@ -259,7 +269,7 @@ class TreeDiff:
         return emitter.size
 
     def tar(self) -> Iterator[bytes]:
-        emitter = _Emitter(self.root, self.exact_times)
+        emitter = _Emitter(self.root, self.exact_times, self.shadow)
         yield from self._changes(emitter, count_only=False)
         yield end_of_archive()
 

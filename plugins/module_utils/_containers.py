@@ -29,15 +29,16 @@ from ansible_collections.strata.layers.plugins.module_utils._atomic import (
 from ansible_collections.strata.layers.plugins.module_utils._changes import (
     TreeDiff, UpperDiff, chunk_reader)
 from ansible_collections.strata.layers.plugins.module_utils._compression import DecodedStream
+from ansible_collections.strata.layers.plugins.module_utils._copytree import Shadow
 from ansible_collections.strata.layers.plugins.module_utils._crash import crash_point
 from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
-    AlreadyExists, Corrupt, InvalidInput, NotFound, StoreError)
+    AlreadyExists, Corrupt, InvalidInput, NotFound)
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mount_at
 from ansible_collections.strata.layers.plugins.module_utils._images import ImageRecord
 from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord, now_iso
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
-from ansible_collections.strata.layers.plugins.module_utils.drivers._base import Driver, Staged
+from ansible_collections.strata.layers.plugins.module_utils.drivers._base import Driver
 
 _NAME_RE = re.compile(r"\A[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}\Z")
 STATES = ("present", "mounted", "unmounted", "absent")
@@ -123,11 +124,12 @@ def changes_with(driver: Driver, record: ContainerRecord, chain: Sequence[ChainI
 
 
 def changes_in(driver: Driver, root: str, chain: Sequence[ChainID],
-               exact_times: bool = False) -> Union[UpperDiff, TreeDiff]:
-    """The changes held in ``root``, a container's (or a copy of it) on ``chain``."""
+               exact_times: bool = False, shadow: Optional[Shadow] = None
+               ) -> Union[UpperDiff, TreeDiff]:
+    """The changes held in ``root``, a container's root on ``chain``."""
     if driver.whiteouts == "device":
-        return UpperDiff(root, exact_times)
-    return TreeDiff(driver.diff_base(list(chain)), root, exact_times)
+        return UpperDiff(root, exact_times, shadow)
+    return TreeDiff(driver.diff_base(list(chain)), root, exact_times, shadow)
 
 
 def container_facts(store: Store, layers: Optional[Dict[ChainID, LayerRecord]] = None
@@ -158,28 +160,20 @@ def commit_changes(store: Store, record: ContainerRecord, chain: Sequence[ChainI
                    what: str) -> LayerRecord:
     """The container's changes as a new layer on ``chain`` (commit, a build's RUN step).
 
-    The change stream always gives the diff_id and header record.  Where the driver can
-    (btrfs: a snapshot; overlay2 and vfs: a copy with reflinks where the filesystem has
-    them), the layer's files are cloned from the container's instead of written again
-    from the stream, and the stream is read from that clone, so the layer is exactly
-    what it records even if the container is written to meanwhile."""
-    driver = store.driver
-    source = {"root": driver.container_root(record.id)}
-    materialize = None
-    if driver.commits_from_container:
-        def materialize(key: str, parent: Optional[ChainID], depth: int) -> Staged:
-            staged = driver.stage_from_container(key, record.id, parent, depth)
-            if staged is None:
-                raise StoreError("internal error: %s cannot stage a commit" % driver.name)
-            source["root"] = staged.path
-            return staged
+    The change stream reads each changed file from a reflink clone (``Shadow``) that
+    the new layer then takes instead of writing the same data again: on btrfs and xfs a
+    commit writes no file data, and the layer's data is the stream's by construction.
+    Everything else (directories, whiteouts, modes, attributes, times) is applied from
+    the stream as for any import."""
+    shadow = Shadow()
 
     def open_stream() -> DecodedStream:
-        diff = changes_in(driver, source["root"], chain)
+        diff = changes_in(store.driver, store.driver.container_root(record.id), chain,
+                          shadow=shadow)
         return DecodedStream(chunk_reader(iter(diff.tar())), what=what)
 
     layer, _imported, _digests = store.ingest_layer(
-        open_stream, chain[-1] if chain else None, what, materialize=materialize)
+        open_stream, chain[-1] if chain else None, what, shadow=shadow)
     return layer
 
 

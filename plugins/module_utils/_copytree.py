@@ -13,7 +13,7 @@ import errno
 import fcntl
 import os
 import stat
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 FICLONE = 0x40049409
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -22,12 +22,8 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 class TreeCopier:
     """Copies one tree; counts files and bytes; remembers whether reflinks worked."""
 
-    def __init__(self, reflink: bool = True,
-                 keep_xattr: Optional[Callable[[str, bytes], bool]] = None) -> None:
-        """``keep_xattr(name, value)``: whether to copy that extended attribute (all
-        are copied without it)."""
+    def __init__(self, reflink: bool = True) -> None:
         self.reflink = reflink
-        self.keep_xattr = keep_xattr
         self.files = 0
         self.bytes = 0
         self._links: Dict[Tuple[int, int], bytes] = {}
@@ -41,20 +37,7 @@ class TreeCopier:
         self._dst_root = dfd
         try:
             self._copy_dir(sfd, dfd, b"")
-            self._meta(sfd, dfd, os.fstat(sfd))
-        finally:
-            os.close(sfd)
-            os.close(dfd)
-            self._dst_root = -1
-
-    def copy_children(self, src: str, dst: str) -> None:
-        """Copy what directory ``src`` holds into the existing directory ``dst``, leaving
-        ``dst``'s own attributes as they are."""
-        sfd = os.open(src, _DIR_FLAGS)
-        dfd = os.open(dst, _DIR_FLAGS)
-        self._dst_root = dfd
-        try:
-            self._copy_dir(sfd, dfd, b"")
+            _copy_meta(sfd, dfd, os.fstat(sfd))
         finally:
             os.close(sfd)
             os.close(dfd)
@@ -74,7 +57,7 @@ class TreeCopier:
                     if not above:
                         return
                     st, names, rel = above.pop()
-                    self._meta(sfd, dfd, st)
+                    _copy_meta(sfd, dfd, st)
                     sfd = _move(sfd, b"..")
                     dfd = _move(dfd, b"..")
                     continue
@@ -110,7 +93,7 @@ class TreeCopier:
                      follow_symlinks=False)
         else:
             os.mknod(name, mode, st.st_rdev, dir_fd=dfd)
-            _copy_meta_path(sfd, dfd, name, st, self.keep_xattr)
+            _copy_meta_path(sfd, dfd, name, st)
         if st.st_nlink > 1:
             self._links[key] = rel + name
 
@@ -121,16 +104,13 @@ class TreeCopier:
                           os.O_CLOEXEC, 0o600, dir_fd=dfd)
             try:
                 self._copy_data(src, dst, st.st_size)
-                self._meta(src, dst, st)
+                _copy_meta(src, dst, st)
             finally:
                 os.close(dst)
         finally:
             os.close(src)
         self.files += 1
         self.bytes += st.st_size
-
-    def _meta(self, src_fd: int, dst_fd: int, st: os.stat_result) -> None:
-        _copy_meta(src_fd, dst_fd, st, self.keep_xattr)
 
     def _copy_data(self, src: int, dst: int, size: int) -> None:
         if size == 0:
@@ -171,8 +151,7 @@ def _move(fd: int, name: bytes) -> int:
     return moved
 
 
-def copy_xattrs(src: "int | bytes", dst: "int | bytes",
-                keep: Optional[Callable[[str, bytes], bool]] = None) -> None:
+def copy_xattrs(src: "int | bytes", dst: "int | bytes") -> None:
     follow = isinstance(src, int)  # descriptors cannot take follow_symlinks=False
     try:
         names = os.listxattr(src, follow_symlinks=follow)
@@ -181,22 +160,115 @@ def copy_xattrs(src: "int | bytes", dst: "int | bytes",
             return
         raise
     for xname in names:
-        value = os.getxattr(src, xname, follow_symlinks=follow)
-        if keep is None or keep(xname, value):
-            os.setxattr(dst, xname, value, follow_symlinks=not isinstance(dst, bytes))
+        os.setxattr(dst, xname, os.getxattr(src, xname, follow_symlinks=follow),
+                    follow_symlinks=not isinstance(dst, bytes))
 
 
-def _copy_meta(src_fd: int, dst_fd: int, st: os.stat_result,
-               keep: Optional[Callable[[str, bytes], bool]] = None) -> None:
+def _copy_meta(src_fd: int, dst_fd: int, st: os.stat_result) -> None:
     os.chown(dst_fd, st.st_uid, st.st_gid)
     os.chmod(dst_fd, stat.S_IMODE(st.st_mode))
-    copy_xattrs(src_fd, dst_fd, keep)
+    copy_xattrs(src_fd, dst_fd)
     os.utime(dst_fd, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-def _copy_meta_path(sfd: int, dfd: int, name: bytes, st: os.stat_result,
-                    keep: Optional[Callable[[str, bytes], bool]] = None) -> None:
+def _copy_meta_path(sfd: int, dfd: int, name: bytes, st: os.stat_result) -> None:
     os.chown(name, st.st_uid, st.st_gid, dir_fd=dfd, follow_symlinks=False)
     os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=dfd)
-    copy_xattrs(b"/proc/self/fd/%d/%s" % (sfd, name), b"/proc/self/fd/%d/%s" % (dfd, name), keep)
+    copy_xattrs(b"/proc/self/fd/%d/%s" % (sfd, name), b"/proc/self/fd/%d/%s" % (dfd, name))
     os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dfd, follow_symlinks=False)
+
+
+class Shadow:
+    """Private reflink copies of a container's changed files, made as its change stream
+    reads them (commit, a build's RUN step).
+
+    The stream reads a file's data from its copy, never from the container, and the new
+    layer then takes that copy (linked into place) instead of writing the same bytes
+    again: the layer's data is the stream's by construction, even if the container is
+    written to meanwhile, and on btrfs and xfs the commit writes no data at all.  A
+    filesystem that cannot clone (ext4) turns the shadow off at the first file, and
+    the stream is read and written as usual.  The directory lives in the import's
+    record directory, which a failed or killed import removes."""
+
+    def __init__(self) -> None:
+        self.path = ""
+        self.dir_fd = -1
+        self.enabled = True
+        self.cloned = 0     # clones made (their names in the directory)
+        self._names: Dict[bytes, bytes] = {}
+
+    def open(self, directory: str) -> None:
+        os.mkdir(directory, 0o700)
+        self.path = directory
+        self.dir_fd = os.open(directory, _DIR_FLAGS)
+
+    def close(self) -> None:
+        """Remove the clones no member took, and the directory."""
+        if self.dir_fd >= 0:
+            # listed afresh: btrfs does not show a descriptor opened before the entries
+            for name in os.listdir(os.fsencode(self.path)):
+                os.unlink(name, dir_fd=self.dir_fd)
+            os.close(self.dir_fd)
+            self.dir_fd = -1
+            os.rmdir(self.path)
+        self._names.clear()
+
+    def clone(self, path: bytes, rel: bytes) -> Optional[int]:
+        """A read descriptor on a private clone of the regular file at ``path``, kept for
+        the member ``rel``; None when there is no shadow or the filesystem cannot
+        clone (the caller reads ``path`` itself)."""
+        if not self.enabled or self.dir_fd < 0:
+            return None
+        src = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            name = b"%d" % self.cloned
+            dst = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
+                          os.O_CLOEXEC, 0o600, dir_fd=self.dir_fd)
+            try:
+                fcntl.ioctl(dst, FICLONE, src)
+            except OSError as exc:
+                os.close(dst)
+                os.unlink(name, dir_fd=self.dir_fd)
+                if exc.errno in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY):
+                    self.enabled = False
+                    return None
+                raise
+        finally:
+            os.close(src)
+        self._names[rel] = name
+        self.cloned += 1
+        return dst
+
+    def take(self, rel: bytes, size: int, name: bytes, dir_fd: int) -> Optional[int]:
+        """Link the clone kept for member ``rel`` (``size`` bytes) as ``name`` in
+        ``dir_fd``, and return a descriptor on it; None when there is none (or it cannot
+        be linked there): the caller writes the member's data itself."""
+        shadow = self._names.pop(rel, None)
+        if shadow is None:
+            return None
+        fd = os.open(shadow, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.dir_fd)
+        try:
+            if os.fstat(fd).st_size != size:
+                return None
+            try:
+                os.link(shadow, name, src_dir_fd=self.dir_fd, dst_dir_fd=dir_fd,
+                        follow_symlinks=False)
+                taken, fd = fd, -1
+                return taken
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+            # no hardlink across btrfs subvolumes: clone the clone (no data copied)
+            dst = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
+                          os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+            try:
+                fcntl.ioctl(dst, FICLONE, fd)
+            except OSError:
+                os.close(dst)
+                os.unlink(name, dir_fd=dir_fd)
+                raise
+            return dst
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            os.unlink(shadow, dir_fd=self.dir_fd)

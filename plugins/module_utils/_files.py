@@ -19,7 +19,11 @@ CHUNK = 1 << 20
 
 def chunks(path: bytes, size: int) -> Iterator[bytes]:
     """Exactly ``size`` bytes of the file at ``path``, in chunks."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    yield from fd_chunks(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), size, path)
+
+
+def fd_chunks(fd: int, size: int, path: bytes) -> Iterator[bytes]:
+    """Exactly ``size`` bytes read from ``fd`` (the file at ``path``), which is closed."""
     try:
         left = size
         while left:

@@ -59,6 +59,7 @@ from ansible_collections.strata.layers.plugins.module_utils._atomic import (
     TEMP_PREFIX, makedirs, read_json, remove_tree, rename_durable, syncfs, temp_name,
     wrap_os_error, write_file, write_json)
 from ansible_collections.strata.layers.plugins.module_utils._compression import DecodedStream
+from ansible_collections.strata.layers.plugins.module_utils._copytree import Shadow
 from ansible_collections.strata.layers.plugins.module_utils._crash import crash_point
 from ansible_collections.strata.layers.plugins.module_utils._digest import (
     ChainID, DiffID, Digest, ImageID, chain_id, chain_ids, hex_of, is_digest, sha256_bytes)
@@ -76,7 +77,7 @@ from ansible_collections.strata.layers.plugins.module_utils._probe import (
 from ansible_collections.strata.layers.plugins.module_utils._recovery import Marks
 from ansible_collections.strata.layers.plugins.module_utils._tarformat import ChunkReader
 from ansible_collections.strata.layers.plugins.module_utils._tarsplit import TarSplitWriter
-from ansible_collections.strata.layers.plugins.module_utils.drivers._base import Driver, Staged
+from ansible_collections.strata.layers.plugins.module_utils.drivers._base import Driver
 
 FORMAT = 1
 DEFAULT_ROOT = "/var/lib/strata"
@@ -286,16 +287,14 @@ class Store:
 
     def ingest_layer(self, open_stream: StreamOpener, parent: Optional[ChainID],
                      what: str, expect: Optional[str] = None, expect_diff: Optional[DiffID] = None,
-                     max_size: Optional[int] = None,
-                     materialize: Optional[Callable[[str, Optional[ChainID], int], Staged]] = None
+                     max_size: Optional[int] = None, shadow: Optional[Shadow] = None
                      ) -> Tuple[LayerRecord, bool, Dict[str, str]]:
         """Store one layer stream on ``parent``; returns (record, imported, digests).
 
         ``expect`` is a digest the stream must have compressed or uncompressed;
         ``expect_diff`` the diff_id it must have (both checked before anything is kept).
-        ``materialize(key, parent, depth)`` makes the staging directory holding the
-        layer's files another way (a commit's snapshot or clone); the stream, opened
-        after it, is then only hashed and recorded.
+        ``shadow`` (a commit's) is opened in the record directory before the stream is
+        opened: the stream clones its files there and the applier takes the clones.
         """
         self._require_writable()
         if expect_diff is not None:
@@ -313,18 +312,18 @@ class Store:
             makedirs(self.tmp)
             os.mkdir(record_dir, 0o700)
             try:
-                staged = materialize(key, parent, depth) if materialize is not None else \
-                    driver.stage_layer(key, parent, depth)
+                staged = driver.stage_layer(key, parent, depth)
             except OSError as exc:
                 raise wrap_os_error(exc, "staging the layer of %s" % what) from exc
             crash_point("import.staged")
+            if shadow is not None:
+                shadow.open(os.path.join(record_dir, "shadow"))
             stream = open_stream()
             try:
                 split = TarSplitWriter(os.path.join(record_dir, "tar-split.gz"))
                 try:
                     reader = ChunkReader(stream.chunk, limit=max_size, what=what)
-                    applier = Applier(staged.path, driver.whiteouts, split, what,
-                                      record_only=materialize is not None)
+                    applier = Applier(staged.path, driver.whiteouts, split, what, shadow)
                     result = applier.apply(reader)
                     stream.drain_raw()
                     split.close()
@@ -332,6 +331,8 @@ class Store:
                     split.abort()
             finally:
                 stream.close()
+                if shadow is not None:
+                    shadow.close()
             crash_point("import.applied")
             digests = {"diff_id": result.diff_id,
                        "digest": stream.compressed_digest() or result.diff_id}

@@ -14,9 +14,9 @@ description:
     (added and modified files, deletions as whiteouts), a new config and a history entry.
   - The new config is derived from content only, so committing an unchanged container
     again gives the same image id and C(changed=false).
-  - The container's files are cloned into the new layer, not written a second time,
-    where the driver and filesystem allow it (btrfs snapshots; overlay2 and vfs reflinks
-    on xfs and btrfs), and the layer's digest is computed from that clone.
+  - Where the filesystem can clone files (btrfs, xfs with reflink), the changed files'
+    data is cloned into the new layer instead of written a second time; the layer's
+    digest is computed from the clones.
   - Like C(docker commit --pause=false), processes writing into the container while it
     is committed may leave their changes half in; the layer always matches its digest.
 author:

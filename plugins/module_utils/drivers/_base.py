@@ -24,8 +24,6 @@ from typing import ClassVar, List, Optional, Sequence
 
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
     TEMP_PREFIX, makedirs, remove_tree, temp_name)
-from ansible_collections.strata.layers.plugins.module_utils._changes import carried_xattr
-from ansible_collections.strata.layers.plugins.module_utils._copytree import TreeCopier
 from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID, hex_of
 from ansible_collections.strata.layers.plugins.module_utils._errors import Busy, StoreError
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import (
@@ -74,8 +72,6 @@ class Driver(ABC):
     whiteouts: ClassVar[str] = "delete"
     max_depth: ClassVar[Optional[int]] = None
     layers_dir: ClassVar[str] = "layers"
-    # True when stage_from_container makes a commit's layer without re-writing files
-    commits_from_container: ClassVar[bool] = False
     containers_dir: ClassVar[str] = "containers"
 
     def __init__(self, data_root: str) -> None:
@@ -169,15 +165,6 @@ class Driver(ABC):
         except FileNotFoundError:
             return []
 
-    def stage_from_container(self, key: str, cid: str, parent: Optional[ChainID],
-                             depth: int) -> Optional[Staged]:
-        """A staging layer directory (as ``stage_layer`` makes it) holding what container
-        ``cid`` holds, made without re-writing its files where the filesystem can (a
-        snapshot, reflinks), or None when this driver cannot.  The commit's change
-        stream is then read from the staged copy, so the layer is what it records even
-        when the container is written to meanwhile."""
-        return None
-
     def container_exists(self, cid: str) -> bool:
         return os.path.isdir(self.container_dir(cid))
 
@@ -225,7 +212,6 @@ class FullCopyDriver(Driver):
     "mounted" by a bind mount; changes are found by walk-and-compare (``diff_base``)."""
 
     whiteouts: ClassVar[str] = "delete"
-    commits_from_container: ClassVar[bool] = True
 
     @abstractmethod
     def _materialize(self, path: str, chain: Sequence[ChainID]) -> None:
@@ -244,14 +230,3 @@ class FullCopyDriver(Driver):
 
     def mount(self, cid: str, chain: Sequence[ChainID], target: str) -> None:
         bind_mount(self.container_root(cid), target)
-
-    def stage_from_container(self, key: str, cid: str, parent: Optional[ChainID],
-                             depth: int) -> Optional[Staged]:
-        # a full-copy layer is the whole root at that point: the container's root is it
-        top = self.staging_dir(key)
-        self._copy_root(self.container_root(cid), top)
-        return Staged(key=key, top=top, path=top)
-
-    def _copy_root(self, source: str, target: str) -> None:
-        """``target`` as a copy of the root ``source`` (reflinks where the filesystem can)."""
-        TreeCopier(keep_xattr=carried_xattr).copy(source, target)

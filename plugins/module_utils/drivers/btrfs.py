@@ -119,9 +119,6 @@ class Btrfs(FullCopyDriver):
             create_subvolume(path)
             os.chmod(path, 0o755)
 
-    def _copy_root(self, source: str, target: str) -> None:
-        snapshot(source, target)  # a commit is a snapshot: no file is copied
-
     def remove_path(self, path: str) -> None:
         if is_subvolume(path):
             delete_subvolume(path)

@@ -43,8 +43,6 @@ class FuseOverlayfs(Overlay2):
     """overlay2's layout under user-space overlay; see the module docstring."""
 
     name = "fuse-overlayfs"
-    # its upper holds its own opaque markers (files): commits go through the stream
-    commits_from_container = False
 
     @classmethod
     def probe(cls, facts: HostFacts) -> Candidate:

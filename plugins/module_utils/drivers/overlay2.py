@@ -32,8 +32,6 @@ from typing import Collection, List, Mapping, Optional, Sequence, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
     TEMP_PREFIX, makedirs, remove_tree, temp_name, write_file)
-from ansible_collections.strata.layers.plugins.module_utils._changes import carried_upper_xattr
-from ansible_collections.strata.layers.plugins.module_utils._copytree import TreeCopier
 from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID, hex_of
 from ansible_collections.strata.layers.plugins.module_utils._errors import StoreError, Unsupported
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mount, umount
@@ -89,7 +87,6 @@ class Overlay2(Driver):
     name = "overlay2"
     whiteouts = "device"
     max_depth = MAX_DEPTH
-    commits_from_container = True
 
     def init(self) -> None:
         super().init()
@@ -146,15 +143,6 @@ class Overlay2(Driver):
             os.mkdir(os.path.join(top, "work"), 0o700)
             write_file(os.path.join(top, "lower"), self._lower_of(parent).encode())
         return Staged(key=key, top=top, path=diff)
-
-    def stage_from_container(self, key: str, cid: str, parent: Optional[ChainID],
-                             depth: int) -> Optional[Staged]:
-        # the upper directory is the diff in this driver's own format (whiteout devices,
-        # opaque xattrs): cloned into the new layer (reflinks on xfs and btrfs), without
-        # overlay's bookkeeping attributes
-        staged = self.stage_layer(key, parent, depth)
-        TreeCopier(keep_xattr=carried_upper_xattr).copy_children(self.container_root(cid), staged.path)
-        return staged
 
     def _lower_of(self, parent: ChainID) -> str:
         """The ``lower`` list of a layer whose parent is ``parent``."""

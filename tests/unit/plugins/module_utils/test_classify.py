@@ -106,3 +106,22 @@ def test_a_layer_is_decided_by_the_lean_pass(tmp_path):
                             ("z" * 150, b"long")], "pax"))
     assert not _archive._may_be_archive(str(path))  # pylint: disable=protected-access
     assert _archive.classify(str(path)) == "layer"
+
+
+def test_a_pax_record_cannot_pose_as_a_gnu_long_name(tmp_path):
+    """A PAX key the full parser ignores must not rename the member for the lean pass
+    (review: a "\\0longname" record hid an archive's manifest.json)."""
+    record = b"17 \0longname=foo\n"
+    path = tmp_path / "archive.tar"
+    pax = header("PaxHeader", typeflag=b"x", size=len(record)) + pad(record)
+    path.write_bytes(entry("l/layer.tar", b"") + pax + entry("manifest.json", DOCKER_MANIFEST)
+                     + END)
+    agree(str(path))
+    assert _archive.classify(str(path)) == "docker-archive"
+
+
+def test_a_size_with_non_octal_digits_is_left_to_the_full_scan(tmp_path):
+    """"00000000018" is not octal: the lean pass defers (it used to raise ValueError)."""
+    path = tmp_path / "bad.tar"
+    path.write_bytes(header("a", size=0, raw={"size": b"00000000018\0"}) + END)
+    agree(str(path))
