@@ -33,8 +33,10 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # fuse-overlayfs marks opaque directories with the xattr (when root) and these entries
 FUSE_MARKERS = (b".wh..wh..opq", b".wh..opq")
 OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque", "user.fuseoverlayfs.opaque")
+# XFS also lists a file's POSIX ACLs under its own names (trusted.SGI_ACL_FILE and
+# _DEFAULT) besides system.posix_acl_*, which the stream carries
 _SKIPPED_XATTRS = ("trusted.overlay.", "user.overlay.", "user.fuseoverlayfs.",
-                   "security.selinux")
+                   "security.selinux", "trusted.SGI_ACL_")
 
 
 def _typeflag(mode: int) -> bytes:
@@ -116,20 +118,19 @@ class _Emitter:
         if size and with_data and self.shadow is not None:
             # the data comes from a private clone, which the new layer then takes
             clone = self.shadow.clone(path, rel)
-            if clone is not None:
-                size = os.fstat(clone).st_size
-        header = encode_header(name, flag, mode, st.st_uid, st.st_gid, size, mtime, link,
-                               dev[0], dev[1], xattrs=_xattrs(path))
         if clone is not None:
             try:
-                yield header
+                size = os.fstat(clone).st_size
+                yield encode_header(name, flag, mode, st.st_uid, st.st_gid, size, mtime, link,
+                                    dev[0], dev[1], xattrs=_xattrs(path))
             except BaseException:
                 os.close(clone)
                 raise
             yield from files.fd_chunks(clone, size, path)
             yield padding(size)
             return
-        yield header
+        yield encode_header(name, flag, mode, st.st_uid, st.st_gid, size, mtime, link,
+                            dev[0], dev[1], xattrs=_xattrs(path))
         if size and with_data:
             yield from files.chunks(path, size)
             yield padding(size)

@@ -6,8 +6,9 @@ The changes are read as a tar (overlay: the upper directory, whiteout devices tu
 back into ``.wh.`` entries and opaque directories into ``.wh..wh..opq``; full copies:
 a walk-and-compare against the image) and streamed through the same applier as any
 import, so the new layer gets its diff_id, size and header record in one pass.
-Where the driver can (btrfs: a snapshot, vfs: a reflink copy) the layer's files are the
-container's own and the stream is only hashed and recorded (``commit_changes``).
+Where the filesystem can clone (btrfs, xfs), each changed file's data is read from a
+clone that the new layer then takes, instead of being written again
+(``_containers.commit_changes``, ``_copytree.Shadow``).
 
 The new config is derived from content only (its time is the newest of the image's
 and the changes'), so committing an unchanged container again gives the same image

@@ -241,11 +241,12 @@ class Shadow:
 
     def take(self, rel: bytes, size: int, name: bytes, dir_fd: int) -> Optional[int]:
         """Link the clone kept for member ``rel`` (``size`` bytes) as ``name`` in
-        ``dir_fd``, and return a descriptor on it; None when there is none (or it cannot
-        be linked there): the caller writes the member's data itself."""
+        ``dir_fd``, and return a descriptor on it; None when there is none, or when it
+        could not make exactly the file that creating ``name`` would (then nothing is
+        left at ``name`` and the caller writes the member's data itself)."""
         shadow = self._names.pop(rel, None)
-        if shadow is None:
-            return None
+        if shadow is None or _has_default_acl(dir_fd):
+            return None     # a file created there would inherit an ACL a link does not
         fd = os.open(shadow, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.dir_fd)
         try:
             if os.fstat(fd).st_size != size:
@@ -256,8 +257,10 @@ class Shadow:
                 taken, fd = fd, -1
                 return taken
             except OSError as exc:
+                if exc.errno == errno.EEXIST:
+                    raise           # as creating it would
                 if exc.errno != errno.EXDEV:
-                    raise
+                    return None
             # no hardlink across btrfs subvolumes: clone the clone (no data copied)
             dst = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
                           os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
@@ -266,9 +269,17 @@ class Shadow:
             except OSError:
                 os.close(dst)
                 os.unlink(name, dir_fd=dir_fd)
-                raise
+                return None
             return dst
         finally:
             if fd >= 0:
                 os.close(fd)
             os.unlink(shadow, dir_fd=self.dir_fd)
+
+
+def _has_default_acl(dir_fd: int) -> bool:
+    try:
+        os.getxattr(dir_fd, "system.posix_acl_default")
+    except OSError:
+        return False
+    return True

@@ -318,19 +318,21 @@ class Store:
             crash_point("import.staged")
             if shadow is not None:
                 shadow.open(os.path.join(record_dir, "shadow"))
-            stream = open_stream()
             try:
-                split = TarSplitWriter(os.path.join(record_dir, "tar-split.gz"))
+                stream = open_stream()
                 try:
-                    reader = ChunkReader(stream.chunk, limit=max_size, what=what)
-                    applier = Applier(staged.path, driver.whiteouts, split, what, shadow)
-                    result = applier.apply(reader)
-                    stream.drain_raw()
-                    split.close()
+                    split = TarSplitWriter(os.path.join(record_dir, "tar-split.gz"))
+                    try:
+                        reader = ChunkReader(stream.chunk, limit=max_size, what=what)
+                        applier = Applier(staged.path, driver.whiteouts, split, what, shadow)
+                        result = applier.apply(reader)
+                        stream.drain_raw()
+                        split.close()
+                    finally:
+                        split.abort()
                 finally:
-                    split.abort()
+                    stream.close()
             finally:
-                stream.close()
                 if shadow is not None:
                     shadow.close()
             crash_point("import.applied")

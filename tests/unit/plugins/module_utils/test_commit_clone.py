@@ -11,6 +11,7 @@ import os
 import random
 import socket
 import stat
+import struct
 import subprocess
 
 import pytest
@@ -28,6 +29,9 @@ from tests.support.tars import LayerTar, write
 
 BIG = 24 << 20
 MTIME = 1_700_000_000_123_456_789
+# system.posix_acl_default: user::rwx, user:1000:rwx, group::r-x, mask::rwx, other::r-x
+DEFAULT_ACL = struct.pack("<I" + "HHI" * 5, 2, 0x01, 7, 0xFFFFFFFF, 0x02, 7, 1000,
+                          0x04, 5, 0xFFFFFFFF, 0x10, 7, 0xFFFFFFFF, 0x20, 5, 0xFFFFFFFF)
 CASES = [("xfs", "overlay2"), ("btrfs", "overlay2"), ("ext4", "overlay2"), ("btrfs", "btrfs"),
          ("btrfs", "vfs"), ("xfs", "vfs")]
 
@@ -79,10 +83,17 @@ def change(mount: str) -> None:
         handle.write(b"HELLO\n")
     os.setxattr(motd, "user.tag", b"unseen by a walk-and-compare")
     os.utime(motd, ns=(before.st_atime_ns, before.st_mtime_ns))
+    # a default ACL set after its file was made: applying the stream creates the file
+    # under it, which gives it an access ACL (a linked clone would not have one)
+    os.makedirs(os.path.join(mount, "srv/acl"))
+    with open(os.path.join(mount, "srv/acl/f"), "w") as handle:
+        handle.write("made before the ACL")
+    os.setxattr(os.path.join(mount, "srv/acl"), "system.posix_acl_default", DEFAULT_ACL)
     # carried by the stream, skipped when applied (as tar skips security labels)
     os.setxattr(os.path.join(mount, "etc/hosts"), "security.strata-test", b"label")
     # the same times in every run, so two containers changed alike give one diff_id
     for rel in ("opaque/new", "opaque", "srv/data/big", "srv/pw", "srv/data", "srv/app.sock",
+                "srv/acl/f", "srv/acl",
                 "srv/.wh.ghost", "srv/.wh..opq", "srv/.wh..wh..opq", "srv",
                 "etc/hosts", "etc", "gone", "bin/tool", "bin"):
         os.utime(os.path.join(mount, rel), ns=(MTIME, MTIME), follow_symlinks=False)
