@@ -88,9 +88,7 @@ def _absent(store: Store, name: str, force: bool, dry: bool) -> Dict[str, Any]:
         return {"changed": True, "image_id": image_id, "tags": [], "removed": removed}
     for user in users:
         containers.remove(store, user)
-    store.remove_image(image_id)
-    for layer in freed:
-        store.remove_layer(layer)
+    store.remove_image(image_id, freed)
     return {"changed": True, "image_id": image_id, "tags": [], "removed": removed}
 
 

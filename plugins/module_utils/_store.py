@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils._apply import Applier
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
@@ -196,6 +196,8 @@ class Store:
         """Remove one path a mark names, unmounting what is mounted below it first."""
         for entry in sorted(mounts_below(path), key=lambda m: len(m.mount_point), reverse=True):
             umount(entry.mount_point)
+        if driver is None and os.path.dirname(path) == self.images.dir:
+            self._drop_tags(os.path.basename(path))     # a removal finished: no tag dangles
         if driver:
             self.driver_named(driver).remove_path(path)
         else:
@@ -433,18 +435,42 @@ class Store:
         remove_tree(parked)
         return freed
 
-    def remove_image(self, image_id: ImageID) -> None:
-        """Remove an image record and every tag pointing at it (not its layers)."""
+    def remove_image(self, image_id: ImageID, layers: Sequence[ChainID] = ()) -> int:
+        """Remove an image record and every tag pointing at it, then ``layers`` (the
+        ones it alone needed, children first); returns the layers' bytes freed.
+
+        A mark naming all of it is written first, so a run killed at any step is
+        finished by the next open, not left as an untagged image or orphan layers:
+        while the record is there the mark removes it (its tags first, see
+        ``remove_path``) and the layers; once it is gone, the layers left."""
         self._require_writable()
-        tags = self.images.tags()
-        kept = {t: i for t, i in tags.items() if i != image_id}
-        if kept != tags:
-            self.images.write_tags(kept)
+        record = self.images.path(image_id)
+        layer_paths: List[Tuple[Optional[str], str]] = []
+        for chain in layers:
+            layer_paths.append((None, self.layers.path(chain)))
+            layer_paths += [(home.name, home.layer_dir(chain)) for home in self.driver_homes()
+                            if home.has_layer(chain)]
+        mark = self.marks.begin("remove-image").set(
+            record=record, if_present=[(None, record)] + layer_paths, if_absent=layer_paths)
+        crash_point("image-remove.marked")
+        self._drop_tags(image_id)
         crash_point("image-remove.untagged")
         makedirs(self.tmp)
         parked = os.path.join(self.tmp, temp_name("removed-image"))
-        rename_durable(self.images.path(image_id), parked)
+        rename_durable(record, parked)
+        crash_point("image-remove.unrecorded")
+        freed = sum(self.remove_layer(chain) for chain in layers)
+        mark.done()
         remove_tree(parked)
+        return freed
+
+    def _drop_tags(self, image_id: str) -> None:
+        """Untag ``image_id`` (also given as the bare hex of its record's name)."""
+        full = image_id if image_id.startswith("sha256:") else "sha256:" + image_id
+        tags = self.images.tags()
+        kept = {t: i for t, i in tags.items() if i != full}
+        if kept != tags:
+            self.images.write_tags(kept)
 
     def unused_layers(self, without: Optional[Set[str]] = None) -> List[ChainID]:
         """Layers nothing needs once the images and containers ``without`` names

@@ -13,9 +13,10 @@ and must die by SIGKILL.  Then:
 - the store is as before the operation, as after it, or in between with each step
   complete (never anything neither state has, never anything lost that both have);
 - running the operation again succeeds with the ids of the reference run, and the
-  store ends as the reference run left it; where it does not, the difference must be
-  only what ``store_prune`` reclaims (counted as "garbage": an interrupted ``image``
-  removal whose re-run no longer finds the name).
+  store ends as the reference run left it.  A difference ("garbage") would have to be
+  only what ``store_prune`` reclaims, and none is allowed: an ``image`` removal killed
+  after its untag used to leave one (its re-run no longer finds the name); its mark now
+  names the image and its layers, and the next open finishes it.
 
 The table of points tried is printed (``-s``) and written to ``$STRATA_RELIABILITY_OUT``
 (JSON lines) when that is set; docs/reliability.md quotes it.
@@ -223,3 +224,5 @@ def test_kill_9_at_every_crash_point(name, base, tmp_path):
         with open(out, "a") as handle:
             handle.write(json.dumps(row) + "\n")
     assert not failures, "\n".join(failures)
+    assert states["garbage"] == 0, "%d re-runs left what only store_prune reclaims" % (
+        states["garbage"])
