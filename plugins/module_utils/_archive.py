@@ -31,7 +31,7 @@ from ansible_collections.strata.layers.plugins.module_utils._digest import (
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, DigestMismatch, InvalidInput, NotFound, StoreError, Unsupported)
 from ansible_collections.strata.layers.plugins.module_utils._images import (
-    ImageConfig, host_platform, normalize_tag, parse_config)
+    ImageConfig, host_platform, json_object, normalize_tag, parse_config)
 from ansible_collections.strata.layers.plugins.module_utils._tarformat import (
     BLOCK, DIRTYPE, GNU_LONGLINK, GNU_LONGNAME, LNKTYPE, MAX_EXTENSION, PAX_GLOBAL, PAX_LOCAL,
     SYMTYPE, ZERO_BLOCK, ChunkReader, HeaderParser, Member, parse_pax)
@@ -353,6 +353,12 @@ def _json(index: Any, name: str, what: str) -> Any:
         raise Corrupt("%s %s in %s is not valid JSON" % (what, name, index.path)) from exc
 
 
+def _verified_json(index: Any, desc: Dict[str, Any], what: str) -> Dict[str, Any]:
+    """A blob the descriptor names, checked against its digest and parsed as an object."""
+    return json_object(_verified_blob(index, desc, what),
+                       "%s %s in %s" % (what, desc.get("digest"), index.path))
+
+
 def _verified_blob(index: Any, desc: Dict[str, Any], what: str) -> bytes:
     """The bytes of the blob descriptor ``desc`` names, checked against its digest and size."""
     digest = desc.get("digest", "")
@@ -473,7 +479,7 @@ def _ref_name(desc: Dict[str, Any]) -> Optional[str]:
 def _pick(index: Any, desc: Dict[str, Any], platform: Tuple[str, str]) -> Dict[str, Any]:
     depth = 0
     while desc.get("mediaType") in INDEX_TYPES:
-        nested = json.loads(_verified_blob(index, desc, "index"))
+        nested = _verified_json(index, desc, "index")
         options = nested.get("manifests") or []
         wanted = [m for m in options if (m.get("platform") or {}).get("os") == platform[0]
                   and (m.get("platform") or {}).get("architecture") == platform[1]]
@@ -496,8 +502,7 @@ def _pick(index: Any, desc: Dict[str, Any], platform: Tuple[str, str]) -> Dict[s
 
 
 def _oci_image(index: Any, desc: Dict[str, Any]) -> ArchiveImage:
-    raw_manifest = _verified_blob(index, desc, "manifest")
-    manifest = json.loads(raw_manifest)
+    manifest = _verified_json(index, desc, "manifest")
     config_desc = manifest.get("config") or {}
     config_raw = _verified_blob(index, config_desc, "config")
     config = parse_config(config_raw, "%s config %s" % (index.path, config_desc.get("digest")))

@@ -31,7 +31,8 @@ from ansible_collections.strata.layers.plugins.module_utils._compression import 
 from ansible_collections.strata.layers.plugins.module_utils._dockerfile import Copy, DockerIgnore
 from ansible_collections.strata.layers.plugins.module_utils._errors import InvalidInput, NotFound
 from ansible_collections.strata.layers.plugins.module_utils._imageview import ImageView
-from ansible_collections.strata.layers.plugins.module_utils._safepath import resolve_beneath
+from ansible_collections.strata.layers.plugins.module_utils._safepath import (
+    NotBeneath, resolve_beneath)
 from ansible_collections.strata.layers.plugins.module_utils._tarformat import (
     BLKTYPE, CHRTYPE, DIRTYPE, FIFOTYPE, LNKTYPE, REGTYPE, SYMTYPE, ChunkReader, HeaderParser,
     encode_header, end_of_archive, padding)
@@ -72,7 +73,13 @@ class ContextReader:
 
     def _real(self, rel: bytes, follow_last: bool = False) -> bytes:
         # symlinks on the way are resolved inside the context, never out of it
-        return resolve_beneath(self.root, rel, follow_last) if rel else self.root
+        if not rel:
+            return self.root
+        try:
+            return resolve_beneath(self.root, rel, follow_last)
+        except NotBeneath as exc:
+            raise InvalidInput("%s in the build context: %s %s" % (
+                os.fsdecode(rel), os.fsdecode(exc.blocker), exc.reason)) from exc
 
     def visible(self, rel: bytes) -> bool:
         return not rel or not self.ignore.matches(rel.decode("utf-8", "surrogateescape"))

@@ -101,13 +101,20 @@ class ImageConfig:
         return list(self.data.get("history") or [])
 
 
-def parse_config(raw: bytes, where: str) -> ImageConfig:
+def json_object(raw: bytes, what: str) -> Dict[str, Any]:
+    """``raw`` parsed as a JSON object (a config, manifest or index); Corrupt naming
+    ``what`` otherwise."""
     try:
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
-        raise Corrupt("image config %s is not valid JSON: %s" % (where, exc)) from exc
+        raise Corrupt("%s is not valid JSON: %s" % (what, exc)) from exc
     if not isinstance(data, dict):
-        raise Corrupt("image config %s is not a JSON object" % where)
+        raise Corrupt("%s is not a JSON object" % what)
+    return data
+
+
+def parse_config(raw: bytes, where: str) -> ImageConfig:
+    data = json_object(raw, "image config %s" % where)
     rootfs = data.get("rootfs")
     if not isinstance(rootfs, dict) or rootfs.get("type") != "layers" or \
             not isinstance(rootfs.get("diff_ids", []), list):

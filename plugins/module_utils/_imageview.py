@@ -16,9 +16,10 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID
 from ansible_collections.strata.layers.plugins.module_utils._errors import InvalidInput, NotFound
+from ansible_collections.strata.layers.plugins.module_utils._safepath import (
+    NotBeneath, resolve_scoped)
 from ansible_collections.strata.layers.plugins.module_utils.drivers._base import Driver
 
-MAX_SYMLINKS = 40
 OPAQUE = "trusted.overlay.opaque"
 
 
@@ -74,30 +75,16 @@ class ImageView:
 
     def resolve(self, path: str, follow_last: bool = True) -> bytes:
         """``path`` resolved inside the image: every symlink followed, clamped to its root."""
-        todo = [p for p in os.fsencode(path).split(b"/") if p]
-        done: List[bytes] = []
-        hops = 0
-        while todo:
-            part = todo.pop(0)
-            if part == b".":
-                continue
-            if part == b"..":
-                if done:
-                    done.pop()
-                continue
-            candidate = b"/".join(done + [part])
-            found = self.locate(candidate)
-            if found is not None and stat.S_ISLNK(found[1].st_mode) and (todo or follow_last):
-                hops += 1
-                if hops > MAX_SYMLINKS:
-                    raise InvalidInput("too many symlinks resolving %s in the image" % path)
-                target = os.readlink(found[0])
-                if target.startswith(b"/"):
-                    done = []
-                todo = [p for p in target.split(b"/") if p] + todo
-                continue
-            done.append(part)
-        return b"/".join(done)
+        def link_target(rel: bytes) -> Optional[bytes]:
+            found = self.locate(rel)
+            if found is None or not stat.S_ISLNK(found[1].st_mode):
+                return None
+            return os.readlink(found[0])
+
+        try:
+            return b"/".join(resolve_scoped(os.fsencode(path), link_target, follow_last))
+        except NotBeneath as exc:
+            raise InvalidInput("too many symlinks resolving %s in the image" % path) from exc
 
     def lstat(self, rel: bytes) -> Optional[os.stat_result]:
         found = self.locate(rel)

@@ -51,7 +51,7 @@ from ansible_collections.strata.layers.plugins.module_utils._digest import (
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, DigestMismatch, InvalidInput, InvalidReference, NotFound, StoreError, Unsupported)
 from ansible_collections.strata.layers.plugins.module_utils._images import (
-    GOARCH, normalize_tag, split_reference)
+    GOARCH, json_object, normalize_tag, split_reference)
 
 MANIFEST_ACCEPT = ", ".join((MT_OCI_INDEX, MT_OCI_MANIFEST, MT_DOCKER_LIST, MT_DOCKER_MANIFEST))
 MT_DOCKER_SCHEMA1 = ("application/vnd.docker.distribution.manifest.v1+json",
@@ -287,7 +287,7 @@ def _check_layer_type(desc: Descriptor, what: str) -> None:
 
 def parse_manifest(raw: bytes, digest: Digest, media_type: str, top: Digest,
                    where: str) -> Manifest:
-    data = _json_object(raw, "manifest %s of %s" % (digest, where))
+    data = json_object(raw, "manifest %s of %s" % (digest, where))
     config = _descriptor(data.get("config"), "the config of manifest %s of %s" % (digest, where))
     if config.media_type and config.media_type not in CONFIG_TYPES:
         raise Unsupported("%s is not a container image: its config has media type %s"
@@ -303,16 +303,6 @@ def parse_manifest(raw: bytes, digest: Digest, media_type: str, top: Digest,
         layers.append(desc)
     return Manifest(raw=raw, digest=digest, media_type=media_type, config=config,
                     layers=layers, top_digest=top)
-
-
-def _json_object(raw: bytes, what: str) -> Dict[str, Any]:
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise Corrupt("%s is not valid JSON: %s" % (what, exc)) from exc
-    if not isinstance(data, dict):
-        raise Corrupt("%s is not a JSON object" % what)
-    return data
 
 
 def _media_type(raw: bytes, content_type: Optional[str]) -> str:
@@ -592,7 +582,7 @@ class Registry:
         if resp.status != 200:
             raise RegistryError("the token service %s of registry %s answered %d"
                                 % (realm, self.address, resp.status))
-        data = _json_object(body, "the token from %s" % realm)
+        data = json_object(body, "the token from %s" % realm)
         token = data.get("token") or data.get("access_token")
         if not isinstance(token, str) or not token:
             raise RegistryError("the token service %s of registry %s sent no token"
@@ -642,7 +632,7 @@ class Registry:
         for _depth in range(4):
             if media_type not in INDEX_TYPES:
                 break
-            index = _json_object(raw, "index %s of %s" % (digest, ref))
+            index = json_object(raw, "index %s of %s" % (digest, ref))
             desc = pick_platform([m for m in index.get("manifests") or [] if isinstance(m, dict)],
                                  wanted, str(ref))
             chosen = platform_of(desc) or chosen

@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import os
 from collections import OrderedDict
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -122,14 +122,14 @@ def _is_symlink(dir_fd: int, name: bytes) -> bool:
 MAX_SYMLINKS = 40
 
 
-def resolve_beneath(root: bytes, path: bytes, follow_last: bool = True) -> bytes:
-    """``path`` inside directory ``root``, with symlinks resolved as a chroot at ``root``
-    would resolve them: ``..`` and absolute targets never leave ``root``.
-
-    The build context and a RUN step's root are read this way, as Docker scopes them
-    (a context symlink to /etc means the context's own etc/, not the host's)."""
+def resolve_scoped(path: bytes, link_target: Callable[[bytes], Optional[bytes]],
+                   follow_last: bool = True) -> List[bytes]:
+    """The components of ``path`` with every symlink resolved as a chroot would resolve
+    them: ``..`` and absolute targets never climb above the root.  ``link_target(rel)``
+    is the target of the symlink at ``rel`` (components joined by "/"), or None when
+    ``rel`` is not one.  NotBeneath past MAX_SYMLINKS hops (a loop)."""
     todo = [p for p in path.split(b"/") if p]
-    done: list = []
+    done: List[bytes] = []
     hops = 0
     while todo:
         part = todo.pop(0)
@@ -139,15 +139,28 @@ def resolve_beneath(root: bytes, path: bytes, follow_last: bool = True) -> bytes
             if done:
                 done.pop()
             continue
-        candidate = os.path.join(root, *done, part)
-        if (todo or follow_last) and os.path.islink(candidate):
+        target = link_target(b"/".join(done + [part])) if todo or follow_last else None
+        if target is not None:
             hops += 1
             if hops > MAX_SYMLINKS:
                 raise NotBeneath(b"/".join(done + [part]), "is part of a symlink loop")
-            target = os.readlink(candidate)
             if target.startswith(b"/"):
                 done = []
             todo = [p for p in target.split(b"/") if p] + todo
             continue
         done.append(part)
+    return done
+
+
+def resolve_beneath(root: bytes, path: bytes, follow_last: bool = True) -> bytes:
+    """``path`` inside directory ``root``, with symlinks resolved as a chroot at ``root``
+    would resolve them: ``..`` and absolute targets never leave ``root``.
+
+    The build context and a RUN step's root are read this way, as Docker scopes them
+    (a context symlink to /etc means the context's own etc/, not the host's)."""
+    def link_target(rel: bytes) -> Optional[bytes]:
+        candidate = os.path.join(root, rel)
+        return os.readlink(candidate) if os.path.islink(candidate) else None
+
+    done = resolve_scoped(path, link_target, follow_last)
     return os.path.join(root, *done) if done else root

@@ -337,3 +337,19 @@ def test_a_layer_blob_of_another_size_than_its_descriptor_is_refused(
         imp(store_root, layout, check=check)
     got = state(store_root)
     assert got == dict(got, images=[], layers=[], distribution=[], tmp=[])
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[1, 2]"])
+def test_a_manifest_blob_that_is_not_a_json_object_is_corrupt(tmp_path, store_root, body):
+    """A blob that matches its digest but is no JSON object: a clear Corrupt naming the
+    blob (it used to escape as a bare ValueError or AttributeError)."""
+    layout = tmp_path / "layout"
+    blobs = layout / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    (blobs / sha(body)[7:]).write_bytes(body)
+    (layout / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": sha(body),
+        "size": len(body)}]}))
+    with pytest.raises(Corrupt, match="manifest %s in .*layout is not" % sha(body)):
+        imp(store_root, layout)

@@ -245,3 +245,18 @@ def test_copy_never_reads_outside_the_context_through_symlinks(root, tmp_path):
     view = files_of(root, "ok:1", tmp_path)
     assert view["in"] == b"in context"
     assert all(b"host only" not in (content or b"") for content in view.values())
+
+
+def test_symlink_loops_in_the_context_or_the_image_are_refused(root, tmp_path):
+    """Both resolvers (the build context's and the image view's) share one walk: a
+    loop is a clear error, not a hang or a traceback."""
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "f").write_text("f")
+    os.symlink("b", ctx / "a")
+    os.symlink("a", ctx / "b")
+    with pytest.raises(InvalidInput, match="a/x in the build context: .* symlink loop"):
+        build(root, context=str(ctx), spec="FROM busybox:test\nCOPY a/x /x\n")
+    with pytest.raises(InvalidInput, match="too many symlinks resolving /l1/x in the image"):
+        build(root, context=str(ctx), spec="FROM busybox:test\n"
+              "RUN ln -s l2 /l1 && ln -s l1 /l2\nCOPY f /l1/x\n")
