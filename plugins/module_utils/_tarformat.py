@@ -17,9 +17,8 @@ import base64
 import hashlib
 import threading
 import urllib.parse
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, InvalidInput, StoreError, Unsupported)
@@ -57,13 +56,16 @@ Chunk = Union[bytes, bytearray, memoryview]
 # A chunk this large is hashed on a worker thread while the applier writes it out
 # (sha256 releases the GIL): on two cores that hides most of the hashing.
 _HASH_BEHIND = 1 << 18
-_POOL: List[ThreadPoolExecutor] = []
+_POOL: List[Any] = []
 _POOL_LOCK = threading.Lock()
 
 
-def _hash_pool() -> ThreadPoolExecutor:
+def _hash_pool() -> Any:
+    """The worker (a ThreadPoolExecutor), made on first use: modules that never read a
+    large stream do not pay for concurrent.futures at start-up."""
     with _POOL_LOCK:
         if not _POOL:
+            from concurrent.futures import ThreadPoolExecutor  # pylint: disable=import-outside-toplevel
             _POOL.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="strata-sha256"))
         return _POOL[0]
 
@@ -84,7 +86,7 @@ class ChunkReader:
         self._chunk: memoryview = memoryview(b"")
         self._pos = 0
         self._hasher = hashlib.sha256()
-        self._hashing: Optional[Future] = None
+        self._hashing: Optional[Any] = None     # the Future of the last chunk's hash
         self.total = 0
         self.limit = limit
         self.what = what
