@@ -77,7 +77,6 @@ class DecodedStream:
         self._owned_fd = owned_fd
         self._raw_read = raw_read
         self._raw_hasher: Optional["hashlib._Hash"] = hashlib.sha256()
-        self.compressed_size = 0
         self._head = self._take_head(512)
         # a plain tar begins with its first member's name, which may well start with
         # "BZh9" or the gzip magic: a block with a valid tar checksum is a tar
@@ -118,7 +117,6 @@ class DecodedStream:
         if data:
             if self._raw_hasher is not None:
                 self._raw_hasher.update(data)
-            self.compressed_size += len(data)
         return data
 
     # -- plain
