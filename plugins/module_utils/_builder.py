@@ -306,7 +306,7 @@ class Builder:
         try:
             self._execute(step, args, record, current, what)
             crash_point("build.ran")
-            layer = containers.commit_changes(store, record, current.chain, what)
+            layer, _imported = containers.commit_changes(store, record, current.chain, what)
         finally:
             containers.remove(store, record)
             mark.done()

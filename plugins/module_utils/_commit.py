@@ -91,9 +91,7 @@ def _commit(store: Store, name: str, tags: List[str], message: str,
     record = _container(store, name)
     image = store.images.get(record.image_id)
     chain = [ChainID(c) for c in image.chain]
-    before = set(store.layers.chains())
-    layer = commit_changes(store, record, chain, "the changes of container %s" % name)
-    imported = layer.chain_id not in before
+    layer, imported = commit_changes(store, record, chain, "the changes of container %s" % name)
     crash_point("commit.layer")
     config = commit_config(image, layer.diff_id, layer.mtime_max, message, changes_=changes_)
     new, added = store.put_image(config, {"source": "commit:" + name, "parent": image.id,

@@ -21,7 +21,7 @@ import os
 import re
 import secrets
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
     TEMP_PREFIX, fsync_dir, makedirs, read_json, remove_tree, rename_durable, temp_name,
@@ -157,8 +157,9 @@ def container_row(store: Store, record: ContainerRecord,
 
 
 def commit_changes(store: Store, record: ContainerRecord, chain: Sequence[ChainID],
-                   what: str) -> LayerRecord:
-    """The container's changes as a new layer on ``chain`` (commit, a build's RUN step).
+                   what: str) -> Tuple[LayerRecord, bool]:
+    """The container's changes as a layer on ``chain`` (commit, a build's RUN step), and
+    whether it is new to the store.
 
     The change stream reads each changed file from a reflink clone (``Shadow``) that
     the new layer then takes instead of writing the same data again: on btrfs and xfs a
@@ -172,9 +173,9 @@ def commit_changes(store: Store, record: ContainerRecord, chain: Sequence[ChainI
                           shadow=shadow)
         return DecodedStream(chunk_reader(iter(diff.tar())), what=what)
 
-    layer, _imported, _digests = store.ingest_layer(
+    layer, imported, _digests = store.ingest_layer(
         open_stream, chain[-1] if chain else None, what, shadow=shadow)
-    return layer
+    return layer, imported
 
 
 # ---------------------------------------------------------------------- mutations
