@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID
 from ansible_collections.strata.layers.plugins.module_utils._errors import InvalidInput, NotFound
@@ -115,6 +115,34 @@ class ImageView:
             if self.layered and _opaque(real):
                 break
         return sorted(n for n, visible in names.items() if visible)
+
+    def walk(self, rel: bytes) -> Iterator[Tuple[bytes, bytes, os.stat_result]]:
+        """(relative path, real path, stat) of ``rel`` and everything below it,
+        a directory before its children (pre-order, names sorted)."""
+        found = self.locate(rel)
+        if found is None:
+            return
+        yield rel, found[0], found[1]
+        if stat.S_ISDIR(found[1].st_mode):
+            yield from self._below(rel)
+
+    def _below(self, top: bytes) -> Iterator[Tuple[bytes, bytes, os.stat_result]]:
+        # a stack of listings, not recursion: the applier accepts paths up to PATH_MAX,
+        # directories nested ~2000 deep, deeper than Python's recursion limit
+        stack = [(top, iter(self.listdir(top)))]
+        while stack:
+            parent, names = stack[-1]
+            name = next(names, None)
+            if name is None:
+                stack.pop()
+                continue
+            rel = parent + b"/" + name if parent else name
+            found = self.locate(rel)
+            if found is None:
+                continue
+            yield rel, found[0], found[1]
+            if stat.S_ISDIR(found[1].st_mode):
+                stack.append((rel, iter(self.listdir(rel))))
 
     # ------------------------------------------------------------------ users
     def user_ids(self, spec: str) -> Tuple[int, int]:
