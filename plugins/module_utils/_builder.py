@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import secrets
+from time import time_ns as now_ns
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -34,16 +35,16 @@ from ansible_collections.strata.layers.plugins.module_utils import _containers a
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
     dumps, makedirs, remove_tree, write_file)
 from ansible_collections.strata.layers.plugins.module_utils._buildcontext import (
-    ContextReader, CopyPlan, ViewReader)
+    ContextReader, CopyPlan, ViewReader, workdir_layer)
 from ansible_collections.strata.layers.plugins.module_utils._changes import chunk_reader
 from ansible_collections.strata.layers.plugins.module_utils._compression import DecodedStream
 from ansible_collections.strata.layers.plugins.module_utils._crash import crash_point
 from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID, is_digest
 from ansible_collections.strata.layers.plugins.module_utils import _dockerfile as dockerfile
 from ansible_collections.strata.layers.plugins.module_utils._dockerfile import (
-    Copy, DockerIgnore, Instruction, Run, Spec, Stage, apply_config)
+    Copy, DockerIgnore, Instruction, Run, Spec, Stage, Workdir, apply_config)
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
-    InvalidInput, NotFound, StoreError)
+    InvalidInput, NotFound, StoreError, Unsupported)
 from ansible_collections.strata.layers.plugins.module_utils._images import (
     ImageRecord, host_platform, parse_config, validate_tags)
 from ansible_collections.strata.layers.plugins.module_utils._imageview import ImageView
@@ -52,7 +53,7 @@ from ansible_collections.strata.layers.plugins.module_utils._layers import Layer
 from ansible_collections.strata.layers.plugins.module_utils._sandbox import Sandbox
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
 
-CACHE_VERSION = "strata-build-cache/1"
+CACHE_VERSION = "strata-build-cache/2"
 
 
 @dataclass
@@ -108,8 +109,12 @@ class Builder:
         for stage in self.spec.needed_stages():
             steps: List[StepResult] = []
             current = self._base(stage)
+            self._check_depth(stage, current)
             for step in stage.instructions:
-                current, outcome = self._step(stage, step, current)
+                try:
+                    current, outcome = self._step(stage, step, current)
+                except StoreError as exc:
+                    raise self._at_line(exc, step)
                 steps.append(outcome)
                 result.ran += 0 if outcome.cached else 1
             self.results[stage.index] = current
@@ -118,6 +123,29 @@ class Builder:
                 result.image_id = None if current.pending else current.image_id
                 result.layers = list(current.config["rootfs"]["diff_ids"])
         return result
+
+    def _at_line(self, exc: StoreError, step: Instruction) -> StoreError:
+        """The error with the step's line in front, unless it names it already."""
+        where = "%s line %d" % (self.source, step.line)
+        if where not in exc.msg:
+            exc.msg = "%s (%s): %s" % (where, step.keyword, exc.msg)
+            exc.args = (exc.msg,)
+        exc.details.setdefault("line", step.line)
+        return exc
+
+    def _check_depth(self, stage: Stage, current: Current) -> None:
+        """Refuse up front a stage whose layers the driver cannot stack, naming the step
+        that would go over (not after building the first hundred-odd steps)."""
+        limit = self.store.driver.max_depth
+        depth = len(current.chain)
+        for step in stage.instructions:
+            depth += 1 if step.makes_layer else 0
+            if limit is not None and depth > limit:
+                raise Unsupported("%s line %d (%s): this step would make layer %d of the image; "
+                                  "the %s driver stacks at most %d layers: merge RUN steps or "
+                                  "squash the base image" % (self.source, step.line, step.keyword,
+                                                             depth, self.store.driver.name, limit),
+                                  line=step.line)
 
     def _history(self, current: Current, steps: List[StepResult]) -> List[StepResult]:
         """The target's whole history: its base image's entries, then this build's."""
@@ -131,9 +159,10 @@ class Builder:
         if stage.base_stage is not None:
             return self.results[stage.base_stage]
         if stage.base == "scratch":
-            return Current(scratch_config(), None, [])
+            return _with_path(Current(scratch_config(), None, []))
         image = self._image(stage.base, "FROM %s (line %d)" % (stage.base, stage.line))
-        return Current(json.loads(image.config.raw), image.id, [ChainID(c) for c in image.chain])
+        return _with_path(Current(json.loads(image.config.raw), image.id,
+                                  [ChainID(c) for c in image.chain]))
 
     def _image(self, ref: str, what: str) -> ImageRecord:
         try:
@@ -152,15 +181,22 @@ class Builder:
         key = self._key(current, step, created_by)
         hit = None if self.no_cache else self._cached(key)
         if hit is not None:
-            return hit, StepResult(created_by, not step.makes_layer, True,
-                                   self._top_size(hit, step), hit.image_id)
+            # a WORKDIR makes a layer only when its directory was missing
+            made = len(hit.chain) > len(current.chain)
+            return hit, StepResult(created_by, not made, True,
+                                   self._top_size(hit) if made else 0, hit.image_id)
         if self.dry:
             return self._would_run(step, current, created_by)
+        what = "%s line %d (%s)" % (self.source, step.line, step.keyword)
         if isinstance(step.args, Run):
+            if not step.args.argv:
+                raise InvalidInput("%s: RUN [] has no command to run (arguments are "
+                                   "required)" % what, line=step.line)
             layer: Optional[LayerRecord] = self._run(step, current)
         elif plan is not None:
-            layer = self._ingest(plan.tar(), current, "%s line %d (%s)" % (
-                self.source, step.line, step.keyword))
+            layer = self._ingest(plan.tar(), current, what)
+        elif isinstance(step.args, Workdir):
+            layer = self._workdir(step, current, what)
         else:
             layer = None
         config = self._child(current, step, created_by, layer)
@@ -190,9 +226,7 @@ class Builder:
         source = self.results.get(args.from_stage)
         return source is not None and source.pending
 
-    def _top_size(self, current: Current, step: Instruction) -> int:
-        if not step.makes_layer or not current.chain:
-            return 0
+    def _top_size(self, current: Current) -> int:
         return self.store.layers.get(current.chain[-1]).size
 
     def _child(self, current: Current, step: Instruction, created_by: str,
@@ -280,6 +314,13 @@ class Builder:
             current.chain[-1] if current.chain else None, what)
         return layer
 
+    def _workdir(self, step: Instruction, current: Current, what: str) -> Optional[LayerRecord]:
+        view = ImageView(self.store.driver, current.chain)
+        owner = view.user_ids(step.state.user) if step.state.user else (0, 0)
+        tar = workdir_layer(view, step.args.path, owner,  # type: ignore[union-attr]
+                            int(now_ns()), what)
+        return None if tar is None else self._ingest(tar, current, what)
+
     # ------------------------------------------------------------------ RUN
     def _run(self, step: Instruction, current: Current) -> LayerRecord:
         args: Run = step.args  # type: ignore[assignment]
@@ -327,6 +368,20 @@ class Builder:
         finally:
             store.driver.unmount(target)
             remove_tree(target)
+
+
+def _with_path(current: Current) -> Current:
+    """BuildKit gives every stage a PATH: the default one goes into the config of a base
+    without one (FROM scratch included), so the image keeps it."""
+    config = current.config.setdefault("config", {}) if isinstance(
+        current.config.get("config"), dict) or current.config.get("config") is None else None
+    if config is None:
+        return current
+    env = list(config.get("Env") or [])
+    if any(str(item).partition("=")[0] == "PATH" for item in env):
+        return current
+    config["Env"] = env + ["PATH=" + dockerfile.DEFAULT_PATH]
+    return current
 
 
 def describe(result: BuildResult) -> List[Dict[str, Any]]:
