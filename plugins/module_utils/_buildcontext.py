@@ -146,6 +146,11 @@ class ViewReader:
         return self.name
 
 
+def _below(directory: bytes, name: bytes) -> bytes:
+    """``name`` inside ``directory`` (``b""``: the image root)."""
+    return directory + b"/" + name if directory else name
+
+
 def _clean_source(pattern: str, where: str) -> bytes:
     parts: List[str] = []
     for part in pattern.split("/"):
@@ -226,7 +231,7 @@ class CopyPlan:
             else:
                 self._source(rel, dest_rel, into_dir)
         for item in inline:
-            target = dest_rel + b"/" + os.fsencode(item.name) if into_dir else dest_rel
+            target = _below(dest_rel, os.fsencode(item.name)) if into_dir else dest_rel
             data = item.content.encode("utf-8")
             self._add(Entry(target, stat.S_IFREG | self._mode(0o644, False), *self.owner,
                             size=len(data), data=data, digest=hashlib.sha256(data).hexdigest()))
@@ -247,7 +252,7 @@ class CopyPlan:
             self._tree(rel, dest_rel)
             return
         name = rel.rsplit(b"/", 1)[-1]
-        target = dest_rel + b"/" + name if into_dir else dest_rel
+        target = _below(dest_rel, name) if into_dir else dest_rel
         if self.step.is_add and stat.S_ISREG(st.st_mode) and self._is_archive(rel):
             self._ensure_dir(dest_rel if into_dir else target, created_owner=self.owner)
             self.archives.append((dest_rel if into_dir else target, self.reader.path(rel)))  # type: ignore[attr-defined]

@@ -1,0 +1,158 @@
+"""image_build semantics taken from BuildKit, built for real on a busybox store: variable
+trimming and replacement, COPY --parents/--exclude, symbolic --chmod, ONBUILD heredocs,
+ARG inheritance and precedence, the default PATH, accepted forms (duplicate stage names,
+EXPOSE 0 and host:port, an empty --chmod, COPY --from a later stage), RUN [] failing with
+its line, and a trailing WORKDIR that leaves its directory."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+
+from ansible_collections.strata.layers.plugins.module_utils._builder import image_build
+from ansible_collections.strata.layers.plugins.module_utils._containers import container_layer
+from ansible_collections.strata.layers.plugins.module_utils._errors import InvalidInput, StoreError
+from ansible_collections.strata.layers.plugins.module_utils._dockerfile import DEFAULT_PATH
+from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
+from ansible_collections.strata.layers.plugins.module_utils._store import Store
+from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory, busybox_tar):
+    store_root = str(tmp_path_factory.mktemp("semantics") / "store")
+    storage_driver({"data_root": store_root, "driver": "overlay2"})
+    layer_import({"data_root": store_root, "src": busybox_tar, "tag": ["busybox:test"]})
+    return store_root
+
+
+@pytest.fixture
+def context(tmp_path):
+    tree = {"app/src/main.c": "int main;", "app/src/util.c": "u", "app/README.md": "r",
+            "app/notes.txt": "n", "lib/x/y.c": "y", "run.sh": "#!/bin/sh\necho ok\n",
+            "home.txt": "h", "homer.c": "c"}
+    for rel, text in tree.items():
+        path = tmp_path / "ctx" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        os.chmod(path, 0o644)
+    return str(tmp_path / "ctx")
+
+
+def build(root, spec, **kw):
+    return image_build(dict({"data_root": root, "spec": spec}, **kw))
+
+
+def config_of(root, image):
+    store = Store(root)
+    record = store.images.get(store.images.resolve(image))
+    return json.loads(record.config.raw)
+
+
+def tree_of(root, image):
+    """{path: (mode, content or link target or None)} of the image's filesystem."""
+    mounted = container_layer({"data_root": root, "name": "probe", "image": image,
+                               "state": "mounted"})
+    top = mounted["mount_point"]
+    try:
+        out = {}
+        for base, dirs, files in os.walk(top):
+            for name in files + dirs:
+                path = os.path.join(base, name)
+                st = os.lstat(path)
+                if stat.S_ISREG(st.st_mode):
+                    data = open(path, "rb").read().decode("utf-8", "replace")
+                else:
+                    data = os.readlink(path) if stat.S_ISLNK(st.st_mode) else None
+                out[os.path.relpath(path, top)] = (stat.S_IMODE(st.st_mode), data)
+        return out
+    finally:
+        container_layer({"data_root": root, "name": "probe", "state": "absent"})
+
+
+def test_variable_trimming_and_replacement(root):
+    spec = ("FROM busybox:test\nARG F=/usr/local/lib/pkg-1.2.tar.gz\n"
+            "ENV BASE=${F##*/} DIR=${F%/*} STEM=${F%%.*} REST=${F#*/} SHORT=${F%.*} "
+            "NEW=${F/lib/share} DOTS=${F//./_}\n"
+            "RUN echo \"$BASE|$DIR|$STEM|$REST|$SHORT|$NEW|$DOTS\" > /out\n")
+    build(root, spec, tag=["sem:vars"])
+    assert tree_of(root, "sem:vars")["out"][1] == (
+        "pkg-1.2.tar.gz|/usr/local/lib|/usr/local/lib/pkg-1|usr/local/lib/pkg-1.2.tar.gz|"
+        "/usr/local/lib/pkg-1.2.tar|/usr/local/share/pkg-1.2.tar.gz|"
+        "/usr/local/lib/pkg-1_2_tar_gz\n")
+
+
+def test_copy_parents_exclude_and_symbolic_chmod(root, context):
+    spec = ("FROM busybox:test\n"
+            "COPY --parents app/src/*.c lib/./x/y.c /p/\n"
+            "COPY --exclude=*.md --exclude=src app /e/\n"
+            "COPY --exclude=*.txt hom* /h/\n"
+            "COPY --chmod=u+x,go-r run.sh /bin/run\n"
+            "ARG NOMODE\nCOPY --chmod=$NOMODE run.sh /bin/plain\n")
+    build(root, spec, context=context, tag=["sem:copy"])
+    tree = tree_of(root, "sem:copy")
+    assert tree["p/app/src/main.c"][1] == "int main;" and "p/app/src/util.c" in tree
+    assert "p/x/y.c" in tree and "p/lib" not in tree and "p/app/README.md" not in tree
+    assert set(k for k in tree if k.startswith("e/")) == {"e/notes.txt"}
+    assert set(k for k in tree if k.startswith("h/")) == {"h/homer.c"}
+    assert tree["bin/run"][0] == 0o700 and tree["bin/plain"][0] == 0o644
+
+
+def test_onbuild_heredoc_is_stored_as_buildkit_stores_it(root):
+    build(root, "FROM busybox:test\nONBUILD RUN <<EOF\necho hi\nEOF\n", tag=["sem:onbuild"])
+    assert config_of(root, "sem:onbuild")["config"]["OnBuild"] == ["RUN <<EOF\necho hi\nEOF"]
+
+
+def test_args_are_inherited_and_the_later_of_env_and_arg_wins(root):
+    spec = ("FROM busybox:test AS base\nARG VERSION=1.0\nENV MODE=env\nARG MODE=arg\n"
+            "FROM base AS child\nRUN echo \"$VERSION $MODE\" > /out\nENV V2=${VERSION}\n")
+    build(root, spec, tag=["sem:args"])
+    assert tree_of(root, "sem:args")["out"][1] == "1.0 arg\n"
+    env = config_of(root, "sem:args")["config"]["Env"]
+    assert "MODE=env" in env and "V2=1.0" in env
+
+
+def test_scratch_keeps_the_default_path(root, context):
+    build(root, "FROM scratch\nENV PATH=/opt/bin:$PATH\nCOPY run.sh /\n", context=context,
+          tag=["sem:scratch"])
+    assert config_of(root, "sem:scratch")["config"]["Env"] == ["PATH=/opt/bin:" + DEFAULT_PATH]
+
+
+def test_forms_buildkit_accepts(root, context):
+    spec = ("FROM busybox:test AS dup\nRUN echo first > /which\n"
+            "FROM busybox:test AS dup\nRUN echo second > /which\n"
+            "FROM busybox:test AS final\nCOPY --from=dup /which /which\n"
+            "COPY --from=later /made /made\nEXPOSE 0 8080:80 127.0.0.1:9000:90/udp\n"
+            "FROM busybox:test AS later\nRUN echo later > /made\n")
+    build(root, spec, context=context, target="final", tag=["sem:accept"])
+    tree = tree_of(root, "sem:accept")
+    assert tree["which"][1] == "second\n" and tree["made"][1] == "later\n"
+    ports = config_of(root, "sem:accept")["config"]["ExposedPorts"]
+    assert set(ports) == {"0/tcp", "80/tcp", "90/udp"}
+
+
+def test_run_empty_is_read_but_fails_when_built_naming_the_line(root):
+    spec = "FROM busybox:test AS unused\nRUN []\nFROM busybox:test\nRUN true\n"
+    build(root, spec)  # the stage with RUN [] is not needed: no error, as in BuildKit
+    with pytest.raises(InvalidInput) as info:
+        build(root, "FROM busybox:test\nRUN []\n")
+    assert "line 2" in str(info.value) and info.value.details["line"] == 2
+
+
+def test_trailing_workdir_creates_its_directory(root):
+    out = build(root, "FROM busybox:test\nUSER nobody\nWORKDIR /srv/app/data\n",
+                tag=["sem:workdir"])
+    tree = tree_of(root, "sem:workdir")
+    assert tree["srv/app/data"] == (0o755, None)
+    assert not out["history"][-1]["empty_layer"]
+    again = build(root, "FROM busybox:test\nWORKDIR /tmp\n", tag=["sem:workdir2"])
+    assert again["history"][-1]["empty_layer"]   # the directory exists: config only
+
+
+def test_a_failing_step_names_its_line(root):
+    with pytest.raises(StoreError) as info:
+        build(root, "FROM busybox:test\nLABEL a=b\nCOPY --from=busybox:test /nope /x\n")
+    assert str(info.value).startswith("spec line 3 (COPY): ")
+    assert info.value.details["line"] == 3
