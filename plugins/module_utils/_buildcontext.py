@@ -24,6 +24,7 @@ pivot in the source) below the destination, its parent directories copied too.
 """
 from __future__ import annotations
 
+import errno
 import fnmatch
 import hashlib
 import os
@@ -39,7 +40,7 @@ from ansible_collections.strata.layers.plugins.module_utils._dockerfile import (
 from ansible_collections.strata.layers.plugins.module_utils._errors import InvalidInput, NotFound
 from ansible_collections.strata.layers.plugins.module_utils._imageview import ImageView
 from ansible_collections.strata.layers.plugins.module_utils._safepath import (
-    NotBeneath, resolve_beneath)
+    Beneath, NotBeneath, resolve_beneath)
 from ansible_collections.strata.layers.plugins.module_utils._tarformat import (
     BLKTYPE, CHRTYPE, DIRTYPE, FIFOTYPE, LNKTYPE, REGTYPE, SYMTYPE, ChunkReader, HeaderParser,
     encode_header, end_of_archive, padding)
@@ -472,3 +473,83 @@ def _entries_tar(entries: List[Entry]) -> Iterator[bytes]:
     for entry in entries:
         yield from CopyPlan._emit(entry)
     yield end_of_archive()
+
+
+MAX_SPEC_BYTES = 8 << 20   # a Dockerfile or .dockerignore larger than this is refused
+
+
+def read_build_file(context: Optional[str], name: str, what: str,
+                    limit: int = MAX_SPEC_BYTES) -> Optional[str]:
+    """The text of a build input (the Dockerfile, ``.dockerignore``), None when it does
+    not exist.
+
+    A relative ``name`` is resolved inside ``context`` as every context path is (a
+    symlink to ``/etc/x`` means the context's ``etc/x``) and opened component by
+    component without following symlinks; an absolute ``name`` is opened as named, but
+    not through a final symlink.  Only a regular file is read, at most ``limit``
+    bytes, and it must be UTF-8.  Messages name the file, never quote its bytes.
+    """
+    try:
+        fd = _open_build_file(context, name)
+    except FileNotFoundError:
+        return None
+    except NotBeneath as exc:
+        raise InvalidInput("%s: %s %s inside the build context" % (
+            what, os.fsdecode(exc.blocker), exc.reason)) from exc
+    except OSError as exc:
+        raise InvalidInput("cannot open %s: %s" % (what, exc.strerror or exc)) from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InvalidInput("%s is not a regular file (a %s): give a file" % (
+                what, _kind(st.st_mode)))
+        data = _read_limited(fd, limit, what)
+    finally:
+        os.close(fd)
+    return _utf8(data, what)
+
+
+def _open_build_file(context: Optional[str], name: str) -> int:
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY
+    if os.path.isabs(name) or not context:
+        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
+    root = os.fsencode(os.path.realpath(context))
+    real = resolve_beneath(root, os.fsencode(name))
+    rel = os.path.relpath(real, root)
+    if rel == b".":
+        raise IsADirectoryError(errno.EISDIR, "is the context directory itself")
+    with Beneath(os.fsdecode(root)) as tree:
+        return tree.open_file(rel, flags)
+
+
+def _read_limited(fd: int, limit: int, what: str) -> bytes:
+    chunks: List[bytes] = []
+    total = 0
+    while True:
+        chunk = os.read(fd, min(1 << 20, limit + 1 - total))
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            raise InvalidInput("%s is larger than %d bytes: refused" % (what, limit))
+
+
+def _utf8(data: bytes, what: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise InvalidInput("%s is not UTF-8 text: byte 0x%02x at line %d, column %d (a "
+                           "Latin-1 file?); save it as UTF-8" % (
+                               what, data[exc.start], line, column), line=line) from None
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "directory"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISFIFO, "FIFO"),
+                       (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return name
+    return "special file"

@@ -35,7 +35,7 @@ from ansible_collections.strata.layers.plugins.module_utils import _containers a
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
     dumps, makedirs, remove_tree, write_file)
 from ansible_collections.strata.layers.plugins.module_utils._buildcontext import (
-    ContextReader, CopyPlan, ViewReader, workdir_layer)
+    ContextReader, CopyPlan, ViewReader, read_build_file, workdir_layer)
 from ansible_collections.strata.layers.plugins.module_utils._changes import chunk_reader
 from ansible_collections.strata.layers.plugins.module_utils._compression import DecodedStream
 from ansible_collections.strata.layers.plugins.module_utils._crash import crash_point
@@ -280,10 +280,7 @@ class Builder:
             if not self.context:
                 raise InvalidInput("COPY/ADD from the build context needs the context option")
             ignore_path = os.path.join(self.context, ".dockerignore")
-            text = ""
-            if os.path.isfile(ignore_path):
-                with open(ignore_path, encoding="utf-8", errors="surrogateescape") as handle:
-                    text = handle.read()
+            text = read_build_file(self.context, ".dockerignore", ignore_path) or ""
             self.reader = ContextReader(self.context, DockerIgnore(text, ignore_path))
         return self.reader
 
@@ -402,12 +399,12 @@ def _spec(params: Dict[str, Any], base_config: Any = None) -> Tuple[Spec, str]:
     context = params.get("context")
     if not context:
         raise InvalidInput("give context (with a Dockerfile in it), spec or instructions")
-    path = os.path.join(context, params.get("dockerfile") or "Dockerfile")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except OSError as exc:
-        raise NotFound("cannot read the Dockerfile %s: %s" % (path, exc.strerror)) from exc
+    relative = params.get("dockerfile") or "Dockerfile"
+    path = os.path.join(context, relative)
+    text = read_build_file(context, relative, "the Dockerfile %s" % path)
+    if text is None:
+        raise NotFound("cannot read the Dockerfile %s: no such file in the context (a "
+                       "symlink is resolved inside the context, as every context path)" % path)
     name = os.path.basename(path)
     return dockerfile.parse(text, build_args, target, name, base_config), name
 

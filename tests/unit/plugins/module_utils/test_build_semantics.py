@@ -156,3 +156,71 @@ def test_a_failing_step_names_its_line(root):
         build(root, "FROM busybox:test\nLABEL a=b\nCOPY --from=busybox:test /nope /x\n")
     assert str(info.value).startswith("spec line 3 (COPY): ")
     assert info.value.details["line"] == 3
+
+
+# ---------------------------------------------------------------------------------------
+# Build inputs: the Dockerfile and .dockerignore are read scoped, bounded, never echoed
+# ---------------------------------------------------------------------------------------
+
+SECRET = "TOP-SECRET-LINE-42"
+
+
+@pytest.fixture
+def host_secret(tmp_path):
+    path = tmp_path / "host-secret"
+    path.write_text(SECRET + "\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("target", ["host", "/dev/zero", "/etc/passwd"])
+def test_a_symlinked_dockerfile_is_resolved_inside_the_context(root, tmp_path, host_secret,
+                                                               target):
+    ctx = tmp_path / "ctx-link"
+    ctx.mkdir()
+    os.symlink(host_secret if target == "host" else target, ctx / "Dockerfile")
+    with pytest.raises(StoreError) as info:
+        image_build({"data_root": root, "context": str(ctx)})
+    assert SECRET not in str(info.value) and "root:" not in str(info.value)
+    assert "no such file in the context" in str(info.value)
+
+
+def test_a_symlinked_dockerfile_inside_the_context_is_followed(root, tmp_path):
+    ctx = tmp_path / "ctx-inner"
+    (ctx / "docker").mkdir(parents=True)
+    (ctx / "docker" / "real").write_text("FROM busybox:test\nLABEL via=link\n")
+    os.symlink("/docker/real", ctx / "Dockerfile")   # absolute: the context's /docker
+    out = image_build({"data_root": root, "context": str(ctx), "tag": ["sem:link"]})
+    assert config_of(root, "sem:link")["config"]["Labels"] == {"via": "link"} and out["changed"]
+
+
+def test_special_and_huge_dockerfiles_are_refused(root, tmp_path):
+    ctx = tmp_path / "ctx-special"
+    ctx.mkdir()
+    os.mkfifo(ctx / "Dockerfile")
+    with pytest.raises(InvalidInput, match="not a regular file \\(a FIFO\\)"):
+        image_build({"data_root": root, "context": str(ctx)})
+    with pytest.raises(InvalidInput, match="not a regular file"):
+        image_build({"data_root": root, "context": str(ctx), "dockerfile": "/dev/zero"})
+    big = ctx / "Big"
+    big.write_text("FROM busybox:test\n" + "# pad\n" * ((9 << 20) // 6))
+    with pytest.raises(InvalidInput, match="larger than"):
+        image_build({"data_root": root, "context": str(ctx), "dockerfile": "Big"})
+
+
+def test_a_latin1_dockerfile_is_a_clear_error(root, tmp_path):
+    ctx = tmp_path / "ctx-latin1"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_bytes("FROM busybox:test\nLABEL city=Göteborg\n".encode("latin-1"))
+    with pytest.raises(InvalidInput) as info:
+        image_build({"data_root": root, "context": str(ctx)})
+    assert "not UTF-8" in str(info.value) and "line 2, column 13" in str(info.value)
+    assert info.value.details["line"] == 2
+
+
+def test_a_symlinked_dockerignore_never_reaches_a_message(root, tmp_path, host_secret):
+    ctx = tmp_path / "ctx-ignore"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM busybox:test\nCOPY . /x/\n")
+    os.symlink(host_secret, ctx / ".dockerignore")
+    image_build({"data_root": root, "context": str(ctx), "tag": ["sem:ignore"]})
+    assert "x/Dockerfile" in tree_of(root, "sem:ignore")
