@@ -2261,14 +2261,21 @@ def _render_mapping(keyword: str, value: Mapping[str, Any]) -> str:
 class IgnorePattern:
     text: str          # cleaned, without the leading "!"
     exclusion: bool    # a "!" line: matching paths are kept after all
-    regex: Pattern[str]
+    regex: Any         # has .match(path): a compiled regex, or a _PathAutomaton
     line: int
 
 
-def _ignore_regex(pattern: str) -> str:
-    """Docker's (moby/patternmatcher) translation of a Go ``filepath.Match`` pattern
-    with ``**`` into a regular expression."""
-    out = ["\\A"]
+# Tokens of a translated pattern: a literal character, a character class, one
+# character but "/", any run without "/" ("*"), any text ("**" at the end) and any
+# run of whole directories ("**/", or "**" inside a pattern).
+_LIT, _CLASS, _ONE, _STAR, _ALL, _DIRS = "lit", "class", "one", "star", "all", "dirs"
+_TOKEN_REGEX = {_ONE: "[^/]", _STAR: "[^/]*", _ALL: ".*", _DIRS: "(?:.*/)?"}
+
+
+def _ignore_tokens(pattern: str) -> List[Tuple[str, str]]:
+    """Docker's (moby/patternmatcher) reading of a Go ``filepath.Match`` pattern with
+    ``**``, as tokens."""
+    out: List[Tuple[str, str]] = []
     pos = 0
     while pos < len(pattern):
         char = pattern[pos]
@@ -2276,21 +2283,159 @@ def _ignore_regex(pattern: str) -> str:
         if char == "*" and pattern.startswith("*", pos):
             pos += 1
             pos += 1 if pattern.startswith("/", pos) else 0
-            out.append(".*" if pos == len(pattern) else "(?:.*/)?")
+            token = (_ALL if pos == len(pattern) else _DIRS, "")
+            # "**/**/" is "**/": repeating it changes nothing but the matching cost
+            if not (out and out[-1] == (_DIRS, "") and token[0] == _DIRS):
+                out.append(token)
         elif char == "*":
-            out.append("[^/]*")
+            out.append((_STAR, ""))
         elif char == "?":
-            out.append("[^/]")
+            out.append((_ONE, ""))
         elif char == "[":
             text, pos = _ignore_class(pattern, pos)
-            out.append(text)
+            out.append((_CLASS, text))
         elif char == "\\" and pos < len(pattern):
-            out.append(re.escape(pattern[pos]))
+            out.append((_LIT, pattern[pos]))
             pos += 1
         else:
-            out.append(re.escape(char))
-    out.append("\\Z")
-    return "".join(out)
+            out.append((_LIT, char))
+    return out
+
+
+def _ignore_regex(pattern: str) -> str:
+    """The regular expression Docker matches ``pattern`` with."""
+    return "\\A%s\\Z" % "".join(_token_regex(token) for token in _ignore_tokens(pattern))
+
+
+def _token_regex(token: Tuple[str, str]) -> str:
+    kind, text = token
+    if kind == _LIT:
+        return re.escape(text)
+    return text if kind == _CLASS else _TOKEN_REGEX[kind]
+
+
+def _ignore_matcher(pattern: str) -> Any:
+    """A matcher whose time is linear in the path.  Python's regex engine backtracks, so
+    it runs only patterns where backtracking stays linear: no ``**`` but at the very
+    end, at most one ``*`` between slashes; a leading ``**/`` before such a rest is
+    the rest matched against the path's last components.  Anything else
+    (``**/a/**/b``, ``*a*a*a*``) runs as an automaton, one step per character."""
+    tokens = _ignore_tokens(pattern)
+    if _backtracks_linearly(tokens):
+        return re.compile("\\A%s\\Z" % "".join(_token_regex(token) for token in tokens))
+    if tokens[0] == (_DIRS, "") and _backtracks_linearly(tokens[1:]) and not any(
+            kind == _ALL or kind == _CLASS and text.startswith("[^") for kind, text in tokens):
+        return _SuffixMatcher(tokens[1:])
+    return _PathAutomaton(tokens)
+
+
+def _backtracks_linearly(tokens: Sequence[Tuple[str, str]]) -> bool:
+    stars = 0
+    for index, (kind, text) in enumerate(tokens):
+        if kind == _DIRS or kind == _ALL and index != len(tokens) - 1:
+            return False
+        if kind == _STAR:
+            stars += 1
+            if stars > 1:
+                return False
+        elif kind == _LIT and text == "/":
+            stars = 0
+    return True
+
+
+class _SuffixMatcher:
+    """``**/rest`` where ``rest`` spans a fixed number of path components (no ``**``,
+    no class that could match "/"): only the path's last components can match it."""
+
+    def __init__(self, tokens: Sequence[Tuple[str, str]]) -> None:
+        self.slashes = sum(1 for token in tokens if token == (_LIT, "/"))
+        # no \\A: match() anchors at the position it is given, \\A at the string's start
+        self.regex = re.compile("%s\\Z" % "".join(_token_regex(token) for token in tokens))
+
+    def match(self, path: str) -> bool:
+        start = len(path)
+        for _count in range(self.slashes + 1):
+            start = path.rfind("/", 0, start)
+            if start < 0:
+                break
+        return bool(self.regex.match(path, start + 1 if start >= 0 else 0))
+
+
+class _PathAutomaton:
+    """A pattern's tokens run as a lazily built DFA: one step per character of the path,
+    whatever the pattern.  NFA state ``i`` waits for token ``i``; ``-1 - i`` is inside
+    the ``.*`` of a ``(?:.*/)?`` token; ``len(tokens)`` accepts."""
+
+    MAX_STATES = 4096   # past this, new DFA states are computed each time, not kept
+
+    def __init__(self, tokens: List[Tuple[str, str]]) -> None:
+        self.tokens = tokens
+        self.classes = {i: re.compile(text) for i, (kind, text) in enumerate(tokens)
+                        if kind == _CLASS}
+        self.sets: List[FrozenSet[int]] = []
+        self.ids: Dict[FrozenSet[int], int] = {}
+        self.moves: List[Dict[str, int]] = []
+        self.dead = self._id(frozenset())
+        self.start = self._id(self._closure([0]))
+
+    def match(self, path: str) -> bool:
+        state = self.start
+        moves = self.moves
+        for char in path:
+            nxt = moves[state].get(char)
+            if nxt is None:
+                nxt = self._id(self._step(self.sets[state], char))
+                if len(self.sets) <= self.MAX_STATES:
+                    moves[state][char] = nxt
+            if nxt == self.dead:
+                return False
+            state = nxt
+        return len(self.tokens) in self.sets[state]
+
+    def _id(self, states: FrozenSet[int]) -> int:
+        found = self.ids.get(states)
+        if found is None:
+            found = len(self.sets)
+            self.sets.append(states)
+            self.moves.append({})
+            if len(self.sets) <= self.MAX_STATES:
+                self.ids[states] = found
+        return found
+
+    def _closure(self, states: Sequence[int]) -> FrozenSet[int]:
+        found: Set[int] = set()
+        todo = list(states)
+        while todo:
+            state = todo.pop()
+            if state in found:
+                continue
+            found.add(state)
+            if 0 <= state < len(self.tokens):
+                kind = self.tokens[state][0]
+                if kind in (_STAR, _ALL, _DIRS):
+                    todo.append(state + 1)     # zero characters
+                if kind == _DIRS:
+                    todo.append(-1 - state)    # or some directories
+        return frozenset(found)
+
+    def _step(self, states: FrozenSet[int], char: str) -> FrozenSet[int]:
+        nxt: List[int] = []
+        for state in states:
+            if state < 0:
+                if char != "\n":              # "." as Go's regexp reads it
+                    nxt.append(state)          # still inside "(?:.*"
+                if char == "/":
+                    nxt.append(-state)         # "/)?" done: the next token
+                continue
+            if state == len(self.tokens):
+                continue
+            kind, text = self.tokens[state]
+            if kind == _LIT and char == text or kind == _ONE and char != "/" or \
+                    kind == _CLASS and self.classes[state].match(char):
+                nxt.append(state + 1)
+            elif kind == _STAR and char != "/" or kind == _ALL and char != "\n":
+                nxt.append(state)
+        return self._closure(nxt)
 
 
 def _ignore_class(pattern: str, pos: int) -> Tuple[str, int]:
@@ -2338,7 +2483,7 @@ def _ignore_pattern(raw: str, number: int, source: str) -> Optional[IgnorePatter
     text = _clean(text)
     text = text[1:] if len(text) > 1 and text.startswith("/") else text
     try:
-        regex = re.compile(_ignore_regex(text))
+        regex = _ignore_matcher(text)
     except re.error as exc:
         raise InvalidInput("%s line %d: bad pattern %r: %s" % (source, number, raw.strip(), exc),
                            line=number) from exc

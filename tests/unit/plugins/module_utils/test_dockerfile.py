@@ -927,3 +927,38 @@ def test_a_reused_matcher_answers_like_a_fresh_one(paths, patterns):
     shared = DockerIgnore(text)
     assert [shared.matches(path) for path in paths] == \
         [DockerIgnore(text).matches(path) for path in paths]
+
+
+PATTERN_PIECES = st.sampled_from(["*", "**", "**/", "?", "a", "b", "/", "[ab]", "[^a]", "\\*",
+                                  "."])
+PATH_CHARS = st.text(st.sampled_from("ab/.*x\n"), max_size=14)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(PATTERN_PIECES, min_size=1, max_size=8).map("".join), PATH_CHARS)
+def test_the_linear_matcher_agrees_with_dockers_regex(pattern, path):
+    # the automaton must answer exactly as the regular expression Docker builds
+    import re as regex_module
+    from ansible_collections.strata.layers.plugins.module_utils import _dockerfile as module
+    try:
+        expected = bool(regex_module.match(module._ignore_regex(pattern), path))
+    except regex_module.error:
+        return
+    tokens = module._ignore_tokens(pattern)
+    assert module._PathAutomaton(tokens).match(path) == expected
+    assert bool(module._ignore_matcher(pattern).match(path)) == expected
+
+
+def test_repeated_double_stars_match_in_linear_steps():
+    # 60 "**/" and a 28-deep path: backtracking would never end; the automaton takes
+    # one step per character (issue 18's hostile .dockerignore line)
+    from ansible_collections.strata.layers.plugins.module_utils import _dockerfile as module
+    ignore = DockerIgnore("**/" * 60 + "x/**/y/**/z/**/never\n" + "a*a*a*a*a*a*a*a*b\n")
+    deep = "/".join(["x", "y", "z"] * 9 + ["file"])
+    assert not ignore.matches(deep)
+    assert not ignore.matches("a" * 4000)
+    automata = [p.regex for p in ignore.patterns if isinstance(p.regex, module._PathAutomaton)]
+    assert len(automata) == 2
+    # a DFA state per distinct set of pattern positions, never one per way to match
+    assert all(len(automaton.sets) <= 200 for automaton in automata)
+    assert DockerIgnore("**/" * 60 + "x/**/file\n").matches(deep)
