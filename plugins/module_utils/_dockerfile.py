@@ -59,7 +59,6 @@ applies an instruction's configuration change to an image config.
 """
 from __future__ import annotations
 
-import copy
 import difflib
 import ipaddress
 import json
@@ -1934,9 +1933,11 @@ def apply_config(image: Mapping[str, Any], instruction: Instruction) -> Dict[str
     """A copy of the image config JSON (``{"config": {...}, "author": ...}``) with the
     configuration change of ``instruction`` applied; RUN, COPY, ADD and ARG change
     nothing here."""
-    result = copy.deepcopy(dict(image))
-    if not isinstance(result.get("config"), dict):
-        result["config"] = {}
+    # copy-on-write: every change below puts new objects in place of the ones it
+    # changes, so shallow copies keep the input intact without copying the history
+    # (a deep copy per step made a long build quadratic)
+    result = dict(image)
+    result["config"] = dict(result["config"]) if isinstance(result.get("config"), dict) else {}
     change = _CONFIG_CHANGES.get(type(instruction.args))
     if change is not None:
         change(result, instruction.args)

@@ -224,3 +224,26 @@ def test_a_symlinked_dockerignore_never_reaches_a_message(root, tmp_path, host_s
     os.symlink(host_secret, ctx / ".dockerignore")
     image_build({"data_root": root, "context": str(ctx), "tag": ["sem:ignore"]})
     assert "x/Dockerfile" in tree_of(root, "sem:ignore")
+
+
+# ---------------------------------------------------------------------------------------
+# Cost linear in the steps
+# ---------------------------------------------------------------------------------------
+
+def test_config_only_steps_store_one_image_not_one_each(tmp_path):
+    # 600 LABEL lines used to store 600 images, each with the whole history so far
+    # (quadratic: 1,200 lines wrote 89 MiB); now one image at the stage's end
+    root = str(tmp_path / "store")
+    storage_driver({"data_root": root, "driver": "vfs"})
+    spec = "FROM scratch\n" + "".join("LABEL l%d=value-%d\n" % (i, i) for i in range(600))
+    first = build(root, spec)
+    store = Store(root)
+    assert len(store.images.ids()) == 1
+    written = sum(os.path.getsize(os.path.join(base, name))
+                  for base, _dirs, names in os.walk(root) for name in names)
+    assert written < 600 * 600 * 4    # far below one history per step (~600 x 60 KiB)
+    again = build(root, spec)
+    assert not again["changed"] and again["image_id"] == first["image_id"]
+    assert all(row["cached"] for row in again["history"])
+    changed = build(root, spec.replace("value-599", "other"))
+    assert changed["changed"] and changed["image_id"] != first["image_id"]
