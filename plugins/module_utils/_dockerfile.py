@@ -18,32 +18,41 @@ differ, the classic builder's ``docker history`` strings):
   a quoted delimiter turns off expansion, several on one line, ``<< EOF`` with a space
   when the delimiter is a plain word);
 - variable substitution (``$V``, ``${V}``, ``${V:-x}``, ``${V-x}``, ``${V:+x}``,
-  ``${V+x}``, ``${V:?msg}``, ``${V?msg}``, ``\\$``), applied where Docker applies it:
-  FROM, COPY/ADD (sources, destination, ``--from``, ``--chown``, ``--chmod``), ENV,
+  ``${V+x}``, ``${V:?msg}``, ``${V?msg}``, ``${V#p}``, ``${V##p}``, ``${V%p}``,
+  ``${V%%p}``, ``${V/p/x}``, ``${V//p/x}``, ``\\$``), applied where BuildKit applies it:
+  FROM, COPY/ADD (sources, destination, ``--chown``, ``--chmod``; never ``--from``), ENV,
   ARG, WORKDIR, USER, EXPOSE, LABEL, VOLUME, STOPSIGNAL.  RUN, CMD, ENTRYPOINT, SHELL,
   HEALTHCHECK, ONBUILD and MAINTAINER keep their text (the shell expands at run time).
   The variables are the stage's ENV (from its base image, given by ``base_config``, or
-  its base stage) and the ARGs it declared, in order; ENV wins over an ARG of the same
-  name; a build arg overrides an ARG default; an ARG with neither default nor build arg
-  is unset (``$V`` is empty, ``${V-x}`` gives ``x``); ARGs before the first FROM are
-  seen by FROM lines only, or by a stage that declares them again without a default.
+  its base stage, whose ARG values it inherits too) and the ARGs it declared, in order;
+  as in BuildKit, the later of an ENV and an ARG of one name wins (only ENV reaches the
+  config); a build arg overrides an ARG default; an ARG with neither default nor build
+  arg is unset (``$V`` is empty, ``${V-x}`` gives ``x``); every stage starts with a PATH
+  (the default one when its base has none); ARGs before the first FROM are seen by FROM
+  lines only, or by a stage that declares them again without a default.
   ``TARGETPLATFORM``, ``TARGETOS``, ``TARGETARCH``, ``TARGETVARIANT`` and their
   ``BUILD*`` twins are predefined before the first FROM, as BuildKit does;
 - JSON (exec) form and shell form; text that is not a JSON array of strings is shell
   form, an array holding anything but strings is an error;
 - multi-stage builds: ``FROM [--platform=P] image [AS name]``, ``FROM scratch``,
-  stages named by name (case-insensitive) or index, ``COPY --from=stage|index|image``,
-  and the target (the last stage unless named).
+  stages named by name (case-insensitive; a name used twice means the later stage) or
+  index, ``COPY --from=stage|index|image`` (any stage but itself, earlier or later: the
+  builder takes stages in dependency order, a cycle is refused), and the target (the
+  last stage unless named).
 
 Decisions where Docker leaves a choice:
 
 - ``MAINTAINER`` is accepted and sets the image's ``author``;
-- ``ONBUILD`` is accepted: its trigger is checked and stored in the config, never run;
+- ``ONBUILD`` is accepted: its trigger (heredocs included, stored as BuildKit stores
+  them) is checked and stored in the config, never run;
+- read as BuildKit reads them although it lints them: ``EXPOSE 0`` and the
+  ``host:port``/``ip:host:port`` forms (the container port is exposed), an empty
+  ``--chmod`` after substitution (no chmod), ``RUN []`` (refused only when built);
 - ``HEALTHCHECK`` is accepted with its options and stored in the config;
 - ``ADD`` takes local sources only: a URL or git source is refused ("ADD of URLs is not
   supported"), and so are ``--checksum`` and ``--keep-git-dir``;
 - ``RUN`` takes no flags but ``--network=none`` (build steps never have a network);
-  ``COPY --parents``/``--exclude`` and other BuildKit-only flags are refused by name;
+  other flags are refused by name (``COPY --parents`` and ``--exclude`` are read);
 - ``<< WORD`` (a space after ``<<``) opens a heredoc only when WORD is a plain word, so
   that shell arithmetic such as ``$((1 << 2))`` stays a command.
 
@@ -2204,10 +2213,13 @@ def _render_from(keyword: str, value: Mapping[str, Any]) -> str:
 
 
 def _render_transfer(keyword: str, value: Mapping[str, Any]) -> str:
-    names = ["src", "content", "dest", "chown", "chmod", "link"]
-    names += ["from"] if keyword == "COPY" else []
+    names = ["src", "content", "dest", "chown", "chmod", "link", "exclude"]
+    names += ["from", "parents"] if keyword == "COPY" else []
     _check_keys(keyword, value, names)
-    flags = _flags_text(value, ("from", "chown", "chmod", "link"))
+    flags = _flags_text(value, ("from", "chown", "chmod", "link", "parents"))
+    excludes = value.get("exclude") or []
+    for pattern in [excludes] if isinstance(excludes, str) else excludes:
+        flags += "--exclude=%s " % _plain(pattern, "exclude")
     if not isinstance(value.get("dest"), str) or not value["dest"]:
         raise _Bad("%s needs dest" % keyword)
     if ("src" in value) == ("content" in value):

@@ -729,6 +729,11 @@ EQUIVALENT = [
      '["a b", "c", "/d/"]\nCOPY --from=0 x /x\nCOPY . /app\nCOPY ["f", "/g"]\nADD r.tar /'),
     ([{"FROM": "scratch"}, {"COPY": {"content": "x=$X\n", "dest": "/etc/x"}}],
      "FROM scratch\nCOPY <<'EOF' /etc/x\nx=$X\nEOF"),
+    ([{"FROM": "scratch"}, {"COPY": {"src": "app/*.c", "dest": "/p/", "parents": True,
+                                     "exclude": ["*.md", "t*"], "chmod": "u+x,go-w"}},
+      {"ADD": {"src": "a", "dest": "/a", "exclude": "b"}}],
+     "FROM scratch\nCOPY --chmod=u+x,go-w --parents --exclude=*.md --exclude=t* "
+     '["app/*.c", "/p/"]\nADD --exclude=b ["a", "/a"]'),
     ([{"FROM": "scratch"}, {"ENV": {"PATH": "/x:$PATH", "Q": 'say "hi" \\o/', "N": 5}},
       {"ENV": "A=1 B=2"}, {"LABEL": {"org.label": "a b", "flag": True}}],
      'FROM scratch\nENV PATH=/x:$PATH Q="say \\"hi\\" \\\\o/" N=5\nENV A=1 B=2\n'
@@ -772,7 +777,7 @@ SCHEMA_INVALID = [
     [{"RUN": 5}], [{"RUN": []}], [{"SHELL": "/bin/sh -c"}], [{"CMD": "a\nb"}],
     [{"COPY": {"src": "a"}}], [{"COPY": {"src": "a", "content": "b", "dest": "/c"}}],
     [{"COPY": {"dest": "/c"}}], [{"ADD": {"src": "a", "dest": "/b", "from": "x"}}],
-    [{"COPY": {"src": "a", "dest": "/b", "chmod": "u+x"}}], [{"COPY": ["only-one"]}],
+    [{"COPY": {"src": "a", "dest": "/b", "chmod": "u+q"}}], [{"COPY": ["only-one"]}],
     [{"ENV": {"A B": "x"}}], [{"ENV": {"A": "x\ny"}}], [{"ENV": {"A": None}}],
     [{"EXPOSE": 70000}], [{"EXPOSE": []}], [{"HEALTHCHECK": {"interval": "30s"}}],
     [{"HEALTHCHECK": {"cmd": "x", "interval": "5"}}], [{"HEALTHCHECK": {"cmd": "x", "retries": -1}}],
