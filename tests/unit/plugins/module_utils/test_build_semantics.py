@@ -89,6 +89,7 @@ def test_copy_parents_exclude_and_symbolic_chmod(root, context):
             "COPY --parents app/src/*.c lib/./x/y.c /p/\n"
             "COPY --exclude=*.md --exclude=src app /e/\n"
             "COPY --exclude=*.txt hom* /h/\n"
+            "ADD --exclude=**/*.c --exclude=README.md app /a/\n"
             "COPY --chmod=u+x,go-r run.sh /bin/run\n"
             "ARG NOMODE\nCOPY --chmod=$NOMODE run.sh /bin/plain\n")
     build(root, spec, context=context, tag=["sem:copy"])
@@ -97,6 +98,7 @@ def test_copy_parents_exclude_and_symbolic_chmod(root, context):
     assert "p/x/y.c" in tree and "p/lib" not in tree and "p/app/README.md" not in tree
     assert set(k for k in tree if k.startswith("e/")) == {"e/notes.txt"}
     assert set(k for k in tree if k.startswith("h/")) == {"h/homer.c"}
+    assert set(k for k in tree if k.startswith("a/")) == {"a/notes.txt", "a/src"}
     assert tree["bin/run"][0] == 0o700 and tree["bin/plain"][0] == 0o644
 
 
@@ -247,3 +249,24 @@ def test_config_only_steps_store_one_image_not_one_each(tmp_path):
     assert all(row["cached"] for row in again["history"])
     changed = build(root, spec.replace("value-599", "other"))
     assert changed["changed"] and changed["image_id"] != first["image_id"]
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("FROM busybox:test AS one\nFROM busybox:test\nARG S=one\nCOPY --from=$S /x /x\n",
+     "variables are not expanded in --from"),
+    ("FROM --platform=$UNDEFINED busybox:test\nRUN true\n", "empty after substitution"),
+])
+def test_refused_as_buildkit_refuses(root, spec, message):
+    with pytest.raises(InvalidInput, match=message):
+        build(root, spec)
+
+
+def test_a_stage_too_deep_is_refused_before_building_naming_the_line(root):
+    # busybox has one layer; overlay2 stacks 125: the 125th RUN would make layer 126
+    before = len(Store(root).images.ids())
+    spec = "FROM busybox:test\n" + "RUN echo step\n" * 130
+    with pytest.raises(StoreError) as info:
+        build(root, spec)
+    assert str(info.value).startswith("spec line 126 (RUN): ") and "at most 125" in str(info.value)
+    assert info.value.details["line"] == 126
+    assert len(Store(root).images.ids()) == before    # nothing was built first
