@@ -147,6 +147,10 @@ class ViewReader:
         return self.name
 
 
+def _relative(path: bytes, base: bytes) -> bytes:
+    return path[len(base) + 1:] if base else path
+
+
 def _below(directory: bytes, name: bytes) -> bytes:
     """``name`` inside ``directory`` (``b""``: the image root)."""
     return directory + b"/" + name if directory else name
@@ -216,7 +220,7 @@ class CopyPlan:
             pivot = _clean_source(pattern.split("/./", 1)[0], self.reader.where()) \
                 if step.parents and "/./" in pattern else b""  # type: ignore[attr-defined]
             matches += [(rel, pivot) for rel in expand(self.reader, pattern)
-                        if not self._excluded_file(rel)]
+                        if not self._excluded_file(rel, pivot)]
         inline = step.heredoc_files
         count = len(matches) + len(inline)
         dest = step.dest_path
@@ -260,20 +264,23 @@ class CopyPlan:
             return
         self._add(self._entry(rel, st, target))
 
-    def _excluded_file(self, rel: bytes) -> bool:
-        """A source file whose name an ``--exclude`` pattern matches (directories are
-        filtered below, path by path)."""
+    def _excluded_file(self, rel: bytes, pivot: bytes) -> bool:
+        """A source file an ``--exclude`` pattern matches: by its name, or with
+        ``--parents`` by its path from the pivot (directories are filtered below, path
+        by path)."""
         if self.exclude is None:
             return False
         st = self.reader.lstat(rel)  # type: ignore[attr-defined]
         if st is not None and stat.S_ISDIR(st.st_mode):
             return False
+        if self.step.parents:
+            return self.exclude.matches(os.fsdecode(_relative(rel, pivot)))
         return self.exclude.matches(os.fsdecode(rel.rsplit(b"/", 1)[-1]))
 
     def _with_parents(self, rel: bytes, pivot: bytes, dest_rel: bytes) -> None:
         """COPY --parents: ``rel`` below the destination under its path from the pivot,
         with the directories on that path copied from the source."""
-        below = rel[len(pivot) + 1:] if pivot else rel
+        below = _relative(rel, pivot)
         parts = below.split(b"/")
         for depth in range(1, len(parts)):
             source = b"/".join(([pivot] if pivot else []) + parts[:depth])
@@ -287,14 +294,17 @@ class CopyPlan:
             raise NotFound("COPY/ADD source %s vanished" % rel.decode("utf-8", "replace"))
         if stat.S_ISDIR(st.st_mode):
             self._add(self._entry(rel, st, target))
-            self._tree(rel, target)
+            self._tree(rel, target, base=pivot)
         else:
             self._add(self._entry(rel, st, target))
 
     def _mode(self, mode: int, is_dir: bool) -> int:
         return chmod_mode(self.chmod, mode, is_dir) if self.chmod else stat.S_IMODE(mode)
 
-    def _tree(self, rel: bytes, dest_rel: bytes) -> None:
+    def _tree(self, rel: bytes, dest_rel: bytes, base: Optional[bytes] = None) -> None:
+        """The contents of directory ``rel`` below ``dest_rel``; ``--exclude`` patterns
+        match paths from ``base`` (default: ``rel`` itself)."""
+        base = rel if base is None else base
         stack = [(rel, dest_rel)]
         while stack:
             src, dst = stack.pop()
@@ -303,7 +313,7 @@ class CopyPlan:
                 if not self.reader.visible(child):  # type: ignore[attr-defined]
                     continue
                 if self.exclude is not None and self.exclude.matches(
-                        os.fsdecode(child[len(rel) + 1:] if rel else child)):
+                        os.fsdecode(_relative(child, base))):
                     continue
                 st = self.reader.lstat(child)  # type: ignore[attr-defined]
                 target = dst + b"/" + name if dst else name

@@ -172,10 +172,10 @@ class Builder:
         if stage.base_stage is not None:
             return self.results[stage.base_stage]
         if stage.base == "scratch":
-            return _with_path(Current(scratch_config(), None, []))
+            return Current(_with_path(scratch_config()), None, [])
         image = self._image(stage.base, "FROM %s (line %d)" % (stage.base, stage.line))
-        return _with_path(Current(json.loads(image.config.raw), image.id,
-                                  [ChainID(c) for c in image.chain]))
+        return Current(_with_path(json.loads(image.config.raw)), image.id,
+                       [ChainID(c) for c in image.chain])
 
     def _image(self, ref: str, what: str) -> ImageRecord:
         try:
@@ -269,7 +269,7 @@ class Builder:
     def _would_run(step: Instruction, current: Current, created_by: str
                    ) -> Tuple[Current, StepResult]:
         """Check mode: this step would run, so nothing after it can be known."""
-        return (Current(current.config, None, current.chain, pending=True),
+        return (Current(current.config, None, current.chain, pending=True, ident=current.ident),
                 StepResult(created_by, not step.makes_layer, False))
 
     def _reads_pending_stage(self, step: Instruction) -> bool:
@@ -419,18 +419,15 @@ class Builder:
             remove_tree(target)
 
 
-def _with_path(current: Current) -> Current:
+def _with_path(image: Dict[str, Any]) -> Dict[str, Any]:
     """BuildKit gives every stage a PATH: the default one goes into the config of a base
     without one (FROM scratch included), so the image keeps it."""
-    config = current.config.setdefault("config", {}) if isinstance(
-        current.config.get("config"), dict) or current.config.get("config") is None else None
-    if config is None:
-        return current
-    env = list(config.get("Env") or [])
-    if any(str(item).partition("=")[0] == "PATH" for item in env):
-        return current
-    config["Env"] = env + ["PATH=" + dockerfile.DEFAULT_PATH]
-    return current
+    if not isinstance(image.get("config"), dict):
+        image["config"] = {}
+    env = list(image["config"].get("Env") or [])
+    if not any(str(item).partition("=")[0] == "PATH" for item in env):
+        image["config"]["Env"] = env + ["PATH=" + dockerfile.DEFAULT_PATH]
+    return image
 
 
 def describe(result: BuildResult) -> List[Dict[str, Any]]:

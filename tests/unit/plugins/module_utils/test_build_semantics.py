@@ -87,6 +87,7 @@ def test_variable_trimming_and_replacement(root):
 def test_copy_parents_exclude_and_symbolic_chmod(root, context):
     spec = ("FROM busybox:test\n"
             "COPY --parents app/src/*.c lib/./x/y.c /p/\n"
+            "COPY --parents --exclude=app/src/util.c --exclude=**/*.md app /q/\n"
             "COPY --exclude=*.md --exclude=src app /e/\n"
             "COPY --exclude=*.txt hom* /h/\n"
             "ADD --exclude=**/*.c --exclude=README.md app /a/\n"
@@ -96,6 +97,8 @@ def test_copy_parents_exclude_and_symbolic_chmod(root, context):
     tree = tree_of(root, "sem:copy")
     assert tree["p/app/src/main.c"][1] == "int main;" and "p/app/src/util.c" in tree
     assert "p/x/y.c" in tree and "p/lib" not in tree and "p/app/README.md" not in tree
+    assert set(k for k in tree if k.startswith("q/")) == {
+        "q/app", "q/app/src", "q/app/src/main.c", "q/app/notes.txt"}
     assert set(k for k in tree if k.startswith("e/")) == {"e/notes.txt"}
     assert set(k for k in tree if k.startswith("h/")) == {"h/homer.c"}
     assert set(k for k in tree if k.startswith("a/")) == {"a/notes.txt", "a/src"}
