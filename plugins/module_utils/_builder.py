@@ -2,18 +2,21 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """``image_build``: images from Dockerfile-like specs, with a build cache.
 
-Each step of each needed stage makes an image: RUN, COPY and ADD a layer on the
-previous image's layers, every other instruction a config change with an
-``empty_layer`` history entry (as Docker's classic builder).  Every intermediate image
-is stored (untagged, with its parent) so ``docker history`` has ids to show and the
-build cache has something to hit.
+Each needed stage is built in dependency order.  RUN, COPY and ADD make a layer on the
+previous image's layers (WORKDIR too when its directory is missing, as BuildKit); every
+other instruction is a config change with an ``empty_layer`` history entry (as Docker's
+classic builder).  Layer steps store their image (untagged, with its parent) so the
+build cache has something to hit; a run of config-only steps is applied in memory and
+stored once, before the next layer step or at the stage's end, which keeps a build's
+cost linear in its steps.
 
-The cache: a step is reused when a record ``cache/build/<key>`` names an image that is
-still in the store, the key hashing the parent image id, the instruction after
-substitution (its history line, build args included) and, for COPY/ADD, the content,
-modes and ownership of what it copies.  Changing one context file therefore rebuilds
-from the first step that reads it.  ``no_cache`` ignores the records (and rewrites
-them).
+The cache: a step (or a run of config-only steps) is reused when a record
+``cache/build/<key>`` names an image that is still in the store, the key hashing the key
+or image id before it, the instruction after substitution (its history line, build
+args included) and, for COPY/ADD, the content, modes and ownership of what it copies.
+Changing one context file therefore rebuilds from the first step that reads it.
+``no_cache`` ignores the records (and rewrites them).  A step's error is prefixed with
+its line.
 
 A RUN step: a build container (a container record of kind ``build``) on the previous
 image, mounted under ``tmp/``, the command run by ``_sandbox``, the container's changes
