@@ -304,7 +304,8 @@ class Builder:
 
     # ------------------------------------------------------------------ cache
     def _key(self, current: Current, step: Instruction, created_by: str) -> str:
-        material = json.dumps([CACHE_VERSION, current.ident, step.keyword, created_by,
+        material = json.dumps([
+            CACHE_VERSION, current.ident, step.keyword, created_by,
             step.state.run_env() if isinstance(step.args, Run) else None,
             step.state.workdir, step.state.user], sort_keys=True)
         return hashlib.sha256(material.encode("utf-8")).hexdigest()
