@@ -236,3 +236,28 @@ def _layer_names(store, chain):
                                     store.driver.layer_files(chain)))
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         return sorted(m.name + ("/" if m.isdir() else "") for m in tar.getmembers())
+
+
+def test_a_driver_switch_carries_the_init_layer(store):
+    from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
+    ran = run(store, user="0", command=["sh", "-c", "echo kept > /tmp/kept"])
+    assert ran["rc"] == 0
+    moved = storage_driver({"data_root": store.root, "driver": "vfs", "migrate": True})
+    assert moved["driver"] == "vfs" and moved["migrated"]["containers"] == 1
+    st = Store(store.root)
+    assert st.driver.has_init(ran["id"])
+    assert change_names(st, ran["id"]) == ["tmp", "tmp/kept"]
+    again = container({"data_root": store.root, "name": "c1", "detach": False})
+    assert again["rc"] == 0 and again["size"] == len("kept\n")
+    assert change_names(st, ran["id"]) == ["tmp", "tmp/kept"]
+
+
+def test_a_container_without_an_init_layer_still_runs(store):
+    from ansible_collections.strata.layers.plugins.module_utils._containers import container_layer
+    made = container_layer({"data_root": store.root, "name": "old", "image": "plain:1"})
+    assert not store.driver.has_init(made["id"])
+    result = container({"data_root": store.root, "name": "old", "detach": False,
+                        "command": ["sh", "-c", "echo ran"]})
+    assert result["rc"] == 0 and result["stdout"] == "ran\n"
+    # as before init layers: the runtime's mount points land in its writable layer
+    assert "etc/hostname" in change_names(store, made["id"])
