@@ -64,6 +64,12 @@ options:
         (their last 256 KiB each); the store lock is not held while it runs.
     type: bool
     default: true
+  auto_remove:
+    description:
+      - With O(detach=false), remove the container once its process has exited, as
+        C(docker run --rm) (its result is still returned).
+    type: bool
+    default: false
   interactive:
     description:
       - Keep the process's standard input open (a FIFO in the bundle), as
@@ -230,6 +236,7 @@ def main() -> None:
             image=dict(type="str"),
             state=dict(type="str", default="started", choices=["started", "stopped", "absent"]),
             detach=dict(type="bool", default=True),
+            auto_remove=dict(type="bool", default=False),
             interactive=dict(type="bool", default=False),
             command=dict(type="list", elements="str"),
             entrypoint=dict(type="list", elements="str"),

@@ -22,6 +22,7 @@ needs ``force``.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
@@ -32,7 +33,7 @@ from ansible_collections.strata.layers.plugins.module_utils import _containers a
 from ansible_collections.strata.layers.plugins.module_utils import _runtime as runtime
 from ansible_collections.strata.layers.plugins.module_utils import _runtime_spec as spec
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
-    makedirs, read_json, write_file, write_json)
+    makedirs, read_json, write_json)
 from ansible_collections.strata.layers.plugins.module_utils._containers import (
     ContainerDB, ContainerRecord)
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
@@ -89,6 +90,10 @@ def _validate(params: Dict[str, Any]) -> None:
                            "at most 128" % (name,))
     if (params.get("state") or "started") not in STATES:
         raise InvalidInput("state %r is not one of %s" % (params.get("state"), ", ".join(STATES)))
+    if params.get("auto_remove") and (params.get("detach") is not False or
+                                      (params.get("state") or "started") != "started"):
+        raise InvalidInput("auto_remove needs state: started and detach: false (the container "
+                           "is removed when its process exits, as docker run --rm)")
     timeout = params.get("stop_timeout")
     if timeout is not None and (not isinstance(timeout, int) or timeout < 0):
         raise InvalidInput("stop_timeout %r must be a whole number of seconds, 0 or more"
@@ -287,26 +292,45 @@ def _check_executable(rootfs: str, run: Dict[str, Any], user: ExecUser) -> None:
 
 def _write_bundle(record_dir: str, record: ContainerRecord, run: Dict[str, Any],
                   user: ExecUser) -> str:
+    """The bundle of this start.  Not durable on purpose (no fsync): every start writes
+    it again, and after a crash nothing reads it, so flushing it is start-up time lost."""
     bundle = os.path.join(record_dir, "bundle")
     makedirs(bundle, 0o700)
-    for name, data in spec.bundle_files(run).items():
-        write_file(os.path.join(bundle, name), data, 0o644)
-    write_json(os.path.join(bundle, "config.json"),
-               spec.runtime_spec(run, str(record.mount_point), bundle, user, record.id))
+    files = spec.bundle_files(run)
+    files["config.json"] = json.dumps(
+        spec.runtime_spec(run, str(record.mount_point), bundle, user, record.id),
+        indent=1).encode()
+    for name, data in files.items():
+        _write_plain(os.path.join(bundle, name), data)
     return bundle
 
 
+def _write_plain(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
 def _finish_foreground(store: Store, params: Dict[str, Any], run: Foreground) -> Dict[str, Any]:
+    """Run without the lock; record the exit (or, ``auto_remove``, remove) with it."""
     record_dir = ContainerDB(store.root).path(run.record.id)
     rc, out, err = -1, "", ""
+    remove = bool(params.get("auto_remove"))
     try:
         rc, out, err = run.rt.run_foreground(run.record.id, run.bundle,
                                              os.path.join(record_dir, "stdout"),
                                              os.path.join(record_dir, "stderr"))
     finally:
-        with store.write("container %s (exited)" % run.record.name):
-            _record_exit(store, run.record, rc, run.mounted_here)
-    result = _result(store, ContainerDB(store.root).get(run.record.id), "run")
+        with store.write("container %s (%s)" % (run.record.name,
+                                                 "removed" if remove else "exited")):
+            _record_exit(store, run.record, rc, run.mounted_here and not remove)
+            result = _result(store, run.record, "run")
+            if remove:
+                _remove(store, params, run.record)
+                result.update(status="removed", mounted=False, mount_point=None)
     result.update(rc=rc, stdout=out, stderr=err)
     return result
 

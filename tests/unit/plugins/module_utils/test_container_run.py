@@ -261,3 +261,12 @@ def test_a_container_without_an_init_layer_still_runs(store):
     assert result["rc"] == 0 and result["stdout"] == "ran\n"
     # as before init layers: the runtime's mount points land in its writable layer
     assert "etc/hostname" in change_names(store, made["id"])
+
+
+def test_auto_remove_is_docker_run_rm(store):
+    result = run(store, command=["sh", "-c", "echo bye; exit 4"], auto_remove=True)
+    assert result["rc"] == 4 and result["stdout"] == "bye\n" and result["status"] == "removed"
+    assert containers.ContainerDB(store.root).by_name("c1") is None
+    assert not mounts_below(store.root)
+    with pytest.raises(InvalidInput, match="auto_remove needs"):
+        run(store, detach=True, auto_remove=True)
