@@ -96,8 +96,7 @@ class Runtime:
         self.root = os.path.join(state_root, name)
 
     def argv(self, *args: str) -> List[str]:
-        extra = ["--cgroup-manager=disabled"] if self.name == "crun" and _hybrid_cgroups() else []
-        return [self.binary, "--root", self.root] + extra + list(args)
+        return [self.binary, "--root", self.root] + list(args)
 
     def delete(self, cid: str) -> None:
         """Forget the container (runtime state, cgroup); nothing to forget is fine."""
@@ -147,11 +146,6 @@ class Runtime:
                 os.kill(pid, signum)
             except ProcessLookupError:
                 pass
-
-
-def _hybrid_cgroups() -> bool:
-    # crun refuses cgroup v1 controllers next to a cgroup2 mount ("hybrid mode")
-    return os.path.isdir("/sys/fs/cgroup/unified") and os.path.isdir("/sys/fs/cgroup/memory")
 
 
 def _exit_code(returncode: int) -> int:

@@ -270,3 +270,20 @@ def test_auto_remove_is_docker_run_rm(store):
     assert not mounts_below(store.root)
     with pytest.raises(InvalidInput, match="auto_remove needs"):
         run(store, detach=True, auto_remove=True)
+
+
+def test_crun_runs_or_fails_clearly_leaving_nothing(store):
+    """crun refuses a host whose cgroup2 mount has controllers next to cgroup v1 ones
+    ("hybrid mode", as this project's machines are): then the failure names crun and
+    the store is as it was."""
+    if shutil.which("crun") is None:
+        pytest.skip("crun is not installed")
+    from ansible_collections.strata.layers.plugins.module_utils._runtime import RuntimeFailed
+    try:
+        result = run(store, runtime="crun", detach=True, interactive=True)
+    except RuntimeFailed as exc:
+        assert "crun could not start the container" in str(exc)
+        assert containers.ContainerDB(store.root).by_name("c1") is None
+        assert not mounts_below(store.root)
+        return
+    assert result["status"] == "running"
