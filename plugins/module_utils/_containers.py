@@ -28,7 +28,6 @@ from ansible_collections.strata.layers.plugins.module_utils._atomic import (
     write_json)
 from ansible_collections.strata.layers.plugins.module_utils._changes import (
     TreeDiff, UpperDiff, chunk_reader)
-from ansible_collections.strata.layers.plugins.module_utils._compression import DecodedStream
 from ansible_collections.strata.layers.plugins.module_utils._copytree import Shadow
 from ansible_collections.strata.layers.plugins.module_utils._crash import crash_point
 from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID
@@ -191,6 +190,8 @@ def commit_changes(store: Store, record: ContainerRecord, chain: Sequence[ChainI
     commit writes no file data, and the layer's data is the stream's by construction.
     Everything else (directories, whiteouts, modes, attributes, times) is applied from
     the stream as for any import."""
+    from ansible_collections.strata.layers.plugins.module_utils._compression import (
+        DecodedStream)
     shadow = Shadow()
 
     def open_stream() -> DecodedStream:

@@ -36,10 +36,11 @@ from ansible_collections.strata.layers.plugins.module_utils._atomic import (
     makedirs, read_json, write_json)
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     InvalidInput, StoreError, Unsupported)
-from ansible_collections.strata.layers.plugins.module_utils._layers import now_iso
+from ansible_collections.strata.layers.plugins.module_utils._fsinfo import umount
 
 RUNTIMES = ("runc", "crun")
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NAME = 15
 OUTPUT_LIMIT = 256 * 1024     # stdout/stderr returned by a foreground run, each (its tail)
 EXIT_RECORD_WAIT = 10.0       # seconds a stop waits for the monitor's exit.json
 
@@ -118,8 +119,9 @@ class Runtime:
         return _exit_code(proc.returncode), tail(out), tail(err)
 
     def start_detached(self, cid: str, bundle: str, log: str, stdin: Optional[str],
-                       exit_path: str) -> int:
-        """Start the container under a monitor (module docstring); its pid."""
+                       exit_path: str, unmount: Optional[str] = None) -> int:
+        """Start the container under a monitor (module docstring); its pid.  The monitor
+        unmounts ``unmount`` (the root filesystem the start mounted) once it exited."""
         makedirs(self.root)
         pid_file = os.path.join(bundle, "pid")
         for stale in (pid_file, exit_path):
@@ -130,7 +132,8 @@ class Runtime:
         child = os.fork()
         if child == 0:  # pragma: no cover - runs in the forked monitor
             os.close(reader)
-            _monitor(argv, log, stdin, writer, pid_file, exit_path, self.argv("delete", cid))
+            _monitor(argv, log, stdin, writer, pid_file, exit_path, self.argv("delete", cid),
+                     unmount)
         os.close(writer)
         with os.fdopen(reader, "rb") as handle:
             message = handle.read().decode("utf-8", "replace")
@@ -168,7 +171,8 @@ def last_lines(path: str, count: int = 3) -> str:
 
 
 def _monitor(argv: List[str], log: str, stdin: Optional[str], report: int, pid_file: str,
-             exit_path: str, delete: List[str]) -> None:  # pragma: no cover - forked
+             exit_path: str, delete: List[str], unmount: Optional[str]
+             ) -> None:  # pragma: no cover - forked
     """The body of the monitor process; never returns."""
     code = 1
     try:
@@ -176,12 +180,21 @@ def _monitor(argv: List[str], log: str, stdin: Optional[str], report: int, pid_f
         if os.fork() != 0:       # the module reaps the first child at once
             os._exit(0)
         _detach_descriptors(report)
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        libc.prctl(PR_SET_NAME, b"strata-monitor", 0, 0, 0)
         container = _launch(argv, log, stdin, report, pid_file)
         if container is None:
             os._exit(1)
         status = _reap(container)
-        write_json(exit_path, {"exit_code": status, "finished_at": now_iso()})
+        finished = timestamp()
+        if unmount:
+            # before exit.json: whoever waits for it (a stop) finds the mount gone
+            try:
+                umount(unmount)
+            except OSError:
+                pass
+        write_json(exit_path, {"exit_code": status, "finished_at": finished})
         subprocess.run(delete, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL, check=False, timeout=60)
         code = 0

@@ -229,7 +229,8 @@ def _start_detached(rt: runtime.Runtime, record_dir: str, record: ContainerRecor
         if not os.path.exists(stdin):
             os.mkfifo(stdin, 0o600)
     pid = rt.start_detached(record.id, bundle, log, stdin,
-                            os.path.join(record_dir, runtime.EXIT_FILE))
+                            os.path.join(record_dir, runtime.EXIT_FILE),
+                            unmount=str(record.mount_point) if mounted_here else None)
     _save_state(record_dir, {"status": "running", "pid": pid,
                              "ticks": runtime.pid_start_ticks(pid), "runtime": rt.name,
                              "mounted_for_run": mounted_here, "log_path": log})

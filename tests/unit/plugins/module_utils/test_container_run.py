@@ -136,6 +136,7 @@ def test_the_state_survives_and_the_exit_code_is_recorded_by_the_monitor(store):
         row = containers.container_row(store, containers.ContainerDB(store.root).get(
             started["id"]))
     assert row["status"] == "exited"
+    assert not row["mounted"]    # the monitor unmounted what the start mounted, as Docker does
     result = container({"data_root": store.root, "name": "c1", "state": "stopped"})
     assert result["changed"] is False and result["exit_code"] == 7
 
