@@ -344,7 +344,10 @@ def _reason(store: Store, record: Optional[ContainerRecord], image_id: Optional[
             return None
         return "mount"
     if state == "unmounted":
-        return "unmount" if record.mount_point and mount_at(record.mount_point) else None
+        if record.mount_point and mount_at(record.mount_point):
+            refuse_running(store, [record], "unmounting its root filesystem")
+            return "unmount"
+        return None
     return None
 
 

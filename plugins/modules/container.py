@@ -61,7 +61,8 @@ options:
       - V(true) the process runs in the background, as C(docker run -d); a running
         container is left alone (RV(changed) false).
       - V(false) runs it to completion and returns RV(rc), RV(stdout) and RV(stderr)
-        (their last 256 KiB each); the store lock is not held while it runs.
+        (their last 256 KiB each); the store lock is not held while it runs. A non-zero
+        RV(rc) fails the task, as with M(ansible.builtin.command).
     type: bool
     default: true
   auto_remove:

@@ -333,6 +333,11 @@ def _finish_foreground(store: Store, params: Dict[str, Any], run: Foreground) ->
                 _remove(store, params, run.record)
                 result.update(status="removed", mounted=False, mount_point=None)
     result.update(rc=rc, stdout=out, stderr=err)
+    if rc != 0:
+        # Ansible fails a result with a non-zero rc (as command, and docker_container with
+        # detach: false, do); the message says why
+        result["msg"] = "the container's process exited with %d%s" % (
+            rc, ": " + err.strip().splitlines()[-1][:500] if err.strip() else "")
     return result
 
 
