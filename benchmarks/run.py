@@ -12,7 +12,10 @@ small image (the busybox root filesystem the tests use, imported into each):
   are above what runc may set here and it fails without them.
 
 Each is timed from outside, wall clock, process start to exit; they take turns (ours,
-docker, podman, ours, ...) so load from other work falls on all three; medians.
+docker, podman, ours, ...) so load from other work falls on all three; medians.  Two
+more rows explain ours: the same call made in-process (the engine alone, as the other
+benchmarks time it) and the floor every Ansible module pays (the interpreter and
+``ansible.module_utils.basic``).
 
     sudo .venv/bin/python benchmarks/run.py [--runs N] [--quick]
 """
@@ -86,6 +89,20 @@ class Dockerd:
         self.log.close()
 
 
+IN_PROCESS = "ours, the engine call alone (in-process)"
+FLOOR = "python -c 'import ansible.module_utils.basic'"
+
+
+def in_process_run(argv: list):
+    """The module's one call, made in this process: what the engine itself costs, without
+    the interpreter's start-up and Ansible's module boilerplate (every module pays those)."""
+    with open(argv[-1]) as handle:
+        params = json.load(handle)["ANSIBLE_MODULE_ARGS"]
+    params = dict(params, name="bench-in-process", lock_timeout=300.0)
+    run = engine("_ops.container").container
+    return lambda: run(dict(params))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=15)
@@ -116,12 +133,17 @@ def main() -> None:
             # would make it compile the engine at every run)
             env = dict(os.environ, PYTHONPATH=os.path.join(REPO, ".collections"))
             env.pop("PYTHONDONTWRITEBYTECODE", None)
+            floor = [PYTHON, "-c", "import ansible.module_utils.basic"]
+            in_process = in_process_run(ours)
             for label, argv in commands.items():       # warm-up, not counted
                 sh(argv, env=env)
+            in_process()
             for index in range(runs):
                 progress("run %d/%d" % (index + 1, runs))
                 for label, argv in commands.items():
                     results.add(label, timed(lambda: sh(argv, env=env)))
+                results.add(IN_PROCESS, timed(in_process))
+                results.add(FLOOR, timed(lambda: sh(floor, env=env)))
         finally:
             dockerd.stop()
             release_podman_root(podman_root, podman_run)

@@ -286,9 +286,9 @@ def _check_executable(rootfs: str, run: Dict[str, Any], user: ExecUser) -> None:
             continue
         if stat.S_ISREG(st.st_mode) and st.st_mode & 0o111:
             return
+    where = "" if "/" in argv0 else " (PATH=%s)" % env.get("PATH", "")
     raise InvalidInput("command %r: executable %r not found in the container%s; check command "
-                       "and entrypoint" % (run["args"], argv0, "" if "/" in argv0 else
-                                          " (PATH=%s)" % env.get("PATH", "")))
+                       "and entrypoint" % (run["args"], argv0, where))
 
 
 def _write_bundle(record_dir: str, record: ContainerRecord, run: Dict[str, Any],
@@ -325,9 +325,10 @@ def _finish_foreground(store: Store, params: Dict[str, Any], run: Foreground) ->
                                              os.path.join(record_dir, "stdout"),
                                              os.path.join(record_dir, "stderr"))
     finally:
-        with store.write("container %s (%s)" % (run.record.name,
-                                                 "removed" if remove else "exited")):
-            _record_exit(store, run.record, rc, run.mounted_here and not remove)
+        doing = "removed" if remove else "exited"
+        with store.write("container %s (%s)" % (run.record.name, doing)):
+            if not remove:
+                _record_exit(store, run.record, rc, run.mounted_here)
             result = _result(store, run.record, "run")
             if remove:
                 _remove(store, params, run.record)

@@ -57,8 +57,8 @@ def test_the_spec_has_dockers_defaults():
     assert out["process"]["cwd"] == "/srv"
     assert out["process"]["capabilities"]["bounding"] == spec.CAPABILITIES
     assert "CAP_SYS_ADMIN" not in spec.CAPABILITIES
-    assert [n["type"] for n in out["linux"]["namespaces"]] == ["pid", "ipc", "uts", "mount",
-                                                                "network"]
+    namespaces = [n["type"] for n in out["linux"]["namespaces"]]
+    assert namespaces == ["pid", "ipc", "uts", "mount", "network"]
     dests = [m["destination"] for m in out["mounts"]]
     for needed in ("/proc", "/dev", "/dev/pts", "/sys", "/dev/mqueue", "/dev/shm",
                    "/etc/hosts", "/etc/hostname", "/etc/resolv.conf"):
