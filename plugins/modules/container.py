@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: container
 short_description: Run containers from the store on an OCI runtime (runc, crun)
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Creates, starts, stops and removes a container of the store at O(data_root), as
     C(docker run), C(docker stop) and C(docker rm) do, on an OCI runtime.
@@ -211,6 +211,15 @@ stderr:
   description: Its standard error (the last 256 KiB).
   returned: with O(detach=false)
   type: str
+mounted:
+  description: Whether its root filesystem is mounted now (while it runs, at C(<data_root>/mounts/<id>)).
+  returned: when the container exists
+  type: bool
+run:
+  description: Its run configuration, fixed at creation (C(args), C(env), C(cwd), C(user),
+    C(hostname), C(network), C(volumes), C(read_only), C(stop_signal), C(annotations)).
+  returned: when the container exists
+  type: dict
 bundle:
   description: The OCI runtime bundle directory (C(config.json)).
   returned: when the container exists
