@@ -59,7 +59,7 @@ options:
   detach:
     description:
       - V(true) the process runs in the background, as C(docker run -d); a running
-        container is left alone (C(changed: false)).
+        container is left alone (not changed).
       - V(false) runs it to completion and returns RV(rc), RV(stdout) and RV(stderr)
         (their last 256 KiB each); the store lock is not held while it runs. A non-zero
         RV(rc) fails the task, as with M(ansible.builtin.command).
