@@ -130,10 +130,25 @@ def parse_signal(value: Any, what: str = "StopSignal") -> int:
             return number
     else:
         name = text if text.startswith("SIG") else "SIG" + text
+        realtime = _realtime(name)
+        if realtime is not None:
+            return realtime
         found = getattr(signal.Signals, name, None) if name.isidentifier() else None
         if isinstance(found, signal.Signals):
             return int(found)
     raise InvalidInput("%s %r is not a signal name or number" % (what, value))
+
+
+def _realtime(name: str) -> Optional[int]:
+    """SIGRTMIN+n and SIGRTMAX-n (what STOPSIGNAL accepts)."""
+    for base, sign in (("SIGRTMIN", 1), ("SIGRTMAX", -1)):
+        if name == base or name.startswith(base + ("+" if sign > 0 else "-")):
+            offset = name[len(base) + 1:] if name != base else "0"
+            if offset.isdigit():
+                number = int(getattr(signal, base)) + sign * int(offset)
+                if signal.SIGRTMIN <= number <= signal.SIGRTMAX:
+                    return number
+    return None
 
 
 def run_config(image: Dict[str, Any], params: Dict[str, Any], cid: str) -> Dict[str, Any]:

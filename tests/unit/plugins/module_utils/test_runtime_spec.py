@@ -44,8 +44,10 @@ def test_annotations_carry_labels_stop_signal_and_ports():
                                        "org.opencontainers.image.stopSignal": "SIGQUIT",
                                        "org.opencontainers.image.exposedPorts": "80/tcp"}
     assert spec.parse_signal("SIGQUIT") == 3 == spec.parse_signal("QUIT") == spec.parse_signal("3")
-    with pytest.raises(InvalidInput, match="not a signal"):
-        spec.parse_signal("SIGNOPE")
+    assert spec.parse_signal("RTMIN+3") == spec.parse_signal("SIGRTMIN") + 3
+    for bad in ("SIGNOPE", "RTMIN+999", "0"):
+        with pytest.raises(InvalidInput, match="not a signal"):
+            spec.parse_signal(bad)
 
 
 def test_the_spec_has_dockers_defaults():
