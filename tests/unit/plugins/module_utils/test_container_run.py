@@ -179,6 +179,14 @@ def test_network_none_has_only_lo(store):
     assert names == ["lo"]
 
 
+def test_network_host_is_the_hosts(store):
+    result = run(store, network="host", command=["cat", "/proc/net/dev"])
+    names = sorted(line.split(":")[0].strip() for line in result["stdout"].splitlines()[2:])
+    with open("/proc/net/dev") as handle:
+        host = sorted(line.split(":")[0].strip() for line in handle.read().splitlines()[2:])
+    assert names == host
+
+
 def test_running_containers_are_refused_where_they_must_be(store):
     run(store, detach=True, interactive=True)
     with pytest.raises(Busy, match="'c1' is running"):
