@@ -1,0 +1,187 @@
+# Copyright: strata.layers contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""``storage_driver``: this collection's store (``engine: strata``, ``_switch``) or
+dockerd's own storage (``engine: docker``).
+
+Docker: the current driver is the running daemon's (``GET /info``), else daemon.json's
+``storage-driver``, else the one driver tree under ``image/`` that holds content.
+``driver: auto`` keeps a current driver (as dockerd keeps a prior one) and otherwise
+takes the probe's first usable candidate.  The reason a run changes something is one
+of: a migration (content under another driver), a daemon.json change, an interrupted
+switch to finish, a kept previous tree to drop; check mode stops there.
+
+A migration, step by step (``_docker.migrate`` for the conversion itself): refuse,
+before writing anything, a running daemon, live containers (unless
+``stop_containers``), mounts under the source tree, a source this module cannot read,
+a target the probe rejects, too little free space; pin ``storage-driver`` to the
+source in daemon.json (a restart during the conversion then starts on the source even
+though two driver trees exist, which dockerd otherwise refuses); materialise and
+verify; switch the metadata and containers; write daemon.json (the commit point);
+remove the previous tree unless ``keep_previous``.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+from ansible_collections.strata.layers.plugins.module_utils import _switch
+from ansible_collections.strata.layers.plugins.module_utils._errors import (
+    Busy, InvalidInput, Unsupported)
+from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mounts_below
+from ansible_collections.strata.layers.plugins.module_utils._docker import daemon as engine
+from ansible_collections.strata.layers.plugins.module_utils._docker.candidates import probe
+from ansible_collections.strata.layers.plugins.module_utils._docker.graph import GRAPHS, graph
+from ansible_collections.strata.layers.plugins.module_utils._docker.layout import (
+    DriverMeta, driver_trees)
+from ansible_collections.strata.layers.plugins.module_utils._docker.migrate import (
+    Conversion, kept_driver, remove_driver_tree)
+from ansible_collections.strata.layers.plugins.module_utils.drivers._base import Candidate
+
+STRATA_ROOT = "/var/lib/strata"
+
+
+def storage_driver(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, Any]:
+    engine_name = params.get("engine") or "strata"
+    if engine_name == "strata":
+        params = dict(params, data_root=params.get("data_root") or STRATA_ROOT)
+        result = _switch.storage_driver(params, check_mode=check_mode)
+        result["engine"] = "strata"
+        return result
+    if engine_name != "docker":
+        raise InvalidInput("engine %r is not one of strata, docker" % engine_name)
+    return DockerHost(params).run(check_mode)
+
+
+class DockerHost:
+    """One run of the module against dockerd's data root."""
+
+    def __init__(self, params: Dict[str, Any]) -> None:
+        self.config = engine.DaemonConfig(params.get("daemon_config") or engine.DEFAULT_CONFIG)
+        self.root = params.get("data_root") or self.config.data_root()
+        self.requested = params.get("driver") or "auto"
+        self.migrate = bool(params.get("migrate"))
+        self.keep = params.get("keep_previous")
+        self.stop_containers = bool(params.get("stop_containers"))
+        self.daemon = engine.running_daemon(self.config)
+        self.before = self.config.text
+
+    # ------------------------------------------------------------ facts
+    def current(self) -> Optional[str]:
+        if self.daemon and self.daemon.get("Driver"):
+            return str(self.daemon["Driver"])
+        if self.config.driver:
+            return self.config.driver
+        trees = driver_trees(self.root)
+        if len(trees) > 1:
+            raise InvalidInput("%s holds images under several drivers (%s) and daemon_config %s "
+                               "names none; dockerd refuses to start like this: set driver to "
+                               "the one in use" % (self.root, ", ".join(trees), self.config.path))
+        return trees[0] if trees else None
+
+    def target(self, current: Optional[str], found: List[Candidate]) -> str:
+        usable = [c.name for c in found if c.usable]
+        if self.requested == "auto":
+            if current and (current in usable or not self.migrate):
+                return current
+            if not usable:
+                raise Unsupported("no storage driver can run for %s: %s" % (self.root, "; ".join(
+                    "%s: %s" % (c.name, c.reason) for c in found)))
+            return usable[0]
+        return self.requested
+
+    def refuse_target(self, target: str, found: List[Candidate]) -> None:
+        chosen = next((c for c in found if c.name == target), None)
+        if target not in GRAPHS or chosen is None:
+            graph(target, self.root)  # raises, naming the driver
+        if chosen is not None and not chosen.usable:
+            raise Unsupported("storage driver %s cannot run for %s: %s"
+                              % (target, self.root, chosen.reason),
+                              candidates=[c.as_dict() for c in found])
+
+    # ------------------------------------------------------------ run
+    def run(self, check_mode: bool) -> Dict[str, Any]:
+        facts, found = probe(self.root)
+        current = self.current()
+        target = self.target(current, found)
+        content = bool(current) and DriverMeta(self.root, str(current)).has_content()
+        moving = current is not None and target != current and content
+        if target != current:
+            self.refuse_target(target, found)
+        if moving and not self.migrate:
+            raise InvalidInput(
+                "Docker's data root %s holds images and containers under %s; switching to %s "
+                "needs migrate: true (every layer and container is converted and verified, "
+                "with dockerd stopped)" % (self.root, current, target))
+        result: Dict[str, Any] = {
+            "engine": "docker", "driver": target, "previous_driver": current if target != current
+            else kept_driver(self.root), "backing_filesystem": facts.backing_filesystem,
+            "supports_d_type": facts.supports_d_type, "data_root": self.root,
+            "daemon_config": self.config.path, "candidates": [c.as_dict() for c in found],
+            "migrated": None, "stopped_containers": []}
+        conversion = Conversion(self.root, str(current), target) if current else None
+        finishing = conversion is not None and conversion.switching()
+        drop = self._kept_to_drop(target, moving)
+        after = self.config.render({"storage-driver": target})
+        writes = self.config.driver != target
+        result["changed"] = bool(moving or writes or finishing or drop)
+        if writes:
+            result["diff"] = {"before": self.before or "", "after": after,
+                              "before_header": self.config.path, "after_header": self.config.path}
+        if moving:
+            self._refuse_busy(str(current))
+            plan = conversion.plan()  # type: ignore[union-attr]
+            if not finishing:
+                conversion.check_space(plan)  # type: ignore[union-attr]
+            result["migrated"] = {k: plan[k] for k in ("layers", "images", "containers", "bytes")}
+            result["migrated"]["seconds"] = 0.0
+        if check_mode:
+            return result
+        if moving or finishing:
+            result["stopped_containers"] = self._stop_live()
+            result["migrated"] = self._convert(conversion, target, moving)  # type: ignore
+        elif writes:
+            self.config.write(after)
+        if drop:
+            remove_driver_tree(self.root, drop)
+        return result
+
+    def _kept_to_drop(self, target: str, moving: bool) -> Optional[str]:
+        kept = kept_driver(self.root)
+        if moving or not kept or kept == target or self.keep is not False:
+            return None
+        return kept
+
+    def _refuse_busy(self, current: str) -> None:
+        if self.daemon is not None:
+            where = self.daemon.get("socket") or "pid %s" % self.daemon.get("pid")
+            raise Busy("dockerd is running (it answers on %s); stop it first (systemctl stop "
+                       "docker.socket docker, or the driver_rollout role): a migration converts "
+                       "the data root offline and this module never stops or starts the engine"
+                       % where)
+        live = engine.running_containers(self.root)
+        if live and not self.stop_containers:
+            raise Busy("containers %s still run without dockerd (live-restore); stop them or set "
+                       "stop_containers: true" % ", ".join(n for _c, n, _p in live),
+                       containers=[n for _c, n, _p in live])
+        busy = [m.target for m in mounts_below(graph(current, self.root).home)]
+        if busy:
+            raise Busy("%s is mounted under Docker's %s tree (a container left mounted by a "
+                       "killed dockerd?): unmount it and run again" % (busy[0], current),
+                       mounts=busy)
+
+    def _stop_live(self) -> List[str]:
+        live = engine.running_containers(self.root)
+        return engine.stop_processes(live) if live and self.stop_containers else []
+
+    def _convert(self, conversion: Conversion, target: str, moving: bool) -> Dict[str, Any]:
+        keep = bool(self.keep)
+        counts: Dict[str, Any] = {"layers": 0, "images": 0, "containers": 0, "bytes": 0,
+                                  "seconds": 0.0}
+        if moving and not conversion.switching():
+            if not self.config.driver:
+                self.config.write(self.config.render({"storage-driver": conversion.source}))
+            counts = conversion.materialize()
+        conversion.switch(keep)
+        if self.config.driver != target:
+            self.config.write(self.config.render({"storage-driver": target}))
+        conversion.finish(keep)
+        return counts
