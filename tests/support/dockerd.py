@@ -118,7 +118,9 @@ class Dockerd:
         self.proc = None
         self._kill_leftovers()
         loopfs.unmount_below(self.exec_root)
-        loopfs.unmount_below(self.data_root)
+        for sub in os.listdir(self.data_root) if os.path.isdir(self.data_root) else []:
+            # below the data root only: it may itself be a test filesystem's mount point
+            loopfs.unmount_below(os.path.join(self.data_root, sub))
 
     def _kill_leftovers(self) -> None:
         """containerd-shim processes of our exec root that outlived dockerd (by pid)."""

@@ -79,9 +79,9 @@ class Prepared:
     Containers' config.v2.json files hold absolute paths of the data root, so a copy
     must live at the same path: ``restore`` puts the pristine copy back there."""
 
-    def __init__(self, work: str, driver: str = "overlay2") -> None:
+    def __init__(self, work: str, driver: str = "overlay2", root: str = "") -> None:
         self.work = work
-        self.root = os.path.join(work, "root")
+        self.root = root or os.path.join(work, "root")
         self.pristine = os.path.join(work, "pristine")
         self.config = os.path.join(work, "daemon.json")
         self.dockerd = Dockerd(self.root, self.config)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support import dockerd, dockerhost
+from tests.support import dockerd, dockerhost, loopfs
 
 
 def pytest_collection_modifyitems(items):
@@ -20,3 +20,19 @@ def docker_host(tmp_path_factory):
     yield host
     host.close()
 
+
+
+@pytest.fixture(scope="session")
+def docker_host_btrfs(tmp_path_factory):
+    """The same host with its data root on a btrfs loop filesystem (all four drivers run)."""
+    why = loopfs.available("btrfs")
+    if why:
+        pytest.skip("no btrfs: %s" % why)
+    work = tmp_path_factory.mktemp("dockerhost-btrfs")
+    fs = loopfs.LoopFS("btrfs", str(work / "fs"), 600)
+    try:
+        host = dockerhost.Prepared(str(work), root=fs.mountpoint).build()
+        yield host
+        host.close()
+    finally:
+        fs.close()
