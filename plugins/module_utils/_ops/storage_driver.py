@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional
 from ansible_collections.strata.layers.plugins.module_utils import _switch
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Busy, InvalidInput, Unsupported)
-from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mounts_below
+from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mounts_below, umount
 from ansible_collections.strata.layers.plugins.module_utils._docker import daemon as engine
 from ansible_collections.strata.layers.plugins.module_utils._docker.candidates import probe
 from ansible_collections.strata.layers.plugins.module_utils._docker.graph import GRAPHS, graph
@@ -136,7 +136,7 @@ class DockerHost:
         if check_mode:
             return result
         if moving or finishing:
-            result["stopped_containers"] = self._stop_live()
+            result["stopped_containers"] = self._stop_live(str(current))
             result["migrated"] = self._convert(conversion, target, moving)  # type: ignore
         elif writes:
             self.config.write(after)
@@ -162,15 +162,31 @@ class DockerHost:
             raise Busy("containers %s still run without dockerd (live-restore); stop them or set "
                        "stop_containers: true" % ", ".join(n for _c, n, _p in live),
                        containers=[n for _c, n, _p in live])
-        busy = [m.target for m in mounts_below(graph(current, self.root).home)]
+        if not live:  # a live container's root stays mounted until it is stopped
+            self._refuse_mounted(current)
+
+    def _refuse_mounted(self, current: str) -> None:
+        busy = [m.mount_point for m in mounts_below(graph(current, self.root).home)]
         if busy:
             raise Busy("%s is mounted under Docker's %s tree (a container left mounted by a "
                        "killed dockerd?): unmount it and run again" % (busy[0], current),
                        mounts=busy)
 
-    def _stop_live(self) -> List[str]:
+    def _stop_live(self, current: str) -> List[str]:
+        """With ``stop_containers``: stop what still runs, then release the root
+        filesystems dockerd left mounted for them (it would unmount them at start)."""
         live = engine.running_containers(self.root)
-        return engine.stop_processes(live) if live and self.stop_containers else []
+        if not live:
+            return []
+        stopped = engine.stop_processes(live)
+        still = engine.running_containers(self.root)
+        if still:
+            raise Busy("containers %s did not stop" % ", ".join(n for _c, n, _p in still))
+        for entry in sorted(mounts_below(graph(current, self.root).home),
+                            key=lambda m: len(m.mount_point), reverse=True):
+            umount(entry.mount_point)
+        self._refuse_mounted(current)
+        return stopped
 
     def _convert(self, conversion: Conversion, target: str, moving: bool) -> Dict[str, Any]:
         keep = bool(self.keep)
