@@ -19,8 +19,9 @@ changed until the switch; everything new is built beside it:
    (mount-id, init-id, parent) is staged likewise;
 3. ``syncfs``, then the *switch* (journal state ``switching``): imagedb,
    repositories.json and distribution are copied into the staged tree, which becomes
-   ``image/<new>`` by one rename; every ``containers/<id>/config.v2.json`` gets
-   ``"Driver": <new>``; then the caller writes daemon.json (the commit point for dockerd);
+   ``image/<new>`` by one rename (``install``); the caller writes daemon.json (the commit
+   point for dockerd); every ``containers/<id>/config.v2.json`` gets ``"Driver": <new>``
+   (``flip_containers``);
 4. unless ``keep_previous``, the old driver's tree and ``image/<old>`` are removed.
 
 A graph id is announced in ``strata-migrate/pending/`` before it is created and the
@@ -28,7 +29,8 @@ mark removed once its record is staged: a kill -9 during steps 1-2 leaves the so
 untouched (dockerd starts on it with everything, daemon.json names it) and the next run
 removes the pending ids, reuses every staged layer and carries the containers again
 (they may have changed in between).  A kill during step 3 is finished by the next run
-(the journal says ``switching``).  A kept previous tree (``kept.json``) is adopted by a
+(the journal says ``switching``); before daemon.json is written dockerd still starts on
+the source with everything, after it on the target.  A kept previous tree (``kept.json``) is adopted by a
 migration back to it: its layers are immutable and reused, its containers redone.
 """
 from __future__ import annotations
@@ -117,11 +119,6 @@ class Conversion:
 
     def _set_state(self, step: str) -> None:
         write_json(self.journal, {"source": self.source, "target": self.target, "step": step})
-
-    def switching(self) -> bool:
-        state = self.state()
-        return bool(state and state.get("step") == "switching" and
-                    state.get("source") == self.source and state.get("target") == self.target)
 
     # ------------------------------------------------------------ run
     def materialize(self) -> Dict[str, Any]:
@@ -240,6 +237,7 @@ class Conversion:
             raise DigestMismatch("layer %s re-emitted from the new %s files hashes to %s; "
                                  "nothing was switched" % (meta.diff_id, self.target, again))
         syncfs(self.new.home)
+        crash_point("docker-migrate.layer-applied")
         self._stage_layer(meta, gid)
         os.unlink(mark)
 
@@ -282,6 +280,7 @@ class Conversion:
             below_old, below_new = old_gid, new_gid
         self._verify(mount, mount.mount_id, gid, seen, opaque)
         syncfs(self.new.home)
+        crash_point("docker-migrate.container-carried")
         self._stage_mount(mount, gid, init)
         for mark in marks:
             os.unlink(mark)
@@ -326,11 +325,22 @@ class Conversion:
         rename_durable(tmp, self.staged.mount_dir(mount.container_id))
 
     # ------------------------------------------------------------ switch
-    def switch(self, keep_previous: bool) -> None:
-        """Step 3 up to the daemon.json write (the caller's), idempotent."""
+    @staticmethod
+    def journal_of(data_root: str) -> Optional[Dict[str, Any]]:
+        try:
+            data = read_json(os.path.join(data_root, WORK, "journal.json"))
+        except (FileNotFoundError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def install(self) -> None:
+        """Step 3a: ``image/<new>`` in place (idempotent)."""
         self._set_state("switching")
         crash_point("docker-migrate.switching")
         self._install_metadata()
+
+    def flip_containers(self, keep_previous: bool) -> None:
+        """Step 3b, after daemon.json names the new driver (idempotent)."""
         for cid in container_ids(self.data_root):
             _set_driver(ContainerConfig(self.data_root, cid), self.source, self.target)
             crash_point("docker-migrate.container-driver")

@@ -16,14 +16,18 @@ before writing anything, a running daemon, live containers (unless
 a target the probe rejects, too little free space; pin ``storage-driver`` to the
 source in daemon.json (a restart during the conversion then starts on the source even
 though two driver trees exist, which dockerd otherwise refuses); materialise and
-verify; switch the metadata and containers; write daemon.json (the commit point);
-remove the previous tree unless ``keep_previous``.
+verify; install ``image/<new>``; write daemon.json (the commit point); point every
+container's config.v2.json at the new driver; remove the previous tree unless
+``keep_previous``.  Killed before the commit point, dockerd starts on the source with
+everything; after it, on the target, and the next run (any run not asking for a third
+driver) finishes the containers' switch: the journal says ``switching``.
 """
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
 from ansible_collections.strata.layers.plugins.module_utils import _switch
+from ansible_collections.strata.layers.plugins.module_utils._crash import crash_point
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Busy, InvalidInput, Unsupported)
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mounts_below, umount
@@ -100,6 +104,9 @@ class DockerHost:
     # ------------------------------------------------------------ run
     def run(self, check_mode: bool) -> Dict[str, Any]:
         facts, found = probe(self.root)
+        unfinished = self.unfinished()
+        if unfinished is not None:
+            return self.finish_switch(unfinished, facts, found, check_mode)
         current = self.current()
         target = self.target(current, found)
         content = bool(current) and DriverMeta(self.root, str(current)).has_content()
@@ -111,37 +118,70 @@ class DockerHost:
                 "Docker's data root %s holds images and containers under %s; switching to %s "
                 "needs migrate: true (every layer and container is converted and verified, "
                 "with dockerd stopped)" % (self.root, current, target))
-        result: Dict[str, Any] = {
-            "engine": "docker", "driver": target, "previous_driver": current if target != current
-            else kept_driver(self.root), "backing_filesystem": facts.backing_filesystem,
-            "supports_d_type": facts.supports_d_type, "data_root": self.root,
-            "daemon_config": self.config.path, "candidates": [c.as_dict() for c in found],
-            "migrated": None, "stopped_containers": []}
-        conversion = Conversion(self.root, str(current), target) if current else None
-        finishing = conversion is not None and conversion.switching()
+        result = self.result(facts, found, current, target)
         drop = self._kept_to_drop(target, moving)
         after = self.config.render({"storage-driver": target})
         writes = self.config.driver != target
-        result["changed"] = bool(moving or writes or finishing or drop)
+        result["changed"] = bool(moving or writes or drop)
         if writes:
-            result["diff"] = {"before": self.before or "", "after": after,
-                              "before_header": self.config.path, "after_header": self.config.path}
-        if moving:
+            result["diff"] = self.diff(after)
+        conversion = Conversion(self.root, str(current), target) if moving else None
+        if conversion is not None:
             self._refuse_busy(str(current))
-            plan = conversion.plan()  # type: ignore[union-attr]
-            if not finishing:
-                conversion.check_space(plan)  # type: ignore[union-attr]
+            plan = conversion.plan()
+            conversion.check_space(plan)
             result["migrated"] = {k: plan[k] for k in ("layers", "images", "containers", "bytes")}
             result["migrated"]["seconds"] = 0.0
         if check_mode:
             return result
-        if moving or finishing:
+        if conversion is not None:
             result["stopped_containers"] = self._stop_live(str(current))
-            result["migrated"] = self._convert(conversion, target, moving)  # type: ignore
+            result["migrated"] = self._convert(conversion)
         elif writes:
             self.config.write(after)
         if drop:
             remove_driver_tree(self.root, drop)
+        return result
+
+    def result(self, facts: Any, found: List[Candidate], current: Optional[str],
+               target: str) -> Dict[str, Any]:
+        return {"engine": "docker", "driver": target,
+                "previous_driver": current if target != current else kept_driver(self.root),
+                "backing_filesystem": facts.backing_filesystem,
+                "supports_d_type": facts.supports_d_type, "data_root": self.root,
+                "daemon_config": self.config.path, "candidates": [c.as_dict() for c in found],
+                "migrated": None, "stopped_containers": [], "changed": False}
+
+    def diff(self, after: str) -> Dict[str, str]:
+        return {"before": self.before or "", "after": after,
+                "before_header": self.config.path, "after_header": self.config.path}
+
+    def unfinished(self) -> Optional[Conversion]:
+        """A conversion killed during its switch (journal ``switching``): finished by any
+        run that does not ask for another driver than it was switching to."""
+        state = Conversion.journal_of(self.root)
+        if not state or state.get("step") != "switching":
+            return None
+        if self.requested not in ("auto", state.get("target")):
+            raise InvalidInput("a switch of %s from %s to %s was interrupted; finish it first "
+                               "(run again with driver: %s), then choose another driver"
+                               % (self.root, state.get("source"), state.get("target"),
+                                  state.get("target")))
+        return Conversion(self.root, str(state["source"]), str(state["target"]))
+
+    def finish_switch(self, conversion: Conversion, facts: Any, found: List[Candidate],
+                      check_mode: bool) -> Dict[str, Any]:
+        result = self.result(facts, found, conversion.source, conversion.target)
+        result["changed"] = True
+        after = self.config.render({"storage-driver": conversion.target})
+        if self.config.driver != conversion.target:
+            result["diff"] = self.diff(after)
+        if check_mode:
+            return result
+        self._refuse_busy(conversion.source, mounts=False)
+        result["migrated"] = {"layers": 0, "images": 0, "containers": 0, "bytes": 0,
+                              "seconds": 0.0, "finished_interrupted_switch": True}
+        self._switch(conversion)
         return result
 
     def _kept_to_drop(self, target: str, moving: bool) -> Optional[str]:
@@ -150,7 +190,7 @@ class DockerHost:
             return None
         return kept
 
-    def _refuse_busy(self, current: str) -> None:
+    def _refuse_busy(self, current: str, mounts: bool = True) -> None:
         if self.daemon is not None:
             where = self.daemon.get("socket") or "pid %s" % self.daemon.get("pid")
             raise Busy("dockerd is running (it answers on %s); stop it first (systemctl stop "
@@ -162,7 +202,7 @@ class DockerHost:
             raise Busy("containers %s still run without dockerd (live-restore); stop them or set "
                        "stop_containers: true" % ", ".join(n for _c, n, _p in live),
                        containers=[n for _c, n, _p in live])
-        if not live:  # a live container's root stays mounted until it is stopped
+        if mounts and not live:  # a live container's root stays mounted until it is stopped
             self._refuse_mounted(current)
 
     def _refuse_mounted(self, current: str) -> None:
@@ -188,16 +228,20 @@ class DockerHost:
         self._refuse_mounted(current)
         return stopped
 
-    def _convert(self, conversion: Conversion, target: str, moving: bool) -> Dict[str, Any]:
-        keep = bool(self.keep)
-        counts: Dict[str, Any] = {"layers": 0, "images": 0, "containers": 0, "bytes": 0,
-                                  "seconds": 0.0}
-        if moving and not conversion.switching():
-            if not self.config.driver:
-                self.config.write(self.config.render({"storage-driver": conversion.source}))
-            counts = conversion.materialize()
-        conversion.switch(keep)
-        if self.config.driver != target:
-            self.config.write(self.config.render({"storage-driver": target}))
-        conversion.finish(keep)
+    def _convert(self, conversion: Conversion) -> Dict[str, Any]:
+        if not self.config.driver:
+            # pinned first: with two driver trees and no storage-driver, dockerd refuses to
+            # start; pinned, a restart during the conversion starts on the source
+            self.config.write(self.config.render({"storage-driver": conversion.source}))
+        counts = conversion.materialize()
+        self._switch(conversion)
         return counts
+
+    def _switch(self, conversion: Conversion) -> None:
+        keep = bool(self.keep)
+        conversion.install()
+        if self.config.driver != conversion.target:
+            self.config.write(self.config.render({"storage-driver": conversion.target}))
+        crash_point("docker-migrate.committed")
+        conversion.flip_containers(keep)
+        conversion.finish(keep)
