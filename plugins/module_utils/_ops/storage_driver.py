@@ -122,7 +122,8 @@ class DockerHost:
         drop = self._kept_to_drop(target, moving)
         after = self.config.render({"storage-driver": target})
         writes = self.config.driver != target
-        result["changed"] = bool(moving or writes or drop)
+        stale = self._stale_conversion(target)
+        result["changed"] = bool(moving or writes or drop or stale)
         if writes:
             result["diff"] = self.diff(after)
         conversion = Conversion(self.root, str(current), target) if moving else None
@@ -134,6 +135,8 @@ class DockerHost:
             result["migrated"]["seconds"] = 0.0
         if check_mode:
             return result
+        if stale is not None and conversion is None:
+            stale.abandon()
         if conversion is not None:
             result["stopped_containers"] = self._stop_live(str(current))
             result["migrated"] = self._convert(conversion)
@@ -183,6 +186,15 @@ class DockerHost:
                               "seconds": 0.0, "finished_interrupted_switch": True}
         self._switch(conversion)
         return result
+
+    def _stale_conversion(self, target: str) -> Optional[Conversion]:
+        """A conversion to another driver that was interrupted before its switch (a
+        failed or killed run, then a rollback asking for the source): its half-made
+        tree is removed.  Under ``driver: auto`` it is left to be resumed."""
+        state = Conversion.journal_of(self.root)
+        if not state or self.requested == "auto" or state.get("target") == target:
+            return None
+        return Conversion(self.root, str(state["source"]), str(state["target"]))
 
     def _kept_to_drop(self, target: str, moving: bool) -> Optional[str]:
         kept = kept_driver(self.root)

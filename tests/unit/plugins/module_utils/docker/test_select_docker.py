@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -14,6 +15,7 @@ from ansible_collections.strata.layers.plugins.module_utils._errors import (
 from ansible_collections.strata.layers.plugins.module_utils._ops.storage_driver import (
     storage_driver)
 from tests.support.dockerhost import listing, params
+from tests.support.paths import python_env
 
 
 class Host:
@@ -140,3 +142,36 @@ def test_not_enough_space_is_refused_before_writing(docker_host, tmp_path):
         assert listing(host.root) == snapshot and open(host.config).read() == config
     finally:
         subprocess.run(["umount", host.root], check=True)
+
+
+def test_a_source_it_cannot_read_is_named(tmp_path):
+    host = Host(tmp_path)
+    layer = os.path.join(host.root, "image", "devicemapper", "layerdb", "sha256", "a" * 64)
+    os.makedirs(layer)
+    os.makedirs(os.path.dirname(host.config))
+    with open(host.config, "w") as handle:
+        json.dump({"storage-driver": "devicemapper"}, handle)
+    with pytest.raises(Unsupported) as err:
+        run(host, driver="vfs", migrate=True)
+    assert "devicemapper" in str(err.value) and "cannot read" in str(err.value)
+    assert json.load(open(host.config)) == {"storage-driver": "devicemapper"}
+
+
+def test_a_failed_conversion_is_removed_by_a_run_for_the_source(docker_host):
+    """A conversion killed half-way, then the rollback asks for the source driver: the
+    half-made vfs tree and the staged records go, daemon.json stays on overlay2."""
+    host = docker_host
+    host.restore()
+    code = ("import json,sys\nfrom ansible_collections.strata.layers.plugins.module_utils."
+            "_ops.storage_driver import storage_driver\nstorage_driver(json.loads(sys.argv[1]))")
+    env = dict(python_env(), STRATA_CRASH_AT="docker-migrate.container")
+    done = subprocess.run([sys.executable, "-c", code,
+                           json.dumps(params(host, driver="vfs", migrate=True))],
+                          env=env, capture_output=True, check=False)
+    assert done.returncode == -9, done.stderr
+    assert os.path.isdir(os.path.join(host.root, "strata-migrate"))
+    back = storage_driver(params(host, driver="overlay2", migrate=True))
+    assert back["changed"] and back["migrated"] is None
+    assert not os.path.exists(os.path.join(host.root, "strata-migrate"))
+    assert os.listdir(os.path.join(host.root, "vfs", "dir")) == []
+    assert json.load(open(host.config))["storage-driver"] == "overlay2"
