@@ -14,8 +14,9 @@ put back before every timed run, on a loop filesystem of the benchmark's own.
 
 Rows (interleaved: migration, save+load, migration, ...; medians of ``--runs``):
   migration          stop dockerd, storage_driver migrate (every layer re-materialised
-                     and verified twice, containers carried and compared, the old tree
-                     removed), start dockerd on the new driver until it answers
+                     and verified twice, containers carried and compared; keep_previous:
+                     the old tree stays, as save + load leaves it), start dockerd on the
+                     new driver until it answers
   save+restart+load  docker save of all tags to a file, stop dockerd, daemon.json to the
                      new driver, start dockerd, docker load (the containers are LOST)
   module only        the storage_driver call alone (inside "migration")
@@ -96,7 +97,7 @@ def wipe_contents(path: str) -> None:
 def run_migration(dockerd: Dockerd, target: str, results: Results) -> Dict[str, object]:
     ops = engine("_ops.storage_driver")
     params = dict(engine="docker", data_root=None, daemon_config=dockerd.config,
-                  driver=target, migrate=True, keep_previous=False, stop_containers=False)
+                  driver=target, migrate=True, keep_previous=True, stop_containers=False)
     out: Dict[str, object] = {}
     start = time.perf_counter()
     dockerd.stop()

@@ -38,6 +38,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Optional, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils import _migrate as strata_migrate
@@ -194,15 +195,30 @@ class Conversion:
 
     # ------------------------------------------------------------ layers
     def _layers(self) -> Tuple[int, int, int]:
+        """Layers parents first.  Layer N's second check (its tar re-emitted from the new
+        files) runs on a worker thread while layer N+1 is applied; N is staged only once
+        its check passed, and N+1 after N."""
         moved = reused = nbytes = 0
-        for meta in self.old_meta.layers():
-            if self._staged_ok(meta):
-                reused += 1
-                continue
-            self._layer(meta)
-            moved += 1
-            nbytes += meta.size
-            crash_point("docker-migrate.layer")
+        self._gids: Dict[str, str] = {}
+        pending: Optional[Tuple[LayerMeta, str, str, Any]] = None
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            try:
+                for meta in self.old_meta.layers():
+                    if self._staged_ok(meta):
+                        reused += 1
+                        continue
+                    applied = self._apply_layer(meta, pool)
+                    if pending is not None:
+                        self._finish_layer(*pending)
+                    pending = applied
+                    moved += 1
+                    nbytes += meta.size
+                if pending is not None:
+                    self._finish_layer(*pending)
+                    pending = None
+            finally:
+                if pending is not None:
+                    pending[3].cancel()
         return moved, reused, nbytes
 
     def _staged_ok(self, meta: LayerMeta) -> bool:
@@ -216,14 +232,20 @@ class Conversion:
         return False
 
     def _new_cache(self, chain: Optional[str]) -> Optional[str]:
-        return self.staged.layer(hex_of(chain)).cache_id if chain else None
+        if not chain:
+            return None
+        gids = getattr(self, "_gids", {})
+        return gids.get(chain) or self.staged.layer(hex_of(chain)).cache_id
 
-    def _layer(self, meta: LayerMeta) -> None:
+    def _apply_layer(self, meta: LayerMeta, pool: ThreadPoolExecutor
+                     ) -> Tuple[LayerMeta, str, str, Any]:
+        """Apply one layer from the old files; start its check from the new files."""
         gid = new_id()
         mark = self._announce(gid)
         self.new.create(gid, self._new_cache(meta.parent))
+        self._gids[meta.chain_id] = gid
         what = "layer %s (%s to %s)" % (meta.diff_id, self.source, self.target)
-        split = self.old_meta.split_path(meta.chain_id)
+        split = list(tarsplit.entries(self.old_meta.split_path(meta.chain_id)))
         stream = tarsplit.chunks(split, self.old.files(meta.cache_id))
         result = Applier(self.new.files(gid), self.new.whiteouts, None, what).apply(
             ChunkReader(chunk_reader(stream), what=what))
@@ -232,7 +254,10 @@ class Conversion:
                                  "under %s are damaged; nothing was switched"
                                  % (meta.diff_id, self.source, result.diff_id,
                                     self.old.layer_dir(meta.cache_id)))
-        again, _size = tarsplit.digest(split, self.new.files(gid))
+        return meta, gid, mark, pool.submit(tarsplit.digest, split, self.new.files(gid))
+
+    def _finish_layer(self, meta: LayerMeta, gid: str, mark: str, check: Any) -> None:
+        again, _size = check.result()
         if again != meta.diff_id:
             raise DigestMismatch("layer %s re-emitted from the new %s files hashes to %s; "
                                  "nothing was switched" % (meta.diff_id, self.target, again))
@@ -240,6 +265,7 @@ class Conversion:
         crash_point("docker-migrate.layer-applied")
         self._stage_layer(meta, gid)
         os.unlink(mark)
+        crash_point("docker-migrate.layer")
 
     def _stage_layer(self, meta: LayerMeta, gid: str) -> None:
         src = os.path.dirname(self.old_meta.split_path(meta.chain_id))

@@ -20,7 +20,7 @@ import gzip
 import hashlib
 import json
 import zlib
-from typing import Iterator, Tuple
+from typing import Iterator, Sequence, Tuple, Union
 
 from ansible_collections.strata.layers.plugins.module_utils._errors import Corrupt
 from ansible_collections.strata.layers.plugins.module_utils._safepath import Beneath
@@ -55,10 +55,13 @@ def entries(path: str) -> Iterator[Tuple[int, bytes, int]]:
         raise Corrupt("Docker's tar-split %s cannot be read (%s)" % (path, exc)) from exc
 
 
-def chunks(split_path: str, files_root: str, chunk: int = 1 << 20) -> Iterator[bytes]:
-    """The layer's tar, re-emitted from ``files_root`` (a generator)."""
+def chunks(split: "Union[str, Sequence[Tuple[int, bytes, int]]]", files_root: str,
+           chunk: int = 1 << 20) -> Iterator[bytes]:
+    """The layer's tar, re-emitted from ``files_root`` (a generator).  ``split`` is the
+    tar-split file, or its ``entries`` already read (a second pass need not parse the
+    JSON again)."""
     with Beneath(files_root) as tree:
-        for kind, value, size in entries(split_path):
+        for kind, value, size in (entries(split) if isinstance(split, str) else split):
             if kind == SEGMENT:
                 if value:
                     yield value
@@ -72,11 +75,12 @@ def _clean(name: bytes) -> bytes:
     return b"/".join(p for p in name.split(b"/") if p not in (b"", b"."))
 
 
-def digest(split_path: str, files_root: str) -> Tuple[str, int]:
+def digest(split: "Union[str, Sequence[Tuple[int, bytes, int]]]",
+           files_root: str) -> Tuple[str, int]:
     """sha256 digest and size of the re-emitted tar."""
     hasher = hashlib.sha256()
     total = 0
-    for data in chunks(split_path, files_root):
+    for data in chunks(split, files_root):
         hasher.update(data)
         total += len(data)
     return "sha256:" + hasher.hexdigest(), total
