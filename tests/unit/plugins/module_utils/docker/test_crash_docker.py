@@ -11,8 +11,6 @@ import signal
 import subprocess
 import sys
 
-import pytest
-
 from tests.support.dockerhost import params
 from tests.support.paths import python_env
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 
-import pytest
-
 from ansible_collections.strata.layers.plugins.module_utils._ops.storage_driver import (
     storage_driver)
 from tests.support.dockerhost import listing, params
