@@ -121,6 +121,27 @@ class Dockerd:
         for sub in os.listdir(self.data_root) if os.path.isdir(self.data_root) else []:
             # below the data root only: it may itself be a test filesystem's mount point
             loopfs.unmount_below(os.path.join(self.data_root, sub))
+        if self._self_bound():
+            # dockerd binds its data root onto itself (shared propagation) and leaves the
+            # bind behind when live-restore keeps containers running
+            subprocess.run(["umount", "-l", self.data_root], capture_output=True, check=False)
+
+    def _self_bound(self) -> bool:
+        """dockerd's bind of the data root onto itself (its mountinfo root is the path)."""
+        real = os.path.realpath(self.data_root)
+        with open("/proc/self/mountinfo") as handle:
+            for line in handle:
+                fields = line.split()
+                if fields[4] == real and fields[3] != "/" and real.endswith(fields[3]):
+                    return True
+        return False
+
+    def stop_daemon_only(self) -> None:
+        """SIGTERM dockerd by pid and wait, leaving live-restore containers running."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=60)
+        self.proc = None
 
     def _kill_leftovers(self) -> None:
         """containerd-shim processes of our exec root that outlived dockerd (by pid)."""

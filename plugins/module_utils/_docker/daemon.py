@@ -178,7 +178,7 @@ def running_containers(data_root: str) -> List[Tuple[str, str, int]]:
         config = ContainerConfig(data_root, cid)
         state = config.load().get("State") or {}
         pid = int(state.get("Pid") or 0)
-        if state.get("Running") and pid > 0 and os.path.exists("/proc/%d" % pid):
+        if state.get("Running") and pid > 0 and alive(pid):
             found.append((cid, config.name, pid))
     return found
 
@@ -188,11 +188,24 @@ def stop_processes(found: List[Tuple[str, str, int]], timeout: float = 10.0) -> 
     for _cid, _name, pid in found:
         _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(os.path.exists("/proc/%d" % p) for *_x, p in found):
+    while time.monotonic() < deadline and any(alive(p) for *_x, p in found):
         time.sleep(0.1)
     for _cid, _name, pid in found:
-        _signal(pid, signal.SIGKILL)
+        if alive(pid):
+            _signal(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(alive(p) for *_x, p in found):
+        time.sleep(0.1)
     return [name for _cid, name, _pid in found]
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie (its shim may not have reaped it yet)."""
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
 
 
 def _signal(pid: int, sig: int) -> None:

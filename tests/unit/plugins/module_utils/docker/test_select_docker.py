@@ -175,3 +175,31 @@ def test_a_failed_conversion_is_removed_by_a_run_for_the_source(docker_host):
     assert not os.path.exists(os.path.join(host.root, "strata-migrate"))
     assert os.listdir(os.path.join(host.root, "vfs", "dir")) == []
     assert json.load(open(host.config))["storage-driver"] == "overlay2"
+
+
+def test_live_restore_containers_block_unless_stopped(docker_host):
+    """dockerd with live-restore leaves a container running when it stops: the migration
+    refuses, naming it; with stop_containers it stops it (by pid), unmounts its root and
+    migrates; dockerd on vfs then shows it exited, everything else as before."""
+    host = docker_host
+    host.restore()
+    host.dockerd.write_config(storage_driver="overlay2", live_restore=True)
+    host.dockerd.start()
+    try:
+        host.dockerd.docker("start", "running")
+        pid = int(host.dockerd.docker("inspect", "-f", "{{.State.Pid}}", "running"))
+        host.dockerd.stop_daemon_only()
+        assert os.path.exists("/proc/%d" % pid)
+        with pytest.raises(Busy) as err:
+            storage_driver(params(host, driver="vfs", migrate=True))
+        assert "running" in str(err.value) and "stop_containers" in str(err.value)
+        done = storage_driver(params(host, driver="vfs", migrate=True, stop_containers=True))
+        assert done["stopped_containers"] == ["running"]
+        assert not os.path.exists("/proc/%d" % pid)
+        host.dockerd.start()
+        assert host.dockerd.driver() == "vfs"
+        assert "Exited" in host.dockerd.docker("ps", "-a", "--filter", "name=running",
+                                               "--format", "{{.Status}}")
+        assert host.dockerd.docker("start", "-a", "stopped") == "new\nagain\n"
+    finally:
+        host.dockerd.stop()
