@@ -17,10 +17,10 @@ description:
   - "Priority for O(driver=auto): C(btrfs) when O(data_root) is on btrfs, then
     C(overlay2), C(fuse-overlayfs), C(vfs). A store with content keeps its usable driver
     under O(driver=auto) unless O(migrate=true)."
-  - With O(engine=docker) it manages dockerd's own storage instead: the current driver
+  - "With O(engine=docker) it manages dockerd's own storage instead: the current driver
     comes from the running daemon (C(GET /info) on its socket), else O(daemon_config),
     else the driver tree holding content under O(data_root); selecting writes
-    C(storage-driver) into O(daemon_config) keeping every other key, its mode and owner.
+    C(storage-driver) into O(daemon_config) keeping every other key, its mode and owner."
   - "With O(engine=docker) and O(migrate=true), dockerd must be stopped (the module checks
     and never starts or stops it): every layer and container is converted offline in
     Docker's own layout between C(overlay2), C(vfs), C(btrfs) and C(fuse-overlayfs),
@@ -60,6 +60,7 @@ options:
         (O(engine=docker), default the C(data-root) of O(daemon_config), else
         C(/var/lib/docker)).
     type: path
+    default: null
   daemon_config:
     description:
       - With O(engine=docker), the daemon.json where the driver is configured.
