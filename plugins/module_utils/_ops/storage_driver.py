@@ -24,13 +24,18 @@ driver) finishes the containers' switch: the journal says ``switching``.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+import contextlib
+import fcntl
+import os
+import time
+from typing import Any, Dict, Iterator, List, Optional
 
 from ansible_collections.strata.layers.plugins.module_utils import _switch
 from ansible_collections.strata.layers.plugins.module_utils._crash import crash_point
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
-    Busy, InvalidInput, Unsupported)
+    Busy, InvalidInput, Locked, Unsupported)
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mounts_below, umount
+from ansible_collections.strata.layers.plugins.module_utils._lock import _holder_pids
 from ansible_collections.strata.layers.plugins.module_utils._docker import daemon as engine
 from ansible_collections.strata.layers.plugins.module_utils._docker.candidates import probe
 from ansible_collections.strata.layers.plugins.module_utils._docker.graph import GRAPHS, graph
@@ -52,7 +57,37 @@ def storage_driver(params: Dict[str, Any], check_mode: bool = False) -> Dict[str
         return result
     if engine_name != "docker":
         raise InvalidInput("engine %r is not one of strata, docker" % engine_name)
-    return DockerHost(params).run(check_mode)
+    config = engine.DaemonConfig(params.get("daemon_config") or engine.DEFAULT_CONFIG)
+    root = params.get("data_root") or config.data_root()
+    with _lock(root, params, check_mode):
+        return DockerHost(params).run(check_mode)
+
+
+@contextlib.contextmanager
+def _lock(root: str, params: Dict[str, Any], check_mode: bool) -> Iterator[None]:
+    """Two runs that change one data root take turns: ``flock`` on the data root
+    directory itself (no file is added to dockerd's tree).  Check mode only reads."""
+    if check_mode or not os.path.isdir(root):
+        yield
+        return
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        timeout = float(params.get("lock_timeout") or 300.0)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holders = ", ".join("pid %d" % p for p in _holder_pids(fd)) or "unknown"
+                    raise Locked("another storage_driver run holds %s (%s); gave up after %gs: "
+                                 "wait for it to finish and run again" % (root, holders, timeout)
+                                 ) from None
+                time.sleep(0.1)
+        yield
+    finally:
+        os.close(fd)
 
 
 class DockerHost:

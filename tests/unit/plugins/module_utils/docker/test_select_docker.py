@@ -203,3 +203,22 @@ def test_live_restore_containers_block_unless_stopped(docker_host):
         assert host.dockerd.docker("start", "-a", "stopped") == "new\nagain\n"
     finally:
         host.dockerd.stop()
+
+
+def test_runs_against_one_data_root_take_turns(tmp_path):
+    """A run that changes the data root waits for another one (flock on the directory
+    itself: nothing is added to dockerd's tree) and gives up naming it."""
+    import fcntl
+    from ansible_collections.strata.layers.plugins.module_utils._errors import Locked
+    host = Host(tmp_path)
+    os.makedirs(host.root)
+    fd = os.open(host.root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert run(host, check_mode=True)["changed"]  # check mode only reads
+        with pytest.raises(Locked) as err:
+            run(host, lock_timeout=0.3)
+        assert host.root in str(err.value)
+    finally:
+        os.close(fd)
+    assert run(host)["changed"] and os.listdir(host.root) == []
