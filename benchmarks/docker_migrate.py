@@ -136,7 +136,7 @@ def run_import(work: str, target: str, archive: str, results: Results) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--pair", default="overlay2:btrfs", help="SOURCE:TARGET")

@@ -74,8 +74,8 @@ class Dockerd:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError("dockerd exited with %s:\n%s" % (self.proc.returncode,
-                                                                     self.tail()))
+                raise RuntimeError("dockerd exited with %s:\n%s"
+                                   % (self.proc.returncode, self.tail()))
             if os.path.exists(self.socket) and self.docker_ok(["version"]):
                 return
             time.sleep(0.2)
@@ -98,8 +98,8 @@ class Dockerd:
         done = subprocess.run([DOCKER, "-H", self.host] + list(args), capture_output=True,
                               check=False, input=input, text=text if input is None else False)
         if check and done.returncode != 0:
-            raise RuntimeError("docker %s failed (%s): %s" % (" ".join(args), done.returncode,
-                                                             done.stderr))
+            raise RuntimeError("docker %s failed (%s): %s"
+                               % (" ".join(args), done.returncode, done.stderr))
         return done.stdout if check else done
 
     def save(self, image: str) -> bytes:

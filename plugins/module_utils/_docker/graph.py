@@ -115,7 +115,7 @@ class Overlay(Graph):
         top = self.layer_dir(gid)
         os.mkdir(top, 0o710)
         os.mkdir(os.path.join(top, "diff"), 0o755)
-        link = "".join(secrets.choice(_LINK_CHARS) for _ in range(_LINK_LENGTH))
+        link = "".join(secrets.choice(_LINK_CHARS) for _index in range(_LINK_LENGTH))
         os.symlink(os.path.join("..", gid, "diff"), os.path.join(self.home, "l", link))
         write_file(os.path.join(top, "link"), link.encode("ascii"))
         if parent is None:

@@ -21,7 +21,6 @@ def docker_host(tmp_path_factory):
     host.close()
 
 
-
 @pytest.fixture(scope="session")
 def docker_host_btrfs(tmp_path_factory):
     """The same host with its data root on a btrfs loop filesystem (all four drivers run)."""
