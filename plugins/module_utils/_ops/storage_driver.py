@@ -90,6 +90,17 @@ def _lock(root: str, params: Dict[str, Any], check_mode: bool) -> Iterator[None]
         os.close(fd)
 
 
+OPTION_PREFIXES = {"overlay2": "overlay2.", "btrfs": "btrfs.", "vfs": "vfs.", "zfs": "zfs.",
+                   "devicemapper": "dm.", "fuse-overlayfs": "fuse-overlayfs."}
+
+
+def _foreign_option(option: str, target: str) -> bool:
+    """``option`` belongs to a driver other than ``target`` (``overlay2.size=...``)."""
+    key = option.split("=", 1)[0].strip().lower()
+    return any(key.startswith(prefix) for name, prefix in OPTION_PREFIXES.items()
+               if name != target)
+
+
 class DockerHost:
     """One run of the module against dockerd's data root."""
 
@@ -136,6 +147,17 @@ class DockerHost:
                               % (target, self.root, chosen.reason),
                               candidates=[c.as_dict() for c in found])
 
+    def settings(self, target: str) -> Dict[str, Any]:
+        """daemon.json keys for ``target``: ``storage-driver``, and ``storage-opts`` without
+        the options of other drivers (dockerd refuses to start on options it does not
+        know; none of these four drivers needs one to start)."""
+        out: Dict[str, Any] = {"storage-driver": target}
+        opts = self.config.data.get("storage-opts")
+        if isinstance(opts, list):
+            kept = [o for o in opts if not _foreign_option(str(o), target)]
+            out["storage-opts"] = kept or None
+        return out
+
     # ------------------------------------------------------------ run
     def run(self, check_mode: bool) -> Dict[str, Any]:
         facts, found = probe(self.root)
@@ -155,8 +177,8 @@ class DockerHost:
                 "with dockerd stopped)" % (self.root, current, target))
         result = self.result(facts, found, current, target)
         drop = self._kept_to_drop(target, moving)
-        after = self.config.render({"storage-driver": target})
-        writes = self.config.driver != target
+        after = self.config.render(self.settings(target))
+        writes = self.config.driver != target or after != self.config.render({})
         stale = self._stale_conversion(target)
         result["changed"] = bool(moving or writes or drop or stale)
         if writes:
@@ -211,7 +233,7 @@ class DockerHost:
                       check_mode: bool) -> Dict[str, Any]:
         result = self.result(facts, found, conversion.source, conversion.target)
         result["changed"] = True
-        after = self.config.render({"storage-driver": conversion.target})
+        after = self.config.render(self.settings(conversion.target))
         if self.config.driver != conversion.target:
             result["diff"] = self.diff(after)
         if check_mode:
@@ -288,7 +310,7 @@ class DockerHost:
         keep = bool(self.keep)
         conversion.install()
         if self.config.driver != conversion.target:
-            self.config.write(self.config.render({"storage-driver": conversion.target}))
+            self.config.write(self.config.render(self.settings(conversion.target)))
         crash_point("docker-migrate.committed")
         conversion.flip_containers(keep)
         conversion.finish(keep)

@@ -222,3 +222,15 @@ def test_runs_against_one_data_root_take_turns(tmp_path):
     finally:
         os.close(fd)
     assert run(host)["changed"] and os.listdir(host.root) == []
+
+
+def test_options_of_the_previous_driver_are_dropped(tmp_path):
+    host = Host(tmp_path)
+    os.makedirs(os.path.dirname(host.config))
+    with open(host.config, "w") as handle:
+        json.dump({"storage-driver": "overlay2", "storage-opts": [
+            "overlay2.override_kernel_check=true", "dm.basesize=20G"]}, handle)
+    done = run(host, driver="vfs")
+    assert done["changed"] and "storage-opts" in done["diff"]["before"]
+    assert json.load(open(host.config)) == {"storage-driver": "vfs"}
+    assert not run(host, driver="vfs")["changed"]
