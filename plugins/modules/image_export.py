@@ -34,8 +34,13 @@ attributes:
     platforms: posix
 options:
   image:
-    description: Image reference (C(NAME[:TAG]), id or 12+ digit id prefix). Saved by tag, the archive carries that tag.
-    type: str
+    description:
+      - Image reference (C(NAME[:TAG]), id or 12+ digit id prefix), or a list of them. Saved
+        by tag, the archive carries that tag.
+      - With several images, one archive holds them all and each layer they share once, as
+        C(docker save a b c) writes it; an image named by two tags is one entry with both.
+    type: list
+    elements: str
     required: true
   dest:
     description: Absolute path of the archive file, or of the directory for V(oci-layout).
@@ -63,15 +68,26 @@ EXAMPLES = r"""
 
 RETURN = r"""
 image_id:
-  description: Id of the exported image.
+  description: Id of the exported image (the first one, for several).
   returned: always
   type: str
+image_ids:
+  description: Ids of every exported image, in the order first named.
+  returned: always
+  type: list
+  elements: str
+images:
+  description: Every exported image with its tags and layers.
+  returned: always
+  type: list
+  elements: dict
 dest:
   description: Where it was written.
   returned: always
   type: str
 layers:
-  description: Diff ids of its layers, bottom to top (also their blob digests in the output).
+  description: Diff ids of the (first) image's layers, bottom to top (also their blob digests
+    in the output).
   returned: always
   type: list
   elements: str
@@ -90,7 +106,7 @@ from ansible_collections.strata.layers.plugins.module_utils._export import FORMA
 def main() -> None:
     module = AnsibleModule(
         argument_spec=store_spec(
-            image=dict(type="str", required=True),
+            image=dict(type="list", elements="str", required=True),
             dest=dict(type="path", required=True),
             format=dict(type="str", default="docker-archive", choices=list(FORMATS)),
         ),

@@ -93,8 +93,7 @@ def test_default_auth_file_search(tmp_path, monkeypatch):
     settings = RegistrySettings.from_params({})
     assert settings.credentials("h:1", "r").username == "envuser"
     assert "env.json" in str(settings.credentials("h:1", "r"))
-    assert "p" not in repr(settings.credentials("h:1", "r")).replace("envuser", "").replace(
-        "username/password", "").replace("from", "").split("source")[0].split("password")[0]
+    assert "password=" not in repr(settings.credentials("h:1", "r"))
     monkeypatch.delenv("REGISTRY_AUTH_FILE")
     home = tmp_path / "home"
     (home / ".docker").mkdir(parents=True)
