@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils import _files as files
 from ansible_collections.strata.layers.plugins.module_utils._archive import (
@@ -62,14 +62,18 @@ class Blob:
 class Plan:
     """Every blob and metadata file of one image's export."""
 
-    def __init__(self, store: Store, image: ImageRecord, tags: List[str]) -> None:
+    def __init__(self, store: Store, image: ImageRecord, tags: List[str],
+                 omit: Optional[Set[str]] = None) -> None:
         self.image = image
         self.tags = tags
         records = [store.layers.get(ChainID(c)) for c in chain_ids(image.config.diff_ids)]
         self.layers: List[Blob] = []
+        # the layers a receiving store already holds (by chain id): named by the
+        # manifests, their blobs left out (layer_import skips a held layer unread)
+        self.omitted = [r.chain_id for r in records if omit and r.chain_id in omit]
         seen = set()
         for record in records:
-            if record.diff_id not in seen:
+            if record.chain_id not in self.omitted and record.diff_id not in seen:
                 seen.add(record.diff_id)
                 self.layers.append(Blob(record.diff_id, record.tar_size, layer=record))
         self.layer_digests = [r.diff_id for r in records]
@@ -314,7 +318,8 @@ def image_export(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, 
         raise InvalidInput("the directory of dest (%s) does not exist" % parent)
     store = Store.from_params(params)
     with store.read():
-        export = Export(_plans(store, _references(params.get("image"))))
+        omit = set(params.get("omit_layers") or [])
+        export = Export(_plans(store, _references(params.get("image")), omit))
         changed = not _same_export(dest, fmt, export)
         if changed and not check_mode:
             if fmt == "oci-layout":
@@ -326,7 +331,9 @@ def image_export(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, 
             "layers": first.layer_digests, "tags": [t for p in export.plans for t in p.tags],
             "image_ids": [p.image.id for p in export.plans],
             "images": [{"image_id": p.image.id, "tags": p.tags, "layers": p.layer_digests}
-                       for p in export.plans]}
+                       for p in export.plans],
+            "omitted": sorted({c for p in export.plans for c in p.omitted}),
+            "size": sum(b.size for b in export.blobs())}
 
 
 def _references(value: Any) -> List[str]:
@@ -337,7 +344,7 @@ def _references(value: Any) -> List[str]:
     return refs
 
 
-def _plans(store: Store, refs: List[str]) -> List[Plan]:
+def _plans(store: Store, refs: List[str], omit: Set[str]) -> List[Plan]:
     """One plan per image, in the order first named; an image named twice (two tags)
     is one entry carrying both tags, as ``docker save`` writes it."""
     tags: Dict[str, List[str]] = {}
@@ -348,7 +355,8 @@ def _plans(store: Store, refs: List[str]) -> List[Plan]:
         for tag in _tags_for(ref, image.id):
             if tag not in tags.setdefault(image.id, []):
                 tags[image.id].append(tag)
-    return [Plan(store, image, tags.get(image_id, [])) for image_id, image in images.items()]
+    return [Plan(store, image, tags.get(image_id, []), omit)
+            for image_id, image in images.items()]
 
 
 def _tags_for(ref: str, image_id: str) -> List[str]:

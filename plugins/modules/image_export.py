@@ -46,6 +46,16 @@ options:
     description: Absolute path of the archive file, or of the directory for V(oci-layout).
     type: path
     required: true
+  omit_layers:
+    description:
+      - Chain ids of layers the receiving store already holds. The manifests still name
+        them, but their blobs are left out, so the output is only what the receiver lacks;
+        M(strata.layers.layer_import) of it succeeds only into a store that holds them
+        (the C(strata.layers.image_distribute) role does so).
+      - Such an output is not a complete image for other tools (C(docker load), C(skopeo)).
+    type: list
+    elements: str
+    default: []
   format:
     description: What to write.
     type: str
@@ -91,6 +101,15 @@ layers:
   returned: always
   type: list
   elements: str
+omitted:
+  description: Chain ids of the layers whose blobs were left out (O(omit_layers)).
+  returned: always
+  type: list
+  elements: str
+size:
+  description: Bytes of the blobs the output holds (layers, configs, manifests).
+  returned: always
+  type: int
 tags:
   description: Tags the output carries.
   returned: always
@@ -109,6 +128,7 @@ def main() -> None:
             image=dict(type="list", elements="str", required=True),
             dest=dict(type="path", required=True),
             format=dict(type="str", default="docker-archive", choices=list(FORMATS)),
+            omit_layers=dict(type="list", elements="str", default=[]),
         ),
         supports_check_mode=True,
     )

@@ -111,3 +111,29 @@ def test_podman_loads_every_image(three, tmp_path):
         subprocess.run(pod + ["system", "reset", "--force"], capture_output=True, check=False,
                        timeout=120)
         shutil.rmtree(runroot, ignore_errors=True)
+
+
+def test_omit_layers_leaves_out_what_the_receiver_holds(three, tmp_path):
+    root, descs, work = three
+    receiver = str(tmp_path / "receiver")
+    held = layer_import({"src": os.path.join(work, "a"), "format": "oci-layout",
+                         "data_root": receiver})
+    chains = [l["chain_id"] for l in held["layers"]]
+    dest = str(tmp_path / "b-missing.tar")
+    result = image_export({"data_root": root, "image": "b:1", "dest": dest,
+                           "format": "oci-archive", "omit_layers": chains + ["sha256:" + "0" * 64]})
+    assert result["omitted"] == sorted(chains)
+    names = _members(dest)
+    for diff_id in descs["a"]["diff_ids"]:
+        assert "blobs/sha256/" + diff_id[7:] not in names
+    assert "blobs/sha256/" + descs["b"]["diff_ids"][-1][7:] in names
+    full = image_export({"data_root": root, "image": "b:1", "dest": str(tmp_path / "full.tar"),
+                         "format": "oci-archive"})
+    assert result["size"] < full["size"]
+    back = layer_import({"src": dest, "data_root": receiver, "tag": ["b:1"]})
+    assert back["image_id"] == descs["b"]["image_id"]
+    assert [l["imported"] for l in back["layers"]] == [False, False, True]
+    with pytest.raises(Exception):
+        layer_import({"src": dest, "data_root": str(tmp_path / "empty")})
+    assert not os.path.exists(str(tmp_path / "empty" / "images")) or \
+        not os.listdir(str(tmp_path / "empty" / "images"))
