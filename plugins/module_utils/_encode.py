@@ -7,7 +7,9 @@ compressed the same layer differently each time would upload it again each time,
 a resumed upload could not continue from the registry's offset.  Hence:
 
 * ``gzip``: a fixed 10-byte header (no name, mtime 0, XFL 0, OS 255 "unknown", as Go's
-  compress/gzip writes it), raw deflate at a fixed level, CRC-32 and size trailer.  The
+  compress/gzip writes it), raw deflate at a fixed level, CRC-32 and size trailer.
+  Level 4: on real layers (binaries, headers) zlib's level 6 takes 2.2 times the CPU
+  for blobs 3% smaller; podman's default is 5, with a faster deflate than zlib's.  The
   input is cut into fixed 1 MiB blocks compressed on worker threads (zlib releases the
   GIL), each primed with the 32 KiB before it and ended by a sync flush, as pigz does:
   one valid deflate stream, the same bytes whatever the number of threads.
@@ -27,13 +29,12 @@ import subprocess
 import threading
 import zlib
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from typing import Deque, Iterator, Optional
 
 from ansible_collections.strata.layers.plugins.module_utils._errors import Unsupported
 
 COMPRESSIONS = ("gzip", "zstd", "none")
-GZIP_LEVEL = 6
+GZIP_LEVEL = 4
 ZSTD_LEVEL = 3
 BLOCK = 1 << 20
 WINDOW = 32 << 10
@@ -72,6 +73,8 @@ def _deflate(block: bytes, primer: bytes, last: bool) -> bytes:
 
 
 def _gzip(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    # imported here: a re-push, which compresses nothing, should not pay for it
+    from concurrent.futures import ThreadPoolExecutor
     yield GZIP_HEADER
     crc, size = 0, 0
     primer = b""
