@@ -34,11 +34,11 @@ SEED = """
   gather_facts: false
   tasks:
     - ansible.builtin.copy: {src: "{{ work }}/p{{ held[inventory_hostname] }}.tar",
-                             dest: /tmp/strata-seed.tar, mode: "0600"}
+                             dest: /tmp/strata-seed-{{ inventory_hostname }}.tar, mode: "0600"}
       when: held[inventory_hostname] > 0
-    - strata.layers.layer_import: {src: /tmp/strata-seed.tar}
+    - strata.layers.layer_import: {src: /tmp/strata-seed-{{ inventory_hostname }}.tar}
       when: held[inventory_hostname] > 0
-    - ansible.builtin.file: {path: /tmp/strata-seed.tar, state: absent}
+    - ansible.builtin.file: {path: /tmp/strata-seed-{{ inventory_hostname }}.tar, state: absent}
 """
 RESET = """
 - hosts: strata_fleet
@@ -69,10 +69,10 @@ WHOLE = """
 - hosts: strata_fleet
   gather_facts: false
   tasks:
-    - ansible.builtin.copy: {src: "{{ work }}/p%(n)d.tar", dest: /tmp/strata-whole.tar,
+    - ansible.builtin.copy: {src: "{{ work }}/p%(n)d.tar", dest: /tmp/strata-whole-{{ inventory_hostname }}.tar,
                              mode: "0600"}
-    - strata.layers.layer_import: {src: /tmp/strata-whole.tar, tag: [dist/app:1]}
-    - ansible.builtin.file: {path: /tmp/strata-whole.tar, state: absent}
+    - strata.layers.layer_import: {src: /tmp/strata-whole-{{ inventory_hostname }}.tar, tag: [dist/app:1]}
+    - ansible.builtin.file: {path: /tmp/strata-whole-{{ inventory_hostname }}.tar, state: absent}
 """
 
 
