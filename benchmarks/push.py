@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -41,6 +42,15 @@ PUSH_CODE = ("import json, sys\n"
              "r = image_push(json.loads(sys.argv[1]))\n"
              "print(json.dumps({'digest': r['digest'], 'bytes': r['bytes_sent'], "
              "'blobs': r['blobs']}))\n")
+
+
+def child_cpu(fn) -> float:
+    """CPU seconds (user + system) of the child processes ``fn`` ran: what a command
+    costs apart from the wait for a loaded machine's processors."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    fn()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 class Bench:
@@ -114,15 +124,19 @@ def one_run(bench: Bench, results: Results, order: list) -> None:
                 assert bench.last["bytes"] == 0, bench.last
                 results.add(label + " (re-push, in-process)",
                             timed(lambda: bench.in_process(registry.host)))
+                results.add(label + " (re-push) cpu", child_cpu(lambda: bench.strata(registry.host)))
                 results.add("  bytes sent (MB)", sent / 1e6)
             elif label == "skopeo copy":
                 subprocess.run(["sync"], check=True)
                 results.add(label, timed(lambda: bench.skopeo(registry.host)))
                 results.add(label + " (re-push)", timed(lambda: bench.skopeo(registry.host)))
+                results.add(label + " (re-push) cpu", child_cpu(lambda: bench.skopeo(registry.host)))
             else:
                 subprocess.run(["sync"], check=True)
                 results.add(label, timed(lambda: bench.podman_push(registry.host)))
                 results.add(label + " (re-push)", timed(lambda: bench.podman_push(registry.host)))
+                results.add(label + " (re-push) cpu",
+                            child_cpu(lambda: bench.podman_push(registry.host)))
         finally:
             registry.close()
 
@@ -150,7 +164,8 @@ def main() -> int:
                 progress("run %d/%d done" % (run + 1, args.runs))
             ordered = Results()
             for label in ["image_push", "skopeo copy", "podman push", "image_push (re-push)",
-                          "image_push (re-push, in-process)",
+                          "image_push (re-push, in-process)", "image_push (re-push) cpu",
+                          "skopeo copy (re-push) cpu", "podman push (re-push) cpu",
                           "skopeo copy (re-push)", "podman push (re-push)",
                           "  bytes sent (MB)"]:
                 for value in results.samples.get(label, []):
