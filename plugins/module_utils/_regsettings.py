@@ -150,8 +150,7 @@ def proxy_for(scheme: str, host: str) -> Optional[Tuple[str, int]]:
     value = proxies.get(scheme)
     if not value:
         return None
-    bare = host.rsplit(":", 1)[0].strip("[]") if host.count(":") <= 1 or host.startswith("[") \
-        else host
+    bare = urllib.parse.urlsplit("//" + host).hostname or host
     if urllib.request.proxy_bypass_environment(bare, proxies) or \
             urllib.request.proxy_bypass_environment(host, proxies):
         return None

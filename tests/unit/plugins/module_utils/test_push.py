@@ -308,3 +308,52 @@ def test_large_layer_pushes_in_chunks(plain, layouts, source_store, tmp_path):
         patches = [p for m, p, _a in proxy.requests if m == "PATCH"]
     assert len(patches) >= 5              # ~10 MiB compressed, 1-2 MiB a PATCH
     assert result["image_id"] == layouts["big"]["image_id"]
+
+
+PLAYBOOK = """
+- hosts: localhost
+  gather_facts: false
+  module_defaults:
+    strata.layers.image_push:
+      data_root: "{{ root }}"
+      ca_path: "{{ ca }}"
+      username: "{{ user }}"
+      password: "{{ secret }}"
+  tasks:
+    - name: check mode lists what it would send
+      strata.layers.image_push: {name: "app:1", dest: "{{ dest }}"}
+      check_mode: true
+      register: plan
+    - strata.layers.image_push: {name: "app:1", dest: "{{ dest }}"}
+      register: first
+    - strata.layers.image_push: {name: "app:1", dest: "{{ dest }}"}
+      register: second
+    - strata.layers.image_push: {name: "app:1", dest: "{{ dest }}", password: "wrong-{{ secret }}"}
+      register: bad
+      ignore_errors: true
+    - ansible.builtin.assert:
+        that:
+          - plan is changed and plan.blobs.uploaded | length == 4 and plan.bytes_sent == 0
+          - first is changed and first.blobs.uploaded | sort == plan.blobs.uploaded | sort
+          - second is not changed and second.bytes_sent == 0
+          - second.digest == first.digest
+          - bad is failed and 'refused the credentials' in bad.msg
+          - bad.error == 'AuthenticationRefused'
+"""
+
+
+def test_through_ansible_playbook(secure, source_store, tmp_path):
+    store = copy_store(source_store, str(tmp_path / "store"))
+    playbook = tmp_path / "push.yml"
+    playbook.write_text(PLAYBOOK)
+    extra = {"root": store, "ca": secure.ca, "user": USER, "secret": PASSWORD,
+             "dest": "%s/play/app:1" % secure.host}
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS, ANSIBLE_NOCOLOR="1",
+               ANSIBLE_FORCE_COLOR="0")
+    bindir = os.path.dirname(sys.executable)
+    proc = subprocess.run([os.path.join(bindir, "ansible-playbook"), "-vvv", str(playbook),
+                           "-e", json.dumps(extra)], env=env, capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    # no_log: the password is in no result and no message, even at -vvv
+    assert PASSWORD not in proc.stdout.replace(json.dumps(extra), "")
