@@ -20,9 +20,9 @@ description:
     repository of the same registry (pulled from it or pushed to it) is mounted from there
     instead of uploaded. Small layers are uploaded in one request, large ones in chunks; a
     push that was killed continues the upload where the registry stands.
-  - A large layer that no push or pull of this store has compressed before is uploaded
-    as it is compressed (its digest is known only at the end of the stream), so it is the
-    one blob not asked for first.
+  - A large layer that no push or pull of this store has compressed before is
+    compressed to a spool file under O(data_root) first, so that it too is asked for by
+    its digest before it is sent.
   - The config, then the manifest under the tag are sent last, so a failed push never
     moves the tag. The store is only read.
 author:

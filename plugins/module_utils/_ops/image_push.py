@@ -10,23 +10,28 @@ The reason idiom, cheapest question first:
    false``, nothing else asked, nothing compressed;
 2. otherwise blob by blob: ``HEAD`` (the registry has it: skipped), a cross-repository
    mount when the store knows the blob lives in another repository of the same registry
-   (mounted), else compress (deterministically, ``_encode``) and upload: monolithic for
-   a small layer, in ``PATCH`` chunks for a large one, continuing a session a killed
-   push left (its location is recorded after every chunk).  Check mode stops before
-   the first mount or upload and lists what it would do;
+   (mounted), else compress (deterministically, ``_encode``) and upload: a small layer
+   compressed in memory, asked for by its digest and sent in one ``PUT``; a large one
+   compressed to a spool file under ``tmp/`` (so it too is asked for by its digest
+   first), then sent in ``PATCH`` chunks; a session a killed push left is continued
+   instead (its location is recorded after every chunk; the compressor replays the same
+   bytes up to the registry's offset).  Check mode stops before the first mount or
+   upload and lists what it would do;
 3. the config, then the manifest under the tag (the commit point: a failed push never
    moves the tag).
 
 The store is only read (shared lock); the records under ``registry/`` are caches
-written atomically.  Every layer is re-emitted from the store and checked against its
+written atomically, and a large layer's spool file lives in ``tmp/`` (removed at the
+end, or swept as debris by the next exclusive open after a kill).  Every layer is re-emitted from the store and checked against its
 diff_id while it is compressed: a damaged store never reaches a registry.
 """
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+import os
+from typing import Any, Callable, Dict, Iterator, List, Tuple
 
-from ansible_collections.strata.layers.plugins.module_utils._atomic import dumps
+from ansible_collections.strata.layers.plugins.module_utils._atomic import dumps, remove_tree
 from ansible_collections.strata.layers.plugins.module_utils._blobrecords import BlobRecords
 from ansible_collections.strata.layers.plugins.module_utils._crash import crash_point
 from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID, sha256_bytes
@@ -205,7 +210,7 @@ class PushJob:
         if layer.tar_size <= MONOLITHIC:
             digest, size = self.upload_small(number, layer)
         else:
-            digest, size = self.upload_chunked(number, layer)
+            digest, size = self.upload_large(number, layer)
         self.records.remember_compressed(layer.diff_id, self.compression, digest, size,
                                          first=True)
         self.records.remember_origin(digest, self.dest.name)
@@ -223,10 +228,46 @@ class PushJob:
         self.blobs["uploaded"].append(digest)
         return digest, len(blob)
 
-    def upload_chunked(self, number: int, layer: LayerRecord) -> Tuple[str, int]:
+    def upload_large(self, number: int, layer: LayerRecord) -> Tuple[str, int]:
+        """A large layer: continue the upload a killed push left (recompressing up to the
+        registry's offset), or compress it to a spool file under ``tmp/`` first, so its
+        digest is known and asked for (HEAD, mount) before a byte is sent."""
         key = self.records.upload_key(self.dest.name, layer.diff_id, self.compression)
-        location, offset = self.session(key)
+        if self.records.upload(key) is not None:
+            data, check = self.stream(number, layer)
+            return self.upload_chunked(number, layer, key, data, check.verify)
+        staging = self.store.staging("push")
+        try:
+            path, digest, size = self.spool(number, layer, staging)
+            self.records.remember_compressed(layer.diff_id, self.compression, digest, size,
+                                             first=True)
+            if self.uploader.has_blob(digest):
+                self.blobs["skipped"].append(digest)
+                return digest, size
+            if self.try_mount(digest, False):
+                self.blobs["mounted"].append(digest)
+                return digest, size
+            with open(path, "rb") as handle:
+                data = iter(lambda: handle.read(1 << 20), b"")
+                return self.upload_chunked(number, layer, key, data, lambda: None)
+        finally:
+            remove_tree(staging)
+
+    def spool(self, number: int, layer: LayerRecord, staging: str) -> Tuple[str, str, int]:
+        path = os.path.join(staging, "blob")
+        hasher, size = hashlib.sha256(), 0
         data, check = self.stream(number, layer)
+        with open(path, "wb") as handle:
+            for piece in data:
+                hasher.update(piece)
+                handle.write(piece)
+                size += len(piece)
+        check.verify()
+        return path, "sha256:" + hasher.hexdigest(), size
+
+    def upload_chunked(self, number: int, layer: LayerRecord, key: str, data: Iterator[bytes],
+                       verify: Callable[[], None]) -> Tuple[str, int]:
+        location, offset = self.session(key)
         hasher, produced, pending = hashlib.sha256(), 0, bytearray()
         try:
             for piece in data:
@@ -238,7 +279,7 @@ class PushJob:
                 if len(pending) >= self.chunk:
                     location, offset = self.send_chunk(key, location, offset, bytes(pending))
                     pending.clear()
-            check.verify()
+            verify()
             if produced < offset:
                 raise Corrupt("the upload session of %s holds more bytes than the layer "
                               "compresses to; run the push again" % self.what(number, layer))

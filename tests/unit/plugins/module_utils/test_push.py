@@ -357,3 +357,18 @@ def test_through_ansible_playbook(secure, source_store, tmp_path):
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     # no_log: the password is in no result and no message, even at -vvv
     assert PASSWORD not in proc.stdout.replace(json.dumps(extra), "")
+
+
+def test_large_layer_is_asked_for_before_it_is_sent(plain, source_store, tmp_path):
+    """Another store with the same layer and no records of it: the layer is compressed to
+    a spool file, found at the registry by its (deterministic) digest, and not sent."""
+    one = copy_store(source_store, str(tmp_path / "one"))
+    two = copy_store(source_store, str(tmp_path / "two"))
+    dest = "%s/team/spooled:1" % plain.host
+    first = push(one, "big:1", dest, insecure=True, chunk_size=4 << 20)
+    assert len(first["blobs"]["uploaded"]) == 2
+    second = push(two, "big:1", dest, insecure=True)
+    assert second["blobs"]["uploaded"] == []
+    assert sorted(second["blobs"]["skipped"]) == sorted(first["blobs"]["uploaded"])
+    assert second["bytes_sent"] == 0 and second["changed"] is False
+    assert os.listdir(os.path.join(two, "tmp")) == []      # the spool file is gone
