@@ -348,4 +348,3 @@ class TarCheck:
             raise Corrupt("%s no longer matches its content (re-emitted as %s): the store is "
                           "damaged, nothing of it was pushed; run strata.layers.store_check"
                           % (self.what, actual))
-
