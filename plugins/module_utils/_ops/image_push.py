@@ -84,7 +84,7 @@ def image_push(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, An
                         timeout=settings.timeout, actions="pull,push",
                         credentials=settings.credentials(dest.registry, dest.repository))
     store = Store.from_params(params)
-    chunk = int(params.get("chunk_size") or CHUNK)
+    chunk = int(params.get("chunk_size") or CHUNK)   # not an option: tests shrink chunks
     job = PushJob(store, registry, compression, fmt, chunk)
     with store.read():
         image = store.images.get(store.images.resolve(params.get("name") or "", "name"))
@@ -111,6 +111,9 @@ class PushJob:
         self.store, self.registry = store, registry
         self.compression, self.fmt, self.chunk = compression, fmt, chunk
         self.dest: Reference = registry.reference
+        # where blobs live, as pulls record it: the address talked to (Docker Hub's API
+        # host for docker.io names), then the repository
+        self.where = "%s/%s" % (registry.address, self.dest.repository)
         self.records = BlobRecords(store.root)
         self.uploader = Uploader(registry)
         self.blobs: Dict[str, List[str]] = {"uploaded": [], "skipped": [], "mounted": []}
@@ -161,7 +164,7 @@ class PushJob:
             if self.uploader.has_blob(blob["digest"]):
                 self.blobs["skipped"].append(blob["digest"])
                 if not check_mode:
-                    self.records.remember_origin(blob["digest"], self.dest.name)
+                    self.records.remember_origin(blob["digest"], self.where)
                 return blob["digest"], blob["size"]
         for blob in known:
             if self.try_mount(blob["digest"], check_mode):
@@ -175,7 +178,7 @@ class PushJob:
         return self.upload_layer(number, layer)
 
     def try_mount(self, digest: str, check_mode: bool) -> bool:
-        prefix = self.dest.registry + "/"
+        prefix = self.registry.address + "/"
         for origin in self.records.origins(digest):
             source = origin[len(prefix):] if origin.startswith(prefix) else None
             if not source or source == self.dest.repository:
@@ -184,7 +187,7 @@ class PushJob:
                 return True
             mounted, location = self.uploader.mount(digest, source)
             if mounted:
-                self.records.remember_origin(digest, self.dest.name)
+                self.records.remember_origin(digest, self.where)
                 return True
             if location:
                 self.uploader.cancel(location)
@@ -213,7 +216,7 @@ class PushJob:
             digest, size = self.upload_large(number, layer)
         self.records.remember_compressed(layer.diff_id, self.compression, digest, size,
                                          first=True)
-        self.records.remember_origin(digest, self.dest.name)
+        self.records.remember_origin(digest, self.where)
         return digest, size
 
     def upload_small(self, number: int, layer: LayerRecord) -> Tuple[str, int]:
@@ -323,7 +326,7 @@ class PushJob:
             return
         if not check_mode:
             self.uploader.finish(self.uploader.start(), image.id, image.config.raw)
-            self.records.remember_origin(image.id, self.dest.name)
+            self.records.remember_origin(image.id, self.where)
         self.blobs["uploaded"].append(image.id)
 
 
