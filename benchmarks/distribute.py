@@ -9,10 +9,9 @@ removed from every host and pruned (its seed layers stay).  The controller-side 
 the role reads an archive into is made once, in the warm-up run (a re-run reuses it).
 Both sides are ``ansible-playbook`` runs over ssh, taking turns; medians of ``--runs``.
 
-    flock /tmp/strata-molecule.lock sudo .venv/bin/python benchmarks/distribute.py [--runs 3]
+    sudo .venv/bin/python benchmarks/distribute.py [--runs 3]
 
-The fleet uses the molecule scenario's fixed loopback addresses (127.0.0.11-14): hold
-the molecule lock while it runs.
+The fleet is four ext4 hosts on 127.0.0.61-64 (not the molecule scenario's addresses).
 """
 from __future__ import annotations
 
@@ -27,7 +26,10 @@ from tests.support import fleet as fleet_mod
 from tests.support.distimages import make
 from tests.support.paths import COLLECTIONS
 
-HELD = {"strata-ext4": 0, "strata-xfs": 1, "strata-btrfs": 3, "strata-nodtype": 4}
+HELD = {"dist-a": 0, "dist-b": 1, "dist-c": 3, "dist-d": 4}
+# addresses of their own (the molecule fleet uses 127.0.0.11-14): no lock needed
+HOSTS = [{"name": name, "fs": "ext4", "address": "127.0.0.%d" % (61 + n)}
+         for n, name in enumerate(HELD)]
 
 SEED = """
 - hosts: strata_fleet
@@ -112,7 +114,8 @@ def main() -> int:
         made = make(work, layers=args.layers, size=args.layer_mb << 20)
         progress("image %s: %d layers of %d MiB" % (made["p%d" % args.layers], args.layers,
                                                     args.layer_mb))
-        with fleet_mod.fleet(state, size_mb=max(400, args.layers * args.layer_mb * 3)) as fl:
+        with fleet_mod.fleet(state, HOSTS,
+                             size_mb=max(400, args.layers * args.layer_mb * 3)) as fl:
             plays = Plays(work, fl.inventory, args.layers)
             plays.play("seed", SEED)
             plays.play("role", ROLE)                      # warm-up: the controller's store
