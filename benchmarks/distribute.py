@@ -35,12 +35,17 @@ SEED = """
 - hosts: strata_fleet
   gather_facts: false
   tasks:
-    - ansible.builtin.copy: {src: "{{ work }}/p{{ held[inventory_hostname] }}.tar",
-                             dest: /tmp/strata-seed-{{ inventory_hostname }}.tar, mode: "0600"}
+    - ansible.builtin.copy:
+        src: "{{ work }}/p{{ held[inventory_hostname] }}.tar"
+        dest: "/tmp/strata-seed-{{ inventory_hostname }}.tar"
+        mode: "0600"
       when: held[inventory_hostname] > 0
-    - strata.layers.layer_import: {src: /tmp/strata-seed-{{ inventory_hostname }}.tar}
+    - strata.layers.layer_import:
+        src: "/tmp/strata-seed-{{ inventory_hostname }}.tar"
       when: held[inventory_hostname] > 0
-    - ansible.builtin.file: {path: /tmp/strata-seed-{{ inventory_hostname }}.tar, state: absent}
+    - ansible.builtin.file:
+        path: "/tmp/strata-seed-{{ inventory_hostname }}.tar"
+        state: absent
 """
 RESET = """
 - hosts: strata_fleet
@@ -71,10 +76,16 @@ WHOLE = """
 - hosts: strata_fleet
   gather_facts: false
   tasks:
-    - ansible.builtin.copy: {src: "{{ work }}/p%(n)d.tar", dest: /tmp/strata-whole-{{ inventory_hostname }}.tar,
-                             mode: "0600"}
-    - strata.layers.layer_import: {src: /tmp/strata-whole-{{ inventory_hostname }}.tar, tag: [dist/app:1]}
-    - ansible.builtin.file: {path: /tmp/strata-whole-{{ inventory_hostname }}.tar, state: absent}
+    - ansible.builtin.copy:
+        src: "{{ work }}/p%(n)d.tar"
+        dest: "/tmp/strata-whole-{{ inventory_hostname }}.tar"
+        mode: "0600"
+    - strata.layers.layer_import:
+        src: "/tmp/strata-whole-{{ inventory_hostname }}.tar"
+        tag: [dist/app:1]
+    - ansible.builtin.file:
+        path: "/tmp/strata-whole-{{ inventory_hostname }}.tar"
+        state: absent
 """
 
 
@@ -93,7 +104,7 @@ class Plays:
                                "-i", self.inventory, "-e", self.extra, "-f", "4", path],
                               cwd=REPO, env=env, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
-            raise RuntimeError("%s failed: %s" % (name, proc.stdout[-4000:]))
+            raise RuntimeError("%s failed: %s %s" % (name, proc.stdout[-4000:], proc.stderr[-2000:]))
 
     def sent(self) -> int:
         total = 0
