@@ -311,8 +311,10 @@ class Applier:
 
     def _hardlink(self, pfd: int, name: bytes, member: Member) -> None:
         target = member.linkname
-        if target.startswith(b"/") or b"\0" in target:
-            raise self._refuse("is a hardlink to an absolute or invalid name")
+        if b"\0" in target:
+            raise self._refuse("is a hardlink to an invalid name")
+        # an absolute link name is taken relative to the layer root, as GNU tar (which
+        # strips the leading '/') and Docker's extraction (joined to the root) read it
         parts = [p for p in target.split(b"/") if p not in (b"", b".")]
         if b".." in parts:
             raise self._refuse("is a hardlink that escapes the layer root with '..'")

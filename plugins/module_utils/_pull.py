@@ -36,7 +36,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
-    TEMP_PREFIX, makedirs, read_json, remove_tree, write_json)
+    TEMP_PREFIX, makedirs, read_json, remove_tree, wrap_os_error, write_json)
 from ansible_collections.strata.layers.plugins.module_utils._compression import (
     DecodedStream, open_file)
 from ansible_collections.strata.layers.plugins.module_utils._digest import (
@@ -71,13 +71,17 @@ def image_pull(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, An
     max_size = params.get("max_size")
     if max_size is not None and int(max_size) <= 0:
         raise InvalidInput("max_size must be a positive number of bytes")
-    timeout = params.get("timeout") or 60
-    if float(timeout) <= 0:
-        raise InvalidInput("timeout must be a positive number of seconds")
+    timeouts = {name: float(params.get(name) or default) for name, default in
+                (("timeout", 60), ("connect_timeout", 30), ("blob_timeout", 3600))}
+    for name, value in timeouts.items():
+        if value <= 0:
+            raise InvalidInput("%s must be a positive number of seconds" % name)
     store = Store.from_params(params)
     registry = Registry(reference, insecure=bool(params.get("insecure")),
                         ca_path=params.get("ca_path"), username=params.get("username"),
-                        password=params.get("password"), timeout=float(timeout))
+                        password=params.get("password"), timeout=timeouts["timeout"],
+                        connect_timeout=timeouts["connect_timeout"],
+                        deadline=timeouts["blob_timeout"])
     job = PullJob(store, registry, wanted, bool(params.get("platform")), tags, max_size)
     return job.run(check_mode)
 
@@ -214,6 +218,7 @@ class PullJob:
     def _pull(self, manifest: Manifest, config: ImageConfig) -> Dict[str, Any]:
         store = self.store
         chains = chain_ids(config.diff_ids)
+        store.check_depth(len(chains), str(self.reference))
         self._check_known_blobs(manifest, config)
         missing = [n for n, chain in enumerate(chains) if not store.layers.exists(chain)]
         fetch = LayerFetch(store, self.registry, manifest.layers, config.diff_ids, self.max_size,
@@ -259,6 +264,7 @@ class LayerFetch:
         """Fetch and apply ``missing`` (layer numbers, bottom up); returns those imported."""
         if not missing:
             return set()
+        self._check_sizes(missing)
         staging = self.store.staging("pull")
         pool = ThreadPoolExecutor(max_workers=PARALLEL - 1, thread_name_prefix="strata-pull")
         try:
@@ -282,9 +288,27 @@ class LayerFetch:
             pool.shutdown(wait=True, cancel_futures=True)
             remove_tree(staging)
 
+    def _check_sizes(self, missing: List[int]) -> None:
+        """With ``max_size``, a blob much larger than it cannot decompress to less (gzip and
+        zstd add a few bytes a block at worst): refused before anything is downloaded,
+        so no download ahead fills ``tmp/`` with it."""
+        if self.max_size is None:
+            return
+        bound = self.max_size + self.max_size // 64 + (64 << 10)
+        for number in missing:
+            if self.blobs[number].size > bound:
+                raise InvalidInput("%s is %d bytes compressed, beyond max_size (%d bytes): "
+                                   "refused before downloading" % (
+                                       self.what(number), self.blobs[number].size,
+                                       self.max_size))
+
     def _download(self, number: int, staging: str) -> str:
         path = os.path.join(staging, "%d-%s" % (number, hex_of(self.blobs[number].digest)))
-        self.registry.download(self.blobs[number], path, self.what(number), self._stop.is_set)
+        try:
+            self.registry.download(self.blobs[number], path, self.what(number), self._stop.is_set)
+        except OSError as exc:
+            raise wrap_os_error(exc, "downloading %s into %s" % (self.what(number), staging)) \
+                from exc
         return path
 
     def _stream_opener(self, number: int) -> "Opener":

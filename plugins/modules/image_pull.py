@@ -92,9 +92,20 @@ options:
     type: int
   timeout:
     description:
-      - Seconds to wait for the registry to connect or send data before giving up.
+      - Seconds to wait for data from the registry (each read) before giving up.
     type: int
     default: 60
+  connect_timeout:
+    description:
+      - Seconds to wait for a connection (and TLS handshake) to the registry.
+    type: int
+    default: 30
+  blob_timeout:
+    description:
+      - Overall deadline in seconds for each request, a layer download included, however
+        steadily the registry sends data. Raise it for very large layers over slow links.
+    type: int
+    default: 3600
 notes:
   - Registry traffic goes directly to the registry (and to the hosts it redirects blob
     downloads to); proxy environment variables are not used.
@@ -198,6 +209,8 @@ def main() -> None:
             password=dict(type="str", no_log=True),
             max_size=dict(type="int"),
             timeout=dict(type="int", default=60),
+            connect_timeout=dict(type="int", default=30),
+            blob_timeout=dict(type="int", default=3600),
         ),
         required_together=[("username", "password")],
         supports_check_mode=True,
