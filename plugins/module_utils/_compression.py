@@ -10,6 +10,7 @@ Python 3.14), fed by a thread so that the compressed digest is still computed he
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import select
@@ -302,16 +303,23 @@ def open_regular(path: str, what: Optional[str] = None) -> int:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
+        if exc.errno == errno.ENXIO:        # a socket (or a device without its driver)
+            _refuse_kind(os.stat(path).st_mode, what or path)
         raise StoreError("cannot read %s: %s" % (what or path, exc.strerror)) from exc
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
+    try:
+        _refuse_kind(os.fstat(fd).st_mode, what or path)
+    except BaseException:
         os.close(fd)
-        kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
-        raise InvalidInput("%s is %s, not a regular file: refused (its size is unknown and "
-                           "reading it may never end); copy it to a file first"
-                           % (what or path, kind))
+        raise
     os.set_blocking(fd, True)
     return fd
+
+
+def _refuse_kind(mode: int, what: str) -> None:
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+        raise InvalidInput("%s is %s, not a regular file: refused (its size is unknown and "
+                           "reading it may never end); copy it to a file first" % (what, kind))
 
 
 def read_head(path: str, size: int = 16) -> bytes:

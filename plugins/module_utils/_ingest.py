@@ -45,6 +45,9 @@ def layer_import(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, 
     if not os.path.exists(src):
         raise NotFound("src %s does not exist on this host" % src)
     streamed = is_stream(src)
+    if streamed and fmt not in ("layer", "auto"):
+        raise InvalidInput("src %s is a FIFO or character device, not an archive file: only "
+                           "format: layer reads from a stream" % src)
     if streamed and fmt != "layer":
         raise InvalidInput("src %s is a FIFO or character device: give format: layer to read a "
                            "layer from it (formats are not detected from a stream, and an "

@@ -1,0 +1,297 @@
+"""Issue 18: broken or hostile input ends in a clear error naming the input, never in a
+traceback, unbounded memory or a hang that holds the store.
+
+Every case runs the real module file as a process (``python plugins/modules/X.py
+args.json``, as Ansible runs it on a host), so what is asserted is what a user sees:
+JSON with ``failed`` and ``msg``, no ``Traceback`` on stderr.  Inputs are made here;
+bombs and floods are small, with the bound lowered to match.  Hang cases use small
+deadlines and then check that the store lock is free.
+"""
+from __future__ import annotations
+
+import fcntl
+import gzip
+import http.server
+import io
+import json
+import os
+import resource
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+
+import pytest
+
+from tests.support import ops
+from tests.support.images import make_oci_layout
+from tests.support.paths import REPO, python_env
+from tests.support.tars import LayerTar, write
+
+MODULES = os.path.join(REPO, "plugins", "modules")
+
+
+def module(name: str, args: dict, tmp_path, memory: int = 0) -> dict:
+    """Run module ``name`` as Ansible would on a host; its JSON answer."""
+    argfile = tmp_path / ("args-%s-%d.json" % (name, time.monotonic_ns()))
+    argfile.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
+
+    def limit() -> None:
+        if memory:
+            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    proc = subprocess.run([sys.executable, os.path.join(MODULES, name + ".py"), str(argfile)],
+                          env=python_env(), capture_output=True, text=True, timeout=300,
+                          preexec_fn=limit, check=False)
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def failed(answer: dict, error: str, *fragments: str) -> None:
+    assert answer.get("failed"), answer
+    assert answer["error"] == error, answer
+    for fragment in fragments:
+        assert fragment in answer["msg"], answer["msg"]
+
+
+def lock_is_free(root: str) -> bool:
+    fd = os.open(os.path.join(root, "lock"), os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def tar_of(members: dict) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def layer_digest(data: bytes) -> str:
+    import hashlib
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+# ---------------------------------------------------------------------- JSON bombs
+DEEP = b"[" * 50_000 + b"]" * 50_000
+
+
+@pytest.mark.parametrize("where", ["manifest", "config", "index"])
+def test_deeply_nested_json_is_refused(where, tmp_path):
+    if where == "index":
+        layout = str(tmp_path / "layout")
+        make_oci_layout(layout, [LayerTar().file("a", b"a").bytes()])
+        with open(os.path.join(layout, "index.json"), "wb") as handle:
+            handle.write(b'{"schemaVersion":2,"manifests":' + DEEP + b"}")
+        src, fmt = layout, "oci-layout"
+    else:
+        config = b'{"rootfs":{"type":"layers","diff_ids":[]},"x":' + DEEP + b"}"
+        manifest = DEEP if where == "manifest" else \
+            json.dumps([{"Config": "c.json", "Layers": []}]).encode()
+        src = write(tmp_path / "a.tar", tar_of({"manifest.json": manifest, "c.json": config}))
+        fmt = "docker-archive"
+    answer = module("layer_import", {"src": src, "format": fmt,
+                                     "data_root": str(tmp_path / "store")}, tmp_path)
+    failed(answer, "InvalidInput", "deep", src)
+
+
+def test_a_fan_out_index_is_refused_within_bounded_memory(tmp_path):
+    """5,000 index entries (each naming the same manifest) against max_entries 100, and
+    a 4 MiB flood of empty arrays in a config, under a 1 GiB address-space limit."""
+    layout = str(tmp_path / "layout")
+    make_oci_layout(layout, [LayerTar().file("a", b"a").bytes()])
+    with open(os.path.join(layout, "index.json")) as handle:
+        index = json.load(handle)
+    index["manifests"] = index["manifests"] * 5000
+    with open(os.path.join(layout, "index.json"), "w") as handle:
+        json.dump(index, handle)
+    root = str(tmp_path / "store")
+    answer = module("layer_import", {"src": layout, "format": "oci-layout", "data_root": root,
+                                     "max_entries": 100}, tmp_path, memory=1 << 30)
+    failed(answer, "InvalidInput", "5000 entries", "max_entries")
+    flood = b'{"rootfs":{"type":"layers","diff_ids":[]},"x":[' + b"[]," * (1 << 20) + b"[]]}"
+    src = write(tmp_path / "flood.tar", tar_of({
+        "manifest.json": json.dumps([{"Config": "c.json", "Layers": []}]).encode(),
+        "c.json": flood}))
+    answer = module("layer_import", {"src": src, "data_root": root, "format": "docker-archive"},
+                    tmp_path, memory=1 << 30)
+    failed(answer, "InvalidInput", "arrays and objects")
+
+
+def test_an_archive_with_a_huge_manifest_is_not_taken_for_a_layer(tmp_path):
+    layer = LayerTar().file("a", b"a").bytes()
+    hexd = layer_digest(layer)[7:]
+    manifest = json.dumps([{"Config": "c.json", "Layers": [hexd + "/layer.tar"],
+                            "RepoTags": ["x:%d" % n]} for n in range(400)]).encode()
+    src = write(tmp_path / "big.tar", tar_of({hexd + "/layer.tar": layer,
+                                              "manifest.json": manifest}))
+    root = str(tmp_path / "store")
+    answer = module("layer_import", {"src": src, "data_root": root,
+                                     "max_metadata_size": 4096}, tmp_path)
+    failed(answer, "InvalidInput", src, "looks like an image archive", "max_metadata_size")
+    assert not os.path.exists(os.path.join(root, "store.json")) or \
+        ops.facts(root)["layers"] == []
+
+
+# ---------------------------------------------------------------------- decisions
+@pytest.mark.parametrize("content", ["blobs-dir", "repositories-file"])
+def test_gzip_layers_that_look_like_archives_import(content, tmp_path):
+    layer = LayerTar().dir("blobs").file("blobs/x", b"x").bytes() if content == "blobs-dir" \
+        else LayerTar().file("repositories", b'{"app": {}}').file("etc/a", b"a").bytes()
+    src = write(tmp_path / "layer.tar.gz", layer, "gzip")
+    answer = module("layer_import", {"src": src, "data_root": str(tmp_path / "store")},
+                    tmp_path)
+    assert answer["changed"] and not answer.get("failed"), answer
+    assert answer["layers"][0]["diff_id"] == layer_digest(layer)
+
+
+def test_an_absolute_hardlink_name_is_relative_to_the_layer_root(tmp_path):
+    layer = LayerTar().dir("usr").dir("usr/bin").file("usr/bin/x", b"#!x", mode=0o755) \
+        .hardlink("usr/bin/y", "/usr/bin/x").bytes()
+    src = write(tmp_path / "abs.tar", layer)
+    answer = module("layer_import", {"src": src, "data_root": str(tmp_path / "store")},
+                    tmp_path)
+    assert answer["changed"] and answer["layers"][0]["diff_id"] == layer_digest(layer), answer
+
+
+def test_an_archive_too_deep_for_the_driver_leaves_the_store_as_it_was(tmp_path):
+    root = str(tmp_path / "store")
+    ops.run_here("migrate", {"data_root": root, "driver": "overlay2"})
+    ops.run_here("import", {"data_root": root, "src": write(
+        tmp_path / "base.tar", LayerTar().file("b", b"b").bytes()), "tag": ["base:1"]})
+    before = ops.snapshot(root)
+    layout = str(tmp_path / "deep")
+    make_oci_layout(layout, [LayerTar().file("f%d" % n, b"%d" % n).bytes() for n in range(126)],
+                    compress=False)
+    answer = module("layer_import", {"src": layout, "data_root": root}, tmp_path)
+    failed(answer, "Unsupported", layout, "126 layers", "at most 125")
+    assert ops.snapshot(root) == before
+
+
+# ---------------------------------------------------------------------- sources that never end
+def test_sources_that_are_not_regular_files(tmp_path):
+    root = str(tmp_path / "store")
+    fifo = str(tmp_path / "fifo")
+    os.mkfifo(fifo)
+    failed(module("layer_import", {"src": fifo, "data_root": root}, tmp_path),
+           "InvalidInput", fifo, "format: layer")
+    failed(module("layer_import", {"src": "/dev/zero", "data_root": root}, tmp_path),
+           "InvalidInput", "/dev/zero")
+    sock_path = str(tmp_path / "sock")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(sock_path)
+    try:
+        failed(module("layer_import", {"src": sock_path, "data_root": root,
+                                       "format": "layer"}, tmp_path),
+               "InvalidInput", sock_path, "socket")
+    finally:
+        sock.close()
+    # /dev/zero as a layer stream: bounded by max_size, then refused
+    answer = module("layer_import", {"src": "/dev/zero", "format": "layer", "data_root": root,
+                                     "max_size": 1 << 20}, tmp_path)
+    failed(answer, "InvalidInput", "/dev/zero", "max_size")
+    # a FIFO nobody writes to: gives up after src_timeout, lock free
+    answer = module("layer_import", {"src": fifo, "format": "layer", "data_root": root,
+                                     "src_timeout": 1}, tmp_path)
+    failed(answer, "InvalidInput", fifo, "no data for 1 seconds")
+    assert lock_is_free(root)
+
+
+def test_a_fifo_with_a_writer_imports(tmp_path):
+    fifo = str(tmp_path / "fifo")
+    os.mkfifo(fifo)
+    layer = LayerTar().file("streamed", b"s").bytes()
+
+    def feed() -> None:
+        with open(fifo, "wb") as handle:
+            handle.write(layer)
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    try:
+        answer = module("layer_import", {"src": fifo, "format": "layer",
+                                         "data_root": str(tmp_path / "store")}, tmp_path)
+    finally:
+        feeder.join(timeout=60)
+    assert answer["changed"] and answer["layers"][0]["diff_id"] == layer_digest(layer)
+
+
+# ---------------------------------------------------------------------- read-only data root
+def test_a_read_only_data_root(tmp_path):
+    root = str(tmp_path / "store")
+    ops.run_here("import", {"data_root": root, "src": write(
+        tmp_path / "a.tar", LayerTar().file("a", b"a").bytes()), "tag": ["a:1"]})
+    subprocess.run(["mount", "--bind", root, root], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", root], check=True)
+        info = module("store_info", {"data_root": root}, tmp_path)
+        assert not info.get("failed") and info["images"][0]["tags"] == ["a:1"], info
+        checked = module("store_check", {"data_root": root}, tmp_path)
+        assert checked["ok"], checked
+        src = write(tmp_path / "b.tar", LayerTar().file("b", b"b").bytes())
+        for name, args in (("layer_import", {"src": src}),
+                           ("container_layer", {"name": "c", "image": "a:1"}),
+                           ("image", {"name": "a:1", "tag": ["b:1"]}),
+                           ("store_prune", {})):
+            failed(module(name, dict(args, data_root=root), tmp_path), "StoreError",
+                   root, "read-only")
+    finally:
+        subprocess.run(["umount", root], check=True)
+
+
+# ---------------------------------------------------------------------- full disk
+def fill(path: str) -> str:
+    """Fill the filesystem of ``path`` to the last block; returns the filler's name."""
+    filler = os.path.join(os.path.dirname(path), "filler")
+    with open(filler, "wb") as handle:
+        chunk = b"\xa5" * (1 << 20)
+        try:
+            while True:
+                handle.write(chunk)
+                handle.flush()
+        except OSError:
+            pass
+        try:
+            while True:
+                handle.write(b"\xa5" * 4096)
+                handle.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_a_full_disk_during_tag_container_removal_and_prune(make_fs, tmp_path):
+    fs = make_fs("ext4", 40)
+    root = os.path.join(fs.mountpoint, "store")
+    try:
+        ops.run_here("migrate", {"data_root": root, "driver": "overlay2"})
+        ops.run_here("import", {"data_root": root, "src": write(
+            tmp_path / "a.tar", LayerTar().file("a", b"a" * 5000).bytes()), "tag": ["a:1"]})
+        ops.run_here("container", {"data_root": root, "name": "c", "image": "a:1"})
+        ops.run_here("image", {"data_root": root, "name": "a:1", "tag": ["old:1"]})
+        ops.run_here("image", {"data_root": root, "name": "old:1", "state": "absent"})
+        ops.settle(root)
+        filler = fill(root)
+        try:
+            before = ops.snapshot(root)
+            for name, args in (("image", {"name": "a:1", "tag": ["b:1"]}),
+                               ("container_layer", {"name": "c", "state": "absent"})):
+                answer = module(name, dict(args, data_root=root), tmp_path)
+                if not answer.get("failed"):
+                    continue        # it needed no new block: fine, as long as no traceback
+                failed(answer, "NoSpace", "no space left")
+                assert ops.snapshot(root) == before
+            module("store_prune", {"data_root": root}, tmp_path)
+        finally:
+            os.unlink(filler)
+        assert ops.findings(root) == []
+    finally:
+        ops.unmount_and_remove(root)
