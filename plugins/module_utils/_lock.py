@@ -77,8 +77,11 @@ class StoreLock:
             note = "pid %d on %s: %s since %s\n" % (
                 os.getpid(), socket.gethostname(), self.operation or "a mutation",
                 time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, note.encode("utf-8", "replace"), 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, note.encode("utf-8", "replace"), 0)
+            except OSError:
+                pass    # a full disk: the note is a courtesy, /proc/locks still names us
 
     def release(self) -> None:
         if self._fd is not None:
