@@ -424,13 +424,27 @@ class Response:
         self.timeout, self.deadline = timeout, deadline
 
     def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes, fewer only at the end of the body.  Read piece by piece
+        (``read1``: one receive each) so a server dripping a byte at a time meets the
+        deadline between pieces, not only when a whole chunk has arrived."""
+        pieces: List[bytes] = []
+        got = 0
+        while got < n:
+            piece = self._read_piece(n - got)
+            if not piece:
+                break
+            pieces.append(piece)
+            got += len(piece)
+        return b"".join(pieces)
+
+    def _read_piece(self, n: int) -> bytes:
         left = self.deadline - time.monotonic()
         if left <= 0:
             raise DeadlineExceeded("deadline")
         if self.conn.sock is not None:
             self.conn.sock.settimeout(min(self.timeout, left))
         try:
-            return self.resp.read(n)
+            return self.resp.read1(n)
         except socket.timeout as exc:
             if time.monotonic() >= self.deadline:
                 raise DeadlineExceeded("deadline") from exc

@@ -295,3 +295,182 @@ def test_a_full_disk_during_tag_container_removal_and_prune(make_fs, tmp_path):
         assert module("store_prune", {"data_root": root}, tmp_path)["changed"]
     finally:
         ops.unmount_and_remove(root)
+
+
+# ---------------------------------------------------------------------- registries
+class FakeRegistry:
+    """A registry of one image served from memory, with hostile behaviours on demand:
+    ``stall`` (accept, never answer), ``drip`` (a blob a byte at a time), ``huge_401`` /
+    ``huge_redirect`` (bodies that never end).  It counts blob requests."""
+
+    def __init__(self, layers: int = 1, behaviour: str = "", layer_size: int = 0) -> None:
+        self.behaviour, self.blob_requests = behaviour, []
+        self.blobs = {}
+        descs, diff_ids = [], []
+        for n in range(layers):
+            data = LayerTar().file("f%d" % n, b"%d" % n + b"\0" * layer_size).bytes()
+            digest = layer_digest(data)
+            self.blobs[digest] = data
+            diff_ids.append(digest)
+            descs.append({"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                          "digest": digest, "size": len(data)})
+        config = json.dumps({"architecture": "amd64", "os": "linux",
+                             "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
+        self.blobs[layer_digest(config)] = config
+        self.manifest = json.dumps({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": layer_digest(config), "size": len(config)},
+            "layers": descs}).encode()
+        self.config_digest = layer_digest(config)
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.host = "127.0.0.1:%d" % self.server.server_address[1]
+
+    def _handler(self):
+        reg = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def endless(self, status: int, extra: dict) -> None:
+                self.send_response(status)
+                for key, value in extra.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(1 << 40))
+                self.end_headers()
+                try:
+                    while True:
+                        self.wfile.write(b"x" * 65536)
+                except OSError:
+                    pass
+
+            def do_GET(self) -> None:
+                if reg.behaviour == "stall":
+                    time.sleep(30)
+                    return
+                if reg.behaviour == "huge_401":
+                    return self.endless(401, {"WWW-Authenticate": "Basic realm=x"})
+                if reg.behaviour == "huge_redirect" and "/elsewhere" not in self.path:
+                    return self.endless(302, {"Location": "/elsewhere" + self.path})
+                path = self.path.replace("/elsewhere", "")
+                if "/manifests/" in path:
+                    return self.answer(reg.manifest, "application/vnd.oci.image.manifest.v1+json")
+                digest = path.rsplit("/", 1)[-1]
+                if digest != reg.config_digest:
+                    reg.blob_requests.append(digest)
+                data = reg.blobs.get(digest)
+                if data is None:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                if reg.behaviour == "drip" and digest != reg.config_digest:
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    try:
+                        for byte in data:
+                            self.wfile.write(bytes([byte]))
+                            self.wfile.flush()
+                            time.sleep(0.2)
+                    except OSError:
+                        pass
+                    return
+                self.answer(data, "application/octet-stream")
+
+            def answer(self, data: bytes, media_type: str) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", media_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        return Handler
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fake_registry():
+    made = []
+
+    def factory(**kw) -> FakeRegistry:
+        made.append(FakeRegistry(**kw))
+        return made[-1]
+    yield factory
+    for reg in made:
+        reg.close()
+
+
+def pull_args(reg: FakeRegistry, root: str, **extra) -> dict:
+    return dict({"name": "%s/test/img:1" % reg.host, "insecure": True, "data_root": root},
+                **extra)
+
+
+def test_a_pull_works_against_the_fake_registry(fake_registry, tmp_path):
+    reg = fake_registry(layers=2)
+    answer = module("image_pull", pull_args(reg, str(tmp_path / "store")), tmp_path)
+    assert answer["changed"] and len(answer["layers"]) == 2, answer
+
+
+@pytest.mark.parametrize("behaviour, options, fragments", [
+    ("stall", {"timeout": 1}, ["no answer within"]),
+    ("drip", {"timeout": 5, "blob_timeout": 2}, ["not complete within 2 seconds",
+                                                 "blob_timeout"]),
+    ("huge_401", {}, ["requires authentication"]),
+    ("huge_redirect", {}, None),        # the redirect's endless body is never read
+])
+def test_registry_hangs_and_floods_end_with_a_clear_error(behaviour, options, fragments,
+                                                           fake_registry, tmp_path):
+    reg = fake_registry(behaviour=behaviour, layer_size=64)
+    root = str(tmp_path / "store")
+    answer = module("image_pull", pull_args(reg, root, **options), tmp_path, memory=1 << 30)
+    if fragments is None:
+        assert answer["changed"] and not answer.get("failed"), answer
+        return
+    assert answer.get("failed"), answer
+    for fragment in fragments:
+        assert fragment in answer["msg"], answer["msg"]
+    assert not os.path.exists(os.path.join(root, "lock")) or lock_is_free(root)
+
+
+def test_a_pull_too_deep_for_the_driver_downloads_nothing(fake_registry, tmp_path):
+    reg = fake_registry(layers=126)
+    root = str(tmp_path / "store")
+    ops.run_here("migrate", {"data_root": root, "driver": "overlay2"})
+    answer = module("image_pull", pull_args(reg, root), tmp_path)
+    failed(answer, "Unsupported", "126 layers", "at most 125")
+    assert reg.blob_requests == []
+    assert ops.facts(root)["layers"] == []
+
+
+def test_max_size_is_checked_before_any_download(fake_registry, tmp_path):
+    reg = fake_registry(layers=3, layer_size=200_000)
+    root = str(tmp_path / "store")
+    answer = module("image_pull", pull_args(reg, root, max_size=100_000), tmp_path)
+    failed(answer, "InvalidInput", "max_size", "before downloading")
+    assert reg.blob_requests == []
+
+
+def test_a_registry_port_out_of_range_is_named(tmp_path):
+    answer = module("image_pull", {"name": "127.0.0.1:99999/x/y:1", "insecure": True,
+                                   "data_root": str(tmp_path / "store")}, tmp_path)
+    failed(answer, "InvalidReference", "99999", "out of range")
+
+
+def test_challenges_are_parsed_in_one_pass():
+    from ansible_collections.strata.layers.plugins.module_utils._registry import (
+        parse_challenges)
+    assert parse_challenges('Bearer realm="https://a/t",service="r",scope="repository:x:pull"') \
+        == {"bearer": {"realm": "https://a/t", "service": "r", "scope": "repository:x:pull"}}
+    assert parse_challenges('Basic realm="x", Bearer realm="a\\"b",service=s') == \
+        {"basic": {"realm": "x"}, "bearer": {"realm": 'a"b', "service": "s"}}
+    # inputs that made the former regex split quadratic: they end (no timing asserted)
+    for header in (", " * 50_000, "Bearer " + "a " * 50_000, "Bearer a" + " " * 100_000 + "b",
+                   'x="' + '\\"' * 50_000, "Bearer " + "a a=" * 25_000):
+        assert isinstance(parse_challenges(header), dict)
