@@ -22,15 +22,17 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils import _files as files
 from ansible_collections.strata.layers.plugins.module_utils._archive import (
-    DirIndex, TarIndex)
+    MAX_JSON, DirIndex, TarIndex)
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
     dumps, fsync_dir, temp_name, wrap_os_error, write_file)
+from ansible_collections.strata.layers.plugins.module_utils._compression import open_regular
 from ansible_collections.strata.layers.plugins.module_utils._digest import (
     ChainID, chain_ids, hex_of, sha256_bytes)
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, InvalidInput, StoreError)
 from ansible_collections.strata.layers.plugins.module_utils._images import (
     ImageRecord, normalize_tag, split_reference)
+from ansible_collections.strata.layers.plugins.module_utils._jsondoc import loads
 from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
 from ansible_collections.strata.layers.plugins.module_utils._tarformat import (
@@ -199,15 +201,31 @@ def _merged_index(path: str, plan: Plan) -> bytes:
     """Our manifest replaces an entry of the same name (or digest); other images stay."""
     mine = json.loads(plan.index())["manifests"][0]
     name = (mine.get("annotations") or {}).get("org.opencontainers.image.ref.name")
-    try:
-        with open(path, "rb") as handle:
-            current = json.loads(handle.read()).get("manifests", [])
-    except (OSError, ValueError, AttributeError):
-        current = []
+    current = _existing_entries(path)
     others = [m for m in current if m.get("digest") != mine["digest"] and
               (name is None or (m.get("annotations") or {}).get(
                   "org.opencontainers.image.ref.name") != name)]
     return dumps({"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": others + [mine]})
+
+
+def _existing_entries(path: str) -> List[Dict[str, Any]]:
+    """The manifest descriptors of the index.json already at ``path`` (a regular file,
+    bounded like any index read from outside); none when it is not a readable index."""
+    try:
+        fd = open_regular(path)
+    except StoreError:
+        return []
+    try:
+        raw = os.read(fd, MAX_JSON + 1)
+    except OSError:
+        return []
+    finally:
+        os.close(fd)
+    try:
+        entries = loads(raw, "index %s" % path).get("manifests", [])
+    except (StoreError, AttributeError):
+        return []
+    return [m for m in entries if isinstance(m, dict)] if isinstance(entries, list) else []
 
 
 def _same_export(dest: str, fmt: str, plan: Plan) -> bool:
@@ -223,7 +241,7 @@ def _same_export(dest: str, fmt: str, plan: Plan) -> bool:
         elif fmt == "oci-archive" and index.read("index.json") != plan.index():
             return False
         elif fmt == "oci-layout":
-            entries = json.loads(index.read("index.json")).get("manifests", [])
+            entries = _existing_entries(os.path.join(dest, "index.json"))
             if not any(m.get("digest") == plan.manifest.digest for m in entries):
                 return False
         return all(_blob_present(index, blob) for blob in plan.blobs())

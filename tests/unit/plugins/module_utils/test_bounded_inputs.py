@@ -474,3 +474,23 @@ def test_challenges_are_parsed_in_one_pass():
     for header in (", " * 50_000, "Bearer " + "a " * 50_000, "Bearer a" + " " * 100_000 + "b",
                    'x="' + '\\"' * 50_000, "Bearer " + "a a=" * 25_000):
         assert isinstance(parse_challenges(header), dict)
+
+
+@pytest.mark.parametrize("existing", ["deep", "dev-zero", "not-objects"])
+def test_export_into_a_layout_with_a_hostile_index(existing, tmp_path):
+    root = str(tmp_path / "store")
+    ops.run_here("import", {"data_root": root, "src": write(
+        tmp_path / "a.tar", LayerTar().file("a", b"a").bytes()), "tag": ["a:1"]})
+    dest = tmp_path / "layout"
+    dest.mkdir()
+    (dest / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    index = dest / "index.json"
+    if existing == "deep":
+        index.write_bytes(b'{"manifests":' + DEEP + b"}")
+    elif existing == "dev-zero":
+        index.symlink_to("/dev/zero")
+    else:
+        index.write_text('{"manifests": [1, "x", null]}')
+    answer = module("image_export", {"data_root": root, "image": "a:1", "dest": str(dest),
+                                     "format": "oci-layout"}, tmp_path)
+    assert answer["changed"] and not answer.get("failed"), answer
