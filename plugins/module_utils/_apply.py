@@ -36,6 +36,7 @@ from ansible_collections.strata.layers.plugins.module_utils._copytree import Sha
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, InvalidInput, StoreError)
 from ansible_collections.strata.layers.plugins.module_utils._safepath import Beneath, NotBeneath
+from ansible_collections.strata.layers.plugins.module_utils._sparse import SparseWriter
 from ansible_collections.strata.layers.plugins.module_utils._tarformat import (
     CHRTYPE, DIRTYPE, FIFOTYPE, LNKTYPE, SYMTYPE, ChunkReader, HeaderParser, Member,
     Truncated)
@@ -290,14 +291,19 @@ class Applier:
             left = member.size
             if left and self.split is not None:
                 self.split.file(path, left)
+            # runs of zeros become holes: a sparse file stays sparse through a commit
+            # or a migration instead of taking its full size
+            writer = SparseWriter(fd) if write else None
             while left:
                 view = reader.read_some(left)
                 if not view:
                     raise Truncated("%s: the stream ends inside the data of member %r"
                                     % (self.what, member.display()), member=member.display())
                 left -= len(view)
-                while write and view:
-                    view = view[os.write(fd, view):]
+                if writer is not None:
+                    writer.write(view)
+            if writer is not None:
+                writer.finish()
             self._owner(None, None, fd, member)
             os.chmod(fd, member.mode)
             self._xattrs(None, None, fd, member)

@@ -34,6 +34,7 @@ from ansible_collections.strata.layers.plugins.module_utils._images import (
     ImageRecord, normalize_tag, split_reference)
 from ansible_collections.strata.layers.plugins.module_utils._jsondoc import loads
 from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord
+from ansible_collections.strata.layers.plugins.module_utils._sparse import SparseWriter
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
 from ansible_collections.strata.layers.plugins.module_utils._tarformat import (
     DIRTYPE, REGTYPE, encode_header, end_of_archive, padding)
@@ -132,15 +133,20 @@ def write_blob(store: Store, blob: Blob, sink: Sink) -> None:
 
 
 class _FileSink:
+    """Writes an export; runs of zeros (a sparse file's holes) stay holes in it."""
+
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.size = 0
+        self.writer = SparseWriter(fd)
 
     def __call__(self, data: Any) -> None:
         view = memoryview(data)
         self.size += len(view)
-        while view:
-            view = view[os.write(self.fd, view):]
+        self.writer.write(view)
+
+    def finish(self) -> None:
+        self.writer.finish()
 
 
 def write_archive(store: Store, plan: Plan, fmt: str, dest: str) -> None:
@@ -158,6 +164,7 @@ def write_archive(store: Store, plan: Plan, fmt: str, dest: str) -> None:
             sink(encode_header(name.encode(), REGTYPE, 0o644, size=len(data)))
             sink(data + padding(len(data)))
         sink(end_of_archive())
+        sink.finish()
         os.fsync(fd)
         os.close(fd)
         fd = -1
@@ -182,7 +189,9 @@ def write_layout(store: Store, plan: Plan, dest: str) -> None:
         tmp = os.path.join(blobs_dir, temp_name(hex_of(blob.digest)))
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
-            write_blob(store, blob, _FileSink(fd))
+            sink = _FileSink(fd)
+            write_blob(store, blob, sink)
+            sink.finish()
             os.fsync(fd)
         except BaseException:
             os.close(fd)

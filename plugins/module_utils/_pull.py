@@ -29,9 +29,12 @@ image with missing layers.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
+import secrets
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
@@ -57,6 +60,8 @@ PARALLEL = 3
 # Records of the last pull of each name and platform: a directory of its own, so the
 # store's checks of distribution/ (blob digest -> diff_id files only) stay as they are.
 RECORDS = "pulls"
+# Blobs downloaded before the store lock is taken (see Downloads).
+DOWNLOADS = "downloads"
 
 
 def image_pull(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, Any]:
@@ -144,8 +149,28 @@ class PullJob:
         if check_mode:
             with self.store.read():
                 return self._plan(manifest, config)
-        with self.store.write("image_pull of %s" % self.reference):
-            return self._pull(manifest, config)
+        if not self.store.exists():
+            # nothing else can be using a store that does not exist yet: download and
+            # apply in one pass under the lock (and leave nothing behind if it fails)
+            with self.store.write("image_pull of %s" % self.reference):
+                return self._pull(manifest, config, {})
+        with Downloads(self.store.root) as downloads:
+            files = self._prefetch(manifest, config, downloads)
+            with self.store.write("image_pull of %s" % self.reference):
+                return self._pull(manifest, config, files)
+
+    def _prefetch(self, manifest: Manifest, config: ImageConfig,
+                  downloads: "Downloads") -> Dict[int, str]:
+        """The missing layers' blobs, downloaded and verified without the store lock
+        (the slow part of a pull: other changes to the store go on meanwhile)."""
+        with self.store.read():
+            chains = chain_ids(config.diff_ids)
+            self.store.check_depth(len(chains), str(self.reference))
+            self._check_known_blobs(manifest, config)
+            missing = [n for n, chain in enumerate(chains) if not self.store.layers.exists(chain)]
+        fetch = LayerFetch(self.store, self.registry, manifest.layers, config.diff_ids,
+                           self.max_size, str(self.reference))
+        return fetch.prefetch(missing, downloads.path)
 
     def _from_record(self, top_digest: str, check_mode: bool) -> Optional[Dict[str, Any]]:
         """The result when the last pull of this name got ``top_digest`` and its image is
@@ -215,7 +240,8 @@ class PullJob:
         changed = not present or moved or any(layer["imported"] for layer in layers)
         return self._result(changed, config.id, layers, manifest.digest, manifest.top_digest)
 
-    def _pull(self, manifest: Manifest, config: ImageConfig) -> Dict[str, Any]:
+    def _pull(self, manifest: Manifest, config: ImageConfig,
+              files: Dict[int, str]) -> Dict[str, Any]:
         store = self.store
         chains = chain_ids(config.diff_ids)
         store.check_depth(len(chains), str(self.reference))
@@ -223,7 +249,7 @@ class PullJob:
         missing = [n for n, chain in enumerate(chains) if not store.layers.exists(chain)]
         fetch = LayerFetch(store, self.registry, manifest.layers, config.diff_ids, self.max_size,
                            str(self.reference))
-        imported = fetch.run(missing)
+        imported = fetch.run(missing, files)
         record, added = store.put_image(config, {
             "source": "registry:%s@%s" % (self.reference.name, manifest.digest)})
         moved = store.tag(record.id, self.tags)
@@ -260,8 +286,23 @@ class LayerFetch:
         return "layer %d/%d (blob %s) of %s" % (number + 1, len(self.blobs),
                                                 self.blobs[number].digest, self.name)
 
-    def run(self, missing: List[int]) -> Set[int]:
-        """Fetch and apply ``missing`` (layer numbers, bottom up); returns those imported."""
+    def prefetch(self, missing: List[int], directory: str) -> Dict[int, str]:
+        """Download ``missing`` into ``directory``, PARALLEL at a time, each verified as it
+        arrives; layer number -> file.  The first failure stops the others."""
+        if not missing:
+            return {}
+        self._check_sizes(missing)
+        pool = ThreadPoolExecutor(max_workers=PARALLEL, thread_name_prefix="strata-pull")
+        try:
+            futures = {n: pool.submit(self._download, n, directory) for n in missing}
+            return {n: future.result() for n, future in futures.items()}
+        finally:
+            self._stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def run(self, missing: List[int], files: Dict[int, str]) -> Set[int]:
+        """Fetch and apply ``missing`` (layer numbers, bottom up); returns those imported.
+        A layer in ``files`` was downloaded before the lock was taken."""
         if not missing:
             return set()
         self._check_sizes(missing)
@@ -269,11 +310,15 @@ class LayerFetch:
         pool = ThreadPoolExecutor(max_workers=PARALLEL - 1, thread_name_prefix="strata-pull")
         try:
             ahead: Dict[int, Future] = {n: pool.submit(self._download, n, staging)
-                                        for n in missing[1:]}
+                                        for n in missing[1:] if n not in files}
             imported: Set[int] = set()
             for number in missing:
                 future = ahead.get(number)
-                if future is None or future.cancel():
+                if number in files:
+                    path = files[number]
+                    new = self._ingest(number, lambda path=path, n=number: open_file(
+                        path, self.what(n)))
+                elif future is None or future.cancel():
                     new = self._ingest(number, self._stream_opener(number))
                 else:
                     path = future.result()
@@ -351,3 +396,53 @@ class Opener:
         if self.blob is not None:
             self.blob.close()
             self.blob = None
+
+
+class Downloads:
+    """A private directory under ``<data_root>/downloads/`` for blobs fetched without
+    the store lock, held with flock for as long as it is in use.
+
+    ``tmp/`` cannot hold them: every exclusive open sweeps it, and other changes take
+    the lock while a download runs.  A directory left by a killed pull is unlocked; the
+    next pull removes it (older than a minute, so one being created right now, between
+    its mkdir and its flock, is never taken for debris)."""
+
+    STALE_AFTER = 60.0
+
+    def __init__(self, root: str) -> None:
+        self.base = os.path.join(root, DOWNLOADS)
+        self.path = os.path.join(self.base, secrets.token_hex(8))
+        self._fd = -1
+
+    def __enter__(self) -> "Downloads":
+        try:
+            makedirs(self.base)
+            self._sweep()
+            os.mkdir(self.path, 0o700)
+            self._fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            raise wrap_os_error(exc, "making a download directory in %s" % self.base) from exc
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        remove_tree(self.path)
+        if self._fd >= 0:
+            os.close(self._fd)
+
+    def _sweep(self) -> None:
+        for name in os.listdir(self.base):
+            path = os.path.join(self.base, name)
+            try:
+                if time.time() - os.lstat(path).st_mtime < self.STALE_AFTER:
+                    continue
+                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue                    # in use by a pull running now
+            finally:
+                os.close(fd)
+            remove_tree(path)

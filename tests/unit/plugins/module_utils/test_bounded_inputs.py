@@ -10,7 +10,6 @@ deadlines and then check that the store lock is free.
 from __future__ import annotations
 
 import fcntl
-import gzip
 import http.server
 import io
 import json
@@ -305,6 +304,7 @@ class FakeRegistry:
 
     def __init__(self, layers: int = 1, behaviour: str = "", layer_size: int = 0) -> None:
         self.behaviour, self.blob_requests = behaviour, []
+        self.arrived = threading.Event()
         self.blobs = {}
         descs, diff_ids = [], []
         for n in range(layers):
@@ -367,6 +367,8 @@ class FakeRegistry:
                     self.send_response(404)
                     self.end_headers()
                     return
+                if reg.behaviour == "slow" and digest != reg.config_digest:
+                    reg.arrived.wait(60)      # held until the test has seen the lock free
                 if reg.behaviour == "drip" and digest != reg.config_digest:
                     self.send_response(200)
                     self.send_header("Content-Length", str(len(data)))
@@ -494,3 +496,109 @@ def test_export_into_a_layout_with_a_hostile_index(existing, tmp_path):
     answer = module("image_export", {"data_root": root, "image": "a:1", "dest": str(dest),
                                      "format": "oci-layout"}, tmp_path)
     assert answer["changed"] and not answer.get("failed"), answer
+
+
+def test_a_pull_downloads_without_holding_the_store_lock(fake_registry, tmp_path):
+    """While the layers download (held back by the registry), another change to the
+    store goes through with a 1 s lock timeout; then the pull completes."""
+    reg = fake_registry(layers=2, behaviour="slow")
+    root = str(tmp_path / "store")
+    ops.run_here("import", {"data_root": root, "src": write(
+        tmp_path / "a.tar", LayerTar().file("a", b"a").bytes()), "tag": ["a:1"]})
+    argfile = tmp_path / "pull.json"
+    argfile.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": pull_args(reg, root)}))
+    puller = subprocess.Popen([sys.executable, os.path.join(MODULES, "image_pull.py"),
+                               str(argfile)], env=python_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(reg.blob_requests) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(reg.blob_requests) == 2, "the pull never asked for its layers"
+        assert lock_is_free(root)
+        tagged = module("image", {"data_root": root, "name": "a:1", "tag": ["b:1"],
+                                  "lock_timeout": 1}, tmp_path)
+        assert tagged["changed"], tagged
+        reg.arrived.set()
+        out, err = puller.communicate(timeout=120)
+    finally:
+        reg.arrived.set()
+        if puller.poll() is None:
+            puller.kill()
+            puller.wait()
+    assert "Traceback" not in err, err
+    assert json.loads(out)["changed"]
+    assert os.listdir(os.path.join(root, "downloads")) == []
+    assert ops.findings(root) == []
+
+
+def test_downloads_left_by_a_killed_pull_are_swept(fake_registry, tmp_path):
+    reg = fake_registry(layers=1)
+    root = str(tmp_path / "store")
+    ops.run_here("import", {"data_root": root, "src": write(
+        tmp_path / "a.tar", LayerTar().file("a", b"a").bytes())})
+    stale = os.path.join(root, "downloads", "0123456789abcdef")
+    os.makedirs(stale)
+    with open(os.path.join(stale, "0-partial"), "wb") as handle:
+        handle.write(b"x" * 1000)
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    answer = module("image_pull", pull_args(reg, root), tmp_path)
+    assert answer["changed"], answer
+    assert os.listdir(os.path.join(root, "downloads")) == []
+
+
+# ---------------------------------------------------------------------- sparse files
+def allocated(path: str) -> int:
+    return os.lstat(path).st_blocks * 512
+
+
+@pytest.mark.parametrize("driver", ["overlay2", "vfs"])
+def test_a_sparse_file_stays_sparse_through_commit_export_and_migration(driver, make_fs,
+                                                                        tmp_path):
+    """A 256 MiB sparse file in a container on a 40 MB ext4: the commit fits, the new
+    layer's copy is sparse, re-imported and migrated copies too, and an exported
+    oci-layout keeps the holes."""
+    fs = make_fs("ext4", 40)
+    root = os.path.join(fs.mountpoint, "store")
+    try:
+        ops.run_here("migrate", {"data_root": root, "driver": driver})
+        ops.run_here("import", {"data_root": root, "src": write(
+            tmp_path / "a.tar", LayerTar().dir("srv").file("srv/a", b"a").bytes()),
+            "tag": ["a:1"]})
+        made = ops.run_here("container", {"data_root": root, "name": "c", "image": "a:1",
+                                          "state": "mounted"})
+        big = os.path.join(made["mount_point"], "srv", "disk.img")
+        with open(big, "wb") as handle:
+            handle.write(b"head")
+            handle.seek(128 << 20)
+            handle.write(b"middle")
+            handle.truncate(256 << 20)
+        committed = module("container_commit", {"data_root": root, "name": "c",
+                                                "tag": ["sparse:1"]}, tmp_path)
+        assert committed["changed"] and not committed.get("failed"), committed
+        ops.run_here("container", {"data_root": root, "name": "c", "state": "absent"})
+        view = ops.run_here("container", {"data_root": root, "name": "v", "image": "sparse:1",
+                                          "state": "mounted"})
+        copy = os.path.join(view["mount_point"], "srv", "disk.img")
+        assert os.path.getsize(copy) == 256 << 20 and allocated(copy) < 4 << 20
+        with open(copy, "rb") as handle:
+            handle.seek(128 << 20)
+            assert handle.read(6) == b"middle"
+        ops.run_here("container", {"data_root": root, "name": "v", "state": "absent"})
+        layout = os.path.join(fs.mountpoint, "layout")
+        exported = module("image_export", {"data_root": root, "image": "sparse:1",
+                                           "dest": layout, "format": "oci-layout"}, tmp_path)
+        assert exported["changed"] and not exported.get("failed"), exported
+        blobs = os.path.join(layout, "blobs", "sha256")
+        assert sum(allocated(os.path.join(blobs, b)) for b in os.listdir(blobs)) < 4 << 20
+        other = "vfs" if driver == "overlay2" else "overlay2"
+        moved = module("storage_driver", {"data_root": root, "driver": other, "migrate": True},
+                       tmp_path)
+        assert not moved.get("failed"), moved
+        view = ops.run_here("container", {"data_root": root, "name": "w", "image": "sparse:1",
+                                          "state": "mounted"})
+        assert allocated(os.path.join(view["mount_point"], "srv", "disk.img")) < 4 << 20
+        ops.run_here("container", {"data_root": root, "name": "w", "state": "absent"})
+        assert ops.findings(root) == []
+    finally:
+        ops.unmount_and_remove(root)
