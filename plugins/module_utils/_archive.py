@@ -21,7 +21,7 @@ import errno
 import os
 import stat
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils._compression import (
     CHUNK, DecodedStream, RangeReader, detect, open_regular, read_head)
@@ -370,6 +370,9 @@ class Metadata:
     def __init__(self, index: Any, limits: Limits) -> None:
         self.index, self.limits, self.path = index, limits, index.path
         self._read: Dict[str, bytes] = {}
+        self._configs: Dict[str, ImageConfig] = {}
+        self.parsed: Dict[str, Dict[str, Any]] = {}     # verified JSON blobs, by digest
+        self.verified: Set[str] = set()                  # blobs that hashed to their digest
         self._total = 0
 
     def has(self, name: str) -> bool:
@@ -390,6 +393,13 @@ class Metadata:
             self._read[name] = data
         return data
 
+    def config(self, name: str, raw: bytes, where: str) -> ImageConfig:
+        """The config in member ``name``, parsed once however many entries name it."""
+        config = self._configs.get(name)
+        if config is None:
+            config = self._configs[name] = parse_config(raw, where)
+        return config
+
 
 def _json(index: Metadata, name: str, what: str) -> Any:
     return loads(index.read(name), "%s %s in %s" % (what, name, index.path),
@@ -402,25 +412,31 @@ def _count(items: List[Any], limit: int, what: str) -> None:
                            "max_entries if the archive is genuine)" % (what, len(items), limit))
 
 
-def _verified_json(index: Any, desc: Dict[str, Any], what: str) -> Dict[str, Any]:
-    """A blob the descriptor names, checked against its digest and parsed as an object."""
-    return json_object(_verified_blob(index, desc, what),
-                       "%s %s in %s" % (what, desc.get("digest"), index.path))
+def _verified_json(index: Metadata, desc: Dict[str, Any], what: str) -> Dict[str, Any]:
+    """A blob the descriptor names, checked against its digest and parsed as an object
+    (once per archive: a thousand index entries may name the same manifest)."""
+    raw = _verified_blob(index, desc, what)
+    parsed = index.parsed.get(desc["digest"])
+    if parsed is None:
+        parsed = index.parsed[desc["digest"]] = json_object(
+            raw, "%s %s in %s" % (what, desc.get("digest"), index.path))
+    return parsed
 
 
-def _verified_blob(index: Any, desc: Dict[str, Any], what: str) -> bytes:
+def _verified_blob(index: Metadata, desc: Dict[str, Any], what: str) -> bytes:
     """The bytes of the blob descriptor ``desc`` names, checked against its digest and size."""
     digest = desc.get("digest", "")
     if not is_digest(digest):
         raise Corrupt("%s in %s names an invalid digest %r" % (what, index.path, digest))
     size = descriptor_size(desc, what, index.path)
     raw = index.read("blobs/sha256/" + hex_of(digest))
-    if sha256_bytes(raw) != digest:
+    if digest not in index.verified and sha256_bytes(raw) != digest:
         raise DigestMismatch("%s blob %s in %s does not match its digest (it hashes to %s)"
                              % (what, digest, index.path, sha256_bytes(raw)))
     if size is not None and len(raw) != size:
         raise DigestMismatch("%s blob %s in %s is %d bytes, but its descriptor says %d"
                              % (what, digest, index.path, len(raw), size))
+    index.verified.add(digest)
     return raw
 
 
@@ -461,7 +477,7 @@ def read_docker_archive(index: Any, limits: Limits = Limits()) -> List[ArchiveIm
             raise Corrupt("manifest.json in %s: entry %d has no Config/Layers" % (index.path, number))
         config_name = item["Config"]
         raw = index.read(config_name)
-        config = parse_config(raw, "%s:%s" % (index.path, config_name))
+        config = index.config(config_name, raw, "%s:%s" % (index.path, config_name))
         expected = os.path.basename(config_name).replace(".json", "")
         if len(expected) == 64 and config.id[7:] != expected:
             raise DigestMismatch("config %s in %s does not match its name (it hashes to %s)"
@@ -569,7 +585,8 @@ def _oci_image(index: Any, desc: Dict[str, Any], limits: Limits) -> ArchiveImage
     if not isinstance(config_desc, dict):
         raise Corrupt("%s: manifest %s has no config descriptor" % (index.path, desc.get("digest")))
     config_raw = _verified_blob(index, config_desc, "config")
-    config = parse_config(config_raw, "%s config %s" % (index.path, config_desc.get("digest")))
+    config = index.config("blobs/sha256/" + hex_of(config_desc["digest"]), config_raw,
+                          "%s config %s" % (index.path, config_desc.get("digest")))
     layer_descs = manifest.get("layers") or []
     if not isinstance(layer_descs, list):
         raise Corrupt("%s: manifest %s has no list of layers" % (index.path, desc.get("digest")))

@@ -9,6 +9,7 @@ was stored, where from, the parent image of a build step).  ``tags.json`` maps
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -89,8 +90,9 @@ class ImageConfig:
     data: Dict[str, Any]
     diff_ids: List[DiffID]
 
-    @property
+    @functools.cached_property
     def id(self) -> ImageID:
+        # hashed once: an archive's thousand entries may name one large config
         return ImageID(sha256_bytes(self.raw))
 
     @property

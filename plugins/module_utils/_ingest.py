@@ -496,7 +496,11 @@ class ArchiveJob:
                       ) -> Tuple[bool, List[Dict[str, Any]]]:
         changed = False
         first_layers: List[Dict[str, Any]] = []
+        stored: Set[str] = set()
         for number, image in enumerate(images):
+            if image.config.id in stored:
+                continue            # an image several entries name is stored once
+            stored.add(image.config.id)
             entries, imported = self._layers(index, image)
             record, added = self.store.put_image(image.config, {"source": "%s:%s" % (
                 self.fmt, self.src)})

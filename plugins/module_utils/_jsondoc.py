@@ -5,11 +5,14 @@
 Manifests, indexes, image configs and registry answers are written by whoever made
 the archive or runs the registry.  ``json.loads`` alone trusts them too much: a
 document nested 100,000 deep ends in a RecursionError (a traceback), and 16 MiB of
-``[[],[],...]`` becomes five million Python lists (hundreds of MiB).  So before
-anything is decoded, one linear pass over the bytes checks the three bounds that
-decide the decoder's cost: the document's size, its nesting depth and its number of
-arrays and objects.  Every bound has a default far above any real image (a 125-layer
-manifest nests 3 deep and holds about 130 objects) and can be raised by the caller.
+``[[],[],...]`` becomes five million Python lists (hundreds of MiB).  So a document is
+refused before it is decoded when it is larger than its bound or holds more arrays and
+objects than theirs (brackets counted by C code; an exact scan that skips strings only
+when the count is over), and after decoding when it nests deeper than its bound (a
+walk of the value; beyond the interpreter's recursion limit the C decoder's own guard
+raises first, and is caught).  The cost stays linear in the document whatever it holds.
+Every bound has a default far above any real image (a 125-layer manifest nests 3 deep
+and holds about 130 objects) and can be raised by the caller.
 """
 from __future__ import annotations
 
@@ -36,11 +39,21 @@ _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 
 
 def check_shape(raw: bytes, what: str, bounds: Bounds = DEFAULT) -> None:
-    """Refuse ``raw`` when it is larger, deeper or holds more arrays and objects than
-    ``bounds`` allows; linear in its size whatever it holds."""
+    """Refuse ``raw`` when it is larger, or holds more arrays and objects, than ``bounds``
+    allows, before it is decoded; linear in its size whatever it holds.
+
+    Counting brackets is done by C code (``bytes.count``); only a document with more
+    brackets than the bound allows (some may sit inside strings) gets the exact scan,
+    which skips strings and stops at the bound."""
     if len(raw) > bounds.size:
         raise InvalidInput("%s is %d bytes, more than the %d a JSON document may have here"
                            % (what, len(raw), bounds.size))
+    if raw.count(b"[") + raw.count(b"{") > bounds.containers:
+        _scan(raw, what, bounds)
+
+
+def _scan(raw: bytes, what: str, bounds: Bounds) -> None:
+    """The exact count of arrays and objects (and their depth), strings skipped."""
     depth = containers = 0
     pos = 0
     while True:
@@ -58,9 +71,7 @@ def check_shape(raw: bytes, what: str, bounds: Bounds = DEFAULT) -> None:
         if char in b"[{":
             depth += 1
             containers += 1
-            if depth > bounds.depth:
-                raise InvalidInput("%s nests arrays and objects more than %d deep: refused "
-                                   "(no image document is that deep)" % (what, bounds.depth))
+            _check_depth(depth, what, bounds)
             if containers > bounds.containers:
                 raise InvalidInput("%s holds more than %d arrays and objects: refused"
                                    % (what, bounds.containers))
@@ -68,16 +79,40 @@ def check_shape(raw: bytes, what: str, bounds: Bounds = DEFAULT) -> None:
             depth -= 1
 
 
+def _check_depth(depth: int, what: str, bounds: Bounds) -> None:
+    if depth > bounds.depth:
+        raise InvalidInput("%s nests arrays and objects more than %d deep: refused "
+                           "(no image document is that deep)" % (what, bounds.depth))
+
+
+def _walk_depth(value: Any, what: str, bounds: Bounds) -> None:
+    """The depth of a decoded value, without recursion (at most ``bounds.containers``
+    arrays and objects to visit)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        for child in children:
+            if isinstance(child, (dict, list)):
+                _check_depth(depth + 1, what, bounds)
+                stack.append((child, depth + 1))
+
+
 def loads(raw: bytes, what: str, bounds: Bounds = DEFAULT) -> Any:
     """``raw`` decoded as JSON within ``bounds``; Corrupt naming ``what`` when it is not
     JSON, InvalidInput when it is beyond a bound."""
     check_shape(raw, what, bounds)
     try:
-        return json.loads(raw.decode("utf-8"))
+        value = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise Corrupt("%s is not valid JSON: %s" % (what, exc)) from exc
-    except RecursionError as exc:        # only if a caller raised depth past the stack
-        raise InvalidInput("%s nests too deeply to decode" % what) from exc
+    except RecursionError as exc:
+        # the C decoder guards its own recursion: deeper than the interpreter's limit
+        raise InvalidInput("%s nests arrays and objects more than %d deep: refused (no image "
+                           "document is that deep)" % (what, bounds.depth)) from exc
+    if isinstance(value, (dict, list)):
+        _walk_depth(value, what, bounds)
+    return value
 
 
 def load_object(raw: bytes, what: str, bounds: Bounds = DEFAULT) -> Dict[str, Any]:

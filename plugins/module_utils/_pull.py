@@ -14,7 +14,15 @@ The reason idiom, cheapest question first:
    name the diff_ids, hence the chain ids: a layer whose chain is in the store is never
    downloaded, whichever image or archive brought it.  Check mode stops here.
 
-Missing layers are fetched with bounded parallelism and applied in order: the lowest
+Into an existing store, the missing layers' blobs are downloaded first, PARALLEL at a
+time and verified as they arrive, into a flock-held directory under ``downloads/``
+without the store lock (``Downloads``); the exclusive lock is then taken only to apply
+them in order and commit, so a slow registry holds up no other change to the store.
+Before that, the image's depth is checked against the driver and, with ``max_size``,
+each blob's size: a pull that must fail downloads nothing.
+
+Into a store that does not exist yet, missing layers are fetched with bounded
+parallelism under the lock and applied in order: the lowest
 missing layer streams straight from the socket into ``Store.ingest_layer``
 (decompress, hash, apply in one pass, digest and diff_id verified before anything is
 kept) while up to ``PARALLEL - 1`` later ones download into ``tmp/`` (size and digest

@@ -602,3 +602,23 @@ def test_a_sparse_file_stays_sparse_through_commit_export_and_migration(driver, 
         assert ops.findings(root) == []
     finally:
         ops.unmount_and_remove(root)
+
+
+def test_index_entries_naming_one_manifest_cost_it_once(tmp_path):
+    """1,000 entries naming one manifest whose config is 1 MiB: read, hashed and parsed
+    once (it was ~24 MiB more per entry), so the import fits in 1 GiB of address space."""
+    layer = LayerTar().file("a", b"a").bytes()
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "config": {"Labels": {"l%d" % n: "v" * 100 for n in range(10_000)}},
+                         "rootfs": {"type": "layers", "diff_ids": [layer_digest(layer)]}}).encode()
+    layout = str(tmp_path / "layout")
+    make_oci_layout(layout, [layer], ref=None, config=config)
+    with open(os.path.join(layout, "index.json")) as handle:
+        index = json.load(handle)
+    index["manifests"] = index["manifests"] * 1000
+    with open(os.path.join(layout, "index.json"), "w") as handle:
+        json.dump(index, handle)
+    answer = module("layer_import", {"src": layout, "format": "oci-layout",
+                                     "data_root": str(tmp_path / "store")}, tmp_path,
+                    memory=1 << 30)
+    assert answer["changed"] and len(answer["image_ids"]) == 1000, answer.get("msg")
