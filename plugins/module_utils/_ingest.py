@@ -355,9 +355,9 @@ class ArchiveJob:
             raise
         if fmt is None:
             index.close()
-            raise NotAnArchive("src %s is a compressed tar whose manifest.json or index.json is not "
-                          "that of an image archive (use format: layer if it is a layer)"
-                          % self.src)
+            raise NotAnArchive("src %s is a compressed tar whose manifest.json or index.json is "
+                               "not that of an image archive (use format: layer if it is a "
+                               "layer)" % self.src)
         return index, fmt
 
     def _streamed(self) -> MemIndex:

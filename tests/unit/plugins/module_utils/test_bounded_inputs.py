@@ -428,7 +428,7 @@ def test_a_pull_works_against_the_fake_registry(fake_registry, tmp_path):
     ("huge_redirect", {}, None),        # the redirect's endless body is never read
 ])
 def test_registry_hangs_and_floods_end_with_a_clear_error(behaviour, options, fragments,
-                                                           fake_registry, tmp_path):
+                                                          fake_registry, tmp_path):
     reg = fake_registry(behaviour=behaviour, layer_size=64)
     root = str(tmp_path / "store")
     answer = module("image_pull", pull_args(reg, root, **options), tmp_path, memory=1 << 30)
