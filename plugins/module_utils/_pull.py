@@ -14,10 +14,11 @@ The reason idiom, cheapest question first:
    name the diff_ids, hence the chain ids: a layer whose chain is in the store is never
    downloaded, whichever image or archive brought it.  Check mode stops here.
 
-Into an existing store, the missing layers' blobs are downloaded first, PARALLEL at a
-time and verified as they arrive, into a flock-held directory under ``downloads/``
-without the store lock (``Downloads``); the exclusive lock is then taken only to apply
-them in order and commit, so a slow registry holds up no other change to the store.
+Into an existing store, the missing layers' blobs download PARALLEL at a time, verified
+as they arrive, into a flock-held directory under ``downloads/`` without the store lock
+(``Downloads``); the exclusive lock is taken only to apply each layer once it (and those
+below it) are in, and to commit, so a slow registry holds up no other change to the
+store while download and apply still overlap.
 Before that, the image's depth is checked against the driver and, with ``max_size``,
 each blob's size: a pull that must fail downloads nothing.
 
@@ -163,22 +164,52 @@ class PullJob:
             with self.store.write("image_pull of %s" % self.reference):
                 return self._pull(manifest, config, {})
         with Downloads(self.store.root) as downloads:
-            files = self._prefetch(manifest, config, downloads)
-            with self.store.write("image_pull of %s" % self.reference):
-                return self._pull(manifest, config, files)
+            return self._pull_ahead(manifest, config, downloads)
 
-    def _prefetch(self, manifest: Manifest, config: ImageConfig,
-                  downloads: "Downloads") -> Dict[int, str]:
-        """The missing layers' blobs, downloaded and verified without the store lock
-        (the slow part of a pull: other changes to the store go on meanwhile)."""
+    def _pull_ahead(self, manifest: Manifest, config: ImageConfig,
+                    downloads: "Downloads") -> Dict[str, Any]:
+        """The missing layers' blobs download, verified, without the store lock (the slow
+        part of a pull: other changes to the store go on meanwhile); each is applied
+        under the lock as soon as it and those below it are in, while the rest still
+        download.  The lock is taken per layer, so a layer applied earlier may be gone
+        by the next turn (store_prune of a layer no image uses yet): each turn, and the
+        final commit, first applies whatever below it is missing again (its file is
+        still there)."""
         with self.store.read():
             chains = chain_ids(config.diff_ids)
             self.store.check_depth(len(chains), str(self.reference))
             self._check_known_blobs(manifest, config)
             missing = [n for n, chain in enumerate(chains) if not self.store.layers.exists(chain)]
+        prefetch = LayerFetch(self.store, self.registry, manifest.layers, config.diff_ids,
+                              self.max_size, str(self.reference))
+        futures = prefetch.start(missing, downloads.path)
+        imported: Set[int] = set()
+        try:
+            for number in missing:
+                futures[number].result()
+                with self.store.write("image_pull of %s (layer %d of %d)"
+                                      % (self.reference, number + 1, len(chains))):
+                    imported |= self._apply_below(manifest, config, number + 1, futures)
+        finally:
+            prefetch.stop()
+        with self.store.write("image_pull of %s" % self.reference):
+            files = {n: f.result() for n, f in futures.items()}
+            result = self._pull(manifest, config, files)
+        result["layers"] = [dict(layer, imported=layer["imported"] or n in imported)
+                            for n, layer in enumerate(result["layers"])]
+        result["changed"] = result["changed"] or bool(imported)
+        return result
+
+    def _apply_below(self, manifest: Manifest, config: ImageConfig, top: int,
+                     futures: Dict[int, Future]) -> Set[int]:
+        """Under the lock: apply the layers below ``top`` the store lacks, from their
+        downloaded files (a layer never downloaded, gone since, is streamed)."""
+        chains = chain_ids(config.diff_ids)[:top]
+        todo = [n for n, chain in enumerate(chains) if not self.store.layers.exists(chain)]
+        files = {n: futures[n].result() for n in todo if n in futures}
         fetch = LayerFetch(self.store, self.registry, manifest.layers, config.diff_ids,
                            self.max_size, str(self.reference))
-        return fetch.prefetch(missing, downloads.path)
+        return fetch.run(todo, files)
 
     def _from_record(self, top_digest: str, check_mode: bool) -> Optional[Dict[str, Any]]:
         """The result when the last pull of this name got ``top_digest`` and its image is
@@ -289,24 +320,24 @@ class LayerFetch:
         self.diff_ids, self.max_size, self.name = diff_ids, max_size, name
         self.chains = chain_ids(diff_ids)
         self._stop = threading.Event()
+        self._pool: Optional[ThreadPoolExecutor] = None
 
     def what(self, number: int) -> str:
         return "layer %d/%d (blob %s) of %s" % (number + 1, len(self.blobs),
                                                 self.blobs[number].digest, self.name)
 
-    def prefetch(self, missing: List[int], directory: str) -> Dict[int, str]:
-        """Download ``missing`` into ``directory``, PARALLEL at a time, each verified as it
-        arrives; layer number -> file.  The first failure stops the others."""
-        if not missing:
-            return {}
+    def start(self, missing: List[int], directory: str) -> Dict[int, Future]:
+        """Start downloading ``missing`` into ``directory``, PARALLEL at a time, bottom
+        first, each verified as it arrives: layer number -> its file's future."""
         self._check_sizes(missing)
-        pool = ThreadPoolExecutor(max_workers=PARALLEL, thread_name_prefix="strata-pull")
-        try:
-            futures = {n: pool.submit(self._download, n, directory) for n in missing}
-            return {n: future.result() for n, future in futures.items()}
-        finally:
-            self._stop.set()
-            pool.shutdown(wait=True, cancel_futures=True)
+        self._pool = ThreadPoolExecutor(max_workers=PARALLEL, thread_name_prefix="strata-pull")
+        return {n: self._pool.submit(self._download, n, directory) for n in missing}
+
+    def stop(self) -> None:
+        """Stop the downloads still running (between chunks) and wait for them."""
+        self._stop.set()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
     def run(self, missing: List[int], files: Dict[int, str]) -> Set[int]:
         """Fetch and apply ``missing`` (layer numbers, bottom up); returns those imported.

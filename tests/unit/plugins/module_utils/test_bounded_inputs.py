@@ -323,6 +323,7 @@ class FakeRegistry:
                        "digest": layer_digest(config), "size": len(config)},
             "layers": descs}).encode()
         self.config_digest = layer_digest(config)
+        self.last_layer = diff_ids[-1] if diff_ids else None
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -369,6 +370,8 @@ class FakeRegistry:
                     return
                 if reg.behaviour == "slow" and digest != reg.config_digest:
                     reg.arrived.wait(60)      # held until the test has seen the lock free
+                if reg.behaviour == "slow-last" and digest == reg.last_layer:
+                    reg.arrived.wait(60)
                 if reg.behaviour == "drip" and digest != reg.config_digest:
                     self.send_response(200)
                     self.send_header("Content-Length", str(len(data)))
@@ -622,3 +625,35 @@ def test_index_entries_naming_one_manifest_cost_it_once(tmp_path):
                                      "data_root": str(tmp_path / "store")}, tmp_path,
                     memory=1 << 30)
     assert answer["changed"] and len(answer["image_ids"]) == 1000, answer.get("msg")
+
+
+def test_a_layer_pruned_between_turns_is_applied_again(fake_registry, tmp_path):
+    """The lock is taken per layer: store_prune may remove layer 1 (no image uses it yet)
+    while layer 2 downloads; the pull applies it again from its file and completes."""
+    reg = fake_registry(layers=2, behaviour="slow-last")
+    root = str(tmp_path / "store")
+    ops.run_here("import", {"data_root": root, "src": write(
+        tmp_path / "a.tar", LayerTar().file("a", b"a").bytes()), "tag": ["a:1"]})
+    argfile = tmp_path / "pull.json"
+    argfile.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": pull_args(reg, root)}))
+    puller = subprocess.Popen([sys.executable, os.path.join(MODULES, "image_pull.py"),
+                               str(argfile)], env=python_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(ops.facts(root)["layers"]) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(ops.facts(root)["layers"]) == 2, "layer 1 was never applied"
+        pruned = module("store_prune", {"data_root": root, "lock_timeout": 5}, tmp_path)
+        assert pruned["removed"]["layers"], pruned
+        reg.arrived.set()
+        out, err = puller.communicate(timeout=120)
+    finally:
+        reg.arrived.set()
+        if puller.poll() is None:
+            puller.kill()
+            puller.wait()
+    assert "Traceback" not in err, err
+    answer = json.loads(out)
+    assert answer["changed"] and [layer["imported"] for layer in answer["layers"]] == [True, True]
+    assert ops.findings(root) == []
