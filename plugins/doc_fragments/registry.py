@@ -44,9 +44,21 @@ options:
     type: path
   timeout:
     description:
-      - Seconds to wait for the registry to connect or send data before giving up.
+      - Seconds to wait for data from the registry (each read) before giving up.
     type: int
     default: 60
+  connect_timeout:
+    description:
+      - Seconds to wait for a connection (and TLS handshake) to the registry.
+    type: int
+    default: 30
+  blob_timeout:
+    description:
+      - Overall deadline in seconds for each request, a layer upload or download included,
+        however steadily the registry sends data. Raise it for very large layers over slow
+        links.
+    type: int
+    default: 3600
 notes:
   - Proxies come from C(https_proxy), C(http_proxy) and C(no_proxy) (either case) in
     the module's environment (the play's C(environment) keyword). HTTPS goes through a

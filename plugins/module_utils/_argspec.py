@@ -23,6 +23,8 @@ REGISTRY_OPTIONS: Dict[str, Dict[str, Any]] = {
     "password": {"type": "str", "no_log": True},
     "auth_file": {"type": "path"},
     "timeout": {"type": "int", "default": 60},
+    "connect_timeout": {"type": "int", "default": 30},
+    "blob_timeout": {"type": "int", "default": 3600},
 }
 
 

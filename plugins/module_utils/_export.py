@@ -22,16 +22,19 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils import _files as files
 from ansible_collections.strata.layers.plugins.module_utils._archive import (
-    DirIndex, TarIndex)
+    MAX_JSON, DirIndex, TarIndex)
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
     dumps, fsync_dir, temp_name, wrap_os_error, write_file)
+from ansible_collections.strata.layers.plugins.module_utils._compression import open_regular
 from ansible_collections.strata.layers.plugins.module_utils._digest import (
     ChainID, chain_ids, hex_of, sha256_bytes)
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, InvalidInput, StoreError)
 from ansible_collections.strata.layers.plugins.module_utils._images import (
     ImageRecord, normalize_tag, split_reference)
+from ansible_collections.strata.layers.plugins.module_utils._jsondoc import loads
 from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord
+from ansible_collections.strata.layers.plugins.module_utils._sparse import SparseWriter
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
 from ansible_collections.strata.layers.plugins.module_utils._tarformat import (
     DIRTYPE, REGTYPE, encode_header, end_of_archive, padding)
@@ -175,15 +178,20 @@ def write_blob(store: Store, blob: Blob, sink: Sink) -> None:
 
 
 class _FileSink:
+    """Writes an export; runs of zeros (a sparse file's holes) stay holes in it."""
+
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.size = 0
+        self.writer = SparseWriter(fd)
 
     def __call__(self, data: Any) -> None:
         view = memoryview(data)
         self.size += len(view)
-        while view:
-            view = view[os.write(self.fd, view):]
+        self.writer.write(view)
+
+    def finish(self) -> None:
+        self.writer.finish()
 
 
 def write_archive(store: Store, plan: Export, fmt: str, dest: str) -> None:
@@ -201,6 +209,7 @@ def write_archive(store: Store, plan: Export, fmt: str, dest: str) -> None:
             sink(encode_header(name.encode(), REGTYPE, 0o644, size=len(data)))
             sink(data + padding(len(data)))
         sink(end_of_archive())
+        sink.finish()
         os.fsync(fd)
         os.close(fd)
         fd = -1
@@ -225,7 +234,9 @@ def write_layout(store: Store, plan: Export, dest: str) -> None:
         tmp = os.path.join(blobs_dir, temp_name(hex_of(blob.digest)))
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
-            write_blob(store, blob, _FileSink(fd))
+            sink = _FileSink(fd)
+            write_blob(store, blob, sink)
+            sink.finish()
             os.fsync(fd)
         except BaseException:
             os.close(fd)
@@ -243,17 +254,33 @@ def write_layout(store: Store, plan: Export, dest: str) -> None:
 def _merged_index(path: str, plan: Export) -> bytes:
     """Our manifests replace entries of the same name (or digest); other images stay."""
     mine = json.loads(plan.index())["manifests"]
-    try:
-        with open(path, "rb") as handle:
-            current = json.loads(handle.read()).get("manifests", [])
-    except (OSError, ValueError, AttributeError):
-        current = []
+    current = _existing_entries(path)
     digests = {m["digest"] for m in mine}
     names = {(m.get("annotations") or {}).get("org.opencontainers.image.ref.name")
              for m in mine} - {None}
-    others = [m for m in current if isinstance(m, dict) and m.get("digest") not in digests and
+    others = [m for m in current if m.get("digest") not in digests and
               (m.get("annotations") or {}).get("org.opencontainers.image.ref.name") not in names]
     return dumps({"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": others + mine})
+
+
+def _existing_entries(path: str) -> List[Dict[str, Any]]:
+    """The manifest descriptors of the index.json already at ``path`` (a regular file,
+    bounded like any index read from outside); none when it is not a readable index."""
+    try:
+        fd = open_regular(path)
+    except StoreError:
+        return []
+    try:
+        raw = os.read(fd, MAX_JSON + 1)
+    except OSError:
+        return []
+    finally:
+        os.close(fd)
+    try:
+        entries = loads(raw, "index %s" % path).get("manifests", [])
+    except (StoreError, AttributeError):
+        return []
+    return [m for m in entries if isinstance(m, dict)] if isinstance(entries, list) else []
 
 
 def _same_export(dest: str, fmt: str, plan: Export) -> bool:
@@ -269,8 +296,8 @@ def _same_export(dest: str, fmt: str, plan: Export) -> bool:
         elif fmt == "oci-archive" and index.read("index.json") != plan.index():
             return False
         elif fmt == "oci-layout":
-            entries = json.loads(index.read("index.json")).get("manifests", [])
-            present = {m.get("digest") for m in entries if isinstance(m, dict)}
+            entries = _existing_entries(os.path.join(dest, "index.json"))
+            present = {m.get("digest") for m in entries}
             if any(p.manifest.digest not in present for p in plan.plans):
                 return False
         return all(_blob_present(index, blob) for blob in plan.blobs())

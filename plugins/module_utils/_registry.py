@@ -31,13 +31,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.client
-import json
 import os
 import platform as platform_mod
 import re
 import socket
 import ssl
 import threading
+import time
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -52,6 +52,7 @@ from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, DigestMismatch, InvalidInput, InvalidReference, NotFound, StoreError, Unsupported)
 from ansible_collections.strata.layers.plugins.module_utils._images import (
     GOARCH, json_object, normalize_tag, split_reference)
+from ansible_collections.strata.layers.plugins.module_utils._jsondoc import loads
 from ansible_collections.strata.layers.plugins.module_utils._regsettings import (
     Credentials, proxy_for)
 
@@ -69,12 +70,19 @@ FOREIGN_MARKERS = ("foreign", "nondistributable")
 MAX_MANIFEST = 4 << 20
 MAX_CONFIG = 16 << 20
 MAX_REDIRECTS = 5
+MAX_ERROR_BODY = 65536
 USER_AGENT = "strata.layers-image_pull/1"
 # Docker Hub's API lives on another host than the name users write.
 HUB_NAMES = ("docker.io", "index.docker.io", "registry-1.docker.io")
 HUB_API = "registry-1.docker.io"
 _COMPONENT_RE = re.compile(r"\A[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*\Z")
-_CHALLENGE_RE = re.compile(r'([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
+# WWW-Authenticate tokens, each anchored where the previous one ended (see parse_challenges)
+_PARAM_RE = re.compile(r'([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(?:"([^"\\]*(?:\\.[^"\\]*)*)"|([^\s,"]*))')
+_SCHEME_RE = re.compile(r'([A-Za-z][A-Za-z0-9_.+-]*)(?=\s|,|$)')
+_SKIP_RE = re.compile(r'[^,]*,?')
+_SEPARATORS_RE = re.compile(r'[\s,]*')
+MAX_CHALLENGES = 8
+MAX_HEADER = 8192
 RawRead = Callable[[int], bytes]
 
 
@@ -142,6 +150,7 @@ def parse_reference(value: str) -> Reference:
             "registry is assumed" % (value, value))
     name, tag = split_reference(value)
     registry, repository = name.split("/", 1)
+    _check_port(registry, value)
     if registry in HUB_NAMES and "/" not in repository:
         repository = "library/" + repository
     for component in repository.split("/"):
@@ -150,6 +159,16 @@ def parse_reference(value: str) -> Reference:
                                    "and separators (. _ -)" % (repository, value))
     return Reference(registry=registry, repository=repository,
                      tag=None if digest else tag, digest=digest)
+
+
+def _check_port(registry: str, value: str) -> None:
+    """A registry port must be 1-65535 (the name pattern allows any digits)."""
+    host_port = registry.rsplit("]", 1)[-1]
+    if ":" in host_port:
+        port = host_port.rsplit(":", 1)[1]
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise InvalidReference("registry %s in %r has port %s, out of range (1-65535)"
+                                   % (registry, value, port))
 
 
 def _reference_digest(raw: str, name: str) -> Digest:
@@ -310,8 +329,8 @@ def parse_manifest(raw: bytes, digest: Digest, media_type: str, top: Digest,
 def _media_type(raw: bytes, content_type: Optional[str]) -> str:
     """The body's own mediaType wins over Content-Type (registries differ on the header)."""
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+        data = loads(raw, "manifest")
+    except StoreError:
         data = None
     if isinstance(data, dict) and isinstance(data.get("mediaType"), str):
         return data["mediaType"]
@@ -325,6 +344,13 @@ def _media_type(raw: bytes, content_type: Optional[str]) -> str:
 
 
 # ---------------------------------------------------------------------- HTTP
+def _port(url: urllib.parse.SplitResult) -> Optional[int]:
+    try:
+        return url.port
+    except ValueError as exc:
+        raise RegistryError("%s has a port out of range (1-65535)" % url.netloc) from exc
+
+
 def tls_context(ca_path: Optional[str]) -> ssl.SSLContext:
     if ca_path and not os.path.exists(ca_path):
         raise NotFound("ca_path %s does not exist on this host" % ca_path)
@@ -339,35 +365,92 @@ def tls_context(ca_path: Optional[str]) -> ssl.SSLContext:
 def _challenges(headers: http.client.HTTPMessage) -> Dict[str, Dict[str, str]]:
     """``WWW-Authenticate`` values by scheme (lowercase) -> parameters."""
     found: Dict[str, Dict[str, str]] = {}
-    for value in headers.get_all("WWW-Authenticate") or []:
-        for part in re.split(r"(?:^|,)\s*(?=[A-Za-z]+\s+[A-Za-z]+\s*=)", value):
-            scheme, _sep, rest = part.strip().partition(" ")
-            if scheme:
-                found[scheme.lower()] = {m.group(1).lower(): m.group(2) if m.group(2) is not None
-                                         else m.group(3) for m in _CHALLENGE_RE.finditer(rest)}
+    for value in (headers.get_all("WWW-Authenticate") or [])[:MAX_CHALLENGES]:
+        found.update(parse_challenges(value[:MAX_HEADER]))
     return found
+
+
+def parse_challenges(value: str) -> Dict[str, Dict[str, str]]:
+    """One ``WWW-Authenticate`` value (RFC 7235: ``Scheme k=v, k="v", Scheme2 ...``) by
+    scheme -> parameters, in one left-to-right pass: each token is matched once where
+    the previous one ended, so the work is linear in the header whatever it holds."""
+    found: Dict[str, Dict[str, str]] = {}
+    params: Optional[Dict[str, str]] = None
+    pos = 0
+    while True:
+        pos = _SEPARATORS_RE.match(value, pos).end()
+        if pos >= len(value):
+            return found
+        match = _PARAM_RE.match(value, pos)
+        if match is not None and params is not None:
+            quoted = match.group(2)
+            params[match.group(1).lower()] = _unquote(quoted) if quoted is not None \
+                else match.group(3)
+            pos = match.end()
+            continue
+        match = _SCHEME_RE.match(value, pos)
+        if match is None:
+            pos = _SKIP_RE.match(value, pos).end()    # garbage up to the next comma
+            continue
+        params = found.setdefault(match.group(1).lower(), {})
+        pos = match.end()
+
+
+def _unquote(text: str) -> str:
+    return re.sub(r"\\(.)", r"\1", text)
 
 
 def _registry_errors(body: bytes) -> List[str]:
     try:
-        data = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+        data = loads(body, "error body")
+    except StoreError:
         return []
     errors = data.get("errors") if isinstance(data, dict) else None
     return [str(e.get("code")) for e in errors or [] if isinstance(e, dict)]
 
 
+class DeadlineExceeded(socket.timeout):
+    """A request (a blob download) took longer than its overall deadline."""
+
+
 class Response:
-    """An open response; ``read`` stays valid until ``close``."""
+    """An open response; ``read`` stays valid until ``close``.  Every read waits at most
+    ``timeout`` seconds for data and ends by ``deadline`` (a monotonic time) whatever the
+    pace the server drips bytes at."""
 
     def __init__(self, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse,
-                 url: str) -> None:
+                 url: str, timeout: float, deadline: float) -> None:
         self.conn, self.resp, self.url = conn, resp, url
         self.status = resp.status
         self.headers = resp.headers
+        self.timeout, self.deadline = timeout, deadline
 
-    def read(self, n: int = -1) -> bytes:
-        return self.resp.read(n) if n >= 0 else self.resp.read()
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes, fewer only at the end of the body.  Read piece by piece
+        (``read1``: one receive each) so a server dripping a byte at a time meets the
+        deadline between pieces, not only when a whole chunk has arrived."""
+        pieces: List[bytes] = []
+        got = 0
+        while got < n:
+            piece = self._read_piece(n - got)
+            if not piece:
+                break
+            pieces.append(piece)
+            got += len(piece)
+        return b"".join(pieces)
+
+    def _read_piece(self, n: int) -> bytes:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise DeadlineExceeded("deadline")
+        if self.conn.sock is not None:
+            self.conn.sock.settimeout(min(self.timeout, left))
+        try:
+            return self.resp.read1(n)
+        except socket.timeout as exc:
+            if time.monotonic() >= self.deadline:
+                raise DeadlineExceeded("deadline") from exc
+            raise
 
     def close(self) -> None:
         self.resp.close()
@@ -379,7 +462,8 @@ class Registry:
 
     def __init__(self, reference: Reference, insecure: bool = False, ca_path: Optional[str] = None,
                  username: Optional[str] = None, password: Optional[str] = None,
-                 timeout: float = 60, credentials: Optional[Credentials] = None,
+                 timeout: float = 60, connect_timeout: float = 30,
+                 deadline: float = 3600, credentials: Optional[Credentials] = None,
                  actions: str = "pull", host: Optional[str] = None) -> None:
         self.reference = reference
         if host is None:
@@ -387,6 +471,7 @@ class Registry:
         self.base = "%s://%s" % ("http" if insecure else "https", host)
         self.address = host
         self.insecure, self.ca_path, self.timeout = insecure, ca_path, float(timeout)
+        self.connect_timeout, self.deadline = float(connect_timeout), float(deadline)
         if (username is None) != (password is None):
             raise InvalidInput("username and password go together: give both or neither")
         if credentials is None and username is not None:
@@ -408,25 +493,32 @@ class Registry:
             raise RegistryError("%s sent the client to %s, which is not an http(s) URL"
                                 % (self.address, urllib.parse.urlunsplit(url)))
         proxy = proxy_for(url.scheme, url.netloc)
-        host, port = (proxy if proxy else (url.hostname or "", url.port))
+        host, port = (proxy if proxy else (url.hostname or "", _port(url)))
         if url.scheme == "https":
             context = self._context or tls_context(self.ca_path)
-            conn = http.client.HTTPSConnection(host, port, timeout=self.timeout, context=context)
+            conn = http.client.HTTPSConnection(host, port, timeout=self.connect_timeout,
+                                               context=context)
             if proxy:
                 # CONNECT: TLS end to end, the proxy relays bytes it cannot read
-                conn.set_tunnel(url.hostname or "", url.port or 443)
+                conn.set_tunnel(url.hostname or "", _port(url) or 443)
             return conn, False
-        return http.client.HTTPConnection(host, port, timeout=self.timeout), proxy is not None
+        return (http.client.HTTPConnection(host, port, timeout=self.connect_timeout),
+                proxy is not None)
 
     def _send(self, method: str, url: str, headers: Dict[str, str],
               body: Optional[bytes] = None) -> Response:
+        """One request: ``connect_timeout`` to connect, then ``timeout`` for each wait for
+        data, and the response is read by ``deadline`` seconds from now."""
         parts = urllib.parse.urlsplit(url)
         conn, absolute = self._connection(parts)
         target = parts.path + ("?" + parts.query if parts.query else "")
         if absolute:
             target = urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path or "/",
                                               parts.query, ""))
+        deadline = time.monotonic() + self.deadline
         try:
+            conn.connect()
+            conn.sock.settimeout(min(self.timeout, self.deadline))
             conn.request(method, target, body=body,
                          headers=dict(headers, **{"User-Agent": USER_AGENT}))
             resp = conn.getresponse()
@@ -435,7 +527,7 @@ class Registry:
             if isinstance(exc, (OSError, http.client.HTTPException)):
                 raise self._network_error(exc, parts) from exc
             raise
-        return Response(conn, resp, url)
+        return Response(conn, resp, url, self.timeout, deadline)
 
     def _network_error(self, exc: BaseException, url: urllib.parse.SplitResult) -> StoreError:
         where = url.netloc
@@ -451,8 +543,10 @@ class Registry:
             return Unreachable("registry %s is unreachable: connection refused (is it running, "
                                "and is the address right?)" % where)
         if isinstance(exc, socket.timeout):
-            return Unreachable("registry %s is unreachable: no answer within %g seconds (timeout)"
-                               % (where, self.timeout))
+            return Unreachable("registry %s is unreachable: no answer within %g seconds "
+                               "(connect_timeout %g, timeout %g)"
+                               % (where, max(self.timeout, self.connect_timeout),
+                                  self.connect_timeout, self.timeout))
         if isinstance(exc, socket.gaierror):
             return Unreachable("registry %s is unreachable: its host name cannot be resolved (%s)"
                                % (where, exc.strerror))
@@ -478,13 +572,14 @@ class Registry:
             challenges = _challenges(resp.headers)
             if not self._can_answer(challenges):
                 break
-            resp.read()
-            resp.close()
+            resp.close()                # its body is never read: one connection per request
             self._authenticate(challenges)
             retried = True
         if resp.status not in expect:
             try:
-                body_read = resp.read(65536) if method != "HEAD" else b""
+                body_read = resp.read(MAX_ERROR_BODY) if method != "HEAD" else b""
+            except (OSError, http.client.HTTPException):
+                body_read = b""
             finally:
                 resp.close()
             raise self._status_error(resp.status, body_read, urllib.parse.urlsplit(url).path)
@@ -508,8 +603,7 @@ class Registry:
             location = resp.headers.get("Location")
             if resp.status not in (301, 302, 303, 307, 308) or not location:
                 return resp
-            resp.read()
-            resp.close()
+            resp.close()                # the body of a redirect is never read
             url = urllib.parse.urljoin(url, location)
         raise RegistryError("%s redirected more than %d times for %s"
                             % (self.address, MAX_REDIRECTS, url))
@@ -774,7 +868,9 @@ class Registry:
                                  expected=desc.digest, actual=actual)
 
     def interrupted(self, what: str, exc: BaseException) -> StoreError:
-        if isinstance(exc, socket.timeout):
+        if isinstance(exc, DeadlineExceeded):
+            detail = "not complete within %g seconds (blob_timeout)" % self.deadline
+        elif isinstance(exc, socket.timeout):
             detail = "no data for %g seconds (timeout)" % self.timeout
         else:
             detail = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__

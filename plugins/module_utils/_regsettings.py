@@ -174,6 +174,8 @@ class RegistrySettings:
     insecure: bool = False
     ca_path: Optional[str] = None
     timeout: float = 60.0
+    connect_timeout: float = 30.0
+    blob_timeout: float = 3600.0
     username: Optional[str] = None
     password: Optional[str] = field(default=None, repr=False)
     auth: AuthFile = field(default_factory=AuthFile)
@@ -184,11 +186,13 @@ class RegistrySettings:
         username, password = params.get("username"), params.get("password")
         if (username is None) != (password is None):
             raise InvalidInput("username and password go together: give both or neither")
-        timeout = params.get("timeout") or 60
-        if float(timeout) <= 0:
-            raise InvalidInput("timeout must be a positive number of seconds")
+        timeouts = {name: float(params.get(name) or default) for name, default in
+                    (("timeout", 60), ("connect_timeout", 30), ("blob_timeout", 3600))}
+        for name, value in timeouts.items():
+            if value <= 0:
+                raise InvalidInput("%s must be a positive number of seconds" % name)
         return cls(insecure=bool(params.get("insecure")), ca_path=params.get("ca_path"),
-                   timeout=float(timeout), username=username, password=password,
+                   username=username, password=password, **timeouts,
                    auth=find_auth_file(params.get("auth_file")),
                    mirrors=validate_mirrors(params.get("mirrors") or []) if mirrors else [])
 

@@ -64,14 +64,15 @@ from ansible_collections.strata.layers.plugins.module_utils._crash import crash_
 from ansible_collections.strata.layers.plugins.module_utils._digest import (
     ChainID, DiffID, Digest, ImageID, chain_id, chain_ids, hex_of, is_digest, sha256_bytes)
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
-    DigestMismatch, InvalidInput, NotFound, StoreError)
+    DigestMismatch, InvalidInput, NotFound, StoreError, Unsupported)
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import (
     allocated_bytes, mounts_below, umount)
 from ansible_collections.strata.layers.plugins.module_utils._images import (
     ImageConfig, ImageDB, ImageRecord)
 from ansible_collections.strata.layers.plugins.module_utils._layers import (
     LayerDB, LayerRecord, now_iso)
-from ansible_collections.strata.layers.plugins.module_utils._lock import DEFAULT_TIMEOUT, StoreLock
+from ansible_collections.strata.layers.plugins.module_utils._lock import (
+    DEFAULT_TIMEOUT, StoreLock, read_only_error)
 from ansible_collections.strata.layers.plugins.module_utils._probe import (
     DRIVERS, driver_class, select)
 from ansible_collections.strata.layers.plugins.module_utils._recovery import Marks
@@ -118,7 +119,10 @@ class Store:
         """Exclusive access; crash debris settled; a driver chosen if ``init``."""
         if os.path.exists(self.root) and not os.path.isdir(self.root):
             raise InvalidInput("data_root %s exists and is not a directory" % self.root)
-        makedirs(self.root, 0o711)
+        try:
+            makedirs(self.root, 0o711)
+        except OSError as exc:
+            raise read_only_error(exc, self.root, operation) from exc
         with StoreLock(os.path.join(self.root, "lock"), True, self.lock_timeout, operation):
             self.writable = True
             try:
@@ -291,6 +295,15 @@ class Store:
         if record is None:
             raise NotFound("parent layer %s is not in the store: import it first" % parent)
         return record.depth
+
+    def check_depth(self, layers: int, what: str) -> None:
+        """Refuse, before anything is stored, an image deeper than the driver can mount
+        (so a failing import or pull leaves no layers behind it)."""
+        limit = self.driver.max_depth
+        if limit is not None and layers > limit:
+            raise Unsupported("%s has %d layers; the %s driver mounts at most %d (the mount "
+                              "option page limit): squash the image; nothing was imported"
+                              % (what, layers, self.driver.name, limit))
 
     def ingest_layer(self, open_stream: StreamOpener, parent: Optional[ChainID],
                      what: str, expect: Optional[str] = None, expect_diff: Optional[DiffID] = None,

@@ -81,6 +81,9 @@ options:
       - Refuse a layer whose uncompressed stream exceeds this many bytes (a guard against
         compression bombs). Layers already completed are kept; the refused one is not.
     type: int
+notes:
+  - The C(Authorization) header is never sent to another host than the registry, so a
+    registry's credentials do not reach the blob storage it redirects to.
 seealso:
   - module: strata.layers.layer_import
   - module: strata.layers.store_info

@@ -81,7 +81,8 @@ def image_push(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, An
                            % compression)
     settings = RegistrySettings.from_params(params)
     registry = Registry(dest, insecure=settings.insecure, ca_path=settings.ca_path,
-                        timeout=settings.timeout, actions="pull,push",
+                        timeout=settings.timeout, connect_timeout=settings.connect_timeout,
+                        deadline=settings.blob_timeout, actions="pull,push",
                         credentials=settings.credentials(dest.registry, dest.repository))
     store = Store.from_params(params)
     chunk = int(params.get("chunk_size") or CHUNK)   # not an option: tests shrink chunks
