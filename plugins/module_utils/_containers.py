@@ -38,6 +38,7 @@ from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mount
 from ansible_collections.strata.layers.plugins.module_utils._images import ImageRecord
 from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord, now_iso
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
+from ansible_collections.strata.layers.plugins.module_utils._trust import overlaps
 from ansible_collections.strata.layers.plugins.module_utils.drivers._base import Driver
 
 _NAME_RE = re.compile(r"\A[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}\Z")
@@ -234,16 +235,19 @@ def remove(store: Store, record: ContainerRecord) -> None:
 
 
 def check_mount_point(store: Store, target: str) -> str:
+    """A mount point the user chose: outside the store's tree, and not a directory that
+    holds the data root (mounting there would hide the store itself)."""
     if not os.path.isabs(target):
         raise InvalidInput("mount_point %r must be an absolute path" % target)
     real = os.path.realpath(target)
-    root = os.path.realpath(store.root)
     if os.path.exists(real) and not os.path.isdir(real):
         raise InvalidInput("mount_point %s exists and is not a directory" % target)
-    mounts = os.path.join(root, "mounts")
-    if (real == root or real.startswith(root + "/")) and not real.startswith(mounts + "/"):
-        raise InvalidInput("mount_point %s lies inside the store's own directories (%s); "
-                           "choose a path outside it or leave mount_point unset" % (target, root))
+    clash = overlaps(store.root, target)
+    if clash:
+        raise InvalidInput("mount_point %s is refused: %s; choose a path outside the store "
+                           "(or leave mount_point unset: the container is then mounted "
+                           "under %s, reachable by root only)"
+                           % (target, clash, os.path.join(store.root, "mounts")))
     return real
 
 
@@ -256,6 +260,8 @@ def mount(store: Store, record: ContainerRecord, target: str) -> bool:
     refuse_busy_target(target)
     if current and current != target and driver.is_mounted(current):
         driver.unmount(current)
+    # default mount points sit in mounts/, root's alone: no other user reaches them
+    makedirs(os.path.join(store.root, "mounts"), 0o700)
     makedirs(target, 0o755)
     image = store.images.get(record.image_id)
     # the record names the mount point before the mount exists: a kill in between leaves

@@ -33,6 +33,7 @@ from ansible_collections.strata.layers.plugins.module_utils._images import (
     ImageRecord, normalize_tag, split_reference)
 from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
+from ansible_collections.strata.layers.plugins.module_utils._trust import overlaps
 from ansible_collections.strata.layers.plugins.module_utils._tarformat import (
     DIRTYPE, REGTYPE, encode_header, end_of_archive, padding)
 from ansible_collections.strata.layers.plugins.module_utils._tarsplit import emit
@@ -270,6 +271,10 @@ def image_export(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, 
     if not os.path.isdir(parent):
         raise InvalidInput("the directory of dest (%s) does not exist" % parent)
     store = Store.from_params(params)
+    clash = overlaps(store.root, dest, holding=False)
+    if clash:
+        raise InvalidInput("dest %s is refused: %s, whose records an export would overwrite; "
+                           "write the export outside data_root" % (dest, clash))
     with store.read():
         ref = params.get("image") or ""
         image = store.images.get(store.images.resolve(ref))
