@@ -196,3 +196,19 @@ def test_a_source_rewritten_while_it_is_read_is_refused_and_never_cached(
     assert again["changed"]
     assert again["layers"][0]["diff_id"] == "sha256:" + hashlib.sha256(second).hexdigest()
     assert not imp(store_root, src, format="layer", tag=["v:1"])["changed"]
+
+
+def test_a_lock_whose_file_was_removed_is_not_current(tmp_path):
+    """A first run that fails removes its store, lock file included: a waiter that then
+    gets the lock of the unlinked file must notice and start again (Store.write does)."""
+    path = str(tmp_path / "lock")
+    lock = StoreLock(path, True, 1.0, "test")
+    lock.acquire()
+    try:
+        assert lock.current()
+        os.unlink(path)
+        assert not lock.current()
+        open(path, "w").close()          # another run made a new store meanwhile
+        assert not lock.current()
+    finally:
+        lock.release()

@@ -17,7 +17,7 @@ from ansible_collections.strata.layers.plugins.module_utils import _trust
 from ansible_collections.strata.layers.plugins.module_utils._check import store_check
 from ansible_collections.strata.layers.plugins.module_utils._containers import container_layer
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
-    DigestMismatch, InvalidInput)
+    Corrupt, DigestMismatch, InvalidInput)
 from ansible_collections.strata.layers.plugins.module_utils._export import image_export
 from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
@@ -151,7 +151,7 @@ def test_removal_outside_the_store_is_refused_whoever_asks(tmp_path, small_tar):
     store = Store(root)
     with store.write("test"):
         for path in (str(outside), os.path.join(root, "..", "outside"), root):
-            with pytest.raises(Exception, match="not inside the store"):
+            with pytest.raises(Corrupt, match="not inside the store"):
                 store.remove_path(None, path)
     assert outside.is_dir()
 
