@@ -80,7 +80,7 @@ from ansible_collections.strata.layers.plugins.module_utils._recovery import Mar
 from ansible_collections.strata.layers.plugins.module_utils._tarformat import ChunkReader
 from ansible_collections.strata.layers.plugins.module_utils._tarsplit import TarSplitWriter
 from ansible_collections.strata.layers.plugins.module_utils._trust import (
-    INIT_MODES, STORE_ENTRIES, inside, refuse_foreign, refuse_untrusted)
+    INIT_MODES, inside, refuse_foreign, refuse_untrusted)
 from ansible_collections.strata.layers.plugins.module_utils.drivers._base import Driver
 
 FORMAT = 1
@@ -147,6 +147,7 @@ class Store:
         if not self.exists() and self.init_mode != "adopt":
             refuse_foreign(self.root, DRIVERS)
         made_root = not os.path.lexists(self.root)
+        had = set() if made_root else set(os.listdir(self.root))
         lock = self._lock_exclusive(operation)
         try:
             fresh = not self.exists()
@@ -158,7 +159,7 @@ class Store:
                 yield self
             except BaseException:
                 if fresh:
-                    self._unmake(made_root)
+                    self._unmake(made_root, had)
                 raise
             finally:
                 self.writable = False
@@ -191,20 +192,20 @@ class Store:
             if stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) & 0o077:
                 os.chmod(path, stat.S_IMODE(st.st_mode) & 0o700)
 
-    def _unmake(self, made_root: bool) -> None:
-        """Undo the initialisation of a store whose first run failed: it holds nothing
-        but what initialising made.  Only the store's own entries are removed."""
+    def _unmake(self, made_root: bool, had: Set[str]) -> None:
+        """Undo the initialisation of a store whose first run failed and left nothing in
+        it: exactly the entries this run made go (``had``: what was there before)."""
         try:
             if self.has_content() or self.images.ids():
                 return
             for entry in sorted(mounts_below(self.root), key=lambda m: len(m.mount_point),
                                 reverse=True):
                 umount(entry.mount_point)
-            own = (STORE_ENTRIES | set(DRIVERS)) - {"lock"}
             for name in os.listdir(self.root):
-                if name in own or name.startswith(TEMP_PREFIX):
+                if name not in had and name != "lock":
                     remove_tree(os.path.join(self.root, name))
-            os.unlink(os.path.join(self.root, "lock"))
+            if "lock" not in had:
+                os.unlink(os.path.join(self.root, "lock"))
             if made_root:
                 os.rmdir(self.root)
         except (OSError, StoreError):

@@ -45,7 +45,10 @@ def foreign_entries(root: str, own: Iterable[str]) -> List[str]:
     except FileNotFoundError:
         return []
     mine = STORE_ENTRIES | FILESYSTEM_ENTRIES | frozenset(own)
-    return sorted(n for n in names if n not in mine and not n.startswith(TEMP_PREFIX))
+    # staging names are the store's only where a store has been (its lock file is there)
+    ours_temp = "lock" in names
+    return sorted(n for n in names if n not in mine and
+                  not (ours_temp and n.startswith(TEMP_PREFIX)))
 
 
 def refuse_foreign(root: str, own: Iterable[str]) -> None:
