@@ -33,8 +33,10 @@ from ansible_collections.strata.layers.plugins.module_utils._copytree import Sha
 from ansible_collections.strata.layers.plugins.module_utils._crash import crash_point
 from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
-    AlreadyExists, Corrupt, InvalidInput, NotFound)
-from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mount_at
+    AlreadyExists, Corrupt, InvalidInput, NotFound, StoreError)
+from ansible_collections.strata.layers.plugins.module_utils._fsinfo import (
+    MS_BIND, MS_NODEV, MS_NOSUID, MS_REMOUNT, mount_at)
+from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mount as fs_mount
 from ansible_collections.strata.layers.plugins.module_utils._images import ImageRecord
 from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord, now_iso
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
@@ -270,8 +272,26 @@ def mount(store: Store, record: ContainerRecord, target: str) -> bool:
     ContainerDB(store.root).save(record)
     crash_point("container-mount.recorded")
     driver.mount(record.id, image_chain(store, image), target)
+    if os.path.dirname(target) != os.path.join(store.root, "mounts"):
+        try:
+            restrict_mount(target)
+        except StoreError:
+            driver.unmount(target)
+            raise
     crash_point("container-mount.mounted")
     return True
+
+
+def restrict_mount(target: str) -> None:
+    """A mount point the user chose outside the store is as reachable as its parent
+    directories make it: it is mounted ``nosuid,nodev``, so no local user can run the
+    image's setuid programs or open its device nodes through it (the default mount
+    points, in the store's 0700 ``mounts/``, are reachable by root only)."""
+    try:
+        fs_mount("none", target, None, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV)
+    except OSError as exc:
+        raise StoreError("making the mount at %s nosuid,nodev failed: %s" % (target, exc)) \
+            from exc
 
 
 def refuse_busy_target(target: str) -> None:

@@ -19,6 +19,7 @@ from ansible_collections.strata.layers.plugins.module_utils._containers import c
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, DigestMismatch, InvalidInput)
 from ansible_collections.strata.layers.plugins.module_utils._export import image_export
+from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mount_at
 from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
 from ansible_collections.strata.layers.plugins.module_utils._atomic import remove_tree
@@ -184,6 +185,20 @@ def test_mount_point_on_inside_or_over_the_store_is_refused(tmp_path, small_tar)
 
 
 # ---------------------------------------------------------------------- permissions
+
+def test_a_mount_point_outside_the_store_is_nosuid_and_nodev(tmp_path, small_tar):
+    root = str(tmp_path / "store")
+    imp(root, small_tar, tag=["x:1"])
+    target = str(tmp_path / "mnt" / "c1")
+    made = container_layer({"data_root": root, "name": "c1", "image": "x:1",
+                            "state": "mounted", "mount_point": target})
+    assert made["mount_point"] == target
+    entry = mount_at(target)
+    assert entry is not None
+    assert {"nosuid", "nodev"} <= set(entry.options.split(",")), entry.options
+    assert os.path.isfile(os.path.join(target, "etc", "hello"))
+    container_layer({"data_root": root, "name": "c1", "state": "unmounted"})
+
 
 def test_the_data_root_and_mounts_are_root_only(tmp_path, small_tar):
     root = str(tmp_path / "store")
