@@ -6,8 +6,9 @@ An image is unreferenced when no tag points at it, no container uses it and it i
 the parent of a kept image (a build step another image was made from); a layer when no
 remaining image or container needs it.  References fail closed: while any image or
 container record cannot be read (damaged, quarantined, or naming a missing image),
-nothing is pruned and the result's ``unreadable`` says which records to repair.  Reclaimed bytes are measured on disk (what
-the driver's directories really took), not the layers' logical sizes.
+nothing is pruned and the result's ``unreadable`` says which records to repair.
+Reclaimed bytes are measured on disk (what the driver's directories really took), not
+the layers' logical sizes.
 """
 from __future__ import annotations
 
