@@ -51,6 +51,7 @@ under a mark), then removes the driver data; a crash between is finished by the 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from dataclasses import dataclass, field
@@ -190,7 +191,11 @@ class Store:
             except FileNotFoundError:
                 continue
             if stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) & 0o077:
-                os.chmod(path, stat.S_IMODE(st.st_mode) & 0o700)
+                try:
+                    os.chmod(path, stat.S_IMODE(st.st_mode) & 0o700)
+                except OSError as exc:
+                    if exc.errno != errno.EROFS:   # a read-only store: the write fails later
+                        raise wrap_os_error(exc, "restricting %s to root" % path) from exc
 
     def _unmake(self, made_root: bool, had: Set[str]) -> None:
         """Undo the initialisation of a store whose first run failed and left nothing in
