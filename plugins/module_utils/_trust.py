@@ -79,8 +79,8 @@ def overlaps(root: str, path: str, holding: bool = True) -> Optional[str]:
     """Why ``path`` (a user's destination) collides with the store at ``root``, or None:
     it is the store, lies inside it, or (``holding``) is a directory that holds it."""
     real_root = os.path.realpath(root)
-    for candidate in {os.path.normpath(path), os.path.realpath(path)}:
-        for base in {os.path.normpath(root), real_root}:
+    for candidate in (os.path.normpath(path), os.path.realpath(path)):
+        for base in (os.path.normpath(root), real_root):
             if candidate == base:
                 return "it is the store itself (%s)" % root
             if candidate.startswith(base.rstrip("/") + "/"):
