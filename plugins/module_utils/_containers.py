@@ -40,7 +40,7 @@ from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mount
 from ansible_collections.strata.layers.plugins.module_utils._images import ImageRecord
 from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord, now_iso
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
-from ansible_collections.strata.layers.plugins.module_utils._trust import overlaps
+from ansible_collections.strata.layers.plugins.module_utils._trust import inside, overlaps
 from ansible_collections.strata.layers.plugins.module_utils.drivers._base import Driver
 
 _NAME_RE = re.compile(r"\A[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}\Z")
@@ -272,7 +272,7 @@ def mount(store: Store, record: ContainerRecord, target: str) -> bool:
     ContainerDB(store.root).save(record)
     crash_point("container-mount.recorded")
     driver.mount(record.id, image_chain(store, image), target)
-    if os.path.dirname(target) != os.path.join(store.root, "mounts"):
+    if not inside(store.root, target):
         try:
             restrict_mount(target)
         except StoreError:
