@@ -184,18 +184,23 @@ class _Listing(NamedTuple):
 
 
 class UpperDiff:
-    """Native diff of an overlay upper directory."""
+    """Native diff of an overlay upper directory.
+
+    ``markers``: the upper is fuse-overlayfs's, whose opaque marker files are its own
+    bookkeeping (skipped); under kernel overlay a file of that name is the container's,
+    and is refused like any other whiteout name rather than silently left out."""
 
     def __init__(self, upper: str, exact_times: bool = False,
-                 shadow: Optional[Shadow] = None) -> None:
+                 shadow: Optional[Shadow] = None, markers: bool = True) -> None:
         self.upper = upper
         self.exact_times = exact_times
         self.shadow = shadow
+        self.markers = FUSE_MARKERS if markers else ()
 
     def size(self) -> int:
         emitter = _Emitter(self.upper)
         for rel, st in self._walk(emitter):
-            if not _is_whiteout(st) and os.path.basename(rel) not in FUSE_MARKERS:
+            if not _is_whiteout(st) and os.path.basename(rel) not in self.markers:
                 emitter.count(st)
         return emitter.size
 
@@ -223,7 +228,7 @@ class UpperDiff:
             if name is None:
                 stack.pop()
                 continue
-            if name in FUSE_MARKERS:
+            if name in self.markers:
                 continue  # fuse-overlayfs's own opaque markers: the xattr says it all
             child = _join(stack[-1].rel, name)
             st = os.lstat(emitter.full(child))

@@ -131,7 +131,7 @@ def changes_in(driver: Driver, root: str, chain: Sequence[ChainID],
                ) -> Union[UpperDiff, TreeDiff]:
     """The changes held in ``root``, a container's root on ``chain``."""
     if driver.whiteouts == "device":
-        return UpperDiff(root, exact_times, shadow)
+        return UpperDiff(root, exact_times, shadow, markers=driver.name == "fuse-overlayfs")
     return TreeDiff(driver.diff_base(list(chain)), root, exact_times, shadow)
 
 
