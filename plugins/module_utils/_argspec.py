@@ -13,6 +13,7 @@ from ansible_collections.strata.layers.plugins.module_utils._errors import Store
 STORE_OPTIONS: Dict[str, Dict[str, Any]] = {
     "data_root": {"type": "path", "default": "/var/lib/strata"},
     "lock_timeout": {"type": "float", "default": 300.0},
+    "init": {"type": "str", "default": "new", "choices": ["new", "adopt"]},
 }
 
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils import _files as files
+from ansible_collections.strata.layers.plugins.module_utils._apply import WHITEOUT_PREFIX
 from ansible_collections.strata.layers.plugins.module_utils._compression import (
     DecodedStream, detect)
 from ansible_collections.strata.layers.plugins.module_utils._dockerfile import (
@@ -346,10 +347,24 @@ class CopyPlan:
     def _add(self, entry: Entry) -> None:
         if not entry.dest:
             raise InvalidInput("%s would replace the image's root directory" % self.what)
+        self._refuse_whiteout_name(entry.dest)
         self.entries[entry.dest] = entry
+
+    def _refuse_whiteout_name(self, dest: bytes) -> None:
+        """A layer reads a ``.wh.NAME`` entry as deleting NAME: a copied file with such a
+        name would silently delete a file of the image instead of being copied."""
+        name = next((p for p in dest.split(b"/") if p.startswith(WHITEOUT_PREFIX)), None)
+        if name is not None:
+            raise InvalidInput(
+                "%s: /%s has a whiteout name (%s), which a layer reads as deleting %s, not as "
+                "a file; rename it (or exclude it with .dockerignore)"
+                % (self.what, dest.decode("utf-8", "replace"), name.decode("utf-8", "replace"),
+                   name[len(WHITEOUT_PREFIX):].decode("utf-8", "replace")),
+                member=dest.decode("utf-8", "replace"))
 
     def _ensure_dir(self, rel: bytes, created_owner: Tuple[int, int]) -> None:
         if rel and rel not in self.entries:
+            self._refuse_whiteout_name(rel)
             self.entries[rel] = self._dir_entry(rel, created_owner)
 
     def _dir_entry(self, rel: bytes, created_owner: Tuple[int, int]) -> Entry:

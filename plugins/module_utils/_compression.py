@@ -332,10 +332,32 @@ def read_head(path: str, size: int = 16) -> bytes:
 
 
 def open_file(path: str, what: Optional[str] = None) -> DecodedStream:
-    """A DecodedStream over a regular file (closing the stream closes the file)."""
+    """A DecodedStream over a regular file (closing the stream closes the file).
+
+    The content is bound to what was read: at end of file the file must still have the
+    size, mtime and ctime it had when opened, or the stream fails (a file rewritten in
+    place while it was read would give digests of content it never held as a whole)."""
     fd = open_regular(path, what)
     try:
-        return DecodedStream(lambda n: os.read(fd, n), what=what or path, owned_fd=fd)
+        opened = os.fstat(fd)
+        regular = stat.S_ISREG(opened.st_mode)   # a pipe's times move with every write
+
+        def read(n: int) -> bytes:
+            data = os.read(fd, n)
+            if not data and regular:
+                _refuse_changed(fd, opened, what or path)
+            return data
+
+        return DecodedStream(read, what=what or path, owned_fd=fd)
     except BaseException:
         os.close(fd)
         raise
+
+
+def _refuse_changed(fd: int, opened: os.stat_result, what: str) -> None:
+    now = os.fstat(fd)
+    if (now.st_size, now.st_mtime_ns, now.st_ctime_ns) != \
+            (opened.st_size, opened.st_mtime_ns, opened.st_ctime_ns):
+        raise InvalidInput("%s changed while it was being read (it was written to meanwhile); "
+                           "nothing was kept from it. Run again once whatever writes it has "
+                           "finished" % what)

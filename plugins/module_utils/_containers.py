@@ -32,13 +32,16 @@ from ansible_collections.strata.layers.plugins.module_utils._copytree import Sha
 from ansible_collections.strata.layers.plugins.module_utils._crash import crash_point
 from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
-    AlreadyExists, Busy, Corrupt, InvalidInput, NotFound)
-from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mount_at
+    AlreadyExists, Busy, Corrupt, InvalidInput, NotFound, StoreError)
+from ansible_collections.strata.layers.plugins.module_utils._fsinfo import (
+    MS_BIND, MS_NODEV, MS_NOSUID, MS_REMOUNT, mount_at)
+from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mount as fs_mount
 from ansible_collections.strata.layers.plugins.module_utils._images import ImageRecord
 from ansible_collections.strata.layers.plugins.module_utils._initlayer import populate
 from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord, now_iso
 from ansible_collections.strata.layers.plugins.module_utils._runtime import read_state
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
+from ansible_collections.strata.layers.plugins.module_utils._trust import inside, overlaps
 from ansible_collections.strata.layers.plugins.module_utils.drivers._base import Driver, InitFiller
 
 _NAME_RE = re.compile(r"\A[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}\Z")
@@ -136,7 +139,7 @@ def changes_in(driver: Driver, root: str, chain: Sequence[ChainID],
     """The changes held in ``root``, the root of container ``cid`` on ``chain``: against
     its init layer when it has one, so the runtime's mount points are never a change."""
     if driver.whiteouts == "device":
-        return UpperDiff(root, exact_times, shadow)
+        return UpperDiff(root, exact_times, shadow, markers=driver.name == "fuse-overlayfs")
     return TreeDiff(driver.diff_base(list(chain), cid), root, exact_times, shadow)
 
 
@@ -274,16 +277,19 @@ def remove(store: Store, record: ContainerRecord) -> None:
 
 
 def check_mount_point(store: Store, target: str) -> str:
+    """A mount point the user chose: outside the store's tree, and not a directory that
+    holds the data root (mounting there would hide the store itself)."""
     if not os.path.isabs(target):
         raise InvalidInput("mount_point %r must be an absolute path" % target)
     real = os.path.realpath(target)
-    root = os.path.realpath(store.root)
     if os.path.exists(real) and not os.path.isdir(real):
         raise InvalidInput("mount_point %s exists and is not a directory" % target)
-    mounts = os.path.join(root, "mounts")
-    if (real == root or real.startswith(root + "/")) and not real.startswith(mounts + "/"):
-        raise InvalidInput("mount_point %s lies inside the store's own directories (%s); "
-                           "choose a path outside it or leave mount_point unset" % (target, root))
+    clash = overlaps(store.root, target)
+    if clash:
+        raise InvalidInput("mount_point %s is refused: %s; choose a path outside the store "
+                           "(or leave mount_point unset: the container is then mounted "
+                           "under %s, reachable by root only)"
+                           % (target, clash, os.path.join(store.root, "mounts")))
     return real
 
 
@@ -296,6 +302,8 @@ def mount(store: Store, record: ContainerRecord, target: str) -> bool:
     refuse_busy_target(target)
     if current and current != target and driver.is_mounted(current):
         driver.unmount(current)
+    # default mount points sit in mounts/, root's alone: no other user reaches them
+    makedirs(os.path.join(store.root, "mounts"), 0o700)
     makedirs(target, 0o755)
     image = store.images.get(record.image_id)
     # the record names the mount point before the mount exists: a kill in between leaves
@@ -304,8 +312,26 @@ def mount(store: Store, record: ContainerRecord, target: str) -> bool:
     ContainerDB(store.root).save(record)
     crash_point("container-mount.recorded")
     driver.mount(record.id, image_chain(store, image), target)
+    if not inside(store.root, target):
+        try:
+            restrict_mount(target)
+        except StoreError:
+            driver.unmount(target)
+            raise
     crash_point("container-mount.mounted")
     return True
+
+
+def restrict_mount(target: str) -> None:
+    """A mount point the user chose outside the store is as reachable as its parent
+    directories make it: it is mounted ``nosuid,nodev``, so no local user can run the
+    image's setuid programs or open its device nodes through it (the default mount
+    points, in the store's 0700 ``mounts/``, are reachable by root only)."""
+    try:
+        fs_mount("none", target, None, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV)
+    except OSError as exc:
+        raise StoreError("making the mount at %s nosuid,nodev failed: %s" % (target, exc)) \
+            from exc
 
 
 def refuse_busy_target(target: str) -> None:

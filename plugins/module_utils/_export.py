@@ -36,6 +36,7 @@ from ansible_collections.strata.layers.plugins.module_utils._jsondoc import load
 from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord
 from ansible_collections.strata.layers.plugins.module_utils._sparse import SparseWriter
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
+from ansible_collections.strata.layers.plugins.module_utils._trust import overlaps
 from ansible_collections.strata.layers.plugins.module_utils._tarformat import (
     DIRTYPE, REGTYPE, encode_header, end_of_archive, padding)
 from ansible_collections.strata.layers.plugins.module_utils._tarsplit import emit
@@ -344,6 +345,10 @@ def image_export(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, 
     if not os.path.isdir(parent):
         raise InvalidInput("the directory of dest (%s) does not exist" % parent)
     store = Store.from_params(params)
+    clash = overlaps(store.root, dest, holding=False)
+    if clash:
+        raise InvalidInput("dest %s is refused: %s, whose records an export would overwrite; "
+                           "write the export outside data_root" % (dest, clash))
     with store.read():
         omit = set(params.get("omit_layers") or [])
         export = Export(_plans(store, _references(params.get("image")), omit))

@@ -223,6 +223,7 @@ class LayerJob:
 
     def run(self) -> Dict[str, Any]:
         store = self.store
+        key = stat_key(self.src)     # taken before anything is read
         parent_image, parent = self._parent()
         expect_diff, hashed = self._known(parent)
         what = "layer %s" % self.src
@@ -230,8 +231,11 @@ class LayerJob:
             self.open, parent, what,
             expect=self.digest, expect_diff=expect_diff, max_size=self.max_size)
         learned = digests if "digest" in digests else hashed
-        if learned is not None and self.wait is None:
-            store.remember_source(stat_key(self.src), learned)
+        # the digests are remembered for the file as it was before and after reading it
+        # (the stream itself refuses a file written to while it was read): never for
+        # content it no longer has, and never for a stream (a FIFO's next content differs)
+        if learned is not None and self.wait is None and stat_key(self.src) == key:
+            store.remember_source(key, learned)
         stack = store.layers.stack(record.chain_id)
         result: Dict[str, Any] = {
             "changed": imported, "layers": [layer_entry(r, imported and r is stack[-1])

@@ -1,6 +1,7 @@
 # Copyright: strata.layers contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The store lock: ``flock`` on ``<data_root>/lock``, a file never renamed or deleted.
+"""The store lock: ``flock`` on ``<data_root>/lock``, a file never renamed, and deleted
+only with the store itself when a store's first run failed (``current`` tells a waiter).
 
 Exclusive for mutations, shared for reads.  Waiting polls with a non-blocking
 ``flock`` so a timeout is exact and the waiter can say who holds the lock: the
@@ -82,6 +83,18 @@ class StoreLock:
                 os.pwrite(fd, note.encode("utf-8", "replace"), 0)
             except OSError:
                 pass    # a full disk: the note is a courtesy, /proc/locks still names us
+
+    def current(self) -> bool:
+        """The locked file is still the one at ``path`` (a first run that failed removes
+        its store, lock file included, while others may be waiting on it)."""
+        if self._fd is None:
+            return False
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        held = os.fstat(self._fd)
+        return (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino)
 
     def release(self) -> None:
         if self._fd is not None:

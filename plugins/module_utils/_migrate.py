@@ -4,7 +4,9 @@
 
 Layer records are driver independent; only the files move.  Step by step:
 
-1. refuse if a container is mounted (its writable layer would change under us);
+1. refuse if a container is mounted (its writable layer would change under us), or if
+   any image or container record cannot be read (references fail closed: the old
+   driver's home, with that container's data, is removed at the end);
 2. every layer, parents first, that the new driver does not hold yet is re-emitted
    from its header record and the old driver's files, and streamed through the
    applier into a staging directory of the new driver; the stream must hash to the
@@ -60,6 +62,7 @@ def preview(store: Store, target: str) -> Dict[str, Any]:
 def migrate(store: Store, target: str, keep_previous: Optional[bool]) -> Dict[str, Any]:
     started = time.monotonic()
     old, new = store.driver, store.driver_named(target)
+    _refuse_unreadable(store)
     _refuse_mounted(store)
     new.init()
     moved, reused, nbytes = _layers(store, old, new)
@@ -116,6 +119,18 @@ def remove_home(store: Store, name: str) -> bool:
     remove_tree(driver.home)
     fsync_dir(store.root)
     return True
+
+
+def _refuse_unreadable(store: Store) -> None:
+    """References fail closed: a container the switch cannot carry (its record or its
+    image cannot be read) would be lost with the old driver's home, and an unreadable
+    image may be a container's, so nothing is switched while there is one."""
+    problems = store.references().unreadable
+    if problems:
+        raise Corrupt("cannot switch drivers without losing data: %s; nothing was switched. "
+                      "Run strata.layers.store_check with repair: true, re-import missing "
+                      "images or remove those containers, then switch again"
+                      % "; ".join(problems[:5]), unreadable=problems)
 
 
 def _refuse_mounted(store: Store) -> None:
