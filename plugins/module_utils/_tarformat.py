@@ -233,7 +233,8 @@ def checksum_ok(block: bytes) -> bool:
         want = int(stored.split(b"\0", 1)[0].strip(b" \0") or b"-1", 8)
     except ValueError:
         return False
-    unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:])
+    # the checksum field counts as eight spaces
+    unsigned = sum(block) - sum(stored) + 8 * 32
     if want == unsigned:
         return True
     signed = sum((b - 256 if b > 127 else b) for b in block[:148] + block[156:]) + 8 * 32

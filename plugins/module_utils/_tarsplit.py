@@ -32,9 +32,12 @@ _FLUSH_AT = 1 << 16
 _COMPRESS_AT = 1 << 20
 _LEVEL = 1
 Sink = Callable[[Union[bytes, memoryview]], object]
+_SMALL = [bytes((n,)) for n in range(0x80)]
 
 
 def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return _SMALL[value]
     out = bytearray()
     while True:
         byte = value & 0x7F
