@@ -65,8 +65,9 @@ def ansiballz(module: str, params: Dict[str, Any], dest: str, seed_args: str) ->
 
 
 def run_measured(cmd: List[str]) -> Dict[str, float]:
-    """Wall seconds and peak resident memory (bytes, the child's ru_maxrss from wait4)
-    of ``cmd`` run as a child process; a module that reports ``failed`` raises."""
+    """Wall seconds, CPU seconds (user + system, its waited-for children included) and
+    peak resident memory (bytes, ru_maxrss) of ``cmd`` run as a child process, from
+    wait4; a module that reports ``failed`` raises."""
     with tempfile.TemporaryFile() as out:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
@@ -78,7 +79,8 @@ def run_measured(cmd: List[str]) -> Dict[str, float]:
     if proc.returncode != 0 or b'"failed": true' in text:
         raise RuntimeError("%s failed (%d): %s" % (" ".join(cmd[:3]), proc.returncode,
                                                    text.decode("utf-8", "replace")))
-    return {"wall": wall, "maxrss": usage.ru_maxrss * 1024.0}
+    return {"wall": wall, "maxrss": usage.ru_maxrss * 1024.0,
+            "cpu": usage.ru_utime + usage.ru_stime}
 
 
 # ---------------------------------------------------------------------- dockerd
