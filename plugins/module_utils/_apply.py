@@ -96,11 +96,11 @@ class Applier:
         self._root_user = os.geteuid() == 0
         self._euid, self._egid = os.geteuid(), os.getegid()
         self._umask = _umask()
-        # a set-group-ID directory gives new files its group, not the process's: once
-        # the layer root or any directory of the tree may be one, owners are always set
-        # (a full-copy driver's tree is inherited and not looked at: always set there)
-        self._setgid_seen = whiteouts != WHITEOUT_DEVICE or \
-            bool(os.stat(root).st_mode & stat.S_ISGID)
+        # a set-group-ID directory gives new files its group, not the process's, and a
+        # default ACL gives them its mode, not the umask's: once the layer root or any
+        # directory of the tree may have either, every file gets its fchown and fchmod
+        # (a full-copy driver's tree is inherited and not looked at: always there)
+        self._inherits = whiteouts != WHITEOUT_DEVICE or _passes_down(root)
         self._tree = Beneath(root)
         self._member: Optional[Member] = None
 
@@ -283,8 +283,8 @@ class Applier:
         self._dir_metadata(fd, pfd, path, member)
 
     def _dir_metadata(self, fd: int, pfd: Optional[int], path: bytes, member: Member) -> None:
-        if member.mode & stat.S_ISGID:
-            self._setgid_seen = True
+        if member.mode & stat.S_ISGID or "system.posix_acl_default" in member.xattrs:
+            self._inherits = True
         self._owner(pfd, None, fd, member)
         os.chmod(fd, member.mode)
         self._xattrs(pfd, None, fd, member)
@@ -328,19 +328,17 @@ class Applier:
         """Owner, mode, attributes and times of a file this applier just wrote.
 
         A file it created already has the owner and mode the kernel gave it: the
-        process's ids (unless a set-group-ID directory passed its group down) and the
-        creation mode less the umask.  When those are the member's, the fchown and fchmod
-        are left out (two system calls a file)."""
-        if not (created and self._owner_given(member)):
+        process's ids and the creation mode less the umask (unless a set-group-ID
+        directory or a default ACL passed something else down).  When those are the
+        member's, the fchown and fchmod are left out (two system calls a file)."""
+        given = created and not self._inherits
+        if not (given and member.uid == self._euid and member.gid == self._egid):
             self._owner(None, None, fd, member)
-        if not (created and member.mode == member.mode & 0o777 & ~self._umask):
+        if not (given and member.mode == member.mode & 0o777 & ~self._umask):
             os.chmod(fd, member.mode)
         if member.xattrs:
             self._xattrs(None, None, fd, member)
         os.utime(fd, ns=self._times(member))
-
-    def _owner_given(self, member: Member) -> bool:
-        return member.uid == self._euid and member.gid == self._egid and not self._setgid_seen
 
     def _hardlink(self, pfd: int, name: bytes, member: Member) -> None:
         target = member.linkname
@@ -484,6 +482,18 @@ class Applier:
         for path in sorted(self.dir_times, key=len, reverse=True):
             fd = self._tree.dir_fd(path) if path else self._tree.root_fd
             os.utime(fd, ns=self.dir_times[path])
+
+
+def _passes_down(root: str) -> bool:
+    """Whether ``root`` may give new entries a group or mode of its own (set-group-ID,
+    or a default ACL; when the attribute cannot be read, assume it may)."""
+    if os.stat(root).st_mode & stat.S_ISGID:
+        return True
+    try:
+        os.getxattr(root, "system.posix_acl_default")
+    except OSError as exc:
+        return exc.errno not in (errno.ENODATA, errno.ENOTSUP)
+    return True
 
 
 def _umask() -> int:
