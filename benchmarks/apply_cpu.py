@@ -60,7 +60,7 @@ def tree_of(ref: str, work: str) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--base", required=True, help="the commit to compare with")
     parser.add_argument("--runs", type=int, default=6)
     parser.add_argument("--quick", action="store_true")

@@ -208,7 +208,7 @@ def report(results: Results, cpu: Results, sources: Sources, rss: List[float],
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="smaller layer, 2 runs")
     parser.add_argument("--dirs", default=None, help="comma-separated dirs of / for the layer")
