@@ -222,6 +222,9 @@ class Applier:
             self._hardlink(pfd, name, member)
         elif member.typeflag == SYMTYPE:
             os.symlink(member.linkname, name, dir_fd=pfd)
+            # Docker's layer size (a walk of the layer's directory with lstat) counts a
+            # symlink as the length of its target
+            self.size += len(member.linkname)
             self._owner(pfd, name, None, member, symlink=True)
             self._xattrs(pfd, name, None, member)
             os.utime(name, ns=self._times(member), dir_fd=pfd, follow_symlinks=False)

@@ -77,6 +77,8 @@ def _absent(store: Store, name: str, force: bool, dry: bool) -> Dict[str, Any]:
                             "force: true (which removes them too)"
                             % (name, ", ".join(sorted(c.name for c in users))),
                             containers=sorted(c.name for c in users))
+    # docker rmi -f refuses an image a running container uses; so do we
+    containers.refuse_running(store, users, "removing image %s" % name)
     # only the image's own layers that nothing else needs go with it (docker rmi): a
     # layer kept untagged for later use as a parent is not this image's to remove
     chain = set(store.images.get(image_id).chain)

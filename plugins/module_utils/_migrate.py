@@ -112,13 +112,15 @@ def remove_home(store: Store, name: str) -> bool:
         driver.remove_path(driver.layer_dir(ChainID("sha256:" + chain)))
         crash_point("migrate.previous-removed")
     for cid in driver.container_ids():
-        driver.remove_path(driver.container_dir(cid))
+        driver.remove_container(cid)
     remove_tree(driver.home)
     fsync_dir(store.root)
     return True
 
 
 def _refuse_mounted(store: Store) -> None:
+    containers.refuse_running(store, containers.ContainerDB(store.root).all(),
+                              "switching drivers")
     mounted = [r.name for r in containers.ContainerDB(store.root).all()
                if r.mount_point and mount_at(r.mount_point) is not None]
     if mounted:
@@ -164,9 +166,10 @@ def _containers(store: Store, old: Driver, new: Driver) -> int:
     for record in containers.ContainerDB(store.root).all():
         image = store.images.get(record.image_id)
         chain = [ChainID(c) for c in image.chain]
-        if new.container_exists(record.id):
+        if new.container_exists(record.id) or new.has_init(record.id):
             new.remove_container(record.id)
-        new.create_container(record.id, chain)
+        # the init layer is made again from its entries, not carried as a change
+        new.create_container(record.id, chain, containers.init_filler(record.init))
         changes = containers.changes_with(old, record, chain, exact_times=True).tar()
         applier = Applier(new.container_root(record.id), new.whiteouts, None,
                           "the writable layer of container %s" % record.name)

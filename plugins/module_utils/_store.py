@@ -52,14 +52,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import (
+    TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple)
 
-from ansible_collections.strata.layers.plugins.module_utils._apply import Applier
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
     TEMP_PREFIX, makedirs, read_json, remove_tree, rename_durable, syncfs, temp_name,
     wrap_os_error, write_file, write_json)
-from ansible_collections.strata.layers.plugins.module_utils._compression import DecodedStream
-from ansible_collections.strata.layers.plugins.module_utils._copytree import Shadow
 from ansible_collections.strata.layers.plugins.module_utils._crash import crash_point
 from ansible_collections.strata.layers.plugins.module_utils._digest import (
     ChainID, DiffID, Digest, ImageID, chain_id, chain_ids, hex_of, is_digest, sha256_bytes)
@@ -75,13 +73,16 @@ from ansible_collections.strata.layers.plugins.module_utils._lock import DEFAULT
 from ansible_collections.strata.layers.plugins.module_utils._probe import (
     DRIVERS, driver_class, select)
 from ansible_collections.strata.layers.plugins.module_utils._recovery import Marks
-from ansible_collections.strata.layers.plugins.module_utils._tarformat import ChunkReader
-from ansible_collections.strata.layers.plugins.module_utils._tarsplit import TarSplitWriter
 from ansible_collections.strata.layers.plugins.module_utils.drivers._base import Driver
 
 FORMAT = 1
 DEFAULT_ROOT = "/var/lib/strata"
-StreamOpener = Callable[[], DecodedStream]
+if TYPE_CHECKING:  # the ingest machinery is imported on first ingest (module start-up time)
+    from ansible_collections.strata.layers.plugins.module_utils._compression import (
+        DecodedStream)
+    from ansible_collections.strata.layers.plugins.module_utils._copytree import Shadow
+
+StreamOpener = Callable[[], "DecodedStream"]
 
 
 class Store:
@@ -298,6 +299,10 @@ class Store:
         ``shadow`` (a commit's) is opened in the record directory before the stream is
         opened: the stream clones its files there and the applier takes the clones.
         """
+        from ansible_collections.strata.layers.plugins.module_utils._apply import Applier
+        from ansible_collections.strata.layers.plugins.module_utils._tarformat import ChunkReader
+        from ansible_collections.strata.layers.plugins.module_utils._tarsplit import (
+            TarSplitWriter)
         self._require_writable()
         if expect_diff is not None:
             found = self.layers.find(chain_id(parent, expect_diff))
