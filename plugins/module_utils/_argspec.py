@@ -16,6 +16,23 @@ STORE_OPTIONS: Dict[str, Dict[str, Any]] = {
 }
 
 
+REGISTRY_OPTIONS: Dict[str, Dict[str, Any]] = {
+    "insecure": {"type": "bool", "default": False},
+    "ca_path": {"type": "path"},
+    "username": {"type": "str"},
+    "password": {"type": "str", "no_log": True},
+    "auth_file": {"type": "path"},
+    "timeout": {"type": "int", "default": 60},
+}
+
+
+def registry_spec(**options: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """The store options, the registry settings (image_pull, image_push), then ``options``."""
+    spec = store_spec(**REGISTRY_OPTIONS)
+    spec.update(options)
+    return spec
+
+
 def store_spec(**options: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
     spec = dict(STORE_OPTIONS)
     spec.update(options)

@@ -35,6 +35,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
+from ansible_collections.strata.layers.plugins.module_utils._blobrecords import BlobRecords
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
     TEMP_PREFIX, makedirs, read_json, remove_tree, write_json)
 from ansible_collections.strata.layers.plugins.module_utils._compression import (
@@ -42,13 +43,14 @@ from ansible_collections.strata.layers.plugins.module_utils._compression import 
 from ansible_collections.strata.layers.plugins.module_utils._digest import (
     ChainID, DiffID, chain_ids, hex_of, is_digest)
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
-    Corrupt, DigestMismatch, InvalidInput, NotFound)
+    Corrupt, DigestMismatch, InvalidInput, NotFound, StoreError)
 from ansible_collections.strata.layers.plugins.module_utils._images import (
     ImageConfig, parse_config, validate_tags)
 from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord
 from ansible_collections.strata.layers.plugins.module_utils._registry import (
     BlobStream, Descriptor, Manifest, Platform, Reference, Registry, parse_platform,
     parse_reference)
+from ansible_collections.strata.layers.plugins.module_utils._regsettings import RegistrySettings
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
 
 # Downloads in flight at once: the streamed layer and PARALLEL - 1 ahead of it.  Enough
@@ -71,13 +73,9 @@ def image_pull(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, An
     max_size = params.get("max_size")
     if max_size is not None and int(max_size) <= 0:
         raise InvalidInput("max_size must be a positive number of bytes")
-    timeout = params.get("timeout") or 60
-    if float(timeout) <= 0:
-        raise InvalidInput("timeout must be a positive number of seconds")
+    settings = RegistrySettings.from_params(params, mirrors=True)
     store = Store.from_params(params)
-    registry = Registry(reference, insecure=bool(params.get("insecure")),
-                        ca_path=params.get("ca_path"), username=params.get("username"),
-                        password=params.get("password"), timeout=float(timeout))
+    registry = Sources(reference, settings)
     job = PullJob(store, registry, wanted, bool(params.get("platform")), tags, max_size)
     return job.run(check_mode)
 
@@ -131,7 +129,7 @@ class PullJob:
             result = self._from_record(self.reference.digest, check_mode)
             if result is not None:
                 return result
-        top = self.registry.top()
+        top = self._top()
         result = self._from_record(top[2], check_mode)
         if result is not None:
             return result
@@ -142,6 +140,15 @@ class PullJob:
                 return self._plan(manifest, config)
         with self.store.write("image_pull of %s" % self.reference):
             return self._pull(manifest, config)
+
+    def _top(self) -> Tuple[bytes, str, str]:
+        """The reference's manifest from the first source that has it (mirrors in order,
+        then the registry), which then serves the whole pull."""
+        sources = self.registry
+        if not isinstance(sources, Sources):
+            return self.registry.top()
+        self.registry, top = sources.first()
+        return top
 
     def _from_record(self, top_digest: str, check_mode: bool) -> Optional[Dict[str, Any]]:
         """The result when the last pull of this name got ``top_digest`` and its image is
@@ -223,10 +230,25 @@ class PullJob:
             "source": "registry:%s@%s" % (self.reference.name, manifest.digest)})
         moved = store.tag(record.id, self.tags)
         self._write_record(manifest, record.id)
+        self._remember_blobs(manifest, config, imported)
         layers = [layer_entry(store.layers.get(chain), n in imported)
                   for n, chain in enumerate(chains)]
         return self._result(bool(imported) or added or bool(moved), record.id, layers,
                             manifest.digest, manifest.top_digest)
+
+    def _remember_blobs(self, manifest: Manifest, config: ImageConfig, imported: Set[int]) -> None:
+        """For pushes: which blob holds each layer (when verified: downloaded now, or
+        known to decompress to it) and that it lives in this repository (a mount source)."""
+        records = BlobRecords(self.store.root)
+        name = "%s/%s" % (self.registry.address, self.reference.repository)
+        for number, (desc, diff_id) in enumerate(zip(manifest.layers, config.diff_ids)):
+            kind = blob_compression(desc.media_type)
+            verified = number in imported or self.store.known_diff_id(desc.digest) == diff_id \
+                or desc.digest == diff_id
+            if kind is not None and verified:
+                records.remember_compressed(diff_id, kind, desc.digest, desc.size)
+            records.remember_origin(desc.digest, name)
+        records.remember_origin(manifest.config.digest, name)
 
     def _check_known_blobs(self, manifest: Manifest, config: ImageConfig) -> None:
         """A blob seen before decompressed to one diff_id; a config naming another for it
@@ -239,6 +261,44 @@ class PullJob:
                     "before), but the config names %s; the manifest and config do not belong "
                     "together" % (self.reference, number, desc.digest, known, diff_id),
                     expected=diff_id, actual=known)
+
+
+def blob_compression(media_type: str) -> Optional[str]:
+    if media_type.endswith("+gzip") or media_type.endswith(".tar.gzip"):
+        return "gzip"
+    if media_type.endswith("+zstd"):
+        return "zstd"
+    if media_type.endswith(".tar") or media_type.endswith(".diff.tar"):
+        return "none"
+    return None
+
+
+class Sources:
+    """The registry a pull names and its mirrors, tried in order (as registries.conf
+    does): a mirror that lacks the image, refuses us or cannot be reached is passed over,
+    and the registry's own answer (or error) is what counts in the end."""
+
+    def __init__(self, reference: Reference, settings: RegistrySettings) -> None:
+        self.reference = reference
+        self.settings = settings
+        self.skipped: List[str] = []
+
+    def registry(self, mirror: Optional[str]) -> Registry:
+        settings, ref = self.settings, self.reference
+        creds = settings.credentials(mirror or ref.registry, ref.repository,
+                                     explicit=mirror is None)
+        return Registry(ref, insecure=settings.insecure, ca_path=settings.ca_path,
+                        timeout=settings.timeout, credentials=creds, host=mirror)
+
+    def first(self) -> Tuple[Registry, Tuple[bytes, str, str]]:
+        for mirror in self.settings.mirrors:
+            candidate = self.registry(mirror)
+            try:
+                return candidate, candidate.top()
+            except StoreError as exc:
+                self.skipped.append("%s: %s" % (mirror, exc))
+        main = self.registry(None)
+        return main, main.top()
 
 
 class LayerFetch:

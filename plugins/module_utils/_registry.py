@@ -52,6 +52,8 @@ from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, DigestMismatch, InvalidInput, InvalidReference, NotFound, StoreError, Unsupported)
 from ansible_collections.strata.layers.plugins.module_utils._images import (
     GOARCH, json_object, normalize_tag, split_reference)
+from ansible_collections.strata.layers.plugins.module_utils._regsettings import (
+    Credentials, proxy_for)
 
 MANIFEST_ACCEPT = ", ".join((MT_OCI_INDEX, MT_OCI_MANIFEST, MT_DOCKER_LIST, MT_DOCKER_MANIFEST))
 MT_DOCKER_SCHEMA1 = ("application/vnd.docker.distribution.manifest.v1+json",
@@ -377,36 +379,56 @@ class Registry:
 
     def __init__(self, reference: Reference, insecure: bool = False, ca_path: Optional[str] = None,
                  username: Optional[str] = None, password: Optional[str] = None,
-                 timeout: float = 60) -> None:
+                 timeout: float = 60, credentials: Optional[Credentials] = None,
+                 actions: str = "pull", host: Optional[str] = None) -> None:
         self.reference = reference
-        host = HUB_API if reference.registry in HUB_NAMES else reference.registry
+        if host is None:
+            host = HUB_API if reference.registry in HUB_NAMES else reference.registry
         self.base = "%s://%s" % ("http" if insecure else "https", host)
         self.address = host
         self.insecure, self.ca_path, self.timeout = insecure, ca_path, float(timeout)
         if (username is None) != (password is None):
             raise InvalidInput("username and password go together: give both or neither")
-        self.username, self.password = username, password
+        if credentials is None and username is not None:
+            credentials = Credentials(username, password or "")
+        self.credentials = credentials
+        self.username = credentials.username if credentials else None
+        self.actions = actions
+        self.extra_scopes: List[str] = []
+        self.withheld_from: Optional[str] = None
         self._context = None if insecure else tls_context(ca_path)
         self._authorization: Optional[str] = None
         self._auth_lock = threading.Lock()
 
     # -- connections
-    def _connection(self, url: urllib.parse.SplitResult) -> http.client.HTTPConnection:
-        if url.scheme == "https":
-            context = self._context or tls_context(self.ca_path)
-            return http.client.HTTPSConnection(url.hostname or "", url.port, timeout=self.timeout,
-                                               context=context)
-        if url.scheme != "http":
+    def _connection(self, url: urllib.parse.SplitResult) -> Tuple[http.client.HTTPConnection, bool]:
+        """A connection for ``url`` (through the environment's proxy, if any) and whether
+        requests on it name the absolute URL (plain HTTP through a proxy)."""
+        if url.scheme not in ("http", "https"):
             raise RegistryError("%s sent the client to %s, which is not an http(s) URL"
                                 % (self.address, urllib.parse.urlunsplit(url)))
-        return http.client.HTTPConnection(url.hostname or "", url.port, timeout=self.timeout)
+        proxy = proxy_for(url.scheme, url.netloc)
+        host, port = (proxy if proxy else (url.hostname or "", url.port))
+        if url.scheme == "https":
+            context = self._context or tls_context(self.ca_path)
+            conn = http.client.HTTPSConnection(host, port, timeout=self.timeout, context=context)
+            if proxy:
+                # CONNECT: TLS end to end, the proxy relays bytes it cannot read
+                conn.set_tunnel(url.hostname or "", url.port or 443)
+            return conn, False
+        return http.client.HTTPConnection(host, port, timeout=self.timeout), proxy is not None
 
-    def _send(self, method: str, url: str, headers: Dict[str, str]) -> Response:
+    def _send(self, method: str, url: str, headers: Dict[str, str],
+              body: Optional[bytes] = None) -> Response:
         parts = urllib.parse.urlsplit(url)
-        conn = self._connection(parts)
+        conn, absolute = self._connection(parts)
         target = parts.path + ("?" + parts.query if parts.query else "")
+        if absolute:
+            target = urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path or "/",
+                                              parts.query, ""))
         try:
-            conn.request(method, target, headers=dict(headers, **{"User-Agent": USER_AGENT}))
+            conn.request(method, target, body=body,
+                         headers=dict(headers, **{"User-Agent": USER_AGENT}))
             resp = conn.getresponse()
         except BaseException as exc:
             conn.close()
@@ -438,13 +460,19 @@ class Registry:
         return Unreachable("registry %s is unreachable: %s" % (where, detail))
 
     # -- requests
-    def request(self, path: str, accept: Optional[str] = None) -> Response:
-        """GET ``path`` of the registry: authenticated as challenged, redirects followed;
-        a non-200 answer is raised as an error naming what was asked."""
-        headers = {"Accept": accept} if accept else {}
+    def request(self, path: str, accept: Optional[str] = None, method: str = "GET",
+                body: Optional[bytes] = None, headers: Optional[Dict[str, str]] = None,
+                expect: Tuple[int, ...] = (200,)) -> Response:
+        """``method`` on ``path`` of the registry (or a full URL it gave, e.g. an upload
+        location): authenticated as challenged, redirects followed; an answer not in
+        ``expect`` is raised as an error naming what was asked."""
+        headers = dict(headers or {})
+        if accept:
+            headers["Accept"] = accept
+        url = path if "://" in path else self.base + path
         retried = False
         while True:
-            resp = self._follow(self.base + path, headers)
+            resp = self._follow(url, headers, method, body)
             if resp.status != 401 or retried:
                 break
             challenges = _challenges(resp.headers)
@@ -454,23 +482,29 @@ class Registry:
             resp.close()
             self._authenticate(challenges)
             retried = True
-        if resp.status != 200:
+        if resp.status not in expect:
             try:
-                body = resp.read(65536)
+                body_read = resp.read(65536) if method != "HEAD" else b""
             finally:
                 resp.close()
-            raise self._status_error(resp.status, body, path)
+            raise self._status_error(resp.status, body_read, urllib.parse.urlsplit(url).path)
         return resp
 
-    def _follow(self, url: str, headers: Dict[str, str]) -> Response:
+    def _follow(self, url: str, headers: Dict[str, str], method: str = "GET",
+                body: Optional[bytes] = None) -> Response:
         origin = urllib.parse.urlsplit(url)[:2]
         for _hop in range(MAX_REDIRECTS + 1):
-            same_host = urllib.parse.urlsplit(url)[:2] == origin
+            parts = urllib.parse.urlsplit(url)
+            if origin[0] == "https" and parts.scheme == "http":
+                raise RegistryError("registry %s redirected to plain HTTP (%s://%s): refused, "
+                                    "an https exchange is never downgraded"
+                                    % (self.address, parts.scheme, parts.netloc))
+            same_host = parts[:2] == origin
             sent = dict(headers)
             authorization = self._authorization
             if authorization and same_host:
                 sent["Authorization"] = authorization
-            resp = self._send("GET", url, sent)
+            resp = self._send(method, url, sent, body)
             location = resp.headers.get("Location")
             if resp.status not in (301, 302, 303, 307, 308) or not location:
                 return resp
@@ -483,14 +517,21 @@ class Registry:
     def _status_error(self, status: int, body: bytes, path: str) -> StoreError:
         codes = _registry_errors(body)
         if status == 401:
+            if self.withheld_from is not None:
+                return AuthenticationRefused(
+                    "registry %s refused access to %s: its token service %s is plain HTTP on "
+                    "another host, so the credentials of %s were not sent to it (they would "
+                    "travel in clear text); serve the token realm over https"
+                    % (self.address, self.reference.name, self.withheld_from,
+                       self.credentials), status=status)
             if self.username is None:
                 return AuthenticationRefused(
                     "registry %s requires authentication for %s: give username and password"
                     % (self.address, self.reference.name), status=status)
             return AuthenticationRefused(
-                "registry %s refused the credentials of user %r for %s (authentication "
-                "refused): check username and password"
-                % (self.address, self.username, self.reference.name), status=status)
+                "registry %s refused the credentials of %s for %s (authentication "
+                "refused): check username and password, or the auth file"
+                % (self.address, self.credentials, self.reference.name), status=status)
         if status == 403 or "DENIED" in codes:
             return AuthenticationRefused("registry %s denies access to %s%s" % (
                 self.address, self.reference.name,
@@ -554,39 +595,70 @@ class Registry:
                                   % (self.address, ", ".join(sorted(challenges))))
 
     def _basic(self) -> str:
-        pair = ("%s:%s" % (self.username, self.password)).encode("utf-8")
+        creds = self.credentials
+        if creds is None:
+            raise AuthenticationRefused("registry %s requires authentication: give username "
+                                        "and password or an auth_file" % self.address)
+        pair = ("%s:%s" % (creds.username, creds.password)).encode("utf-8")
         return "Basic " + base64.b64encode(pair).decode("ascii")
+
+    def scopes(self, challenge: Dict[str, str]) -> List[str]:
+        """What a token is asked for: this repository with our actions, the challenge's
+        own scope, and any other repository a request needs (a mount's source)."""
+        wanted = ["repository:%s:%s" % (self.reference.repository, self.actions)]
+        for scope in [challenge.get("scope") or ""] + self.extra_scopes:
+            for one in scope.split(" "):
+                if one and one not in wanted:
+                    wanted.append(one)
+        return wanted
+
+    def realm_may_get_password(self, realm: str) -> bool:
+        """A token realm gets the credentials only over TLS, or on the registry's own host
+        (which has them anyway, under the transport the task chose for it)."""
+        parts = urllib.parse.urlsplit(realm)
+        mine = urllib.parse.urlsplit(self.base)
+        return parts.scheme == "https" or (parts.hostname or "") == (mine.hostname or "")
 
     def _token(self, challenge: Dict[str, str]) -> str:
         realm = challenge.get("realm")
         if not realm or urllib.parse.urlsplit(realm).scheme not in ("http", "https"):
             raise RegistryError("registry %s asked for a bearer token without a usable realm "
                                 "(%r)" % (self.address, realm))
-        query = {"scope": challenge.get("scope") or "repository:%s:pull"
-                 % self.reference.repository}
+        query = [("scope", scope) for scope in self.scopes(challenge)]
         if challenge.get("service"):
-            query["service"] = challenge["service"]
+            query.append(("service", challenge["service"]))
         url = realm + ("&" if "?" in realm else "?") + urllib.parse.urlencode(query)
-        headers = {"Authorization": self._basic()} if self.username is not None else {}
+        withheld = self.credentials is not None and not self.realm_may_get_password(realm)
+        if withheld:
+            self.withheld_from = urllib.parse.urlsplit(realm).netloc
+        headers = {"Authorization": self._basic()} \
+            if self.credentials is not None and not withheld else {}
         resp = self._send("GET", url, headers)
         try:
             body = resp.read(MAX_MANIFEST)
         finally:
             resp.close()
+        realm_host = urllib.parse.urlsplit(realm).netloc
         if resp.status in (401, 403):
-            raise self._status_error(401, b"", url) if self.username is not None else \
+            if withheld:
+                raise AuthenticationRefused(
+                    "the token service of registry %s is %s over plain HTTP on another host "
+                    "(%s): the credentials were not sent to it (they would travel in clear "
+                    "text) and it refused anonymous access to %s"
+                    % (self.address, urllib.parse.urlsplit(realm).scheme, realm_host,
+                       self.reference.name))
+            raise self._status_error(401, b"", url) if self.credentials is not None else \
                 AuthenticationRefused("the token service %s of registry %s refused anonymous "
                                       "access to %s: give username and password"
-                                      % (urllib.parse.urlsplit(realm).netloc, self.address,
-                                         self.reference.name))
+                                      % (realm_host, self.address, self.reference.name))
         if resp.status != 200:
             raise RegistryError("the token service %s of registry %s answered %d"
-                                % (realm, self.address, resp.status))
-        data = json_object(body, "the token from %s" % realm)
+                                % (realm_host, self.address, resp.status))
+        data = json_object(body, "the token from %s" % realm_host)
         token = data.get("token") or data.get("access_token")
         if not isinstance(token, str) or not token:
             raise RegistryError("the token service %s of registry %s sent no token"
-                                % (realm, self.address))
+                                % (realm_host, self.address))
         return token
 
     # -- manifests

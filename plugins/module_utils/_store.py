@@ -13,6 +13,8 @@ On-disk layout under ``data_root``::
     distribution/<hex>       compressed blob digest -> diff_id (skip work on re-import)
     sources/<hex>            stat key of an imported file -> its digests
     pulls/<hex>.json         the manifest last pulled for a name and platform (image_pull)
+    registry/                compressed digests per (layer, compression), the repositories
+                             each blob lives in, uploads under way (see _blobrecords)
     cache/build/<key>        build cache: step key -> image id (image_build)
     incomplete/*.json        marks of mutations under way (see _recovery)
     tmp/                     staging for records; anything here is debris once the
@@ -218,7 +220,9 @@ class Store:
                 remove_tree(os.path.join(self.tmp, name))
                 self.recovered.append("removed tmp/%s" % name)
         for sub in ("", "layers", "images", "containers", "distribution", "sources",
-                    "incomplete", "pulls", os.path.join("cache", "build")):
+                    "incomplete", "pulls", os.path.join("cache", "build"),
+                    os.path.join("registry", "compressed"), os.path.join("registry", "origins"),
+                    os.path.join("registry", "uploads")):
             self._sweep_temp_files(os.path.join(self.root, sub))
         for home in self.driver_homes():
             self.recovered += ["removed %s" % p for p in home.sweep()]
