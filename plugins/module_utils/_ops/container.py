@@ -200,8 +200,13 @@ def _start(store: Store, params: Dict[str, Any], record: ContainerRecord, create
     rt = runtime.Runtime(params.get("runtime") or "runc", os.path.join(store.root, "runtime"))
     record_dir = ContainerDB(store.root).path(record.id)
     mounted_here = False
+    previous = runtime._read(os.path.join(record_dir, runtime.STATE_FILE)) or {}
     try:
         mounted_here = _mount(store, record)
+        if not mounted_here and previous.get("mounted_for_run"):
+            # the mount a previous run made and nobody unmounted (its monitor was killed):
+            # still this run's to unmount when it ends, or it stays forever
+            mounted_here = True
         run = record.run or _legacy_run(store, record, params)
         user = resolve_user(str(record.mount_point), run["user"])
         _check_executable(str(record.mount_point), run, user)
@@ -233,6 +238,9 @@ def _start_detached(rt: runtime.Runtime, record_dir: str, record: ContainerRecor
                             unmount=str(record.mount_point) if mounted_here else None)
     _save_state(record_dir, {"status": "running", "pid": pid,
                              "ticks": runtime.pid_start_ticks(pid), "runtime": rt.name,
+                             "shim": rt.monitor,
+                             "shim_ticks": runtime.pid_start_ticks(rt.monitor)
+                             if rt.monitor else None,
                              "mounted_for_run": mounted_here, "log_path": log})
 
 
@@ -370,8 +378,12 @@ def _stop(store: Store, record: ContainerRecord, params: Dict[str, Any]) -> None
             _signal(pid, ticks, signal.SIGKILL)
             runtime.wait_gone(pid, ticks, 60)
             code = 128 + signal.SIGKILL
+    # the monitor writes exit.json once it has reaped and unmounted; one that is gone
+    # (killed) never will: no wait then
+    waits = state.get("pid") and ("shim" not in state or
+                                  runtime.alive(state.get("shim"), state.get("shim_ticks")))
     ended = runtime.wait_file(os.path.join(record_dir, runtime.EXIT_FILE),
-                              runtime.EXIT_RECORD_WAIT if state.get("pid") else 0)
+                              runtime.EXIT_RECORD_WAIT if waits else 0)
     if ended is not None:
         code = ended.get("exit_code", code)
     if state.get("monitor"):   # a foreground run elsewhere records its own exit

@@ -306,3 +306,59 @@ def test_a_running_containers_image_and_mount_are_kept(store):
         image({"data_root": store.root, "name": "app:1", "state": "absent", "force": True})
     with pytest.raises(Busy, match="c1 is running"):
         container_layer({"data_root": store.root, "name": "c1", "state": "unmounted"})
+
+
+def _ppid(pid):
+    with open("/proc/%d/stat" % pid, "rb") as handle:
+        data = handle.read()
+    return int(data[data.rindex(b")") + 2:].split()[1])
+
+
+def test_the_run_is_over_only_when_its_monitor_has_recorded_it(store):
+    """Until the monitor has unmounted and written exit.json the container counts as
+    running: a start in between would run on the mount the monitor is about to take
+    away, and its exit.json would end the new run."""
+    started = run(store, detach=True, user="0", command=["sleep", "1000"])
+    state = json.load(open(os.path.join(store.root, "containers", started["id"], "state.json")))
+    monitor = state["shim"]
+    assert monitor == _ppid(started["pid"]) and state["shim_ticks"]
+    os.kill(monitor, signal.SIGSTOP)     # the monitor is slow to notice the exit
+    try:
+        os.kill(started["pid"], signal.SIGKILL)
+        from ansible_collections.strata.layers.plugins.module_utils._runtime import wait_gone
+        assert wait_gone(started["pid"], None, 30)
+        again = run(store, detach=True, user="0", command=["sleep", "1000"])
+        assert again["changed"] is False and again["status"] == "running"
+    finally:
+        os.kill(monitor, signal.SIGCONT)
+    stopped = container({"data_root": store.root, "name": "c1", "state": "stopped"})
+    assert stopped["status"] == "exited" and stopped["exit_code"] == 128 + signal.SIGKILL
+    assert not stopped["mounted"]
+
+
+def test_a_killed_monitors_mount_is_unmounted_by_the_next_run(store):
+    """kill -9 of the monitor: the container goes on (reparented), its stop records an
+    exit without waiting for an exit.json nobody will write, and the mount the first
+    start made is unmounted when a later run ends (not left behind for ever)."""
+    started = run(store, detach=True, user="0", command=["sleep", "1000"])
+    os.kill(_ppid(started["pid"]), signal.SIGKILL)
+    assert container({"data_root": store.root, "name": "c1", "state": "started",
+                      "detach": True})["status"] == "running"
+    stopped = container({"data_root": store.root, "name": "c1", "state": "stopped",
+                         "stop_timeout": 0})
+    assert stopped["status"] == "exited" and stopped["exit_code"] == 128 + signal.SIGKILL
+    assert not stopped["mounted"]
+    # the monitor killed and then the container: nobody unmounted it
+    started = run(store, detach=True, user="0", command=["sleep", "1000"])
+    monitor = _ppid(started["pid"])
+    os.kill(monitor, signal.SIGKILL)
+    os.kill(started["pid"], signal.SIGKILL)
+    from ansible_collections.strata.layers.plugins.module_utils._runtime import wait_gone
+    assert wait_gone(started["pid"], None, 30) and wait_gone(monitor, None, 30)
+    gone = container({"data_root": store.root, "name": "c1", "state": "stopped"})
+    assert gone["status"] == "exited" and gone["exit_code"] == -1 and gone["mounted"]
+    rerun = run(store, detach=True, user="0", command=["sleep", "1000"])
+    assert rerun["status"] == "running"
+    stopped = container({"data_root": store.root, "name": "c1", "state": "stopped",
+                         "stop_timeout": 0})
+    assert stopped["status"] == "exited" and not stopped["mounted"]
