@@ -36,6 +36,7 @@ from ansible_collections.strata.layers.plugins.module_utils._atomic import (
     makedirs, read_json, write_json)
 from ansible_collections.strata.layers.plugins.module_utils._containers import (
     ContainerDB, ContainerRecord)
+from ansible_collections.strata.layers.plugins.module_utils._crash import crash_point
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     AlreadyExists, Busy, InvalidInput, NotFound)
 from ansible_collections.strata.layers.plugins.module_utils._passwd import ExecUser, resolve_user
@@ -221,13 +222,32 @@ def _start(store: Store, params: Dict[str, Any], record: ContainerRecord, create
         _start_detached(rt, record_dir, record, bundle, params, mounted_here)
     except BaseException:
         _undo_start(store, record, mounted_here, created)
+        if not created:
+            _restore_state(record_dir, previous)
         raise
     return None
+
+
+def _restore_state(record_dir: str, previous: Dict[str, Any]) -> None:
+    """A failed start leaves the container's run state as it was."""
+    path = os.path.join(record_dir, runtime.STATE_FILE)
+    if previous:
+        write_json(path, previous)
+    elif os.path.exists(path):
+        os.unlink(path)
 
 
 def _start_detached(rt: runtime.Runtime, record_dir: str, record: ContainerRecord, bundle: str,
                     params: Dict[str, Any], mounted_here: bool) -> None:
     log = os.path.join(record_dir, "container.log")
+    # written ahead: a module killed once the container runs but before its pid is
+    # recorded leaves a run the next module adopts (pid from the runtime's pid file)
+    # rather than a "created" container whose next start kills the orphan under a
+    # monitor that then unmounts the new run's root filesystem
+    _save_state(record_dir, {"status": "running", "detached": True, "runtime": rt.name,
+                             "monitor": os.getpid(),
+                             "monitor_ticks": runtime.pid_start_ticks(os.getpid()),
+                             "mounted_for_run": mounted_here, "log_path": log})
     stdin = None
     if params.get("interactive"):
         stdin = os.path.join(bundle, "stdin")
@@ -236,7 +256,8 @@ def _start_detached(rt: runtime.Runtime, record_dir: str, record: ContainerRecor
     pid = rt.start_detached(record.id, bundle, log, stdin,
                             os.path.join(record_dir, runtime.EXIT_FILE),
                             unmount=str(record.mount_point) if mounted_here else None)
-    _save_state(record_dir, {"status": "running", "pid": pid,
+    crash_point("container-start.launched")
+    _save_state(record_dir, {"status": "running", "detached": True, "pid": pid,
                              "ticks": runtime.pid_start_ticks(pid), "runtime": rt.name,
                              "shim": rt.monitor,
                              "shim_ticks": runtime.pid_start_ticks(rt.monitor)
@@ -380,14 +401,17 @@ def _stop(store: Store, record: ContainerRecord, params: Dict[str, Any]) -> None
             code = 128 + signal.SIGKILL
     # the monitor writes exit.json once it has reaped and unmounted; one that is gone
     # (killed) never will: no wait then
-    waits = state.get("pid") and ("shim" not in state or
-                                  runtime.alive(state.get("shim"), state.get("shim_ticks")))
+    if "shim" in state:
+        waits = runtime.alive(state.get("shim"), state.get("shim_ticks"))
+    else:   # a record from before monitors were recorded, or a start killed mid-way
+        waits = bool(state.get("pid") or state.get("detached"))
     ended = runtime.wait_file(os.path.join(record_dir, runtime.EXIT_FILE),
                               runtime.EXIT_RECORD_WAIT if waits else 0)
     if ended is not None:
         code = ended.get("exit_code", code)
-    if state.get("monitor"):   # a foreground run elsewhere records its own exit
-        return
+    if not state.get("detached") and runtime.alive(state.get("monitor"),
+                                                   state.get("monitor_ticks")):
+        return   # a foreground run elsewhere records its own exit (a killed one cannot)
     _record_exit(store, record, 128 + signum if code is None else code,
                  bool(state.get("mounted_for_run")))
     try:

@@ -362,3 +362,41 @@ def test_a_killed_monitors_mount_is_unmounted_by_the_next_run(store):
     stopped = container({"data_root": store.root, "name": "c1", "state": "stopped",
                          "stop_timeout": 0})
     assert stopped["status"] == "exited" and not stopped["mounted"]
+
+
+def test_a_module_killed_once_the_container_runs_leaves_a_run_the_next_adopts(store):
+    """kill -9 of the module between the runtime's start and the pid's record: the
+    container runs on under its monitor; the next module sees it running (not a
+    "created" container whose start would kill it and race its monitor's unmount),
+    stops it, records its exit and unmounts."""
+    from tests.support import ops
+    params = {"data_root": store.root, "name": "c1", "image": "app:1", "user": "0",
+              "command": ["sleep", "1000"], "detach": True}
+    crashed = ops.run("run", params, env=ops.child_env("container-start.launched"))
+    assert crashed.returncode == -signal.SIGKILL
+    again = container(dict(params))
+    assert again["changed"] is False and again["status"] == "running" and again["pid"]
+    assert again["mounted"]
+    stopped = container({"data_root": store.root, "name": "c1", "state": "stopped",
+                         "stop_timeout": 0})
+    assert stopped["status"] == "exited" and not stopped["mounted"]
+    rerun = container(dict(params))
+    assert rerun["changed"] and rerun["status"] == "running"
+
+
+def test_a_failed_start_keeps_the_previous_run_state(store):
+    """The state written ahead of a detached start is taken back when the start fails."""
+    first = run(store, command=["true"])
+    assert first["status"] == "exited" and first["exit_code"] == 0
+    bundle = os.path.join(store.root, "containers", first["id"], "bundle")
+    shutil.rmtree(bundle)
+    with open(bundle, "w"):   # the bundle directory cannot be made: the start fails
+        pass
+    try:
+        with pytest.raises(Exception):
+            run(store, detach=True, command=["true"])
+    finally:
+        os.unlink(bundle)
+    after = container({"data_root": store.root, "name": "c1", "state": "stopped"})
+    assert after["changed"] is False and after["status"] == "exited"
+    assert after["exit_code"] == 0 and after["finished_at"] == first["finished_at"]
