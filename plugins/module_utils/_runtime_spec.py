@@ -22,6 +22,7 @@ resource limits; the runtime's defaults apply.
 from __future__ import annotations
 
 import os
+import re
 import resource
 import signal
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from ansible_collections.strata.layers.plugins.module_utils._passwd import ExecU
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NETWORKS = ("none", "host")
+HOSTNAME_RE = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z")
 # moby oci/caps: the capabilities a container's root keeps by default
 CAPABILITIES = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
                 "CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
@@ -160,8 +162,11 @@ def run_config(image: Dict[str, Any], params: Dict[str, Any], cid: str) -> Dict[
     if not os.path.isabs(workdir):
         raise InvalidInput("workdir %r must be an absolute path" % workdir)
     hostname = params.get("hostname") or cid[:12]
-    if len(hostname) > 64 or "/" in hostname or "\0" in hostname:
-        raise InvalidInput("hostname %r is not valid (at most 64 characters, no /)" % hostname)
+    if not isinstance(hostname, str) or not HOSTNAME_RE.match(hostname):
+        # it is written into the container's /etc/hosts and /etc/hostname: a newline or
+        # a space would add lines or names of the caller's choosing
+        raise InvalidInput("hostname %r is not valid (at most 64 letters, digits, '.', '-' "
+                           "or '_', not starting with '.' or '-')" % (hostname,))
     stop_signal = image.get("StopSignal") or "SIGTERM"
     parse_signal(stop_signal)
     labels = image.get("Labels") or {}
