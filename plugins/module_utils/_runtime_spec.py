@@ -242,10 +242,20 @@ def default_mounts(bundle: str, read_only: bool) -> List[Dict[str, Any]]:
     ]
 
 
+def cgroup_v2() -> bool:
+    """Whether the host runs the unified cgroup hierarchy (cgroup v2)."""
+    return os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+
+
 def runtime_spec(run: Dict[str, Any], rootfs: str, bundle: str, user: ExecUser,
-                 cid: str) -> Dict[str, Any]:
-    """The OCI runtime spec (``config.json``) of one start of the container."""
+                 cid: str, unified: Optional[bool] = None) -> Dict[str, Any]:
+    """The OCI runtime spec (``config.json``) of one start of the container.  A cgroup
+    namespace of its own on a cgroup v2 host (``unified``, detected when None), the
+    host's on v1: Docker 20.10's default ``--cgroupns`` (private on v2, host on v1)."""
+    unified = cgroup_v2() if unified is None else unified
     namespaces = ["pid", "ipc", "uts", "mount"] + (["network"] if run["network"] == "none" else [])
+    if unified:
+        namespaces.append("cgroup")
     nofile = nofile_limit()
     mounts = default_mounts(bundle, run["read_only"]) + [
         _mount(v["destination"], "bind", v["source"],

@@ -112,3 +112,11 @@ def test_a_hostname_cannot_write_lines_into_etc_hosts():
     assert spec.bundle_files(config(hostname="web-1.example_x"))["hosts"].endswith(
         b"127.0.1.1\tweb-1.example_x\n")
 
+
+def test_the_cgroup_namespace_is_dockers_default():
+    """docker 20.10: --cgroupns private on a cgroup v2 host, host on v1."""
+    def kinds(unified):
+        out = spec.runtime_spec(config(), "/r", "/b", ExecUser(), CID, unified=unified)
+        return [n["type"] for n in out["linux"]["namespaces"]]
+    assert "cgroup" in kinds(True) and "cgroup" not in kinds(False)
+    assert ("cgroup" in kinds(None)) == spec.cgroup_v2()
