@@ -340,4 +340,22 @@ def container_pid(record_dir: str, state: Dict[str, Any]) -> Tuple[Optional[int]
             pid = int(handle.read().strip())
     except (OSError, ValueError):
         return None, None
-    return pid, None
+    # a pid file outlives its process: the pid may be another process's by now (the
+    # module that ran it was killed), and a stop would signal it.  It is the container's
+    # only while that process is in the container's cgroup
+    if not in_cgroup(pid, os.path.basename(os.path.normpath(record_dir))):
+        return None, None
+    return pid, pid_start_ticks(pid)
+
+
+def in_cgroup(pid: int, cid: str) -> bool:
+    """Whether ``pid`` runs in container ``cid``'s cgroup (``/strata/<cid>``, the spec's
+    cgroupsPath), as /proc/<pid>/cgroup shows it."""
+    try:
+        with open("/proc/%d/cgroup" % pid) as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return False
+    wanted = "/strata/" + cid
+    return any(line.split(":", 2)[-1] == wanted or
+               line.split(":", 2)[-1].startswith(wanted + "/") for line in lines)

@@ -400,3 +400,29 @@ def test_a_failed_start_keeps_the_previous_run_state(store):
     after = container({"data_root": store.root, "name": "c1", "state": "stopped"})
     assert after["changed"] is False and after["status"] == "exited"
     assert after["exit_code"] == 0 and after["finished_at"] == first["finished_at"]
+
+
+def test_a_stale_pid_file_never_names_another_process(store):
+    """A foreground run whose module was killed leaves the runtime's pid file; once that
+    pid is another process's (here a sleep of ours), the container is not running and a
+    stop signals nothing."""
+    import subprocess
+    first = run(store, command=["true"])
+    record_dir = os.path.join(store.root, "containers", first["id"])
+    other = subprocess.Popen(["sleep", "1000"])
+    try:
+        with open(os.path.join(record_dir, "bundle", "pid"), "w") as handle:
+            handle.write(str(other.pid))
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        with open(os.path.join(record_dir, "state.json"), "w") as handle:
+            json.dump({"status": "running", "monitor": dead.pid, "monitor_ticks": 1,
+                       "runtime": "runc", "mounted_for_run": True,
+                       "started_at": first["started_at"]}, handle)
+        stopped = container({"data_root": store.root, "name": "c1", "state": "stopped"})
+        assert stopped["changed"] is False and stopped["status"] == "exited"
+        absent = container({"data_root": store.root, "name": "c1", "state": "absent"})
+        assert absent["changed"] and other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
