@@ -272,6 +272,7 @@ def runtime_spec(run: Dict[str, Any], rootfs: str, bundle: str, user: ExecUser,
                              for k in ("bounding", "effective", "permitted")},
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}],
             "noNewPrivileges": False,
+            "oomScoreAdj": 0,     # as Docker: not the module's own (Ansible's) adjustment
         },
         "root": {"path": rootfs, "readonly": run["read_only"]},
         "hostname": run["hostname"],
@@ -283,8 +284,21 @@ def runtime_spec(run: Dict[str, Any], rootfs: str, bundle: str, user: ExecUser,
             "readonlyPaths": list(READONLY_PATHS),
             "cgroupsPath": "/strata/" + cid,
             "resources": {"devices": [{"allow": False, "access": "rwm"}]},
+            **({"sysctl": sysctls()} if run["network"] != "host" else {}),
         },
     }
+
+
+def sysctls() -> Dict[str, str]:
+    """What Docker 20.10 sets in a container with a network namespace of its own: any
+    user may bind ports below 1024 and send ICMP echo (a USER app serving on :80, ping),
+    where the kernel knows the switch (4.11+ for the ports)."""
+    out = {}
+    for name, value in (("net.ipv4.ip_unprivileged_port_start", "0"),
+                        ("net.ipv4.ping_group_range", "0 2147483647")):
+        if os.path.exists("/proc/sys/" + name.replace(".", "/")):
+            out[name] = value
+    return out
 
 
 def bundle_files(run: Dict[str, Any]) -> Dict[str, bytes]:

@@ -426,3 +426,19 @@ def test_a_stale_pid_file_never_names_another_process(store):
     finally:
         other.kill()
         other.wait()
+
+
+def test_an_unprivileged_user_may_bind_low_ports_and_ping_as_with_docker(store):
+    """Docker 20.10's sysctls for a container with its own network namespace, applied by
+    real runc; the host network keeps the host's."""
+    read = ["sh", "-c", "cat /proc/sys/net/ipv4/ip_unprivileged_port_start "
+            "/proc/sys/net/ipv4/ping_group_range /proc/self/oom_score_adj"]
+    result = run(store, command=read)
+    assert result["rc"] == 0, result["stderr"]
+    lines = result["stdout"].split("\n")
+    assert lines[0] == "0" and lines[1].split() == ["0", "2147483647"] and lines[2] == "0"
+    config = json.load(open(os.path.join(result["bundle"], "config.json")))
+    assert config["process"]["oomScoreAdj"] == 0
+    host = run(store, name="h", command=read, network="host")
+    with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as handle:
+        assert host["stdout"].split("\n")[0] == handle.read().strip()
