@@ -112,8 +112,14 @@ class Runtime:
                        ) -> Tuple[int, str, str]:
         """Run to completion; (exit code, stdout tail, stderr tail)."""
         makedirs(self.root)
+        # the pid file lets another module stop or kill this run (state: stopped or
+        # absent elsewhere); a stale one from an earlier run must not name it
+        pid_file = os.path.join(bundle, "pid")
+        if os.path.lexists(pid_file):
+            os.unlink(pid_file)
         with open(out, "wb") as stdout, open(err, "wb") as stderr:
-            proc = subprocess.run(self.argv("run", "--bundle", bundle, cid),
+            proc = subprocess.run(self.argv("run", "--pid-file", pid_file, "--bundle", bundle,
+                                            cid),
                                   stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
                                   check=False)
         self.delete(cid)

@@ -175,8 +175,9 @@ def _status(store: Store, record: ContainerRecord) -> str:
 def _apply(store: Store, params: Dict[str, Any], plan: Plan) -> Any:
     if plan.reason == "remove" and plan.record is not None:
         _remove(store, params, plan.record)
-        return {"changed": True, "id": plan.record.id, "name": plan.record.name,
-                "image_id": plan.record.image_id, "status": "removed", "action": "remove"}
+        result = _removed_result(plan.record, "remove")
+        del result["mounted"], result["mount_point"]
+        return result
     if plan.reason == "stop" and plan.record is not None:
         _stop(store, plan.record, params)
         return _result(store, plan.record, plan.reason)
@@ -356,12 +357,17 @@ def _finish_foreground(store: Store, params: Dict[str, Any], run: Foreground) ->
     finally:
         doing = "removed" if remove else "exited"
         with store.write("container %s (%s)" % (run.record.name, doing)):
-            if not remove:
-                _record_exit(store, run.record, rc, run.mounted_here)
-            result = _result(store, run.record, "run")
-            if remove:
-                _remove(store, params, run.record)
-                result.update(status="removed", mounted=False, mount_point=None)
+            if not _still_there(store, run.record):
+                # removed while it ran (state: absent, force: true elsewhere), as docker
+                # rm -f ends a docker run: the exit is reported, there is nothing to record
+                result = _removed_result(run.record, "run")
+            else:
+                if not remove:
+                    _record_exit(store, run.record, rc, run.mounted_here)
+                result = _result(store, run.record, "run")
+                if remove:
+                    _remove(store, params, run.record)
+                    result.update(status="removed", mounted=False, mount_point=None)
     result.update(rc=rc, stdout=out, stderr=err)
     if rc != 0:
         # Ansible fails a result with a non-zero rc (as command, and docker_container with
@@ -369,6 +375,19 @@ def _finish_foreground(store: Store, params: Dict[str, Any], run: Foreground) ->
         result["msg"] = "the container's process exited with %d%s" % (
             rc, ": " + err.strip().splitlines()[-1][:500] if err.strip() else "")
     return result
+
+
+def _still_there(store: Store, record: ContainerRecord) -> bool:
+    try:
+        return ContainerDB(store.root).get(record.id).id == record.id
+    except NotFound:
+        return False
+
+
+def _removed_result(record: ContainerRecord, reason: str) -> Dict[str, Any]:
+    return {"changed": True, "id": record.id, "name": record.name,
+            "image_id": record.image_id, "status": "removed", "action": reason,
+            "mounted": False, "mount_point": None}
 
 
 def _record_exit(store: Store, record: ContainerRecord, code: int, mounted_here: bool) -> None:

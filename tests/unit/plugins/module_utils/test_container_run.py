@@ -442,3 +442,57 @@ def test_an_unprivileged_user_may_bind_low_ports_and_ping_as_with_docker(store):
     host = run(store, name="h", command=read, network="host")
     with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as handle:
         assert host["stdout"].split("\n")[0] == handle.read().strip()
+
+
+def test_a_foreground_run_removed_while_it_runs_reports_its_end(store):
+    """state: absent, force: true on a container another module runs in the foreground
+    (docker rm -f under a docker run): that module reports the kill and 'removed'
+    instead of failing on a container that is no longer there."""
+    from tests.support import ops
+    params = {"data_root": store.root, "name": "c1", "image": "app:1", "user": "0",
+              "command": ["sleep", "1000"], "detach": False}
+    proc = ops.start("run", params)
+    try:
+        _wait_running(store, proc)
+        removed = container({"data_root": store.root, "name": "c1", "state": "absent",
+                             "force": True, "stop_timeout": 0})
+        assert removed["changed"] and removed["status"] == "removed"
+        out, _err = proc.communicate(timeout=120)
+    finally:
+        ops.kill_group(proc) if proc.poll() is None else None
+    result = ops.parse(proc, out)
+    assert result.get("failed") is not True, result
+    assert result["status"] == "removed" and result["rc"] == 128 + signal.SIGKILL
+
+
+def test_a_foreground_run_is_stopped_from_elsewhere_with_its_stop_signal(store):
+    """state: stopped on a container another module runs with detach: false signals it
+    (before, its pid was unknown: the stop did nothing and said changed)."""
+    from tests.support import ops
+    params = {"data_root": store.root, "name": "c1", "image": "app:1", "user": "0",
+              "command": ["sh", "-c", "trap 'exit 42' USR1; while :; do sleep 0.1; done"],
+              "detach": False}
+    proc = ops.start("run", params)
+    try:
+        _wait_running(store, proc)
+        stopped = container({"data_root": store.root, "name": "c1", "state": "stopped"})
+        assert stopped["changed"]
+        out, _err = proc.communicate(timeout=120)
+    finally:
+        ops.kill_group(proc) if proc.poll() is None else None
+    result = ops.parse(proc, out)
+    assert result["rc"] == 42 and result["status"] == "exited" and result["exit_code"] == 42
+    assert not result["mounted"]
+
+
+def _wait_running(store, proc):
+    """Until the foreground run in ``proc`` runs (runc wrote its pid)."""
+    import time
+    while proc.poll() is None:
+        with store.read():
+            rows = containers.container_facts(store) if store.exists() else []
+        if rows and rows[0]["status"] == "running" and os.path.exists(
+                os.path.join(store.root, "containers", rows[0]["id"], "bundle", "pid")):
+            return
+        time.sleep(0.05)
+    raise AssertionError("the run ended: %s" % (proc.communicate(),))
