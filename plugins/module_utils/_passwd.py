@@ -15,6 +15,7 @@ container runtime bundle and by a build's RUN steps alike.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
@@ -37,19 +38,29 @@ class ExecUser:
 
 
 def read_rows(root: str, rel: str) -> List[List[str]]:
-    """The colon-separated rows of ``rel`` (e.g. ``etc/passwd``) in ``root``; [] when absent."""
+    """The colon-separated rows of ``rel`` (e.g. ``etc/passwd``) in ``root``; [] when absent.
+
+    Only a regular file is read: the image's ``etc/passwd`` could be a device node (a host
+    disk, a watchdog whose mere opening arms it), which runc would open inside the
+    container's device cgroup, never on the host.  It is checked through an ``O_PATH``
+    descriptor before anything opens it for reading."""
     path = resolve_beneath(os.fsencode(root), os.fsencode(rel))
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        handle_fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
         return []
     except OSError as exc:
         raise InvalidInput("cannot read /%s of the container: %s" % (rel, exc.strerror)) from exc
     try:
-        with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle_fd).st_mode):
+            raise InvalidInput("/%s of the container is not a regular file; the user cannot "
+                               "be resolved from it" % rel)
+        with open("/proc/self/fd/%d" % handle_fd, "rb") as handle:
             data = handle.read(MAX_FILE)
     except OSError as exc:
         raise InvalidInput("cannot read /%s of the container: %s" % (rel, exc.strerror)) from exc
+    finally:
+        os.close(handle_fd)
     rows = []
     for line in data.decode("utf-8", "replace").splitlines():
         line = line.strip()
