@@ -55,7 +55,12 @@ def failed(answer: dict, error: str, *fragments: str) -> None:
 
 
 def lock_is_free(root: str) -> bool:
-    fd = os.open(os.path.join(root, "lock"), os.O_RDONLY)
+    """Nobody holds the store's lock; a refused first run leaves no store (issue 12), so
+    no lock file at all is free too."""
+    try:
+        fd = os.open(os.path.join(root, "lock"), os.O_RDONLY)
+    except FileNotFoundError:
+        return not os.path.exists(root)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
