@@ -23,6 +23,7 @@ leaves no build container, no partial layer and no tag (tags are set last).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -49,10 +50,16 @@ from ansible_collections.strata.layers.plugins.module_utils._images import (
 from ansible_collections.strata.layers.plugins.module_utils._imageview import ImageView
 from ansible_collections.strata.layers.plugins.module_utils._info import history_of
 from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord, now_iso
+from ansible_collections.strata.layers.plugins.module_utils import _passwd as passwd
+from ansible_collections.strata.layers.plugins.module_utils._runmounts import (
+    Mount, MountError, network_mode, secret_sources, tree_digest)
+from ansible_collections.strata.layers.plugins.module_utils._runsetup import (
+    MountSources, RunOptions, attach_mounts, network_files, run_environment)
 from ansible_collections.strata.layers.plugins.module_utils._sandbox import Sandbox
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
 
 CACHE_VERSION = "strata-build-cache/1"
+KEEP_LOGS = 20   # output logs of failed RUN steps kept in <data_root>/logs/
 
 
 @dataclass
@@ -92,8 +99,10 @@ class Builder:
     """One build of ``spec`` (see the module docstring)."""
 
     def __init__(self, store: Store, spec: Spec, context: Optional[str], no_cache: bool,
-                 dry: bool, source: str = "Dockerfile") -> None:
+                 dry: bool, source: str = "Dockerfile",
+                 options: Optional[RunOptions] = None) -> None:
         self.store = store
+        self.options = options or RunOptions()
         self.spec = spec
         self.context = context
         self.no_cache = no_cache
@@ -145,7 +154,7 @@ class Builder:
     # ------------------------------------------------------------------ steps
     def _step(self, stage: Stage, step: Instruction, current: Current
               ) -> Tuple[Current, StepResult]:
-        if current.pending or self._reads_pending_stage(step):
+        if current.pending or self._reads_pending_stage(step) or self._mounts_pending(step):
             return self._would_run(step, current, step.history("?"))
         plan = self._copy_plan(step, current) if isinstance(step.args, Copy) else None
         created_by = step.history(plan.digest() if plan is not None else "")
@@ -190,6 +199,12 @@ class Builder:
         source = self.results.get(args.from_stage)
         return source is not None and source.pending
 
+    def _mounts_pending(self, step: Instruction) -> bool:
+        if not isinstance(step.args, Run):
+            return False
+        return any(m.from_stage is not None and self.results[m.from_stage].pending
+                   for m in step.args.mounts)
+
     def _top_size(self, current: Current, step: Instruction) -> int:
         if not step.makes_layer or not current.chain:
             return 0
@@ -214,11 +229,33 @@ class Builder:
 
     # ------------------------------------------------------------------ cache
     def _key(self, current: Current, step: Instruction, created_by: str) -> str:
-        material = json.dumps([CACHE_VERSION, current.image_id or "scratch:" + hashlib.sha256(
+        material = [CACHE_VERSION, current.image_id or "scratch:" + hashlib.sha256(
             dumps(current.config)).hexdigest(), step.keyword, created_by,
             step.state.run_env() if isinstance(step.args, Run) else None,
-            step.state.workdir, step.state.user], sort_keys=True)
-        return hashlib.sha256(material.encode("utf-8")).hexdigest()
+            step.state.workdir, step.state.user]
+        if isinstance(step.args, Run) and step.args.mounts:
+            # where and what is mounted, never a secret's or a cache's content; the
+            # network is not part of the key (as in BuildKit)
+            material.append([self._mount_key(m) for m in step.args.mounts])
+        text = json.dumps(material, sort_keys=True)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    def _mount_key(self, mount: Mount) -> Dict[str, Any]:
+        key = mount.key()
+        if mount.type != "bind":
+            return key
+        if mount.from_stage is not None:
+            key["from"] = self.results[mount.from_stage].image_id
+        elif mount.from_image:
+            key["from"] = self._image(mount.from_image, "RUN --mount from=%s"
+                                      % mount.from_image).id
+        elif self.context:
+            from ansible_collections.strata.layers.plugins.module_utils._safepath import (
+                resolve_beneath)
+            path = os.fsdecode(resolve_beneath(os.fsencode(self.context),
+                                               os.fsencode(mount.source.lstrip("/"))))
+            key["content"] = tree_digest(path) if os.path.lexists(path) else None
+        return key
 
     def _cache_path(self, key: str) -> str:
         return os.path.join(self.store.root, "cache", "build", key)
@@ -319,14 +356,67 @@ class Builder:
         store.driver.mount(record.id, current.chain, target)
         try:
             view = ImageView(store.driver, current.chain)
-            owner = view.user_ids(step.state.user) if step.state.user else (0, 0)
-            with Sandbox(target, record.id[:12]) as sandbox:
+            try:
+                who = passwd.resolve(view.read, step.state.user)
+            except StoreError as exc:
+                raise exc.__class__("%s: USER %s: %s" % (what, step.state.user or "root",
+                                                         exc.msg)) from exc
+            network = args.network or self.options.network
+            hostname = record.id[:12]
+            with contextlib.ExitStack() as stack:
+                sandbox = stack.enter_context(Sandbox(target, hostname, network))
+                env = run_environment(step.state.run_env(), who.home, hostname)
+                env.update(attach_mounts(stack, sandbox, args.mounts, self._sources(), what))
+                if network != "none":
+                    network_files(sandbox, hostname)
                 sandbox.add_files(args.files)
-                sandbox.ensure_workdir(step.state.workdir, owner)
-                sandbox.run(args.argv, step.state.run_env(), step.state.workdir, owner, what)
+                sandbox.ensure_workdir(step.state.workdir, (who.uid, who.gid))
+                log = self._log_path(record.id)
+                sandbox.run(args.argv, env, step.state.workdir, (who.uid, who.gid), what,
+                            timeout=self.options.step_timeout, groups=who.groups, log=log)
+                os.unlink(log)   # kept only when the step failed (its message names it)
         finally:
             store.driver.unmount(target)
             remove_tree(target)
+
+    def _sources(self) -> MountSources:
+        return MountSources(self.store.root, self.context, self.store.staging,
+                            self._mounted_root, self.options)
+
+    @contextlib.contextmanager
+    def _mounted_root(self, mount: Mount):  # type: ignore[no-untyped-def]
+        """The root filesystem of ``--mount from=`` (a stage or an image): a throw-away
+        container, mounted under tmp/, gone after the step (rw writes with it)."""
+        if mount.from_stage is not None:
+            chain = self.results[mount.from_stage].chain
+        else:
+            chain = [ChainID(c) for c in self._image(str(mount.from_image), "RUN --mount "
+                                                     "from=%s" % mount.from_image).chain]
+        store = self.store
+        cid = secrets.token_hex(32)
+        mark = store.marks.begin("build-mount").set(
+            if_absent=[(store.driver.name, store.driver.container_dir(cid))])
+        target = store.staging("mount")
+        try:
+            store.driver.create_container(cid, chain)
+            store.driver.mount(cid, chain, target)
+            try:
+                yield target
+            finally:
+                store.driver.unmount(target)
+        finally:
+            if store.driver.container_exists(cid):
+                store.driver.remove_container(cid)
+            remove_tree(target)
+            mark.done()
+
+    def _log_path(self, cid: str) -> str:
+        logs = os.path.join(self.store.root, "logs")
+        makedirs(logs)
+        old = sorted((os.path.join(logs, n) for n in os.listdir(logs)), key=os.path.getmtime)
+        for path in old[:-(KEEP_LOGS - 1)]:
+            os.unlink(path)
+        return os.path.join(logs, "run-%s.log" % cid[:12])
 
 
 def describe(result: BuildResult) -> List[Dict[str, Any]]:
@@ -367,6 +457,20 @@ def _base_config(store: Store) -> Any:
     return lookup
 
 
+def run_options(params: Dict[str, Any]) -> RunOptions:
+    """The options RUN steps read, checked before anything is built."""
+    try:
+        network = network_mode(params.get("network") or "default")
+        found = secret_sources(params.get("secrets"))
+    except MountError as exc:
+        raise InvalidInput(str(exc).replace("--network", "network")) from None
+    timeout = params.get("step_timeout")
+    if timeout is not None and float(timeout) <= 0:
+        raise InvalidInput("step_timeout must be a positive number of seconds, not %s" % timeout)
+    return RunOptions(network=network, secrets=found, ssh=params.get("ssh") or None,
+                      step_timeout=None if timeout is None else float(timeout))
+
+
 def image_build(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, Any]:
     """Entry point of the module (see the module docstring)."""
     tags = validate_tags(params.get("tag") or [])
@@ -374,6 +478,7 @@ def image_build(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, A
     if context and not os.path.isdir(context):
         raise NotFound("context %s is not a directory on this host" % context)
     _spec(params)   # every spec error, before the store is even opened
+    options = run_options(params)
     store = Store.from_params(params)
     opener = store.read() if check_mode else store.write("image_build")
     with opener:
@@ -384,7 +489,7 @@ def image_build(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, A
                                  "empty_layer": not i.makes_layer, "cached": False}
                                 for s in spec.needed_stages() for i in s.instructions]}
         result = Builder(store, spec, context, bool(params.get("no_cache")), check_mode,
-                         source).build()
+                         source, options).build()
         moved: List[str] = []
         if result.image_id and not check_mode:
             moved = store.tag(result.image_id, tags)

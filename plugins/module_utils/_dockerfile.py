@@ -42,7 +42,7 @@ Decisions where Docker leaves a choice:
 - ``HEALTHCHECK`` is accepted with its options and stored in the config;
 - ``ADD`` takes local sources only: a URL or git source is refused ("ADD of URLs is not
   supported"), and so are ``--checksum`` and ``--keep-git-dir``;
-- ``RUN`` takes no flags but ``--network=none`` (build steps never have a network);
+- ``RUN`` takes ``--mount`` (see ``_runmounts``) and ``--network=default|none|host``;
   ``COPY --parents``/``--exclude`` and other BuildKit-only flags are refused by name;
 - ``<< WORD`` (a space after ``<<``) opens a heredoc only when WORD is a plain word, so
   that shell arithmetic such as ``$((1 << 2))`` stays a command.
@@ -72,6 +72,8 @@ from typing import (
 
 from ansible_collections.strata.layers.plugins.module_utils._errors import InvalidInput
 from ansible_collections.strata.layers.plugins.module_utils._images import host_platform
+from ansible_collections.strata.layers.plugins.module_utils._runmounts import (
+    Mount, MountError, network_mode, parse_mounts)
 
 DEFAULT_SHELL = ["/bin/sh", "-c"]
 # What Docker's daemon gives a container whose image sets no PATH.
@@ -114,7 +116,8 @@ class Run:
     heredocs: List[Heredoc]
     argv: List[str]
     files: Dict[str, str] = field(default_factory=dict)
-    network: str = "none"
+    network: Optional[str] = None     # None: the module's ``network`` option
+    mounts: List[Mount] = field(default_factory=list)
 
 
 @dataclass
@@ -309,6 +312,8 @@ class Stage:
         for step in self.instructions:
             if isinstance(step.args, Copy) and step.args.from_stage is not None:
                 found.append(step.args.from_stage)
+            if isinstance(step.args, Run):
+                found.extend(m.from_stage for m in step.args.mounts if m.from_stage is not None)
         return sorted(set(found))
 
 
@@ -1255,20 +1260,36 @@ class _StageWork:
     # -- RUN, CMD, ENTRYPOINT, SHELL -------------------------------------------------
 
     def _run(self, command: _Command) -> Tuple[Run, str]:
-        flags = _parse_flags(command.flags, {"network": _FLAG_STRING}, "RUN")
-        if flags.get("network", "none") != "none":
-            raise _Bad("RUN --network=%s is not supported: build steps have no network "
-                       "(--network=none is the only choice)" % flags["network"])
+        mounts = [w[len("--mount="):] for w in command.flags if w.startswith("--mount=")]
+        if "--mount" in command.flags:
+            raise _Bad("missing a value on flag --mount")
+        others = [w for w in command.flags if not w.startswith("--mount=")]
+        flags = _parse_flags(others, {"network": _FLAG_STRING, "mount": _FLAG_STRING}, "RUN")
+        run = self._run_payload(command)
+        try:
+            if "network" in flags:
+                run.network = network_mode(self.expand(str(flags["network"])))
+            run.mounts = parse_mounts([self.expand(m) for m in mounts])
+        except MountError as exc:
+            raise _Bad(str(exc)) from None
+        for mount in run.mounts:
+            self._mount_from(mount)
+        prefix = self.state.history_args()
+        head = ["|%d" % len(prefix)] + prefix if prefix else []
+        return run, " ".join(head + run.argv)
+
+    def _mount_from(self, mount: Mount) -> None:
+        if mount.from_ref:
+            mount.from_stage = self.compiler.stage_by_reference(mount.from_ref, self.stage.index)
+            mount.from_image = mount.from_ref if mount.from_stage is None else None
+
+    def _run_payload(self, command: _Command) -> Run:
         exec_form = _json_array(command.rest)
         if exec_form is not None:
             if not exec_form:
                 raise _Bad("RUN needs a command (the JSON array is empty)")
-            run = Run(command=exec_form, shell_form=False, heredocs=[], argv=list(exec_form))
-        else:
-            run = self._shell_run(command)
-        prefix = self.state.history_args()
-        head = ["|%d" % len(prefix)] + prefix if prefix else []
-        return run, " ".join(head + run.argv)
+            return Run(command=exec_form, shell_form=False, heredocs=[], argv=list(exec_form))
+        return self._shell_run(command)
 
     def _shell_run(self, command: _Command) -> Run:
         if not command.rest:

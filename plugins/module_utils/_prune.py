@@ -6,6 +6,10 @@ An image is unreferenced when no tag points at it, no container uses it and it i
 the parent of a kept image (a build step another image was made from); a layer when no
 remaining image or container needs it.  Reclaimed bytes are measured on disk (what
 the driver's directories really took), not the layers' logical sizes.
+
+With ``build_cache``, the directories of ``RUN --mount=type=cache`` go too (as
+``docker builder prune`` removes BuildKit's cache mounts); they are never removed
+otherwise, since nothing references them but the next build.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from typing import Any, Dict, List, Set, Tuple
 from ansible_collections.strata.layers.plugins.module_utils import _containers as containers
 from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import allocated_bytes
+from ansible_collections.strata.layers.plugins.module_utils._runsetup import prune_caches
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
 
 
@@ -40,11 +45,23 @@ def plan(store: Store) -> Tuple[List[str], List[ChainID]]:
 
 def store_prune(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, Any]:
     store = Store.from_params(params)
+    caches = bool(params.get("build_cache"))
     if check_mode or not store.exists():
         with store.read():
-            return _plan(store)
+            return _with_caches(_plan(store), store, caches, True)
     with store.write("store_prune"):
-        return _prune(store)
+        return _with_caches(_prune(store), store, caches, False)
+
+
+def _with_caches(result: Dict[str, Any], store: Store, caches: bool, dry: bool
+                 ) -> Dict[str, Any]:
+    if not caches:
+        return result
+    names, size = prune_caches(store.root, dry) if store.exists() else ([], 0)
+    result["removed"]["build_cache"] = names
+    result["reclaimed"] += size
+    result["changed"] = result["changed"] or bool(names)
+    return result
 
 
 def _plan(store: Store) -> Dict[str, Any]:

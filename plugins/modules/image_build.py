@@ -16,7 +16,7 @@ description:
     others change the config only and leave an C(empty_layer) history entry, as
     C(docker history) shows.
   - C(RUN) executes in the build container's root filesystem, isolated as container
-    runtimes do it - new mount, PID, UTS, IPC and network namespaces (no network),
+    runtimes do it - new mount, PID, UTS and IPC namespaces (and network, see O(network)),
     C(pivot_root) into the container (the host's filesystem is unmounted from the step's
     view), a fresh C(/proc) with Docker's masked and read-only paths, a minimal C(/dev),
     device nodes elsewhere in the image not openable, and a capability bounding set of
@@ -29,8 +29,20 @@ description:
   - A step is reused from the build cache when its parent image, its instruction after
     substitution and, for C(COPY)/C(ADD), the content, modes and ownership of its sources
     are unchanged. A re-run with nothing changed gives the same image id and C(changed=false).
-  - Base images come from the store (import, pull or build them first); C(ADD) takes local
-    files and tar archives only (no URLs).
+  - Base images come from the store (import, pull or build them first).
+  - "C(RUN --mount) as BuildKit: C(type=cache) (a directory kept in the store per C(id),
+    default the target, across builds; C(sharing=shared|private|locked), C(uid), C(gid),
+    C(mode); never in a layer; removed by M(strata.layers.store_prune) with
+    C(build_cache=true)), C(type=bind) (C(source) from the context, or C(from) a stage or
+    image; read-only unless C(rw), whose writes are discarded), C(type=tmpfs),
+    C(type=secret) (see O(secrets)), C(type=ssh) (see O(ssh)). Mount points the step
+    needed are removed afterwards, so they stay out of the layer. An unknown type or key
+    fails with the line, before anything is built."
+  - "A C(RUN) step's environment is Docker's: C(HOSTNAME), C(HOME) from the user's passwd
+    entry (C(/root) for root), the default C(PATH) when the image sets none, and the
+    user's supplementary groups with its primary group (C(id) prints C(groups=0(root))).
+    Its whole output goes to C(<data_root>/logs/run-ID.log); a failing step's message
+    holds the last lines and names that file (successful steps' logs are removed)."
 author:
   - strata.layers developers (@strata-layers)
 extends_documentation_fragment:
@@ -90,9 +102,41 @@ options:
     description: Rebuild every step.
     type: bool
     default: false
+  network:
+    description:
+      - The network of C(RUN) steps that do not say C(--network). V(host) (or V(default)) is
+        the build host's network, as Docker's and buildah's builders give C(RUN) network
+        access (with the host's C(/etc/resolv.conf) and an C(/etc/hosts) naming localhost
+        and the step's hostname, both kept out of the layer); V(none) gives each step its
+        own network namespace with only C(lo).
+      - Not part of the build cache key, as in BuildKit.
+    type: str
+    choices: [host, default, none]
+    default: host
+  secrets:
+    description:
+      - "Secrets for C(RUN --mount=type=secret,id=ID): C({ID: {src: PATH}}) (a file on the
+        managed host) or C({ID: {env: NAME}}) (an environment variable of the module)."
+      - A secret is mounted from memory at C(/run/secrets/ID) (or C(target)) and/or put in
+        the variable C(env); it is never written to the store, a layer, the history or the
+        cache key. A step asking for an ID not given here fails, unless it says
+        C(required=false).
+    type: dict
+    default: {}
+  ssh:
+    description:
+      - The SSH agent socket (a path on the managed host) C(RUN --mount=type=ssh) mounts
+        (only the id C(default)); C(SSH_AUTH_SOCK) points at it in the step.
+    type: path
+  step_timeout:
+    description:
+      - Seconds a C(RUN) step may take; a step still running then is killed with every
+        process it started, and the build fails naming its line. No limit by default.
+    type: float
 notes:
   - RUN steps need root and util-linux C(unshare) on the managed host; the module's Python
-    interpreter runs the small init program that sets up each step.
+    interpreter runs the small init program that sets up each step. A step runs in its
+    own session keyring. Killing the module kills the step with every process it started.
   - There is no user namespace and no seccomp filter, so root in a step is uid 0 on the
     host, as with Docker's default daemon; but without C(CAP_SYS_ADMIN), C(CAP_MKNOD),
     C(CAP_SYS_MODULE) and the other capabilities outside Docker's default set it cannot
@@ -168,6 +212,10 @@ def main() -> None:
             build_args=dict(type="dict", default={}),
             target=dict(type="str"),
             no_cache=dict(type="bool", default=False),
+            network=dict(type="str", default="host", choices=["host", "default", "none"]),
+            secrets=dict(type="dict", default={}, no_log=True),
+            ssh=dict(type="path"),
+            step_timeout=dict(type="float"),
         ),
         mutually_exclusive=[("spec", "instructions")],
         required_one_of=[("context", "spec", "instructions")],

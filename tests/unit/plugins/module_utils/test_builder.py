@@ -81,7 +81,7 @@ def test_run_is_isolated(root, tmp_path):
     spec = ("FROM busybox:test\n"
             "RUN echo $$ > /pid && ls /proc | grep -c '^[0-9]' > /procs && "
             "ls /dev > /devs && (cat /proc/net/dev > /net || true)\n")
-    build(root, spec=spec, tag=["iso:1"])
+    build(root, spec=spec, tag=["iso:1"], network="none")
     view = files_of(root, "iso:1", tmp_path)
     assert view["pid"] == b"1\n"
     assert int(view["procs"]) <= 3          # only the step's own processes

@@ -38,9 +38,9 @@ def failure(text, **options):
 # Every instruction and form
 # ---------------------------------------------------------------------------------------
 
-def run(command, argv, heredocs=(), files=None, shell_form=True):
+def run(command, argv, heredocs=(), files=None, shell_form=True, **fields):
     return Run(command=command, shell_form=shell_form, heredocs=list(heredocs), argv=argv,
-               files=files or {})
+               files=files or {}, **fields)
 
 
 def copy(sources, dest, dest_path=None, **fields):
@@ -54,7 +54,7 @@ FORMS = [
      run("echo $A ${B:-x}", SH + ["echo $A ${B:-x}"])),
     ("run-exec", 'RUN ["echo", "a b"]', run(["echo", "a b"], ["echo", "a b"], shell_form=False)),
     ("run-bad-json-is-shell", 'RUN ["echo", a]', run('["echo", a]', SH + ['["echo", a]'])),
-    ("run-network-none", "RUN --network=none true", run("true", SH + ["true"])),
+    ("run-network-none", "RUN --network=none true", run("true", SH + ["true"], network="none")),
     ("run-lowercase-keyword", "run true", run("true", SH + ["true"])),
     ("run-after-shell", 'SHELL ["/bin/bash", "-o", "pipefail", "-c"]\nRUN a | b',
      run("a | b", ["/bin/bash", "-o", "pipefail", "-c", "a | b"])),
@@ -259,8 +259,8 @@ ERRORS = [
     ("run-empty", "FROM a\nRUN", 2, "RUN needs a command"),
     ("run-empty-json", "FROM a\nRUN []", 2, "RUN needs a command"),
     ("cmd-empty", "FROM a\nCMD", 2, "CMD needs an argument"),
-    ("run-flag", "FROM a\nRUN --mount=type=cache,target=/c make", 2, "flag --mount"),
-    ("run-network", "FROM a\nRUN --network=host make", 2, "no network"),
+    ("run-flag", "FROM a\nRUN --mount=type=volume,target=/c make", 2, "not a mount type"),
+    ("run-network", "FROM a\nRUN --network=bridge make", 2, "expecting default, none or host"),
     ("copy-flag", "FROM a\nCOPY --parents a b", 2, "flag --parents"),
     ("copy-flag-value", "FROM a\nCOPY --chown a b", 2, "missing a value on flag --chown"),
     ("copy-flag-twice", "FROM a\nCOPY --link --link a b", 2, "duplicate flag --link"),
