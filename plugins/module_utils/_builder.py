@@ -24,6 +24,7 @@ leaves no build container, no partial layer and no tag (tags are set last).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -51,6 +52,7 @@ from ansible_collections.strata.layers.plugins.module_utils._imageview import Im
 from ansible_collections.strata.layers.plugins.module_utils._info import history_of
 from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord, now_iso
 from ansible_collections.strata.layers.plugins.module_utils import _passwd as passwd
+from ansible_collections.strata.layers.plugins.module_utils._remote import RemoteError, RemoteFetch
 from ansible_collections.strata.layers.plugins.module_utils._runmounts import (
     Mount, MountError, network_mode, secret_sources, tree_digest)
 from ansible_collections.strata.layers.plugins.module_utils._runsetup import (
@@ -156,8 +158,24 @@ class Builder:
               ) -> Tuple[Current, StepResult]:
         if current.pending or self._reads_pending_stage(step) or self._mounts_pending(step):
             return self._would_run(step, current, step.history("?"))
-        plan = self._copy_plan(step, current) if isinstance(step.args, Copy) else None
-        created_by = step.history(plan.digest() if plan is not None else "")
+        if isinstance(step.args, Copy) and step.args.remote is not None:
+            fetch = RemoteFetch(step.args.remote, os.path.join(self.store.root, "cache",
+                                                               "remote"), self.store.staging)
+            try:
+                return self._step_run(step, current, fetch)
+            except RemoteError as exc:
+                raise InvalidInput("%s line %d (ADD): %s" % (self.source, step.line, exc),
+                                   line=step.line) from None
+            finally:
+                fetch.close()
+        return self._step_run(step, current, None)
+
+    def _step_run(self, step: Instruction, current: Current, fetch: Optional[RemoteFetch]
+                  ) -> Tuple[Current, StepResult]:
+        plan = self._copy_plan(step, current) if isinstance(step.args, Copy) and \
+            fetch is None else None
+        created_by = step.history(plan.digest() if plan is not None else
+                                  fetch.descriptor() if fetch is not None else "")
         key = self._key(current, step, created_by)
         hit = None if self.no_cache else self._cached(key)
         if hit is not None:
@@ -165,6 +183,10 @@ class Builder:
                                    self._top_size(hit, step), hit.image_id)
         if self.dry:
             return self._would_run(step, current, created_by)
+        if fetch is not None:
+            plan = self._remote_plan(step, current, fetch)
+            created_by = step.history(fetch.descriptor())   # the content that arrived
+            key = self._key(current, step, created_by)
         if isinstance(step.args, Run):
             layer: Optional[LayerRecord] = self._run(step, current)
         elif plan is not None:
@@ -181,6 +203,8 @@ class Builder:
         image, _added = self.store.put_image(parsed, {
             "parent": current.image_id, "build_step": created_by})
         nxt = Current(config, image.id, [ChainID(c) for c in image.chain])
+        if fetch is not None:
+            fetch.remember()
         crash_point("build.step")
         return nxt, StepResult(created_by, layer is None, False, layer.size if layer else 0,
                                image.id)
@@ -310,6 +334,17 @@ class Builder:
             reader = ViewReader(view, "inline")
         owner = view.user_ids(args.chown) if args.chown else (0, 0)
         return CopyPlan(args, view, reader, owner, what)
+
+    def _remote_plan(self, step: Instruction, current: Current, fetch: RemoteFetch) -> CopyPlan:
+        """ADD of a URL or git repository: what arrived, copied as a local source (never
+        extracted, as Docker does not extract remote archives)."""
+        args: Copy = step.args  # type: ignore[assignment]
+        directory, name = fetch.fetch()
+        local = dataclasses.replace(args, sources=[name], is_add=False, remote=None)
+        view = ImageView(self.store.driver, current.chain)
+        owner = view.user_ids(args.chown) if args.chown else (0, 0)
+        reader = ContextReader(directory, DockerIgnore("", directory))
+        return CopyPlan(local, view, reader, owner, "%s line %d (ADD)" % (self.source, step.line))
 
     def _ingest(self, chunks: Any, current: Current, what: str) -> LayerRecord:
         layer, _imported, _digests = self.store.ingest_layer(

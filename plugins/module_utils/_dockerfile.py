@@ -40,8 +40,8 @@ Decisions where Docker leaves a choice:
 - ``MAINTAINER`` is accepted and sets the image's ``author``;
 - ``ONBUILD`` is accepted: its trigger is checked and stored in the config, never run;
 - ``HEALTHCHECK`` is accepted with its options and stored in the config;
-- ``ADD`` takes local sources only: a URL or git source is refused ("ADD of URLs is not
-  supported"), and so are ``--checksum`` and ``--keep-git-dir``;
+- ``ADD`` takes a URL or a git repository as its only source (``--checksum``,
+  ``--keep-git-dir``; see ``_remote``), COPY refuses them;
 - ``RUN`` takes ``--mount`` (see ``_runmounts``) and ``--network=default|none|host``;
   ``COPY --parents``/``--exclude`` and other BuildKit-only flags are refused by name;
 - ``<< WORD`` (a space after ``<<``) opens a heredoc only when WORD is a plain word, so
@@ -72,6 +72,8 @@ from typing import (
 
 from ansible_collections.strata.layers.plugins.module_utils._errors import InvalidInput
 from ansible_collections.strata.layers.plugins.module_utils._images import host_platform
+from ansible_collections.strata.layers.plugins.module_utils._remote import (
+    Remote, RemoteError, remote_source)
 from ansible_collections.strata.layers.plugins.module_utils._runmounts import (
     Mount, MountError, network_mode, parse_mounts)
 
@@ -143,6 +145,7 @@ class Copy:
     link: bool = False
     is_add: bool = False
     heredoc_files: List[InlineFile] = field(default_factory=list)
+    remote: Optional[Remote] = None     # ADD of a URL or a git repository
 
 
 @dataclass
@@ -859,9 +862,9 @@ def _parse_flags(words: Sequence[str], allowed: Mapping[str, str],
 
 
 def _unknown_flag(keyword: str, name: str, allowed: Mapping[str, str]) -> str:
-    if keyword == "ADD" and name in ("checksum", "keep-git-dir"):
-        return "ADD --%s is not supported: it is for URLs and git sources, and ADD of " \
-               "URLs is not supported" % name
+    if keyword == "COPY" and name in ("checksum", "keep-git-dir"):
+        return "COPY does not support the flag --%s: it is ADD's, for URL and git " \
+               "sources" % name
     supported = ", ".join("--" + flag for flag in sorted(allowed)) or "none"
     return "%s does not support the flag --%s (supported: %s)" % (keyword, name, supported)
 
@@ -959,7 +962,7 @@ class _Command:
 
 
 _STAGE_NAME_RE = re.compile(r"\A[a-z][a-z0-9-_.]*\Z")
-_URL_PREFIXES = ("http://", "https://", "git://", "ssh://", "git@")
+_URL_PREFIXES = ("http://", "https://", "git://", "ssh://", "git@")   # see _remote
 
 
 def _command(logical: _Logical) -> _Command:
@@ -1331,8 +1334,21 @@ class _StageWork:
         return self._transfer(command, _parse_flags(command.flags, allowed, "COPY"))
 
     def _add(self, command: _Command) -> Tuple[Copy, str]:
-        allowed = {"chown": _FLAG_STRING, "chmod": _FLAG_STRING, "link": _FLAG_BOOL}
-        return self._transfer(command, _parse_flags(command.flags, allowed, "ADD"))
+        allowed = {"chown": _FLAG_STRING, "chmod": _FLAG_STRING, "link": _FLAG_BOOL,
+                   "checksum": _FLAG_STRING, "keep-git-dir": _FLAG_BOOL}
+        flags = _parse_flags(command.flags, allowed, "ADD")
+        payload, created_by = self._transfer(command, flags)
+        if payload.remote is None and ("checksum" in flags or "keep-git-dir" in flags):
+            raise _Bad("ADD --%s is for a URL or git source" % (
+                "checksum" if "checksum" in flags else "keep-git-dir"))
+        if payload.remote is not None:
+            try:
+                payload.remote = remote_source(
+                    payload.remote.url, self.expand(str(flags.get("checksum") or "")),
+                    bool(flags.get("keep-git-dir")))
+            except RemoteError as exc:
+                raise _Bad(str(exc)) from None
+        return payload, created_by
 
     def _transfer(self, command: _Command, flags: Dict[str, Union[str, bool]]) -> Tuple[Copy, str]:
         words = self._transfer_words(command)
@@ -1363,8 +1379,12 @@ class _StageWork:
                 continue
             source = self.expand(word)
             if source.startswith(_URL_PREFIXES):
-                raise _Bad("%s of URLs is not supported (%s): fetch it first and copy the "
-                           "local file" % (command.keyword, source))
+                if command.keyword != "ADD":
+                    raise _Bad("COPY takes no URL (%s): use ADD" % source)
+                if len(words) != 1:
+                    raise _Bad("ADD of a URL or git repository takes it as the only source")
+                payload.remote = Remote(url=source)
+                continue
             payload.sources.append(source)
 
     def _inline_file(self, heredoc: Heredoc) -> InlineFile:

@@ -30,6 +30,14 @@ description:
     substitution and, for C(COPY)/C(ADD), the content, modes and ownership of its sources
     are unchanged. A re-run with nothing changed gives the same image id and C(changed=false).
   - Base images come from the store (import, pull or build them first).
+  - "C(ADD) of a URL (C(http://), C(https://)) downloads the file (never extracted), mode
+    0600 unless C(--chmod), its mtime from C(Last-Modified); C(--checksum=sha256:...) is
+    checked. The step is cached by the checksum (no request at all), else by a
+    conditional request on the ETag/Last-Modified seen last time. C(ADD) of a git
+    repository (C(git://), C(ssh://), C(git@), or an C(http(s)) URL ending in C(.git);
+    C(#ref[:subdir])) resolves the ref with the host's C(git), caches by commit, and copies
+    the tree without C(.git) unless C(--keep-git-dir). Redirects from https to http are
+    refused."
   - "C(RUN --mount) as BuildKit: C(type=cache) (a directory kept in the store per C(id),
     default the target, across builds; C(sharing=shared|private|locked), C(uid), C(gid),
     C(mode); never in a layer; removed by M(strata.layers.store_prune) with
