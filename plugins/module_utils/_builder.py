@@ -399,7 +399,8 @@ class Builder:
             network = args.network or self.options.network
             hostname = record.id[:12]
             with contextlib.ExitStack() as stack:
-                sandbox = stack.enter_context(Sandbox(target, hostname, network))
+                sandbox = stack.enter_context(Sandbox(target, hostname, network,
+                                                      self.options.user_namespaces))
                 env = run_environment(step.state.run_env(), who.home, hostname)
                 env.update(attach_mounts(stack, sandbox, args.mounts, self._sources(), what))
                 if network != "none":
@@ -503,7 +504,8 @@ def run_options(params: Dict[str, Any]) -> RunOptions:
     if timeout is not None and float(timeout) <= 0:
         raise InvalidInput("step_timeout must be a positive number of seconds, not %s" % timeout)
     return RunOptions(network=network, secrets=found, ssh=params.get("ssh") or None,
-                      step_timeout=None if timeout is None else float(timeout))
+                      step_timeout=None if timeout is None else float(timeout),
+                      user_namespaces=bool(params.get("allow_user_namespaces")))
 
 
 def image_build(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, Any]:

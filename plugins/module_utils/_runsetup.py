@@ -39,6 +39,7 @@ class RunOptions:
     secrets: Dict[str, Tuple[str, str]] = field(default_factory=dict)
     ssh: Optional[str] = None
     step_timeout: Optional[float] = None
+    user_namespaces: bool = False
 
 
 @dataclass

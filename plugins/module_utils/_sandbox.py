@@ -92,6 +92,7 @@ KEYCTL = {"x86_64": 250, "aarch64": 219, "riscv64": 219, "loongarch64": 219,
           "ppc64le": 271, "ppc64": 271, "s390x": 280, "i686": 288, "i386": 288,
           "armv7l": 311, "armv8l": 311}
 KEYCTL_JOIN_SESSION_KEYRING = 1
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
 # Docker's default capability set without CAP_MKNOD (27): CHOWN DAC_OVERRIDE FOWNER
 # FSETID KILL SETGID SETUID SETPCAP NET_BIND_SERVICE NET_RAW SYS_CHROOT AUDIT_WRITE
 # SETFCAP.  Docker can leave MKNOD in because its device cgroup refuses to open the
@@ -242,6 +243,86 @@ def own_keyring():
         raise SetupError("join a new session keyring: %s" % os.strerror(ctypes.get_errno()))
 
 
+# Per audit architecture: (unshare, clone, clone3, offset of the low word of clone's
+# flags in struct seccomp_data).  Compat ABIs are listed too: an i386 binary on x86_64
+# enters with AUDIT_ARCH_I386 and that ABI's numbers.
+SECCOMP_ARCHES = {
+    "x86_64": ((0xC000003E, 272, 56, 435, 16), (0x40000003, 310, 120, 435, 16)),
+    "aarch64": ((0xC00000B7, 97, 220, 435, 16), (0x40000028, 337, 120, 435, 16)),
+    "riscv64": ((0xC00000F3, 97, 220, 435, 16),),
+    "loongarch64": ((0xC0000102, 97, 220, 435, 16),),
+}
+CLONE_NEWUSER, X32_BIT, EPERM, ENOSYS = 0x10000000, 0x40000000, 1, 38
+RET_ALLOW, RET_ERRNO = 0x7FFF0000, 0x00050000
+LD_ABS, JEQ, JGE, JSET, RET = 0x20, 0x15, 0x35, 0x45, 0x06
+
+
+class SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
+                ("k", ctypes.c_uint32)]
+
+
+class SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
+
+
+def assemble(program):
+    """(code, k, true label, false label) / ("label", name) -> sock_filter entries."""
+    where, at = {}, 0
+    for item in program:
+        if item[0] == "label":
+            where[item[1]] = at
+        else:
+            at += 1
+    out, at = [], 0
+    for item in program:
+        if item[0] == "label":
+            continue
+        code, k, jt, jf = item
+        out.append((code, where[jt] - at - 1 if jt else 0, where[jf] - at - 1 if jf else 0, k))
+        at += 1
+    return out
+
+
+def userns_filter(arches):
+    # unshare/clone asking for CLONE_NEWUSER fail with EPERM; clone3, whose flags a
+    # filter cannot read, fails with ENOSYS so the C library falls back to clone (as
+    # Docker's default profile does); everything else is allowed
+    program = [(LD_ABS, 4, None, None)]
+    for index, (arch, unshare, clone, clone3, flags) in enumerate(arches):
+        nxt = "arch%d" % (index + 1)
+        program += [(JEQ, arch, "in%d" % index, nxt), ("label", "in%d" % index),
+                    (LD_ABS, 0, None, None),
+                    (JGE, X32_BIT, "x32", "native%d" % index), ("label", "native%d" % index),
+                    (JEQ, clone3, "nosys", "u%d" % index), ("label", "u%d" % index),
+                    (JEQ, unshare, "flags%d" % index, "c%d" % index), ("label", "c%d" % index),
+                    (JEQ, clone, "flags%d" % index, "allow"), ("label", "flags%d" % index),
+                    (LD_ABS, flags, None, None),
+                    (JSET, CLONE_NEWUSER, "deny", "allow"), ("label", nxt)]
+    program += [("label", "allow"), (RET, RET_ALLOW, None, None),
+                # x32 calls (the x32 bit set): unshare, clone and clone3 of that ABI
+                ("label", "x32"), (JEQ, X32_BIT | 272, "deny", "x32c"), ("label", "x32c"),
+                (JEQ, X32_BIT | 56, "deny", "x32c3"), ("label", "x32c3"),
+                (JEQ, X32_BIT | 435, "nosys", "allow2"), ("label", "allow2"),
+                (RET, RET_ALLOW, None, None),
+                ("label", "deny"), (RET, RET_ERRNO | EPERM, None, None),
+                ("label", "nosys"), (RET, RET_ERRNO | ENOSYS, None, None)]
+    return program
+
+
+def deny_user_namespaces():
+    arches = SECCOMP_ARCHES.get(os.uname().machine)
+    if arches is None:
+        return   # documented: no filter on other architectures
+    compiled = assemble(userns_filter(arches))
+    table = (SockFilter * len(compiled))(*[SockFilter(c, jt, jf, k) for c, jt, jf, k in compiled])
+    prog = SockFprog(len(compiled), table)
+    # without no_new_privs: this process still holds CAP_SYS_ADMIN, and setuid programs
+    # of the image must keep working
+    check(LIBC.prctl(PR_SET_SECCOMP, ctypes.c_ulong(SECCOMP_MODE_FILTER), ctypes.byref(prog),
+                     ctypes.c_ulong(0), ctypes.c_ulong(0)), "install the seccomp filter")
+
+
 def drop_capabilities():
     last = int(read_small("/proc/sys/kernel/cap_last_cap") or "63")
     for cap in range(last + 1):
@@ -295,6 +376,8 @@ def setup(config):
     except OSError as exc:
         raise SetupError("cannot enter the WORKDIR %s: %s"
                          % (config["workdir"], exc.strerror)) from None
+    if not config.get("user_namespaces"):
+        deny_user_namespaces()
     drop_capabilities()
     become(config["uid"], config["gid"], config["groups"])
 
@@ -372,7 +455,7 @@ class Sandbox:
     its own network namespace (only ``lo``), anything else the host's."""
 
     def __init__(self, root: str, hostname: Optional[str] = None,
-                 network: str = "none") -> None:
+                 network: str = "none", user_namespaces: bool = False) -> None:
         unshare = shutil.which("unshare")
         if unshare is None:
             raise Unsupported("RUN needs the unshare program (util-linux) on the managed host")
@@ -383,6 +466,7 @@ class Sandbox:
         self.root = os.path.abspath(root)
         self.hostname = hostname or secrets.token_hex(6)
         self.network = network
+        self.user_namespaces = user_namespaces
         self._created: List[str] = []
         self._dev: Optional[str] = None
         self._mounts: List[Dict[str, Any]] = []
@@ -508,7 +592,8 @@ class Sandbox:
         config = {"root": self.root, "workdir": workdir, "uid": owner[0], "gid": owner[1],
                   "groups": list(groups if groups is not None else [owner[1]]),
                   "argv": list(argv), "env": dict(env), "hostname": self.hostname,
-                  "mounts": mounts, "staging": os.path.join(self.root, "dev", STAGING)}
+                  "mounts": mounts, "staging": os.path.join(self.root, "dev", STAGING),
+                  "user_namespaces": self.user_namespaces}
         code, tail = _supervise(self.command(), json.dumps(config).encode("ascii"),
                                 timeout, log)
         if code is None:

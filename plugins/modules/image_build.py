@@ -141,6 +141,17 @@ options:
       - Seconds a C(RUN) step may take; a step still running then is killed with every
         process it started, and the build fails naming its line. No limit by default.
     type: float
+  allow_user_namespaces:
+    description:
+      - Let C(RUN) steps create user namespaces (for a step that runs a rootless container
+        tool, say). By default a small seccomp filter refuses C(unshare)/C(clone) with
+        C(CLONE_NEWUSER) (EPERM) and C(clone3) (ENOSYS, so the C library falls back to
+        C(clone)), as Docker's default seccomp profile does for a container without
+        C(CAP_SYS_ADMIN): inside a user namespace a step could mount filesystems.
+        Nothing else is filtered. The filter exists for x86_64 (with its i386 and x32
+        ABIs), aarch64 (with arm), riscv64 and loongarch64; elsewhere there is none.
+    type: bool
+    default: false
 notes:
   - RUN steps need root and util-linux C(unshare) on the managed host; the module's Python
     interpreter runs the small init program that sets up each step. A step runs in its
@@ -224,6 +235,7 @@ def main() -> None:
             secrets=dict(type="dict", default={}, no_log=True),
             ssh=dict(type="path"),
             step_timeout=dict(type="float"),
+            allow_user_namespaces=dict(type="bool", default=False),
         ),
         mutually_exclusive=[("spec", "instructions")],
         required_one_of=[("context", "spec", "instructions")],

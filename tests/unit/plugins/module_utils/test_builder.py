@@ -157,7 +157,7 @@ def test_spec_errors_name_the_line_and_build_nothing(root):
         build(root, spec="FROM busybox:test\nRUN echo ok\nCOPYY /a /b\n")
     assert "line 3" in str(info.value) and "COPYY" in str(info.value)
     with pytest.raises(InvalidInput, match="URL"):
-        build(root, spec="FROM busybox:test\nADD https://example.invalid/x /x\n")
+        build(root, spec="FROM busybox:test\nCOPY https://example.invalid/x /x\n")
     with pytest.raises(NotFound, match="nope:1"):
         build(root, spec="FROM nope:1\nRUN true\n")
     assert store_info({"data_root": root})["images"] == before["images"]

@@ -123,7 +123,8 @@ def test_add_url_checksum_mtime_mode_and_cache(root, tmp_path):
 
 @pytest.mark.parametrize("line,message", [
     ("ADD {url}/missing.txt /x", "line 2 \\(ADD\\).*HTTP 404"),
-    ("ADD --checksum=sha256:" + "0" * 64 + " {url}/f.txt /x", "line 2 \\(ADD\\).*not the --checksum"),
+    ("ADD --checksum=sha256:" + "0" * 64 + " {url}/f.txt /x",
+     "line 2 \\(ADD\\).*not the --checksum"),
     ("ADD --checksum=md5:abc {url}/f.txt /x", "line 2.*not sha256"),
     ("ADD {url}/ /x/", "line 2.*cannot tell a file name"),
     ("COPY {url}/f.txt /x", "line 2.*COPY takes no URL"),

@@ -215,3 +215,17 @@ def test_malformed_passwd_and_out_of_range_uid_are_clear_errors(root):
             "echo 'garbage line' >> /etc/passwd\nUSER x\nRUN true\n")
     with pytest.raises(InvalidInput, match="/etc/passwd line 3.*out of range"):
         build(root, spec=spec)
+
+
+def test_no_user_namespaces_unless_asked(root, tmp_path):
+    spec = ("FROM busybox:test\n"
+            "RUN (busybox unshare -U true && echo made || echo refused) > /userns; "
+            "(busybox unshare -m true && echo made || echo refused) > /mountns; "
+            "grep Seccomp: /proc/self/status > /seccomp; busybox readlink /proc/self/ns/user > /ns\n")
+    build(root, spec=spec, tag=["u:1"])
+    view = files_of(root, "u:1", tmp_path)
+    assert view["userns"] == b"refused\n" and view["mountns"] == b"refused\n"
+    assert view["ns"].strip() == os.readlink("/proc/self/ns/user").encode()
+    assert view["seccomp"].split() == [b"Seccomp:", b"2"]     # filter mode
+    build(root, spec=spec, tag=["u:2"], allow_user_namespaces=True, no_cache=True)
+    assert files_of(root, "u:2", tmp_path)["userns"] == b"made\n"
