@@ -5,8 +5,10 @@ import contextlib
 import hashlib
 import http.server
 import os
+import signal
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -17,6 +19,7 @@ from ansible_collections.strata.layers.plugins.module_utils._ingest import layer
 from ansible_collections.strata.layers.plugins.module_utils._prune import store_prune
 from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
 
+from tests.support import ops
 from tests.unit.plugins.module_utils.test_builder import files_of, last_layer_names
 
 SECRET = "s3cr3t-value-%s" % os.urandom(6).hex()
@@ -229,3 +232,36 @@ def test_no_user_namespaces_unless_asked(root, tmp_path):
     assert view["seccomp"].split() == [b"Seccomp:", b"2"]     # filter mode
     build(root, spec=spec, tag=["u:2"], allow_user_namespaces=True, no_cache=True)
     assert files_of(root, "u:2", tmp_path)["userns"] == b"made\n"
+
+
+def _step_pids(marker):
+    found = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout
+    return [int(p) for p in found.split()]
+
+
+def _wait(condition, what, bound=120):
+    """Poll ``condition`` (a bound against hanging, not a timing assertion)."""
+    deadline = time.monotonic() + bound
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("still waiting for " + what)
+        time.sleep(0.05)
+
+
+def test_a_killed_module_leaves_no_step_process_and_the_next_open_no_mount(root, tmp_path):
+    number = 987000 + os.getpid()
+    marker = "^sleep %d$" % (number + 1)   # only the step's sleep: the spec holds no such text
+    cache = "--mount=type=cache,target=/c --mount=type=tmpfs,target=/t"
+    proc = ops.start("build", {"data_root": root, "spec": "FROM busybox:test\nRUN %s "
+                               "echo started && exec sleep $((%d + 1))\n" % (cache, number)})
+    try:
+        _wait(lambda: _step_pids(marker), "the step to start")
+        os.kill(proc.pid, signal.SIGKILL)       # the module only, not its process group
+        proc.communicate()
+        _wait(lambda: not _step_pids(marker), "the step to die with the module")
+    finally:
+        ops.kill_group(proc)
+    ops.settle(root)
+    with open("/proc/self/mounts") as handle:
+        assert [line for line in handle if root in line] == []
+    assert ops.findings(root) == []
