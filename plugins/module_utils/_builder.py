@@ -16,10 +16,17 @@ from the first step that reads it.  ``no_cache`` ignores the records (and rewrit
 them).
 
 A RUN step: a build container (a container record of kind ``build``) on the previous
-image, mounted under ``tmp/``, the command run by ``_sandbox``, the container's changes
-committed as the step's layer, the container removed.  A mark covers the container
-from creation: a crash leaves nothing the next open does not remove.  A failing step
-leaves no build container, no partial layer and no tag (tags are set last).
+image, mounted under ``tmp/``, its ``--mount``s prepared by ``_runsetup``, the command
+run by ``_sandbox`` (network, identity and environment as Docker gives them), the
+container's changes committed as the step's layer, the container removed.  A mark
+covers the container from creation: a crash leaves nothing the next open does not
+remove.  A failing step leaves no build container, no partial layer and no tag (tags
+are set last).
+
+ADD of a URL or a git repository (``_remote``): the step is keyed on what the source is
+known as (``--checksum``, the digest a 304 confirms, the commit a ref names), so a
+cache hit fetches nothing; a miss fetches into ``tmp/`` and copies it as a local
+source.
 """
 from __future__ import annotations
 
@@ -57,6 +64,7 @@ from ansible_collections.strata.layers.plugins.module_utils._runmounts import (
     Mount, MountError, network_mode, secret_sources, tree_digest)
 from ansible_collections.strata.layers.plugins.module_utils._runsetup import (
     MountSources, RunOptions, attach_mounts, network_files, run_environment)
+from ansible_collections.strata.layers.plugins.module_utils._safepath import resolve_beneath
 from ansible_collections.strata.layers.plugins.module_utils._sandbox import Sandbox
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
 
@@ -274,8 +282,6 @@ class Builder:
             key["from"] = self._image(mount.from_image, "RUN --mount from=%s"
                                       % mount.from_image).id
         elif self.context:
-            from ansible_collections.strata.layers.plugins.module_utils._safepath import (
-                resolve_beneath)
             path = os.fsdecode(resolve_beneath(os.fsencode(self.context),
                                                os.fsencode(mount.source.lstrip("/"))))
             key["content"] = tree_digest(path) if os.path.lexists(path) else None

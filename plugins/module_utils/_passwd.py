@@ -36,6 +36,7 @@ class Identity:
 
 
 def _number(text: str, what: str) -> int:
+    """``text`` (digits) as an id; ``what`` names where it was read, for the message."""
     value = int(text)
     if value > MAX_ID:
         raise InvalidInput("%s: id %s is out of range (0-%d)" % (what, text, MAX_ID))
@@ -67,7 +68,7 @@ def _passwd(read: Reader, user: str) -> Optional[Tuple[int, int, str, str]]:
 
 def _group_id(read: Reader, group: str) -> int:
     if group.isdigit():
-        return _number(group, "USER group %s" % group)
+        return _number(group, "the gid")
     for number, fields in _rows(read, "/etc/group", 3):
         if fields[0] == group:
             return _number(fields[2], "/etc/group line %d of the image" % number)
@@ -91,7 +92,7 @@ def resolve(read: Reader, spec: str) -> Identity:
     if entry is None:
         if not user.isdigit():
             raise NotFound("user %r is not in the image's /etc/passwd" % user)
-        uid = _number(user, "USER %s" % spec)
+        uid = _number(user, "the uid")
         entry = (uid, 0, "/root" if uid == 0 else "/", "")
     uid, gid, home, name = entry
     if group:

@@ -4,33 +4,41 @@
 
 Isolated the way container runtimes do it, standard library only.  util-linux
 ``unshare`` (present on every distribution; Python 3.11 has no ``os.unshare``) makes new
-mount (propagation private), PID, UTS, IPC and network namespaces (no network at all:
-build steps are offline) and runs this host's Python interpreter with a small init
-program (``INIT``, passed with ``-c``: modules run from an Ansible zip payload, so no
+mount (propagation private), PID, UTS and IPC namespaces, and a network namespace (only
+``lo``) when the step's network is ``none`` (otherwise it shares the host's, as Docker's
+and buildah's builders give RUN), and runs this host's Python interpreter with a small
+init program (``INIT``, passed with ``-c``: modules run from an Ansible zip payload, so no
 file of ours can be executed) that, as PID 1 of the new PID namespace:
 
 1. bind-mounts the container's root onto itself (recursively, so the ``/dev`` tmpfs
    mounted from here stays visible) and remounts it ``nodev``: device nodes a layer
-   carries do not open, since no device cgroup stands behind them;
+   carries do not open, since no device cgroup stands behind them; then makes the
+   step's ``--mount``s (host paths, still reachable) at mount points the caller made,
+   and the files from memory (secrets, /etc/hosts) in a tmpfs of this namespace only;
 2. ``pivot_root(".", ".")`` then a lazy unmount of the old root (runc's sequence): the
    host's filesystem is no longer in the namespace at all, so the chroot(2) escape
    (chroot into a subdirectory, ``chdir("..")`` out, ``chroot(".")``) finds nothing;
 3. mounts a fresh ``/proc`` (nosuid, nodev, noexec) with Docker's masked paths
    (``/proc/kcore``, ``/proc/keys``, ...) and read-only paths (``/proc/sys``,
    ``/proc/sysrq-trigger``, ...): uid 0 may write ``core_pattern`` without any capability;
-4. sets the hostname, starts a new session (no controlling terminal to inject into);
-5. drops from the capability bounding set every capability outside Docker's default
+4. sets the hostname, starts a new session (no controlling terminal to inject into),
+   joins a new session keyring (the host root's keys are not the step's);
+5. installs a seccomp filter that refuses only user namespaces (``unshare``/``clone``
+   with ``CLONE_NEWUSER``; ``clone3`` gets ENOSYS so the C library falls back to
+   ``clone``), unless asked not to: inside one, a step could mount;
+6. drops from the capability bounding set every capability outside Docker's default
    set, and ``CAP_MKNOD`` too, clears the inheritable and ambient sets;
-6. takes the stage's USER (uid, gid, the supplementary groups /etc/group of the image
-   lists for that user), enters its WORKDIR and executes the command with its ENV
-   (looked up in the step's PATH; 127 when it is not found, as a shell says).
+7. takes the USER the caller resolved (uid, gid, groups), enters its WORKDIR and
+   executes the command with its ENV (looked up in the step's PATH; 127 when it is not
+   found, as a shell says).
 
 A minimal ``/dev`` on a tmpfs (null, zero, full, random, urandom, tty, fd links, shm) is
-mounted from here before and unmounted after.  There is no user namespace and no seccomp
-filter: root in a step is uid 0 on the host, as with Docker's default daemon, but without
+mounted from here before and unmounted after.  There is no user namespace: root in a
+step is uid 0 on the host, as with Docker's default daemon, but without
 ``CAP_SYS_ADMIN``, ``CAP_MKNOD``, ``CAP_SYS_MODULE`` and the rest it cannot mount,
-create devices, load modules or leave its root; it cannot see the host's filesystem,
-processes or network.
+create devices, load modules or leave its root; it cannot see the host's filesystem or
+processes (nor its network, with ``none``).  ``unshare`` dies with the module
+(parent-death signal), and its ``--kill-child`` takes the step's PID namespace down.
 
 Directories created only to mount on (``/proc``, ``/dev``) are removed afterwards so
 they do not end up in the step's layer, like Docker's init layer keeps them out.

@@ -5,6 +5,7 @@ import contextlib
 import hashlib
 import http.server
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -224,7 +225,8 @@ def test_no_user_namespaces_unless_asked(root, tmp_path):
     spec = ("FROM busybox:test\n"
             "RUN (busybox unshare -U true && echo made || echo refused) > /userns; "
             "(busybox unshare -m true && echo made || echo refused) > /mountns; "
-            "grep Seccomp: /proc/self/status > /seccomp; busybox readlink /proc/self/ns/user > /ns\n")
+            "grep Seccomp: /proc/self/status > /seccomp; "
+            "busybox readlink /proc/self/ns/user > /ns\n")
     build(root, spec=spec, tag=["u:1"])
     view = files_of(root, "u:1", tmp_path)
     assert view["userns"] == b"refused\n" and view["mountns"] == b"refused\n"
@@ -265,3 +267,24 @@ def test_a_killed_module_leaves_no_step_process_and_the_next_open_no_mount(root,
     with open("/proc/self/mounts") as handle:
         assert [line for line in handle if root in line] == []
     assert ops.findings(root) == []
+
+
+def test_ssh_mount_gives_the_agent_socket(root, tmp_path):
+    agent = shutil.which("ssh-agent")
+    if agent is None:
+        pytest.skip("ssh-agent is not installed")
+    sock = str(tmp_path / "agent.sock")
+    proc = subprocess.Popen([agent, "-D", "-a", sock], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        _wait(lambda: os.path.exists(sock), "ssh-agent's socket")
+        spec = ("FROM busybox:test\nRUN --mount=type=ssh test -S \"$SSH_AUTH_SOCK\" && "
+                "echo \"$SSH_AUTH_SOCK\" > /sock\n")
+        build(root, spec=spec, tag=["ssh:1"], ssh=sock)
+        view = files_of(root, "ssh:1", tmp_path)
+        assert view["sock"] == b"/run/buildkit/ssh_agent.0\n" and "run" not in view
+        with pytest.raises(InvalidInput, match="line 2.*ssh"):
+            build(root, spec=spec.replace("test -S", "true ||"))
+    finally:
+        proc.kill()
+        proc.wait()
