@@ -37,7 +37,7 @@ import json
 import os
 import secrets
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils import _containers as containers
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
@@ -63,7 +63,7 @@ from ansible_collections.strata.layers.plugins.module_utils._remote import Remot
 from ansible_collections.strata.layers.plugins.module_utils._runmounts import (
     Mount, MountError, network_mode, secret_sources, tree_digest)
 from ansible_collections.strata.layers.plugins.module_utils._runsetup import (
-    MountSources, RunOptions, attach_mounts, network_files, run_environment)
+    MountSources, RunOptions, attach_mounts, context_filter, network_files, run_environment)
 from ansible_collections.strata.layers.plugins.module_utils._safepath import resolve_beneath
 from ansible_collections.strata.layers.plugins.module_utils._sandbox import Sandbox
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
@@ -282,9 +282,11 @@ class Builder:
             key["from"] = self._image(mount.from_image, "RUN --mount from=%s"
                                       % mount.from_image).id
         elif self.context:
-            path = os.fsdecode(resolve_beneath(os.fsencode(self.context),
+            path = os.fsdecode(resolve_beneath(os.fsencode(os.path.realpath(self.context)),
                                                os.fsencode(mount.source.lstrip("/"))))
-            key["content"] = tree_digest(path) if os.path.lexists(path) else None
+            keep = context_filter(self.context, self._context_visible(), path)
+            key["content"] = None if not os.path.lexists(path) else tree_digest(
+                path, keep or (lambda rel: True))
         return key
 
     def _cache_path(self, key: str) -> str:
@@ -423,7 +425,16 @@ class Builder:
 
     def _sources(self) -> MountSources:
         return MountSources(self.store.root, self.context, self.store.staging,
-                            self._mounted_root, self.options)
+                            self._mounted_root, self.options, self._context_visible())
+
+    def _context_visible(self) -> Optional[Callable[[str], bool]]:
+        """What ``.dockerignore`` keeps of the context, for bind mounts (None: all)."""
+        if not self.context:
+            return None
+        reader = self._context()
+        if not reader.ignore.patterns:
+            return None
+        return lambda rel: reader.visible(os.fsencode(rel))
 
     @contextlib.contextmanager
     def _mounted_root(self, mount: Mount):  # type: ignore[no-untyped-def]

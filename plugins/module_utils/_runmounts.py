@@ -38,7 +38,7 @@ import os
 import posixpath
 import stat
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 MOUNT_TYPES = ("bind", "cache", "tmpfs", "secret", "ssh")
 _ALIASES = {"target": "target", "dst": "target", "destination": "target",
@@ -262,11 +262,12 @@ def secret_sources(options: Optional[Dict[str, object]]) -> Dict[str, Tuple[str,
     return found
 
 
-def tree_digest(path: str) -> str:
+def tree_digest(path: str, keep: Callable[[str], bool] = lambda rel: True) -> str:
     """What a bind from the context contributes to the cache key: names, types, modes,
-    owners, link targets and contents (not times), as COPY's digest counts them."""
+    owners, link targets and contents (not times) of the entries ``keep`` keeps (those
+    ``.dockerignore`` does not exclude), as COPY's digest counts them."""
     digest = hashlib.sha256()
-    for rel, st in _walk(path):
+    for rel, st in walk(path, keep):
         digest.update(("%s\0%o\0%d\0%d\0" % (rel, st.st_mode, st.st_uid, st.st_gid)).encode(
             "utf-8", "surrogateescape"))
         full = os.path.join(path, rel) if rel else path
@@ -280,7 +281,10 @@ def tree_digest(path: str) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def _walk(top: str) -> Iterator[Tuple[str, os.stat_result]]:
+def walk(top: str, keep: Callable[[str], bool]) -> Iterator[Tuple[str, os.stat_result]]:
+    """``top`` and everything below it (never through symlinks), sorted, as (path
+    relative to ``top``, lstat); entries ``keep`` refuses are left out (their children
+    are still visited: a ``!`` exception may bring one back)."""
     yield "", os.lstat(top)
     if not os.path.isdir(top) or os.path.islink(top):
         return
@@ -288,4 +292,6 @@ def _walk(top: str) -> Iterator[Tuple[str, os.stat_result]]:
         dirs.sort()
         for name in sorted(dirs + names):
             full = os.path.join(base, name)
-            yield os.path.relpath(full, top), os.lstat(full)
+            rel = os.path.relpath(full, top)
+            if keep(rel):
+                yield rel, os.lstat(full)

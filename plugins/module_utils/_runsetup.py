@@ -23,7 +23,7 @@ from typing import Callable, ContextManager, Dict, List, Optional, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils._atomic import makedirs, remove_tree
 from ansible_collections.strata.layers.plugins.module_utils._errors import InvalidInput, NotFound
-from ansible_collections.strata.layers.plugins.module_utils._runmounts import Mount
+from ansible_collections.strata.layers.plugins.module_utils._runmounts import Mount, walk
 from ansible_collections.strata.layers.plugins.module_utils._safepath import resolve_beneath
 from ansible_collections.strata.layers.plugins.module_utils._sandbox import Sandbox
 
@@ -52,6 +52,8 @@ class MountSources:
     staging: Callable[[str], str]
     mounted_root: Callable[[Mount], ContextManager[str]]
     options: RunOptions
+    # the context paths .dockerignore keeps (None: it excludes nothing)
+    visible: Optional[Callable[[str], bool]] = None
 
 
 def attach_mounts(stack: contextlib.ExitStack, sandbox: Sandbox, mounts: List[Mount],
@@ -154,16 +156,48 @@ def _bind_source(stack: contextlib.ExitStack, mount: Mount, sources: MountSource
         raise NotFound("%s: source %s does not exist in %s" % (
             where, mount.source, "the build context" if root == sources.context
             else "--from=%s" % mount.from_ref))
-    if mount.readonly or root != sources.context:
+    if root != sources.context:
         return path   # a stage's root is a throw-away container: rw writes vanish with it
+    keep = context_filter(sources.context, sources.visible, path)
+    if mount.readonly and keep is None:
+        return path
+    # rw: writes go to a copy; .dockerignore: the step sees what Docker would send
     copy = sources.staging("bind")
     stack.callback(remove_tree, copy)
     target = os.path.join(copy, "src")
-    if os.path.isdir(path):
-        shutil.copytree(path, target, symlinks=True)
-    else:
-        shutil.copy2(path, target, follow_symlinks=False)
+    copy_tree(path, target, keep or (lambda rel: True))
     return target
+
+
+def context_filter(context: Optional[str], visible: Optional[Callable[[str], bool]],
+                   path: str) -> Optional[Callable[[str], bool]]:
+    """``keep(rel)`` for paths below ``path`` (a path of the context), or None when
+    ``.dockerignore`` excludes nothing."""
+    if visible is None or not context:
+        return None
+    base = os.path.relpath(path, os.path.realpath(context))
+    prefix = "" if base == "." else base + "/"
+    return lambda rel: visible(prefix + rel)
+
+
+def copy_tree(src: str, dst: str, keep: Callable[[str], bool]) -> None:
+    """The entries of ``src`` that ``keep`` keeps, with modes, owners and times."""
+    for rel, st in walk(src, keep):
+        source = os.path.join(src, rel) if rel else src
+        target = os.path.join(dst, rel) if rel else dst
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if stat.S_ISDIR(st.st_mode):
+            os.makedirs(target, exist_ok=True)
+        elif stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(source), target)
+        elif stat.S_ISREG(st.st_mode):
+            shutil.copyfile(source, target, follow_symlinks=False)
+        else:
+            continue    # sockets, fifos, devices: not part of a build context
+        os.chown(target, st.st_uid, st.st_gid, follow_symlinks=False)
+        if not stat.S_ISLNK(st.st_mode):
+            os.chmod(target, stat.S_IMODE(st.st_mode))
+            os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 # ---------------------------------------------------------------------- secrets, ssh

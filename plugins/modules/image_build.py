@@ -147,7 +147,7 @@ options:
         tool, say). By default a small seccomp filter refuses C(unshare)/C(clone) with
         C(CLONE_NEWUSER) (EPERM) and C(clone3) (ENOSYS, so the C library falls back to
         C(clone)), as Docker's default seccomp profile does for a container without
-        C(CAP_SYS_ADMIN): inside a user namespace a step could mount filesystems.
+        C(CAP_SYS_ADMIN); inside a user namespace a step could mount filesystems.
         Nothing else is filtered. The filter exists for x86_64 (with its i386 and x32
         ABIs), aarch64 (with arm), riscv64 and loongarch64; elsewhere there is none.
     type: bool

@@ -173,6 +173,23 @@ def test_bind_mounts_context_stage_and_tmpfs(root, tmp_path):
     assert [h["cached"] for h in out["history"]][-2:] == [False, False]
 
 
+def test_bind_from_the_context_sees_what_dockerignore_keeps(root, tmp_path):
+    ctx = tmp_path / "ctx"
+    (ctx / "src" / "secret").mkdir(parents=True)
+    (ctx / "src" / "a.txt").write_text("A\n")
+    (ctx / "src" / "secret" / "key").write_text("k\n")
+    (ctx / ".dockerignore").write_text("src/secret\n")
+    spec = ("FROM busybox:test\nRUN --mount=type=bind,target=/ctx "
+            "(cd /ctx && find . | sort) > /seen\n")
+    out = build(root, context=str(ctx), spec=spec, tag=["i:1"])
+    seen = files_of(root, "i:1", tmp_path)["seen"].decode().split()
+    assert "./src/a.txt" in seen and not any("secret" in p for p in seen)
+    # an ignored file changing does not invalidate the step
+    (ctx / "src" / "secret" / "key").write_text("changed\n")
+    again = build(root, context=str(ctx), spec=spec, tag=["i:1"])
+    assert again["image_id"] == out["image_id"] and not again["changed"]
+
+
 @pytest.mark.parametrize("spec,message", [
     ("RUN --mount=type=volume,target=/x true", "type=volume is not a mount type"),
     ("RUN --mount=type=cache,target=/x,colour=blue true", "does not take 'colour'"),
@@ -199,17 +216,26 @@ def test_secret_without_a_source_fails_with_the_line_and_leaves_the_store(root):
     assert out["changed"]
 
 
-def test_step_timeout_and_bounded_output(root):
+def test_output_is_bounded_in_memory_and_whole_in_the_log(root):
     before = snapshot(root)
-    with pytest.raises(StoreError, match="did not finish within 1.0s") as info:
-        build(root, step_timeout=1, spec="FROM busybox:test\nRUN yes | head -c 3000000; "
-              "sleep 30\n")
+    with pytest.raises(StoreError, match="line 2.*exit code 3") as info:
+        build(root, spec="FROM busybox:test\nRUN yes | head -c 3000000; exit 3\n")
     assert len(info.value.details["output"]) < 300 << 10
-    assert snapshot(root) - before <= {"logs", "cache", "cache/build"} | {
-        p for p in snapshot(root) if p.startswith("logs/")}
     log = info.value.details["log"]
-    assert os.path.getsize(log) == 3000000
-    assert subprocess.run(["pgrep", "-f", "sleep 30"], capture_output=True).stdout == b""
+    assert os.path.getsize(log) == 3000000 and log.startswith(os.path.join(root, "logs"))
+    assert {p for p in snapshot(root) - before if not p.startswith("logs")} <= {
+        "cache", "cache/build"}
+
+
+def test_step_timeout_kills_the_step_and_all_it_started(root):
+    number = 876000 + os.getpid()
+    before = snapshot(root)
+    with pytest.raises(StoreError, match="line 2.*did not finish within 1.0s"):
+        build(root, step_timeout=1, spec="FROM busybox:test\n"
+              "RUN sleep $((%d + 1)) & exec sleep $((%d + 1))\n" % (number, number))
+    _wait(lambda: not _step_pids("^sleep %d$" % (number + 1)), "the step's processes to die")
+    assert {p for p in snapshot(root) - before if not p.startswith("logs")} <= {
+        "cache", "cache/build"}
 
 
 def test_malformed_passwd_and_out_of_range_uid_are_clear_errors(root):
