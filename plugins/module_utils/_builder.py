@@ -168,7 +168,8 @@ class Builder:
             return self._would_run(step, current, step.history("?"))
         if isinstance(step.args, Copy) and step.args.remote is not None:
             fetch = RemoteFetch(step.args.remote, os.path.join(self.store.root, "cache",
-                                                               "remote"), self.store.staging)
+                                                               "remote"), self.store.staging,
+                                self.dry)
             try:
                 return self._step_run(step, current, fetch)
             except RemoteError as exc:
@@ -182,8 +183,10 @@ class Builder:
                   ) -> Tuple[Current, StepResult]:
         plan = self._copy_plan(step, current) if isinstance(step.args, Copy) and \
             fetch is None else None
-        created_by = step.history(plan.digest() if plan is not None else
-                                  fetch.descriptor() if fetch is not None else "")
+        known = fetch.descriptor() if fetch is not None else ""
+        if known is None:   # check mode: only a download could tell
+            return self._would_run(step, current, step.history("?"))
+        created_by = step.history(plan.digest() if plan is not None else known)
         key = self._key(current, step, created_by)
         hit = None if self.no_cache else self._cached(key)
         if hit is not None:
@@ -193,7 +196,7 @@ class Builder:
             return self._would_run(step, current, created_by)
         if fetch is not None:
             plan = self._remote_plan(step, current, fetch)
-            created_by = step.history(fetch.descriptor())   # the content that arrived
+            created_by = step.history(str(fetch.descriptor()))   # the content that arrived
             key = self._key(current, step, created_by)
         if isinstance(step.args, Run):
             layer: Optional[LayerRecord] = self._run(step, current)

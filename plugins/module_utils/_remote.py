@@ -156,6 +156,24 @@ def http_probe(remote: Remote, record: Optional[Dict[str, str]], directory: str
     return download.digest, download
 
 
+def http_known(remote: Remote, record: Optional[Dict[str, str]]) -> Optional[str]:
+    """Check mode: the digest without downloading (``--checksum``, or a record the server
+    confirms with a 304), else None."""
+    if remote.checksum:
+        return remote.checksum
+    if not record or not record.get("digest") or not (
+            record.get("etag") or record.get("last_modified")):
+        return None
+    headers = {"If-None-Match": record["etag"]} if record.get("etag") else {}
+    if record.get("last_modified"):
+        headers["If-Modified-Since"] = record["last_modified"]
+    response = _open(remote.url, headers)
+    if response is None:
+        return record["digest"]
+    response.close()
+    return None
+
+
 def http_download(remote: Remote, directory: str) -> Download:
     response = _open(remote.url, {})
     if response is None:
@@ -260,8 +278,10 @@ class RemoteFetch:
     the cache can answer), ``fetch()`` for the directory and source name to copy from.
     ``close()`` removes what was downloaded."""
 
-    def __init__(self, remote: Remote, records: str, staging: Callable[[str], str]) -> None:
+    def __init__(self, remote: Remote, records: str, staging: Callable[[str], str],
+                 dry: bool = False) -> None:
         self.remote = remote
+        self.dry = dry      # check mode: no download, nothing written
         self.records = records
         self._staging = staging
         self.directory: Optional[str] = None
@@ -277,14 +297,18 @@ class RemoteFetch:
         return os.path.join(self.records, hashlib.sha256(self.remote.url.encode()).hexdigest()
                             + ".json")
 
-    def descriptor(self) -> str:
-        """What the content is known as, for the history line and the cache key."""
+    def descriptor(self) -> Optional[str]:
+        """What the content is known as, for the history line and the cache key (None in
+        check mode when only a download could tell)."""
         if self.remote.git:
             self._commit = self._commit or git_commit(self.remote)
             return "git:%s%s%s" % (self._commit, ":" + self.remote.subdir if self.remote.subdir
                                    else "", " keep-git-dir" if self.remote.keep_git_dir else "")
         if self._download is not None:
             return "url:" + self._download.digest
+        if self.dry:
+            known = http_known(self.remote, read_json_or_none(self._record_path()))
+            return None if known is None else "url:" + known
         digest, self._download = http_probe(self.remote, read_json_or_none(
             self._record_path()), self._dir())
         return "url:" + digest

@@ -113,6 +113,13 @@ def test_add_url_checksum_mtime_mode_and_cache(root, tmp_path):
         again = build(root, spec=spec, tag=["u:1"])
         assert again["image_id"] == out["image_id"] and not again["changed"]
         assert served.requests[count:] == [("/pkg.tar.gz", 304)]
+        # check mode: the 304 says cached, and nothing is written
+        before = snapshot(root)
+        checked = image_build({"data_root": root, "spec": spec, "tag": ["u:1"]}, check_mode=True)
+        assert not checked["changed"] and snapshot(root) == before
+        fresh = image_build({"data_root": root, "spec": spec.replace("/opt/", "/new/"),
+                             "tag": ["u:9"]}, check_mode=True)
+        assert fresh["changed"] and snapshot(root) == before
         # changed content: a new layer
         (www / "pkg.tar.gz").write_bytes(b"new\n")
         third = build(root, spec="FROM busybox:test\nADD %s/pkg.tar.gz /opt/\n" % served.url,
