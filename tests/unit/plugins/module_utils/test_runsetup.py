@@ -146,6 +146,11 @@ def test_secret_is_seen_by_the_step_and_nowhere_in_the_store(root, tmp_path, mon
     # the history names neither the value nor ... the RUN line has no secret in it
     assert all(SECRET not in h["created_by"] for h in out["history"])
     assert store_files_containing(root, SECRET) == []
+    # the secret's value is not in the cache key: another value, the same step
+    src.write_text(SECRET + "-rotated")
+    again = build(root, spec=spec, tag=["s:1"], secrets={
+        "token": {"src": str(src)}, "tok2": {"env": "STRATA_TEST_TOKEN"}})
+    assert again["image_id"] == out["image_id"] and not again["changed"]
 
 
 def test_bind_mounts_context_stage_and_tmpfs(root, tmp_path):
@@ -156,8 +161,10 @@ def test_bind_mounts_context_stage_and_tmpfs(root, tmp_path):
             "FROM busybox:test\n"
             "RUN --mount=type=bind,source=src,target=/src "
             "--mount=type=bind,from=tools,source=/tool.txt,target=/mnt/tool.txt "
+            "--mount=type=bind,from=busybox:test,source=/etc,target=/base-etc "
             "--mount=type=tmpfs,target=/scratch "
             "cat /src/a.txt /mnt/tool.txt > /out && echo t > /scratch/t && "
+            "test -f /base-etc/passwd && "
             "(echo no > /src/new 2>/dev/null && echo writable || echo ro) >> /out\n"
             "RUN --mount=type=bind,source=src,target=/src,rw echo w > /src/new && "
             "cat /src/new >> /out\n")
@@ -165,6 +172,7 @@ def test_bind_mounts_context_stage_and_tmpfs(root, tmp_path):
     view = files_of(root, "b:1", tmp_path)
     assert view["out"] == b"A\ntool\nro\nw\n"
     assert "src" not in view and "scratch" not in view and "mnt" not in view
+    assert "base-etc" not in view
     assert not (ctx / "src" / "new").exists()      # rw writes are thrown away
     # the bound content is part of the cache key
     (ctx / "src" / "a.txt").write_text("B\n")
