@@ -63,13 +63,13 @@ from ansible_collections.strata.layers.plugins.module_utils._remote import Remot
 from ansible_collections.strata.layers.plugins.module_utils._runmounts import (
     Mount, MountError, network_mode, secret_sources, tree_digest)
 from ansible_collections.strata.layers.plugins.module_utils._runsetup import (
-    MountSources, RunOptions, attach_mounts, context_filter, network_files, run_environment)
+    MountSources, RunOptions, attach_mounts, context_filter, network_files, run_environment,
+    run_log)
 from ansible_collections.strata.layers.plugins.module_utils._safepath import resolve_beneath
-from ansible_collections.strata.layers.plugins.module_utils._sandbox import Sandbox
+from ansible_collections.strata.layers.plugins.module_utils._sandbox import Sandbox, StepFailed
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
 
 CACHE_VERSION = "strata-build-cache/1"
-KEEP_LOGS = 20   # output logs of failed RUN steps kept in <data_root>/logs/
 
 
 @dataclass
@@ -418,10 +418,16 @@ class Builder:
                     network_files(sandbox, hostname)
                 sandbox.add_files(args.files)
                 sandbox.ensure_workdir(step.state.workdir, (who.uid, who.gid))
-                log = self._log_path(record.id)
-                sandbox.run(args.argv, env, step.state.workdir, (who.uid, who.gid), what,
-                            timeout=self.options.step_timeout, groups=who.groups, log=log)
-                os.unlink(log)   # kept only when the step failed (its message names it)
+                log = run_log(record.id)
+                try:
+                    sandbox.run(args.argv, env, step.state.workdir, (who.uid, who.gid), what,
+                                timeout=self.options.step_timeout, groups=who.groups, log=log)
+                except StepFailed:
+                    raise           # the log stays: the message names it
+                except BaseException:
+                    os.unlink(log)
+                    raise
+                os.unlink(log)
         finally:
             store.driver.unmount(target)
             remove_tree(target)
@@ -466,13 +472,6 @@ class Builder:
             remove_tree(target)
             mark.done()
 
-    def _log_path(self, cid: str) -> str:
-        logs = os.path.join(self.store.root, "logs")
-        makedirs(logs)
-        old = sorted((os.path.join(logs, n) for n in os.listdir(logs)), key=os.path.getmtime)
-        for path in old[:-(KEEP_LOGS - 1)]:
-            os.unlink(path)
-        return os.path.join(logs, "run-%s.log" % cid[:12])
 
 
 def describe(result: BuildResult) -> List[Dict[str, Any]]:

@@ -18,6 +18,7 @@ import hashlib
 import os
 import shutil
 import stat
+import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Dict, List, Optional, Tuple
 
@@ -257,6 +258,16 @@ def _ssh(sandbox: Sandbox, mount: Mount, options: RunOptions, env: Dict[str, str
         raise InvalidInput("ssh option: %s is not a socket" % sock)
     sandbox.bind(sock, mount.target, False)
     env["SSH_AUTH_SOCK"] = mount.target
+
+
+# ---------------------------------------------------------------------- output
+
+def run_log(cid: str) -> str:
+    """A new file (0600, in the host's temporary directory, never in the store: a failed
+    build leaves the store as it was) for a RUN step's whole output."""
+    fd, path = tempfile.mkstemp(prefix="strata-run-%s-" % cid[:12], suffix=".log")
+    os.close(fd)
+    return path
 
 
 # ---------------------------------------------------------------------- environment

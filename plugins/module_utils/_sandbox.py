@@ -605,8 +605,10 @@ class Sandbox:
         code, tail = _supervise(self.command(), json.dumps(config).encode("ascii"),
                                 timeout, log)
         if code is None:
-            raise StepFailed("%s did not finish within %ss (step_timeout); last output:\n%s"
-                             % (what, timeout, _tail(tail)), output=_tail(tail), log=log)
+            raise StepFailed("%s did not finish within %ss (step_timeout); last output:\n%s%s"
+                             % (what, timeout, _tail(tail),
+                                "\n(whole output: %s)" % log if log else ""),
+                             output=_tail(tail), log=log)
         output = tail.decode("utf-8", "replace")
         if code != 0:
             text = _tail(tail)
@@ -648,7 +650,12 @@ def _supervise(command: List[str], config: bytes, timeout: Optional[float],
             if not chunk:
                 break
             if sink is not None:
-                sink.write(chunk)
+                try:
+                    sink.write(chunk)
+                except OSError:
+                    # a full /tmp must not fail the step: the log stops, the tail stays
+                    sink.close()
+                    sink = None
             tail += chunk
             del tail[:-MAX_OUTPUT]
         return proc.wait(), bytes(tail)

@@ -49,8 +49,10 @@ description:
   - "A C(RUN) step's environment is Docker's: C(HOSTNAME), C(HOME) from the user's passwd
     entry (C(/root) for root), the default C(PATH) when the image sets none, and the
     user's supplementary groups with its primary group (C(id) prints C(groups=0(root))).
-    Its whole output goes to C(<data_root>/logs/run-ID.log); a failing step's message
-    holds the last lines and names that file (successful steps' logs are removed)."
+    Its whole output goes to a file C(strata-run-ID-*.log) (mode 0600) in the host's
+    temporary directory, never the store; a failing step's message holds the last lines
+    and names that file (a successful step's is removed). Only the last 256 KiB are
+    kept in memory."
 author:
   - strata.layers developers (@strata-layers)
 extends_documentation_fragment:
