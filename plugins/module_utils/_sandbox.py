@@ -476,6 +476,9 @@ class Sandbox:
         self.network = network
         self.user_namespaces = user_namespaces
         self._created: List[str] = []
+        # directories of the image a mount point was made in: (path, atime, mtime before,
+        # mtime once every mount point was made), so their times can be put back
+        self._touched: Dict[str, List[int]] = {}
         self._dev: Optional[str] = None
         self._mounts: List[Dict[str, Any]] = []
 
@@ -486,6 +489,7 @@ class Sandbox:
                 raise InvalidInput("/%s in the image is not a directory; RUN cannot mount it"
                                    % name)
             if not os.path.exists(path):
+                self._touch(self.root)
                 os.mkdir(path, 0o755)
                 self._created.append(path)
         self._dev = os.path.join(self.root, "dev")
@@ -496,6 +500,7 @@ class Sandbox:
     def __exit__(self, *exc: object) -> None:
         if self._dev and mount_at(self._dev) is not None:
             umount(self._dev)
+        untouched = [p for p, times in self._touched.items() if _mtime(p) == times[2]]
         for path in reversed(self._created):
             try:
                 if os.path.isdir(path) and not os.path.islink(path):
@@ -504,6 +509,21 @@ class Sandbox:
                     os.unlink(path)
             except OSError:
                 pass  # the step put something there: it is the step's to keep
+        # a directory only our mount points changed gets its times back, so the step's
+        # layer is the same bytes on every run (the step's own changes keep theirs)
+        for path in untouched:
+            atime, mtime = self._touched[path][:2]
+            os.utime(path, ns=(atime, mtime), follow_symlinks=False)
+
+    def _touch(self, directory: str) -> None:
+        if directory not in self._touched:
+            st = os.lstat(directory)
+            self._touched[directory] = [st.st_atime_ns, st.st_mtime_ns, st.st_mtime_ns]
+
+    def _settle(self) -> None:
+        """Just before the step: the times our mount points left on the directories."""
+        for path, times in self._touched.items():
+            times[2] = _mtime(path)
 
     @staticmethod
     def _populate_dev(dev: str) -> None:
@@ -549,6 +569,7 @@ class Sandbox:
         while not os.path.lexists(parent):
             missing.append(parent)
             parent = os.path.dirname(parent)
+        self._touch(parent)
         for directory_path in reversed(missing):
             os.mkdir(directory_path, 0o755)
             self._created.append(directory_path)
@@ -597,6 +618,7 @@ class Sandbox:
         ``MAX_OUTPUT`` bytes are kept in memory."""
         # parents before children: a cache inside a bind must be mounted after it
         mounts = sorted(self._mounts, key=lambda m: m["target"].count("/"))
+        self._settle()
         config = {"root": self.root, "workdir": workdir, "uid": owner[0], "gid": owner[1],
                   "groups": list(groups if groups is not None else [owner[1]]),
                   "argv": list(argv), "env": dict(env), "hostname": self.hostname,
@@ -616,6 +638,13 @@ class Sandbox:
                              % (what, code, text, "\n(whole output: %s)" % log if log else ""),
                              exit_code=code, output=text, log=log)
         return output
+
+
+def _mtime(path: str) -> int:
+    try:
+        return os.lstat(path).st_mtime_ns
+    except OSError:
+        return -1
 
 
 def _die_with_parent() -> None:
