@@ -110,8 +110,8 @@ class Buildah:
         self.runroot = runroot
         # buildah keeps cache mounts under $TMPDIR/buildah-cache-<uid>: one per round
         self.tmp = tempfile.mkdtemp(prefix="sbt-", dir="/var/tmp")
-        sh(podman_cmd(self.root, runroot, "buildah") + ["pull", "-q",
-                                                         "docker-archive:" + self.base])
+        sh(podman_cmd(self.root, runroot, "buildah") + [
+            "pull", "-q", "docker-archive:" + self.base])
 
     def build(self, bust: str) -> None:
         sh(podman_cmd(self.root, self.runroot, "buildah") + [
@@ -141,8 +141,9 @@ class Docker:
             "--pidfile", os.path.join(self.dir, "dockerd.pid"), "--iptables=false",
             "--ip-forward=false", "--ip-masq=false", "--bridge=none"],
             stdout=log, stderr=log)
-        for _ in range(300):
-            if subprocess.run(self.cmd() + ["info"], capture_output=True).returncode == 0:
+        for _attempt in range(300):
+            if subprocess.run(self.cmd() + ["info"], capture_output=True,
+                              check=False).returncode == 0:
                 break
             time.sleep(0.1)
         else:

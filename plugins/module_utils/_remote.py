@@ -266,8 +266,8 @@ def git_checkout(remote: Remote, commit: str, directory: str) -> str:
         return "repo"
     path = os.path.join(tree, remote.subdir)
     if os.path.islink(path) or not os.path.isdir(path):
-        raise RemoteError("%s has no directory %s at %s" % (remote.repo, remote.subdir,
-                                                             remote.ref or "HEAD"))
+        raise RemoteError("%s has no directory %s at %s"
+                          % (remote.repo, remote.subdir, remote.ref or "HEAD"))
     return os.path.join("repo", remote.subdir)
 
 

@@ -664,7 +664,8 @@ def _supervise(command: List[str], config: bytes, timeout: Optional[float],
     tail = bytearray()
     sink = open(log, "ab") if log else None
     try:
-        assert proc.stdin is not None and proc.stdout is not None
+        if proc.stdin is None or proc.stdout is None:
+            raise RuntimeError("Popen gave no pipes")
         proc.stdin.write(config)
         proc.stdin.close()
         fd = proc.stdout.fileno()

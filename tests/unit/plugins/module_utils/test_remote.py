@@ -4,10 +4,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.server
+import io
 import os
+import shutil
 import subprocess
 import tarfile
-import io
 import threading
 
 import pytest
@@ -158,7 +159,7 @@ def git(*args, cwd=None):
 @pytest.fixture
 def repo(tmp_path):
     """A repository served over git's dumb HTTP protocol (a bare clone + http.server)."""
-    if subprocess.run(["which", "git"], capture_output=True).returncode:
+    if shutil.which("git") is None:
         pytest.skip("git is not installed")
     work = tmp_path / "work"
     work.mkdir()

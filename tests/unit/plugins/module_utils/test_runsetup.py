@@ -40,8 +40,8 @@ def build(root, **kw):
 @contextlib.contextmanager
 def http_server(directory):
     """A real HTTP server on 127.0.0.1 (a free port), stopped at the end."""
-    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(  # noqa: E731
-        *a, directory=str(directory), **k)
+    def handler(*a, **k):
+        return http.server.SimpleHTTPRequestHandler(*a, directory=str(directory), **k)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -271,7 +271,8 @@ def test_no_user_namespaces_unless_asked(root, tmp_path):
 
 
 def _step_pids(marker):
-    found = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout
+    found = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True,
+                           check=False).stdout
     return [int(p) for p in found.split()]
 
 
