@@ -217,7 +217,8 @@ class Store:
                 remove_tree(os.path.join(self.tmp, name))
                 self.recovered.append("removed tmp/%s" % name)
         for sub in ("", "layers", "images", "containers", "distribution", "sources",
-                    "incomplete", "pulls", os.path.join("cache", "build")):
+                    "incomplete", "pulls", os.path.join("cache", "build"),
+                    os.path.join("cache", "remote")):
             self._sweep_temp_files(os.path.join(self.root, sub))
         for home in self.driver_homes():
             self.recovered += ["removed %s" % p for p in home.sweep()]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import http.server
 import os
@@ -18,6 +19,7 @@ from ansible_collections.strata.layers.plugins.module_utils._errors import (
     InvalidInput, StoreError)
 from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
 from ansible_collections.strata.layers.plugins.module_utils._prune import store_prune
+from ansible_collections.strata.layers.plugins.module_utils._runsetup import cache_path
 from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
 
 from tests.support import ops
@@ -125,6 +127,21 @@ def test_cache_mount_owner_and_sharing(root, tmp_path):
             "echo ok > /c/f && stat -c '%u %g %a' /c > /tmp/st\n")
     build(root, spec=spec, tag=["o:1"])
     assert files_of(root, "o:1", tmp_path)["tmp/st"] == b"65534 65534 700\n"
+
+
+def test_private_sharing_takes_a_fresh_instance_while_the_cache_is_in_use(root, tmp_path):
+    spec = ("FROM busybox:test\nRUN --mount=type=cache,target=/c,id=p,sharing=private "
+            "%s(ls /c > /seen; echo here > /c/mark)\n")
+    build(root, spec=spec % "", tag=["p:1"])
+    assert files_of(root, "p:1", tmp_path)["seen"] == b""
+    home = cache_path(root, "p")
+    with open(os.path.join(home, "lock")) as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)     # another build is using it
+        build(root, spec=spec % "true; ", tag=["p:2"])
+    assert files_of(root, "p:2", tmp_path)["seen"] == b""   # not the busy one
+    assert sorted(os.listdir(home)) == ["data", "lock"]     # the private one is gone
+    build(root, spec=spec % "true && ", tag=["p:3"])
+    assert files_of(root, "p:3", tmp_path)["seen"] == b"mark\n"
 
 
 def test_secret_is_seen_by_the_step_and_nowhere_in_the_store(root, tmp_path, monkeypatch):
