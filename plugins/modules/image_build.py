@@ -188,6 +188,33 @@ EXAMPLES = r"""
       - RUN: chmod +x /app/run.sh
       - CMD: [/app/run.sh]
     tag: [acme/app:1]
+
+- name: BuildKit mounts, a secret and the host's network (RUN's default)
+  strata.layers.image_build:
+    context: /srv/app
+    spec: |
+      FROM debian:bookworm
+      ADD --checksum=sha256:5e1c2f7a0b8d4e3c9a6f1b2d7e8c0a4f3b9d6e1c2a7f8b0d4e3c9a6f1b2d7e8c \
+          https://downloads.example.com/tool-1.2.tar.gz /opt/
+      RUN --mount=type=cache,target=/var/cache/apt,sharing=locked \
+          --mount=type=secret,id=netrc,target=/root/.netrc \
+          apt-get update && apt-get install -y build-essential
+      RUN --mount=type=bind,source=src,target=/src make -C /src install
+    secrets:
+      netrc: {src: /root/.netrc}
+    tag: [acme/tool:1.2]
+
+- name: The same flags in the YAML form, and a git source
+  strata.layers.image_build:
+    instructions:
+      - FROM: alpine:3.20
+      - ADD: "https://git.example.com/acme/lib.git#v2.1:include /usr/local/include/lib/"
+      - RUN: "--mount=type=cache,target=/root/.cache/pip --network=host pip install lib"
+    tag: [acme/lib:2.1]
+
+- name: Empty the build's cache mounts too
+  strata.layers.store_prune:
+    build_cache: true
 """
 
 RETURN = r"""
