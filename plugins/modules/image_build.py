@@ -42,7 +42,9 @@ description:
     default the target, across builds; C(sharing=shared|private|locked), C(uid), C(gid),
     C(mode); never in a layer; removed by M(strata.layers.store_prune) with
     C(build_cache=true)), C(type=bind) (C(source) from the context, or C(from) a stage or
-    image; read-only unless C(rw), whose writes are discarded), C(type=tmpfs),
+    image; read-only unless C(rw), whose writes are discarded; from the context it shows
+    what C(.dockerignore) keeps, through a copy when that file excludes anything),
+    C(type=tmpfs),
     C(type=secret) (see O(secrets)), C(type=ssh) (see O(ssh)). Mount points the step
     needed are removed afterwards, so they stay out of the layer. An unknown type or key
     fails with the line, before anything is built."
