@@ -473,7 +473,6 @@ class Builder:
             mark.done()
 
 
-
 def describe(result: BuildResult) -> List[Dict[str, Any]]:
     return [{"created_by": s.created_by, "size": s.size, "empty_layer": s.empty_layer,
              "cached": s.cached} for s in result.history]
