@@ -624,20 +624,20 @@ class Sandbox:
                   "argv": list(argv), "env": dict(env), "hostname": self.hostname,
                   "mounts": mounts, "staging": os.path.join(self.root, "dev", STAGING),
                   "user_namespaces": self.user_namespaces}
-        code, tail = _supervise(self.command(), json.dumps(config).encode("ascii"),
-                                timeout, log)
+        code, tail, total = _supervise(self.command(), json.dumps(config).encode("ascii"),
+                                       timeout, log)
+        if code == 0:
+            return tail.decode("utf-8", "replace")
+        text = _tail(tail)
+        if log and total == len(tail) and len(tail.splitlines()) <= TAIL_LINES:
+            os.unlink(log)   # the message holds all of it: no file to keep
+            log = None
+        more = "\n(whole output: %s)" % log if log else ""
         if code is None:
             raise StepFailed("%s did not finish within %ss (step_timeout); last output:\n%s%s"
-                             % (what, timeout, _tail(tail),
-                                "\n(whole output: %s)" % log if log else ""),
-                             output=_tail(tail), log=log)
-        output = tail.decode("utf-8", "replace")
-        if code != 0:
-            text = _tail(tail)
-            raise StepFailed("%s failed with exit code %d; last output:\n%s%s"
-                             % (what, code, text, "\n(whole output: %s)" % log if log else ""),
-                             exit_code=code, output=text, log=log)
-        return output
+                             % (what, timeout, text, more), output=text, log=log)
+        raise StepFailed("%s failed with exit code %d; last output:\n%s%s"
+                         % (what, code, text, more), exit_code=code, output=text, log=log)
 
 
 def _mtime(path: str) -> int:
@@ -655,13 +655,15 @@ def _die_with_parent() -> None:
 
 
 def _supervise(command: List[str], config: bytes, timeout: Optional[float],
-               log: Optional[str]) -> Tuple[Optional[int], bytes]:
-    """Run the sandbox; stream its output to ``log``, keep the tail; None on timeout."""
+               log: Optional[str]) -> Tuple[Optional[int], bytes, int]:
+    """Run the sandbox; stream its output to ``log``, keep the tail; the exit code (None
+    on timeout), the tail and the number of bytes it wrote."""
     deadline = None if timeout is None else time.monotonic() + timeout
     proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, env={"PATH": HOST_PATH, "LC_ALL": "C"},
                             preexec_fn=_die_with_parent)
     tail = bytearray()
+    total = 0
     sink = open(log, "ab") if log else None
     try:
         if proc.stdin is None or proc.stdout is None:
@@ -675,7 +677,7 @@ def _supervise(command: List[str], config: bytes, timeout: Optional[float],
             if not ready:
                 proc.kill()
                 proc.wait()
-                return None, bytes(tail)
+                return None, bytes(tail), total
             chunk = os.read(fd, 1 << 16)
             if not chunk:
                 break
@@ -687,8 +689,9 @@ def _supervise(command: List[str], config: bytes, timeout: Optional[float],
                     sink.close()
                     sink = None
             tail += chunk
+            total += len(chunk)
             del tail[:-MAX_OUTPUT]
-        return proc.wait(), bytes(tail)
+        return proc.wait(), bytes(tail), total
     finally:
         if proc.poll() is None:
             proc.kill()

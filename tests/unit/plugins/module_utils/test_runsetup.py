@@ -251,6 +251,10 @@ def test_output_is_bounded_in_memory_and_whole_in_the_log(root):
     assert log in str(info.value) and os.stat(log).st_mode & 0o077 == 0
     os.unlink(log)
     assert snapshot(root) == before     # a failed build leaves the store as it was
+    # output the message holds whole leaves no file
+    with pytest.raises(StoreError, match="exit code 4") as info:
+        build(root, spec="FROM busybox:test\nRUN echo short; exit 4\n")
+    assert info.value.details["log"] is None and "short" in str(info.value)
 
 
 def test_step_timeout_kills_the_step_and_all_it_started(root):
@@ -307,7 +311,8 @@ def test_a_killed_module_leaves_no_step_process_and_the_next_open_no_mount(root,
     marker = "^sleep %d$" % (number + 1)   # only the step's sleep: the spec holds no such text
     cache = "--mount=type=cache,target=/c --mount=type=tmpfs,target=/t"
     proc = ops.start("build", {"data_root": root, "spec": "FROM busybox:test\nRUN %s "
-                               "echo started && exec sleep $((%d + 1))\n" % (cache, number)})
+                               "echo started && exec sleep $((%d + 1))\n" % (cache, number)},
+                     env=ops.child_env(extra={"TMPDIR": str(tmp_path)}))   # its log goes there
     try:
         _wait(lambda: _step_pids(marker), "the step to start")
         os.kill(proc.pid, signal.SIGKILL)       # the module only, not its process group
