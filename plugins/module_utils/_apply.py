@@ -36,6 +36,7 @@ from ansible_collections.strata.layers.plugins.module_utils._copytree import Sha
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, InvalidInput, StoreError)
 from ansible_collections.strata.layers.plugins.module_utils._safepath import Beneath, NotBeneath
+from ansible_collections.strata.layers.plugins.module_utils._sparse import SparseWriter
 from ansible_collections.strata.layers.plugins.module_utils._tarformat import (
     CHRTYPE, DIRTYPE, FIFOTYPE, LNKTYPE, SYMTYPE, ChunkReader, HeaderParser, Member,
     Truncated)
@@ -211,6 +212,9 @@ class Applier:
             self._hardlink(pfd, name, member)
         elif member.typeflag == SYMTYPE:
             os.symlink(member.linkname, name, dir_fd=pfd)
+            # Docker's layer size (a walk of the layer's directory with lstat) counts a
+            # symlink as the length of its target
+            self.size += len(member.linkname)
             self._owner(pfd, name, None, member, symlink=True)
             self._xattrs(pfd, name, None, member)
             os.utime(name, ns=self._times(member), dir_fd=pfd, follow_symlinks=False)
@@ -290,14 +294,19 @@ class Applier:
             left = member.size
             if left and self.split is not None:
                 self.split.file(path, left)
+            # runs of zeros become holes: a sparse file stays sparse through a commit
+            # or a migration instead of taking its full size
+            writer = SparseWriter(fd) if write else None
             while left:
                 view = reader.read_some(left)
                 if not view:
                     raise Truncated("%s: the stream ends inside the data of member %r"
                                     % (self.what, member.display()), member=member.display())
                 left -= len(view)
-                while write and view:
-                    view = view[os.write(fd, view):]
+                if writer is not None:
+                    writer.write(view)
+            if writer is not None:
+                writer.finish()
             self._owner(None, None, fd, member)
             os.chmod(fd, member.mode)
             self._xattrs(None, None, fd, member)
@@ -311,8 +320,10 @@ class Applier:
 
     def _hardlink(self, pfd: int, name: bytes, member: Member) -> None:
         target = member.linkname
-        if target.startswith(b"/") or b"\0" in target:
-            raise self._refuse("is a hardlink to an absolute or invalid name")
+        if b"\0" in target:
+            raise self._refuse("is a hardlink to an invalid name")
+        # an absolute link name is taken relative to the layer root, as GNU tar (which
+        # strips the leading '/') and Docker's extraction (joined to the root) read it
         parts = [p for p in target.split(b"/") if p not in (b"", b".")]
         if b".." in parts:
             raise self._refuse("is a hardlink that escapes the layer root with '..'")

@@ -18,20 +18,20 @@ manifest.json.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import stat
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils._compression import (
-    CHUNK, DecodedStream, RangeReader, detect)
+    CHUNK, DecodedStream, RangeReader, detect, open_regular, read_head)
 from ansible_collections.strata.layers.plugins.module_utils._digest import (
     hex_of, is_digest, sha256_bytes)
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, DigestMismatch, InvalidInput, NotFound, StoreError, Unsupported)
 from ansible_collections.strata.layers.plugins.module_utils._images import (
     ImageConfig, host_platform, json_object, normalize_tag, parse_config)
+from ansible_collections.strata.layers.plugins.module_utils._jsondoc import Bounds, loads
 from ansible_collections.strata.layers.plugins.module_utils._tarformat import (
     BLOCK, DIRTYPE, GNU_LONGLINK, GNU_LONGNAME, LNKTYPE, MAX_EXTENSION, PAX_GLOBAL, PAX_LOCAL,
     SYMTYPE, ZERO_BLOCK, ChunkReader, HeaderParser, Member, parse_pax)
@@ -122,7 +122,7 @@ class TarIndex(_Members):
 
     def __init__(self, path: str, shown: Optional[str] = None) -> None:
         super().__init__(shown or path)
-        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self.fd = open_regular(path, shown)
         try:
             self._scan()
         except BaseException:
@@ -177,11 +177,13 @@ class MemIndex(_Members):
     compressed archive without writing anything.  ``tar_digest`` is the digest of the
     whole stream once it was read to its end."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, limits: Optional["Limits"] = None) -> None:
         super().__init__(path)
         self.data: Dict[str, bytes] = {}
         self.kept = 0
         self.tar_digest: Optional[str] = None
+        self.json_size = limits.json_size if limits else MAX_JSON
+        self.json_total = limits.json_total if limits else MAX_KEPT
 
     def close(self) -> None:
         self.data = {}
@@ -191,7 +193,7 @@ class MemIndex(_Members):
         entry = self._add(member, -1)
         self.data.pop(entry.name, None)     # a later member of the same name replaces it
         left = member.size
-        if member.is_file and left <= MAX_JSON and _may_be_metadata(entry.name):
+        if member.is_file and left <= self.json_size and _may_be_metadata(entry.name):
             head = reader.read_exact(min(left, BLOCK), "member %r" % entry.name)
             left -= len(head)
             # blobs/ holds the layers too: only a blob that begins like JSON is kept
@@ -202,9 +204,10 @@ class MemIndex(_Members):
 
     def _keep(self, name: str, data: bytes) -> None:
         self.kept += len(data)
-        if self.kept > MAX_KEPT:
-            raise InvalidInput("archive %s holds more than %d bytes of JSON: refused, it is "
-                               "no image archive" % (self.path, MAX_KEPT), member=name)
+        if self.kept > self.json_total:
+            raise InvalidInput("archive %s holds more than %d bytes of JSON: refused (raise "
+                               "max_metadata_size if it is genuine)" % (self.path, self.json_total),
+                               member=name)
         self.data[name] = data
 
     def read(self, name: str, limit: int = MAX_JSON) -> bytes:
@@ -236,10 +239,11 @@ def _skip(reader: ChunkReader, left: int, name: str) -> None:
 
 
 def index_stream(source: Callable[[], bytes], what: str,
-                 until: Optional[Callable[[MemIndex], bool]] = None) -> MemIndex:
+                 until: Optional[Callable[[MemIndex], bool]] = None,
+                 limits: Optional["Limits"] = None) -> MemIndex:
     """A MemIndex of the tar stream ``source`` hands out in chunks: all of it (and its
     digest), or only its first members, until ``until`` says enough (to tell what it is)."""
-    index = MemIndex(what)
+    index = MemIndex(what, limits)
     reader = ChunkReader(source, what=what)
     parser = HeaderParser(reader)
     while until is None or not until(index):
@@ -345,33 +349,94 @@ class ArchiveImage:
     manifest_digest: Optional[str] = None
 
 
-def _json(index: Any, name: str, what: str) -> Any:
-    raw = index.read(name)
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise Corrupt("%s %s in %s is not valid JSON" % (what, name, index.path)) from exc
+@dataclass(frozen=True)
+class Limits:
+    """What an archive may make the reader hold: bytes of one manifest, index or config,
+    bytes of all of them together, images (entries of manifest.json or of an index) and
+    layers of one image.  The defaults are far above any real archive; ``layer_import``
+    options raise them."""
+
+    json_size: int = MAX_JSON
+    json_total: int = MAX_KEPT
+    images: int = 1000
+    layers: int = 1000
 
 
-def _verified_json(index: Any, desc: Dict[str, Any], what: str) -> Dict[str, Any]:
-    """A blob the descriptor names, checked against its digest and parsed as an object."""
-    return json_object(_verified_blob(index, desc, what),
-                       "%s %s in %s" % (what, desc.get("digest"), index.path))
+class Metadata:
+    """The JSON members of an archive, read through one budget: each member once (a
+    manifest named by a thousand index entries is read and kept once), and all of them
+    together at most ``limits.json_total`` bytes, so memory does not grow with the fan-out."""
+
+    def __init__(self, index: Any, limits: Limits) -> None:
+        self.index, self.limits, self.path = index, limits, index.path
+        self._read: Dict[str, bytes] = {}
+        self._configs: Dict[str, ImageConfig] = {}
+        self.parsed: Dict[str, Dict[str, Any]] = {}     # verified JSON blobs, by digest
+        self.verified: Set[str] = set()                  # blobs that hashed to their digest
+        self._total = 0
+
+    def has(self, name: str) -> bool:
+        return self.index.has(name)
+
+    def size(self, name: str) -> int:
+        return self.index.size(name)
+
+    def read(self, name: str) -> bytes:
+        data = self._read.get(name)
+        if data is None:
+            data = self.index.read(name, self.limits.json_size)
+            self._total += len(data)
+            if self._total > self.limits.json_total:
+                raise InvalidInput("archive %s: its manifests, indexes and configs add up to more "
+                                   "than %d bytes (max_metadata_size x 4): refused"
+                                   % (self.path, self.limits.json_total), member=name)
+            self._read[name] = data
+        return data
+
+    def config(self, name: str, raw: bytes, where: str) -> ImageConfig:
+        """The config in member ``name``, parsed once however many entries name it."""
+        config = self._configs.get(name)
+        if config is None:
+            config = self._configs[name] = parse_config(raw, where)
+        return config
 
 
-def _verified_blob(index: Any, desc: Dict[str, Any], what: str) -> bytes:
+def _json(index: Metadata, name: str, what: str) -> Any:
+    return loads(index.read(name), "%s %s in %s" % (what, name, index.path),
+                 Bounds(size=index.limits.json_size))
+
+
+def _count(items: List[Any], limit: int, what: str) -> None:
+    if len(items) > limit:
+        raise InvalidInput("%s lists %d entries, more than the %d allowed: refused (raise "
+                           "max_entries if the archive is genuine)" % (what, len(items), limit))
+
+
+def _verified_json(index: Metadata, desc: Dict[str, Any], what: str) -> Dict[str, Any]:
+    """A blob the descriptor names, checked against its digest and parsed as an object
+    (once per archive: a thousand index entries may name the same manifest)."""
+    raw = _verified_blob(index, desc, what)
+    parsed = index.parsed.get(desc["digest"])
+    if parsed is None:
+        parsed = index.parsed[desc["digest"]] = json_object(
+            raw, "%s %s in %s" % (what, desc.get("digest"), index.path))
+    return parsed
+
+
+def _verified_blob(index: Metadata, desc: Dict[str, Any], what: str) -> bytes:
     """The bytes of the blob descriptor ``desc`` names, checked against its digest and size."""
     digest = desc.get("digest", "")
     if not is_digest(digest):
         raise Corrupt("%s in %s names an invalid digest %r" % (what, index.path, digest))
     size = descriptor_size(desc, what, index.path)
     raw = index.read("blobs/sha256/" + hex_of(digest))
-    if sha256_bytes(raw) != digest:
+    if digest not in index.verified and sha256_bytes(raw) != digest:
         raise DigestMismatch("%s blob %s in %s does not match its digest (it hashes to %s)"
                              % (what, digest, index.path, sha256_bytes(raw)))
     if size is not None and len(raw) != size:
         raise DigestMismatch("%s blob %s in %s is %d bytes, but its descriptor says %d"
                              % (what, digest, index.path, len(raw), size))
+    index.verified.add(digest)
     return raw
 
 
@@ -400,22 +465,25 @@ def verify_sizes(index: Any, images: List[ArchiveImage]) -> None:
                                      expected=ref.size, actual=actual)
 
 
-def read_docker_archive(index: Any) -> List[ArchiveImage]:
+def read_docker_archive(index: Any, limits: Limits = Limits()) -> List[ArchiveImage]:
+    index = Metadata(index, limits)
     manifest = _json(index, "manifest.json", "manifest")
     if not isinstance(manifest, list) or not manifest:
         raise Corrupt("manifest.json in %s lists no images" % index.path)
+    _count(manifest, limits.images, "manifest.json of %s" % index.path)
     images = []
     for number, item in enumerate(manifest, 1):
         if not _docker_item(item, required=False):
             raise Corrupt("manifest.json in %s: entry %d has no Config/Layers" % (index.path, number))
         config_name = item["Config"]
         raw = index.read(config_name)
-        config = parse_config(raw, "%s:%s" % (index.path, config_name))
+        config = index.config(config_name, raw, "%s:%s" % (index.path, config_name))
         expected = os.path.basename(config_name).replace(".json", "")
         if len(expected) == 64 and config.id[7:] != expected:
             raise DigestMismatch("config %s in %s does not match its name (it hashes to %s)"
                                  % (config_name, index.path, config.id))
         layers = item.get("Layers") or []
+        _count(layers, limits.layers, "image %d of %s" % (number, index.path))
         if len(layers) != len(config.diff_ids):
             raise Corrupt("image %d of %s lists %d layers but its config has %d diff_ids"
                           % (number, index.path, len(layers), len(config.diff_ids)))
@@ -441,7 +509,9 @@ def _docker_ref(index: Any, member: Any, diff_id: str, sources: Any) -> LayerRef
                     size=descriptor_size(source, "layer", index.path))
 
 
-def read_oci(index: Any, platform: Optional[Tuple[str, str]] = None) -> List[ArchiveImage]:
+def read_oci(index: Any, platform: Optional[Tuple[str, str]] = None,
+             limits: Limits = Limits()) -> List[ArchiveImage]:
+    index = Metadata(index, limits)
     if not index.has("oci-layout"):
         raise Corrupt("%s has no oci-layout file: not an OCI layout" % index.path)
     layout = _json(index, "oci-layout", "oci-layout")
@@ -453,11 +523,15 @@ def read_oci(index: Any, platform: Optional[Tuple[str, str]] = None) -> List[Arc
     manifests = top.get("manifests") if isinstance(top, dict) else None
     if not isinstance(manifests, list) or not manifests:
         raise Corrupt("index.json of %s lists no manifests" % index.path)
+    _count(manifests, limits.images, "index.json of %s" % index.path)
     images = []
     for desc in manifests:
+        if not isinstance(desc, dict):
+            raise Corrupt("index.json of %s lists a manifest that is not a descriptor object"
+                          % index.path)
         name = _ref_name(desc)
         manifest_desc = _pick(index, desc, platform or host_platform())
-        image = _oci_image(index, manifest_desc)
+        image = _oci_image(index, manifest_desc, limits)
         if name:
             image.tags.append(name)
         images.append(image)
@@ -481,6 +555,10 @@ def _pick(index: Any, desc: Dict[str, Any], platform: Tuple[str, str]) -> Dict[s
     while desc.get("mediaType") in INDEX_TYPES:
         nested = _verified_json(index, desc, "index")
         options = nested.get("manifests") or []
+        if not isinstance(options, list) or not all(isinstance(m, dict) for m in options):
+            raise Corrupt("index %s in %s has no list of manifest descriptors"
+                          % (desc.get("digest"), index.path))
+        _count(options, index.limits.images, "index %s in %s" % (desc.get("digest"), index.path))
         wanted = [m for m in options if (m.get("platform") or {}).get("os") == platform[0]
                   and (m.get("platform") or {}).get("architecture") == platform[1]]
         if not wanted and len(options) == 1:
@@ -501,12 +579,18 @@ def _pick(index: Any, desc: Dict[str, Any], platform: Tuple[str, str]) -> Dict[s
     return desc
 
 
-def _oci_image(index: Any, desc: Dict[str, Any]) -> ArchiveImage:
+def _oci_image(index: Any, desc: Dict[str, Any], limits: Limits) -> ArchiveImage:
     manifest = _verified_json(index, desc, "manifest")
     config_desc = manifest.get("config") or {}
+    if not isinstance(config_desc, dict):
+        raise Corrupt("%s: manifest %s has no config descriptor" % (index.path, desc.get("digest")))
     config_raw = _verified_blob(index, config_desc, "config")
-    config = parse_config(config_raw, "%s config %s" % (index.path, config_desc.get("digest")))
+    config = index.config("blobs/sha256/" + hex_of(config_desc["digest"]), config_raw,
+                          "%s config %s" % (index.path, config_desc.get("digest")))
     layer_descs = manifest.get("layers") or []
+    if not isinstance(layer_descs, list):
+        raise Corrupt("%s: manifest %s has no list of layers" % (index.path, desc.get("digest")))
+    _count(layer_descs, limits.layers, "manifest %s in %s" % (desc.get("digest"), index.path))
     if len(layer_descs) != len(config.diff_ids):
         raise Corrupt("%s: manifest %s lists %d layers but its config has %d diff_ids"
                       % (index.path, desc.get("digest"), len(layer_descs), len(config.diff_ids)))
@@ -525,11 +609,25 @@ def _oci_ref(index: Any, layer: Any, diff_id: str) -> LayerRef:
 ARCHIVE_NAMES = ("manifest.json", "index.json", "oci-layout", "repositories")
 
 
-def _parsed(index: Any, name: str) -> Any:
-    """The JSON value of member ``name``, or None when it is absent or not JSON."""
+class _Beyond:
+    """What ``_parsed`` gives for a member beyond a bound (too large or too deep): it is
+    neither proof of an archive nor of a layer."""
+
+    def __init__(self, error: StoreError) -> None:
+        self.error = error
+
+
+def _parsed(index: Any, name: str, limit: int = MAX_JSON) -> Any:
+    """The JSON value of member ``name``; None when it is absent or not JSON, a _Beyond
+    when it is beyond the bounds of a JSON document."""
+    if not index.has(name):
+        return None
     try:
-        return json.loads(index.read(name).decode("utf-8")) if index.has(name) else None
-    except (StoreError, UnicodeDecodeError, ValueError):
+        return loads(index.read(name, limit), "%s in %s" % (name, index.path),
+                     Bounds(size=limit))
+    except InvalidInput as exc:
+        return _Beyond(exc)
+    except StoreError:
         return None
 
 
@@ -561,14 +659,35 @@ METADATA = {"manifest.json": is_docker_manifest, "index.json": is_oci_index,
             "oci-layout": is_oci_layout, "repositories": lambda value: isinstance(value, dict)}
 
 
-def archive_format(index: Any) -> Optional[str]:
+def archive_format(index: Any, limits: Limits = Limits()) -> Optional[str]:
     """``docker-archive`` or ``oci-archive`` when the tar's metadata parses as such; None
-    for any other tar (a layer may well hold a web app's ``manifest.json``)."""
-    if is_docker_manifest(_parsed(index, "manifest.json")):
+    for any other tar (a layer may well hold a web app's ``manifest.json``).
+
+    A top-level manifest.json or index.json beyond the bounds of a JSON document proves
+    nothing by itself; in a tar that otherwise looks like an archive (``blobs/``, members
+    named by digests, an ``oci-layout``) it is refused rather than imported as a layer."""
+    manifest = _parsed(index, "manifest.json", limits.json_size)
+    if is_docker_manifest(manifest):
         return "docker-archive"
-    if is_oci_layout(_parsed(index, "oci-layout")) and is_oci_index(_parsed(index, "index.json")):
+    top = _parsed(index, "index.json", limits.json_size)
+    if is_oci_layout(_parsed(index, "oci-layout")) and is_oci_index(top):
         return "oci-archive"
+    for value in (manifest, top):
+        if isinstance(value, _Beyond) and _archive_names(index):
+            raise InvalidInput("%s; %s looks like an image archive: raise max_metadata_size if "
+                               "it is genuine, or give format: layer if it is a layer"
+                               % (value.error, index.path))
     return None
+
+
+def _archive_names(index: Any) -> bool:
+    """Whether the tar holds the names an image archive has besides its manifest."""
+    for name in index.order:
+        first = name.split("/", 1)[0]
+        if name == "oci-layout" or first == "blobs" or \
+                (len(first) >= 64 and all(c in "0123456789abcdef" for c in first[:64])):
+            return True
+    return False
 
 
 def looks_like_archive(head: MemIndex) -> bool:
@@ -587,24 +706,24 @@ def looks_like_archive(head: MemIndex) -> bool:
     return False
 
 
-def classify(path: str) -> str:
-    """``auto`` format detection for a file or directory."""
+def classify(path: str, limits: Limits = Limits()) -> str:
+    """``auto`` format detection for a file or directory (any other kind of file is
+    refused: detection must never block on a FIFO nor read a device forever)."""
     if os.path.isdir(path):
         if os.path.isfile(os.path.join(path, "oci-layout")) or \
                 os.path.isfile(os.path.join(path, "index.json")):
             return "oci-layout"
         raise InvalidInput("src %s is a directory but not an OCI layout (no oci-layout or "
                            "index.json)" % path)
-    with open(path, "rb") as handle:
-        head = handle.read(16)
-    if detect(head) == "plain":
-        return _classify_tar(path)
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    if detect(read_head(path)) == "plain":
+        return _classify_tar(path, limits)
+    fd = open_regular(path)
     stream = None
     try:
         stream = DecodedStream(lambda n: os.read(fd, n), what=path)
         first = index_stream(stream.chunk, path,
-                             until=lambda head: len(head.order) >= 4 or looks_like_archive(head))
+                             until=lambda head: len(head.order) >= 4 or looks_like_archive(head),
+                             limits=limits)
     except StoreError:
         return "layer"
     finally:
@@ -625,7 +744,7 @@ def _may_be_archive(path: str) -> bool:
     full parser): anything it does not read plainly (a PAX global header, a base-256
     size, a truncated or garbled header) answers True and leaves the decision to the
     full scan, so it never changes what ``classify`` says."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd = open_regular(path)
     try:
         end = os.fstat(fd).st_size
         pos = 0
@@ -681,7 +800,7 @@ def _may_be_archive(path: str) -> bool:
         os.close(fd)
 
 
-def _classify_tar(path: str) -> str:
+def _classify_tar(path: str, limits: Limits) -> str:
     if not _may_be_archive(path):
         return "layer"
     try:
@@ -689,6 +808,6 @@ def _classify_tar(path: str) -> str:
     except StoreError:
         return "layer"
     try:
-        return archive_format(index) or "layer"
+        return archive_format(index, limits) or "layer"
     finally:
         index.close()

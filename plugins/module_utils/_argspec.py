@@ -13,7 +13,27 @@ from ansible_collections.strata.layers.plugins.module_utils._errors import Store
 STORE_OPTIONS: Dict[str, Dict[str, Any]] = {
     "data_root": {"type": "path", "default": "/var/lib/strata"},
     "lock_timeout": {"type": "float", "default": 300.0},
+    "init": {"type": "str", "default": "new", "choices": ["new", "adopt"]},
 }
+
+
+REGISTRY_OPTIONS: Dict[str, Dict[str, Any]] = {
+    "insecure": {"type": "bool", "default": False},
+    "ca_path": {"type": "path"},
+    "username": {"type": "str"},
+    "password": {"type": "str", "no_log": True},
+    "auth_file": {"type": "path"},
+    "timeout": {"type": "int", "default": 60},
+    "connect_timeout": {"type": "int", "default": 30},
+    "blob_timeout": {"type": "int", "default": 3600},
+}
+
+
+def registry_spec(**options: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """The store options, the registry settings (image_pull, image_push), then ``options``."""
+    spec = store_spec(**REGISTRY_OPTIONS)
+    spec.update(options)
+    return spec
 
 
 def store_spec(**options: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:

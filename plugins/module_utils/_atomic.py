@@ -21,7 +21,7 @@ import json
 import os
 import secrets
 import stat
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils._errors import NoSpace, StoreError
 
@@ -72,8 +72,9 @@ def syncfs(path: str) -> None:
         os.close(fd)
 
 
-def write_file(path: str, data: bytes, mode: int = 0o644) -> None:
-    """Atomically and durably replace ``path`` with ``data``."""
+def write_file(path: str, data: bytes, mode: int = 0o644,
+               owner: Optional[Tuple[int, int]] = None) -> None:
+    """Atomically and durably replace ``path`` with ``data`` (``owner``: uid, gid)."""
     directory = os.path.dirname(path) or "."
     tmp = os.path.join(directory, temp_name(os.path.basename(path)))
     try:
@@ -82,6 +83,9 @@ def write_file(path: str, data: bytes, mode: int = 0o644) -> None:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
+            if owner is not None:
+                os.fchown(fd, owner[0], owner[1])
+                os.fchmod(fd, mode)  # chown clears set-id bits; the mode is the caller's
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -15,9 +15,16 @@ copy-up into a container would leave them, so the layer never resets the mode or
 of an existing directory.  The same walk gives the content digest the build cache keys
 on (paths, modes, owners, sizes, contents: not times) and the ``dir:<hex>``/``file:<hex>``
 of the history line.
+
+BuildKit's flags: ``--chmod`` octal or symbolic (``u+x``, ``go-w``, ``a=rX``, applied to
+each entry's own mode); ``--exclude`` patterns (``.dockerignore`` syntax) matched
+against the paths below a source directory, and against the name of a source file;
+``COPY --parents`` keeps each source's path (from the context root, or from a ``/./``
+pivot in the source) below the destination, its parent directories copied too.
 """
 from __future__ import annotations
 
+import errno
 import fnmatch
 import hashlib
 import os
@@ -26,13 +33,15 @@ from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils import _files as files
+from ansible_collections.strata.layers.plugins.module_utils._apply import WHITEOUT_PREFIX
 from ansible_collections.strata.layers.plugins.module_utils._compression import (
     DecodedStream, detect)
-from ansible_collections.strata.layers.plugins.module_utils._dockerfile import Copy, DockerIgnore
+from ansible_collections.strata.layers.plugins.module_utils._dockerfile import (
+    Copy, DockerIgnore, chmod_mode)
 from ansible_collections.strata.layers.plugins.module_utils._errors import InvalidInput, NotFound
 from ansible_collections.strata.layers.plugins.module_utils._imageview import ImageView
 from ansible_collections.strata.layers.plugins.module_utils._safepath import (
-    NotBeneath, resolve_beneath)
+    Beneath, NotBeneath, resolve_beneath)
 from ansible_collections.strata.layers.plugins.module_utils._tarformat import (
     BLKTYPE, CHRTYPE, DIRTYPE, FIFOTYPE, LNKTYPE, REGTYPE, SYMTYPE, ChunkReader, HeaderParser,
     encode_header, end_of_archive, padding)
@@ -139,6 +148,15 @@ class ViewReader:
         return self.name
 
 
+def _relative(path: bytes, base: bytes) -> bytes:
+    return path[len(base) + 1:] if base else path
+
+
+def _below(directory: bytes, name: bytes) -> bytes:
+    """``name`` inside ``directory`` (``b""``: the image root)."""
+    return directory + b"/" + name if directory else name
+
+
 def _clean_source(pattern: str, where: str) -> bytes:
     parts: List[str] = []
     for part in pattern.split("/"):
@@ -188,7 +206,9 @@ class CopyPlan:
         self.reader = reader
         self.owner = owner
         self.what = what
-        self.chmod = int(step.chmod, 8) if step.chmod else None
+        self.chmod = step.chmod
+        self.exclude = DockerIgnore("\n".join(step.excludes), "--exclude") \
+            if step.excludes else None
         self.entries: Dict[bytes, Entry] = {}
         self.archives: List[Tuple[bytes, bytes]] = []   # (dest dir, archive path): ADD tars
         self._plan()
@@ -196,25 +216,31 @@ class CopyPlan:
     # ------------------------------------------------------------------ planning
     def _plan(self) -> None:
         step = self.step
-        matches: List[bytes] = []
+        matches: List[Tuple[bytes, bytes]] = []   # (source path, its --parents pivot)
         for pattern in step.sources:
-            matches += expand(self.reader, pattern)
+            pivot = _clean_source(pattern.split("/./", 1)[0], self.reader.where()) \
+                if step.parents and "/./" in pattern else b""  # type: ignore[attr-defined]
+            matches += [(rel, pivot) for rel in expand(self.reader, pattern)
+                        if not self._excluded_file(rel, pivot)]
         inline = step.heredoc_files
         count = len(matches) + len(inline)
         dest = step.dest_path
         dest_rel = self.view.resolve(dest)
         dest_st = self.view.lstat(dest_rel)
-        into_dir = dest.endswith("/") or count > 1 or (
+        into_dir = dest.endswith("/") or count > 1 or step.parents or (
             dest_st is not None and stat.S_ISDIR(dest_st.st_mode))
         if not into_dir:
             dest_rel = self._resolve_file_dest(dest)
-        for rel in matches:
-            self._source(rel, dest_rel, into_dir)
+        for rel, pivot in matches:
+            if step.parents:
+                self._with_parents(rel, pivot, dest_rel)
+            else:
+                self._source(rel, dest_rel, into_dir)
         for item in inline:
-            target = dest_rel + b"/" + os.fsencode(item.name) if into_dir else dest_rel
+            target = _below(dest_rel, os.fsencode(item.name)) if into_dir else dest_rel
             data = item.content.encode("utf-8")
-            self._add(Entry(target, stat.S_IFREG | 0o644, *self.owner, size=len(data),
-                            data=data, digest=hashlib.sha256(data).hexdigest()))
+            self._add(Entry(target, stat.S_IFREG | self._mode(0o644, False), *self.owner,
+                            size=len(data), data=data, digest=hashlib.sha256(data).hexdigest()))
         if into_dir and dest_rel:
             self._ensure_dir(dest_rel, created_owner=self.owner)
         self._parents()
@@ -232,20 +258,63 @@ class CopyPlan:
             self._tree(rel, dest_rel)
             return
         name = rel.rsplit(b"/", 1)[-1]
-        target = dest_rel + b"/" + name if into_dir else dest_rel
+        target = _below(dest_rel, name) if into_dir else dest_rel
         if self.step.is_add and stat.S_ISREG(st.st_mode) and self._is_archive(rel):
             self._ensure_dir(dest_rel if into_dir else target, created_owner=self.owner)
             self.archives.append((dest_rel if into_dir else target, self.reader.path(rel)))  # type: ignore[attr-defined]
             return
         self._add(self._entry(rel, st, target))
 
-    def _tree(self, rel: bytes, dest_rel: bytes) -> None:
+    def _excluded_file(self, rel: bytes, pivot: bytes) -> bool:
+        """A source file an ``--exclude`` pattern matches: by its name, or with
+        ``--parents`` by its path from the pivot (directories are filtered below, path
+        by path)."""
+        if self.exclude is None:
+            return False
+        st = self.reader.lstat(rel)  # type: ignore[attr-defined]
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            return False
+        if self.step.parents:
+            return self.exclude.matches(os.fsdecode(_relative(rel, pivot)))
+        return self.exclude.matches(os.fsdecode(rel.rsplit(b"/", 1)[-1]))
+
+    def _with_parents(self, rel: bytes, pivot: bytes, dest_rel: bytes) -> None:
+        """COPY --parents: ``rel`` below the destination under its path from the pivot,
+        with the directories on that path copied from the source."""
+        below = _relative(rel, pivot)
+        parts = below.split(b"/")
+        for depth in range(1, len(parts)):
+            source = b"/".join(([pivot] if pivot else []) + parts[:depth])
+            st = self.reader.lstat(source)  # type: ignore[attr-defined]
+            target = b"/".join(p for p in (dest_rel, b"/".join(parts[:depth])) if p)
+            if st is not None and target not in self.entries:
+                self._add(self._entry(source, st, target))
+        target = b"/".join(p for p in (dest_rel, below) if p)
+        st = self.reader.lstat(rel)  # type: ignore[attr-defined]
+        if st is None:
+            raise NotFound("COPY/ADD source %s vanished" % rel.decode("utf-8", "replace"))
+        if stat.S_ISDIR(st.st_mode):
+            self._add(self._entry(rel, st, target))
+            self._tree(rel, target, base=pivot)
+        else:
+            self._add(self._entry(rel, st, target))
+
+    def _mode(self, mode: int, is_dir: bool) -> int:
+        return chmod_mode(self.chmod, mode, is_dir) if self.chmod else stat.S_IMODE(mode)
+
+    def _tree(self, rel: bytes, dest_rel: bytes, base: Optional[bytes] = None) -> None:
+        """The contents of directory ``rel`` below ``dest_rel``; ``--exclude`` patterns
+        match paths from ``base`` (default: ``rel`` itself)."""
+        base = rel if base is None else base
         stack = [(rel, dest_rel)]
         while stack:
             src, dst = stack.pop()
             for name in self.reader.listdir(src):  # type: ignore[attr-defined]
                 child = src + b"/" + name if src else name
                 if not self.reader.visible(child):  # type: ignore[attr-defined]
+                    continue
+                if self.exclude is not None and self.exclude.matches(
+                        os.fsdecode(_relative(child, base))):
                     continue
                 st = self.reader.lstat(child)  # type: ignore[attr-defined]
                 target = dst + b"/" + name if dst else name
@@ -256,9 +325,7 @@ class CopyPlan:
                     stack.append((child, target))
 
     def _entry(self, rel: bytes, st: os.stat_result, target: bytes) -> Entry:
-        mode = st.st_mode
-        if self.chmod is not None:
-            mode = stat.S_IFMT(mode) | self.chmod
+        mode = stat.S_IFMT(st.st_mode) | self._mode(st.st_mode, stat.S_ISDIR(st.st_mode))
         entry = Entry(target, mode, *self.owner, mtime_ns=st.st_mtime_ns, rdev=st.st_rdev)
         if stat.S_ISREG(st.st_mode):
             entry.size = st.st_size
@@ -280,10 +347,24 @@ class CopyPlan:
     def _add(self, entry: Entry) -> None:
         if not entry.dest:
             raise InvalidInput("%s would replace the image's root directory" % self.what)
+        self._refuse_whiteout_name(entry.dest)
         self.entries[entry.dest] = entry
+
+    def _refuse_whiteout_name(self, dest: bytes) -> None:
+        """A layer reads a ``.wh.NAME`` entry as deleting NAME: a copied file with such a
+        name would silently delete a file of the image instead of being copied."""
+        name = next((p for p in dest.split(b"/") if p.startswith(WHITEOUT_PREFIX)), None)
+        if name is not None:
+            raise InvalidInput(
+                "%s: /%s has a whiteout name (%s), which a layer reads as deleting %s, not as "
+                "a file; rename it (or exclude it with .dockerignore)"
+                % (self.what, dest.decode("utf-8", "replace"), name.decode("utf-8", "replace"),
+                   name[len(WHITEOUT_PREFIX):].decode("utf-8", "replace")),
+                member=dest.decode("utf-8", "replace"))
 
     def _ensure_dir(self, rel: bytes, created_owner: Tuple[int, int]) -> None:
         if rel and rel not in self.entries:
+            self._refuse_whiteout_name(rel)
             self.entries[rel] = self._dir_entry(rel, created_owner)
 
     def _dir_entry(self, rel: bytes, created_owner: Tuple[int, int]) -> Entry:
@@ -387,3 +468,113 @@ def _rerooted(archive: bytes, dest: bytes, what: str) -> Iterator[bytes]:
                 yield bytes(piece)
     finally:
         stream.close()
+
+
+def workdir_layer(view: ImageView, path: str, owner: Tuple[int, int], now_ns: int,
+                  what: str) -> Optional[Iterator[bytes]]:
+    """The layer a WORKDIR leaves when its directory is missing from the image (BuildKit
+    creates it, with its missing parents, 0755 and owned by the USER in effect), or None
+    when the image already has it."""
+    rel = view.resolve(path)
+    found = view.lstat(rel)
+    if found is not None and stat.S_ISDIR(found.st_mode) or not rel:
+        return None
+    parts = rel.split(b"/")
+    entries = []
+    for depth in range(1, len(parts) + 1):
+        sub = b"/".join(parts[:depth])
+        st = view.lstat(sub)
+        if st is None:
+            entries.append(Entry(sub, stat.S_IFDIR | 0o755, *owner, mtime_ns=now_ns))
+        elif stat.S_ISDIR(st.st_mode):
+            entries.append(Entry(sub, st.st_mode, st.st_uid, st.st_gid, mtime_ns=st.st_mtime_ns))
+        else:
+            raise InvalidInput("%s: /%s is not a directory in the image, so WORKDIR %s cannot "
+                               "be created" % (what, sub.decode("utf-8", "replace"), path))
+    return _entries_tar(entries)
+
+
+def _entries_tar(entries: List[Entry]) -> Iterator[bytes]:
+    for entry in entries:
+        yield from CopyPlan._emit(entry)
+    yield end_of_archive()
+
+
+MAX_SPEC_BYTES = 8 << 20   # a Dockerfile or .dockerignore larger than this is refused
+
+
+def read_build_file(context: Optional[str], name: str, what: str,
+                    limit: int = MAX_SPEC_BYTES) -> Optional[str]:
+    """The text of a build input (the Dockerfile, ``.dockerignore``), None when it does
+    not exist.
+
+    A relative ``name`` is resolved inside ``context`` as every context path is (a
+    symlink to ``/etc/x`` means the context's ``etc/x``) and opened component by
+    component without following symlinks; an absolute ``name`` is opened as named, but
+    not through a final symlink.  Only a regular file is read, at most ``limit``
+    bytes, and it must be UTF-8.  Messages name the file, never quote its bytes.
+    """
+    try:
+        fd = _open_build_file(context, name)
+    except FileNotFoundError:
+        return None
+    except NotBeneath as exc:
+        raise InvalidInput("%s: %s %s inside the build context" % (
+            what, os.fsdecode(exc.blocker), exc.reason)) from exc
+    except OSError as exc:
+        raise InvalidInput("cannot open %s: %s" % (what, exc.strerror or exc)) from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InvalidInput("%s is not a regular file (a %s): give a file" % (
+                what, _kind(st.st_mode)))
+        data = _read_limited(fd, limit, what)
+    finally:
+        os.close(fd)
+    return _utf8(data, what)
+
+
+def _open_build_file(context: Optional[str], name: str) -> int:
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY
+    if os.path.isabs(name) or not context:
+        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
+    root = os.fsencode(os.path.realpath(context))
+    real = resolve_beneath(root, os.fsencode(name))
+    rel = os.path.relpath(real, root)
+    if rel == b".":
+        raise IsADirectoryError(errno.EISDIR, "is the context directory itself")
+    with Beneath(os.fsdecode(root)) as tree:
+        return tree.open_file(rel, flags)
+
+
+def _read_limited(fd: int, limit: int, what: str) -> bytes:
+    chunks: List[bytes] = []
+    total = 0
+    while True:
+        chunk = os.read(fd, min(1 << 20, limit + 1 - total))
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            raise InvalidInput("%s is larger than %d bytes: refused" % (what, limit))
+
+
+def _utf8(data: bytes, what: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise InvalidInput("%s is not UTF-8 text: byte 0x%02x at line %d, column %d (a "
+                           "Latin-1 file?); save it as UTF-8" % (
+                               what, data[exc.start], line, column), line=line) from None
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "directory"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISFIFO, "FIFO"),
+                       (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return name
+    return "special file"

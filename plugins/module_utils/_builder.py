@@ -2,18 +2,21 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """``image_build``: images from Dockerfile-like specs, with a build cache.
 
-Each step of each needed stage makes an image: RUN, COPY and ADD a layer on the
-previous image's layers, every other instruction a config change with an
-``empty_layer`` history entry (as Docker's classic builder).  Every intermediate image
-is stored (untagged, with its parent) so ``docker history`` has ids to show and the
-build cache has something to hit.
+Each needed stage is built in dependency order.  RUN, COPY and ADD make a layer on the
+previous image's layers (WORKDIR too when its directory is missing, as BuildKit); every
+other instruction is a config change with an ``empty_layer`` history entry (as Docker's
+classic builder).  Layer steps store their image (untagged, with its parent) so the
+build cache has something to hit; a run of config-only steps is applied in memory and
+stored once, before the next layer step or at the stage's end, which keeps a build's
+cost linear in its steps.
 
-The cache: a step is reused when a record ``cache/build/<key>`` names an image that is
-still in the store, the key hashing the parent image id, the instruction after
-substitution (its history line, build args included) and, for COPY/ADD, the content,
-modes and ownership of what it copies.  Changing one context file therefore rebuilds
-from the first step that reads it.  ``no_cache`` ignores the records (and rewrites
-them).
+The cache: a step (or a run of config-only steps) is reused when a record
+``cache/build/<key>`` names an image that is still in the store, the key hashing the key
+or image id before it, the instruction after substitution (its history line, build
+args included) and, for COPY/ADD, the content, modes and ownership of what it copies.
+Changing one context file therefore rebuilds from the first step that reads it.
+``no_cache`` ignores the records (and rewrites them).  A step's error is prefixed with
+its line.
 
 A RUN step: a build container (a container record of kind ``build``) on the previous
 image, mounted under ``tmp/``, its ``--mount``s prepared by ``_runsetup``, the command
@@ -36,6 +39,7 @@ import hashlib
 import json
 import os
 import secrets
+from time import time_ns as now_ns
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -43,16 +47,16 @@ from ansible_collections.strata.layers.plugins.module_utils import _containers a
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
     dumps, makedirs, remove_tree, write_file)
 from ansible_collections.strata.layers.plugins.module_utils._buildcontext import (
-    ContextReader, CopyPlan, ViewReader)
+    ContextReader, CopyPlan, ViewReader, read_build_file, workdir_layer)
 from ansible_collections.strata.layers.plugins.module_utils._changes import chunk_reader
 from ansible_collections.strata.layers.plugins.module_utils._compression import DecodedStream
 from ansible_collections.strata.layers.plugins.module_utils._crash import crash_point
 from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID, is_digest
 from ansible_collections.strata.layers.plugins.module_utils import _dockerfile as dockerfile
 from ansible_collections.strata.layers.plugins.module_utils._dockerfile import (
-    Copy, DockerIgnore, Instruction, Run, Spec, Stage, apply_config)
+    Copy, DockerIgnore, Instruction, Run, Spec, Stage, Workdir, apply_config)
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
-    InvalidInput, NotFound, StoreError)
+    InvalidInput, NotFound, StoreError, Unsupported)
 from ansible_collections.strata.layers.plugins.module_utils._images import (
     ImageRecord, host_platform, parse_config, validate_tags)
 from ansible_collections.strata.layers.plugins.module_utils._imageview import ImageView
@@ -69,17 +73,29 @@ from ansible_collections.strata.layers.plugins.module_utils._safepath import res
 from ansible_collections.strata.layers.plugins.module_utils._sandbox import Sandbox, StepFailed
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
 
-CACHE_VERSION = "strata-build-cache/1"
+CACHE_VERSION = "strata-build-cache/2"
 
 
 @dataclass
 class Current:
-    """Where a stage stands: the image made by its last step (None: FROM scratch, no step)."""
+    """Where a stage stands: the image made by its last step (None: FROM scratch, no
+    step, or config-only steps not stored yet).  ``ident`` is what the next step's cache
+    key builds on: the image id once stored, else the key of the last step (a chain of
+    keys from the last stored image).  ``unstored`` are the results of the config-only
+    steps since the last stored image, whose ``cached`` is known when it is stored."""
 
     config: Dict[str, Any]
     image_id: Optional[str]
     chain: List[ChainID]
     pending: bool = False   # check mode: an earlier step would run, so this is unknown
+    ident: str = ""
+    unstored: List["StepResult"] = field(default_factory=list)
+    parent: Optional[str] = None   # the last stored image, while image_id is None
+
+    def __post_init__(self) -> None:
+        if not self.ident:
+            self.ident = self.image_id or "scratch:" + hashlib.sha256(
+                dumps(self.config)).hexdigest()
 
 
 @dataclass
@@ -127,16 +143,44 @@ class Builder:
         for stage in self.spec.needed_stages():
             steps: List[StepResult] = []
             current = self._base(stage)
+            self._check_depth(stage, current)
             for step in stage.instructions:
-                current, outcome = self._step(stage, step, current)
+                try:
+                    current, outcome = self._step(stage, step, current)
+                except StoreError as exc:
+                    raise self._at_line(exc, step)
                 steps.append(outcome)
-                result.ran += 0 if outcome.cached else 1
+            current = self._store_unstored(current)
+            result.ran += sum(0 if outcome.cached else 1 for outcome in steps)
             self.results[stage.index] = current
             if stage.index == self.spec.target_index:
                 result.history = self._history(current, steps)
                 result.image_id = None if current.pending else current.image_id
                 result.layers = list(current.config["rootfs"]["diff_ids"])
         return result
+
+    def _at_line(self, exc: StoreError, step: Instruction) -> StoreError:
+        """The error with the step's line in front, unless it names it already."""
+        where = "%s line %d" % (self.source, step.line)
+        if where not in exc.msg:
+            exc.msg = "%s (%s): %s" % (where, step.keyword, exc.msg)
+            exc.args = (exc.msg,)
+        exc.details.setdefault("line", step.line)
+        return exc
+
+    def _check_depth(self, stage: Stage, current: Current) -> None:
+        """Refuse up front a stage whose layers the driver cannot stack, naming the step
+        that would go over (not after building the first hundred-odd steps)."""
+        limit = self.store.driver.max_depth
+        depth = len(current.chain)
+        for step in stage.instructions:
+            depth += 1 if step.makes_layer else 0
+            if limit is not None and depth > limit:
+                raise Unsupported("%s line %d (%s): this step would make layer %d of the image; "
+                                  "the %s driver stacks at most %d layers: merge RUN steps or "
+                                  "squash the base image" % (self.source, step.line, step.keyword,
+                                                             depth, self.store.driver.name, limit),
+                                  line=step.line)
 
     def _history(self, current: Current, steps: List[StepResult]) -> List[StepResult]:
         """The target's whole history: its base image's entries, then this build's."""
@@ -150,9 +194,10 @@ class Builder:
         if stage.base_stage is not None:
             return self.results[stage.base_stage]
         if stage.base == "scratch":
-            return Current(scratch_config(), None, [])
+            return Current(_with_path(scratch_config()), None, [])
         image = self._image(stage.base, "FROM %s (line %d)" % (stage.base, stage.line))
-        return Current(json.loads(image.config.raw), image.id, [ChainID(c) for c in image.chain])
+        return Current(_with_path(json.loads(image.config.raw)), image.id,
+                       [ChainID(c) for c in image.chain])
 
     def _image(self, ref: str, what: str) -> ImageRecord:
         try:
@@ -165,6 +210,11 @@ class Builder:
     def _step(self, stage: Stage, step: Instruction, current: Current
               ) -> Tuple[Current, StepResult]:
         if current.pending or self._reads_pending_stage(step) or self._mounts_pending(step):
+            return self._would_run(step, current, step.history("?"))
+        if not (step.makes_layer or isinstance(step.args, Workdir)):
+            return self._config_step(step, current)
+        current = self._store_unstored(current)
+        if current.pending:
             return self._would_run(step, current, step.history("?"))
         if isinstance(step.args, Copy) and step.args.remote is not None:
             fetch = RemoteFetch(step.args.remote, os.path.join(self.store.root, "cache",
@@ -190,19 +240,26 @@ class Builder:
         key = self._key(current, step, created_by)
         hit = None if self.no_cache else self._cached(key)
         if hit is not None:
-            return hit, StepResult(created_by, not step.makes_layer, True,
-                                   self._top_size(hit, step), hit.image_id)
+            # a WORKDIR makes a layer only when its directory was missing
+            made = len(hit.chain) > len(current.chain)
+            return hit, StepResult(created_by, not made, True,
+                                   self._top_size(hit) if made else 0, hit.image_id)
         if self.dry:
             return self._would_run(step, current, created_by)
         if fetch is not None:
             plan = self._remote_plan(step, current, fetch)
             created_by = step.history(str(fetch.descriptor()))   # the content that arrived
             key = self._key(current, step, created_by)
+        what = "%s line %d (%s)" % (self.source, step.line, step.keyword)
         if isinstance(step.args, Run):
+            if not step.args.argv:
+                raise InvalidInput("%s: RUN [] has no command to run (arguments are "
+                                   "required)" % what, line=step.line)
             layer: Optional[LayerRecord] = self._run(step, current)
         elif plan is not None:
-            layer = self._ingest(plan.tar(), current, "%s line %d (%s)" % (
-                self.source, step.line, step.keyword))
+            layer = self._ingest(plan.tar(), current, what)
+        elif isinstance(step.args, Workdir):
+            layer = self._workdir(step, current, what)
         else:
             layer = None
         config = self._child(current, step, created_by, layer)
@@ -220,11 +277,46 @@ class Builder:
         return nxt, StepResult(created_by, layer is None, False, layer.size if layer else 0,
                                image.id)
 
+    def _config_step(self, step: Instruction, current: Current) -> Tuple[Current, StepResult]:
+        """A step that changes the config only: applied in memory.  Storing an image per
+        such step would write the whole history each time (1,200 LABEL lines, 89 MiB);
+        the image is stored once, before the next layer step or at the stage's end."""
+        created_by = step.history("")
+        key = self._key(current, step, created_by)
+        outcome = StepResult(created_by, True, False)
+        nxt = Current(self._child(current, step, created_by, None), None, current.chain,
+                      ident=key, unstored=current.unstored + [outcome],
+                      parent=current.image_id or current.parent)
+        return nxt, outcome
+
+    def _store_unstored(self, current: Current) -> Current:
+        """The image of the config-only steps since the last stored one: from the cache
+        (they are all cached then), else stored now (check mode: unknown, pending)."""
+        if current.image_id is not None or not current.unstored or current.pending:
+            return current
+        hit = None if self.no_cache else self._cached(current.ident)
+        if hit is not None:
+            for outcome in current.unstored:
+                outcome.cached = True
+            hit.ident = current.ident
+            return hit
+        if self.dry:
+            return Current(current.config, None, current.chain, pending=True,
+                           ident=current.ident)
+        parsed = parse_config(dumps(current.config), "build step")
+        self._remember(current.ident, parsed.id)
+        image, _added = self.store.put_image(parsed, {
+            "parent": current.parent, "build_step": current.unstored[-1].created_by})
+        for outcome in current.unstored:
+            outcome.image_id = image.id
+        crash_point("build.step")
+        return Current(current.config, image.id, current.chain, ident=current.ident)
+
     @staticmethod
     def _would_run(step: Instruction, current: Current, created_by: str
                    ) -> Tuple[Current, StepResult]:
         """Check mode: this step would run, so nothing after it can be known."""
-        return (Current(current.config, None, current.chain, pending=True),
+        return (Current(current.config, None, current.chain, pending=True, ident=current.ident),
                 StepResult(created_by, not step.makes_layer, False))
 
     def _reads_pending_stage(self, step: Instruction) -> bool:
@@ -240,9 +332,7 @@ class Builder:
         return any(m.from_stage is not None and self.results[m.from_stage].pending
                    for m in step.args.mounts)
 
-    def _top_size(self, current: Current, step: Instruction) -> int:
-        if not step.makes_layer or not current.chain:
-            return 0
+    def _top_size(self, current: Current) -> int:
         return self.store.layers.get(current.chain[-1]).size
 
     def _child(self, current: Current, step: Instruction, created_by: str,
@@ -264,10 +354,9 @@ class Builder:
 
     # ------------------------------------------------------------------ cache
     def _key(self, current: Current, step: Instruction, created_by: str) -> str:
-        material = [CACHE_VERSION, current.image_id or "scratch:" + hashlib.sha256(
-            dumps(current.config)).hexdigest(), step.keyword, created_by,
-            step.state.run_env() if isinstance(step.args, Run) else None,
-            step.state.workdir, step.state.user]
+        material = [CACHE_VERSION, current.ident, step.keyword, created_by,
+                    step.state.run_env() if isinstance(step.args, Run) else None,
+                    step.state.workdir, step.state.user]
         if isinstance(step.args, Run) and step.args.mounts:
             # where and what is mounted, never a secret's or a cache's content; the
             # network is not part of the key (as in BuildKit)
@@ -280,7 +369,7 @@ class Builder:
         if mount.type != "bind":
             return key
         if mount.from_stage is not None:
-            key["from"] = self.results[mount.from_stage].image_id
+            key["from"] = self.results[mount.from_stage].ident
         elif mount.from_image:
             key["from"] = self._image(mount.from_image, "RUN --mount from=%s"
                                       % mount.from_image).id
@@ -318,10 +407,7 @@ class Builder:
             if not self.context:
                 raise InvalidInput("COPY/ADD from the build context needs the context option")
             ignore_path = os.path.join(self.context, ".dockerignore")
-            text = ""
-            if os.path.isfile(ignore_path):
-                with open(ignore_path, encoding="utf-8", errors="surrogateescape") as handle:
-                    text = handle.read()
+            text = read_build_file(self.context, ".dockerignore", ignore_path) or ""
             self.reader = ContextReader(self.context, DockerIgnore(text, ignore_path))
         return self.reader
 
@@ -362,6 +448,13 @@ class Builder:
             lambda: DecodedStream(chunk_reader(iter(chunks)), what=what),
             current.chain[-1] if current.chain else None, what)
         return layer
+
+    def _workdir(self, step: Instruction, current: Current, what: str) -> Optional[LayerRecord]:
+        view = ImageView(self.store.driver, current.chain)
+        owner = view.user_ids(step.state.user) if step.state.user else (0, 0)
+        tar = workdir_layer(view, step.args.path, owner,  # type: ignore[union-attr]
+                            int(now_ns()), what)
+        return None if tar is None else self._ingest(tar, current, what)
 
     # ------------------------------------------------------------------ RUN
     def _run(self, step: Instruction, current: Current) -> LayerRecord:
@@ -473,6 +566,17 @@ class Builder:
             mark.done()
 
 
+def _with_path(image: Dict[str, Any]) -> Dict[str, Any]:
+    """BuildKit gives every stage a PATH: the default one goes into the config of a base
+    without one (FROM scratch included), so the image keeps it."""
+    if not isinstance(image.get("config"), dict):
+        image["config"] = {}
+    env = list(image["config"].get("Env") or [])
+    if not any(str(item).partition("=")[0] == "PATH" for item in env):
+        image["config"]["Env"] = env + ["PATH=" + dockerfile.DEFAULT_PATH]
+    return image
+
+
 def describe(result: BuildResult) -> List[Dict[str, Any]]:
     return [{"created_by": s.created_by, "size": s.size, "empty_layer": s.empty_layer,
              "cached": s.cached} for s in result.history]
@@ -491,12 +595,12 @@ def _spec(params: Dict[str, Any], base_config: Any = None) -> Tuple[Spec, str]:
     context = params.get("context")
     if not context:
         raise InvalidInput("give context (with a Dockerfile in it), spec or instructions")
-    path = os.path.join(context, params.get("dockerfile") or "Dockerfile")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except OSError as exc:
-        raise NotFound("cannot read the Dockerfile %s: %s" % (path, exc.strerror)) from exc
+    relative = params.get("dockerfile") or "Dockerfile"
+    path = os.path.join(context, relative)
+    text = read_build_file(context, relative, "the Dockerfile %s" % path)
+    if text is None:
+        raise NotFound("cannot read the Dockerfile %s: no such file in the context (a "
+                       "symlink is resolved inside the context, as every context path)" % path)
     name = os.path.basename(path)
     return dockerfile.parse(text, build_args, target, name, base_config), name
 

@@ -24,12 +24,14 @@ from typing import (
 
 from ansible_collections.strata.layers.plugins.module_utils import _files as files
 from ansible_collections.strata.layers.plugins.module_utils._copytree import Shadow
-from ansible_collections.strata.layers.plugins.module_utils._errors import Unsupported
+from ansible_collections.strata.layers.plugins.module_utils._errors import (
+    InvalidInput, Unsupported)
 from ansible_collections.strata.layers.plugins.module_utils._tarformat import (
     BLKTYPE, CHRTYPE, DIRTYPE, FIFOTYPE, LNKTYPE, REGTYPE, SYMTYPE, encode_header, end_of_archive,
     padding)
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+WHITEOUT_PREFIX = b".wh."
 # fuse-overlayfs marks opaque directories with the xattr (when root) and these entries
 FUSE_MARKERS = (b".wh..wh..opq", b".wh..opq")
 OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque", "user.fuseoverlayfs.opaque")
@@ -68,6 +70,19 @@ def _xattrs(path: bytes) -> Dict[str, bytes]:
     return out
 
 
+def _refuse_whiteout_name(rel: bytes) -> None:
+    """A file the container made whose name is a whiteout name (``.wh.NAME``) would be
+    read by every layer consumer as deleting NAME: refused, never turned into one."""
+    name = rel.rsplit(b"/", 1)[-1]
+    if name.startswith(WHITEOUT_PREFIX):
+        shown = rel.decode("utf-8", "replace")
+        raise InvalidInput(
+            "the container's changes hold /%s, whose name is a whiteout name (.wh.*): a layer "
+            "would read it as deleting %s instead of keeping the file. Rename or remove it in "
+            "the container, then run again" % (shown, name[len(WHITEOUT_PREFIX):].decode(
+                "utf-8", "replace")), member=shown)
+
+
 def _is_whiteout(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
@@ -98,6 +113,7 @@ class _Emitter:
         self.size += st.st_size
 
     def entry(self, rel: bytes, st: os.stat_result, with_data: bool = True) -> Iterator[bytes]:
+        _refuse_whiteout_name(rel)
         path = self.full(rel)
         # Docker truncates to seconds (commit); a migration keeps every nanosecond
         mtime = st.st_mtime_ns if self.exact_times else (st.st_mtime_ns // 1_000_000_000) * 1_000_000_000
@@ -168,18 +184,23 @@ class _Listing(NamedTuple):
 
 
 class UpperDiff:
-    """Native diff of an overlay upper directory."""
+    """Native diff of an overlay upper directory.
+
+    ``markers``: the upper is fuse-overlayfs's, whose opaque marker files are its own
+    bookkeeping (skipped); under kernel overlay a file of that name is the container's,
+    and is refused like any other whiteout name rather than silently left out."""
 
     def __init__(self, upper: str, exact_times: bool = False,
-                 shadow: Optional[Shadow] = None) -> None:
+                 shadow: Optional[Shadow] = None, markers: bool = True) -> None:
         self.upper = upper
         self.exact_times = exact_times
         self.shadow = shadow
+        self.markers = FUSE_MARKERS if markers else ()
 
     def size(self) -> int:
         emitter = _Emitter(self.upper)
         for rel, st in self._walk(emitter):
-            if not _is_whiteout(st) and os.path.basename(rel) not in FUSE_MARKERS:
+            if not _is_whiteout(st) and os.path.basename(rel) not in self.markers:
                 emitter.count(st)
         return emitter.size
 
@@ -207,7 +228,7 @@ class UpperDiff:
             if name is None:
                 stack.pop()
                 continue
-            if name in FUSE_MARKERS:
+            if name in self.markers:
                 continue  # fuse-overlayfs's own opaque markers: the xattr says it all
             child = _join(stack[-1].rel, name)
             st = os.lstat(emitter.full(child))

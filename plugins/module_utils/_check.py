@@ -4,8 +4,10 @@
 
 The check is a driver (``Check.run``) over one small function per kind of finding.
 It reads every record once, one at a time, and verifies every layer's content by
-re-emitting its tar from the header record and the driver's files (streamed, constant
-memory) and comparing it with the layer's diff_id and tar size.
+re-emitting its tar from the header record and the driver's files (streamed) and
+comparing it with the layer's diff_id and tar size, and every layer's metadata (type,
+mode, owner, link target, device, file capabilities, the set of entries) with the
+headers of that stream (``_verify``).
 
 Runs, and the locks they take:
 
@@ -41,14 +43,17 @@ from ansible_collections.strata.layers.plugins.module_utils._atomic import (
 from ansible_collections.strata.layers.plugins.module_utils._digest import (
     ChainID, ImageID, chain_id, chain_ids, hex_of, is_digest, sha256_bytes)
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
-    Corrupt, InvalidReference, StoreError)
+    Corrupt, InvalidInput, InvalidReference, StoreError)
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mounts_below
 from ansible_collections.strata.layers.plugins.module_utils._images import (
     normalize_tag, parse_config)
 from ansible_collections.strata.layers.plugins.module_utils._layers import RECORD, LayerRecord
 from ansible_collections.strata.layers.plugins.module_utils._safepath import Beneath, NotBeneath
-from ansible_collections.strata.layers.plugins.module_utils._store import Store
-from ansible_collections.strata.layers.plugins.module_utils._tarsplit import emit, file_entries
+from ansible_collections.strata.layers.plugins.module_utils._store import References, Store
+from ansible_collections.strata.layers.plugins.module_utils._tarsplit import file_entries
+from ansible_collections.strata.layers.plugins.module_utils._verify import summary
+from ansible_collections.strata.layers.plugins.module_utils._verify import (
+    verify_layer as verify_files)
 from ansible_collections.strata.layers.plugins.module_utils.drivers._base import Driver
 
 QUARANTINE = "quarantine"
@@ -57,7 +62,8 @@ _HINTS = 5
 
 # The stable finding kinds (documented in the module): what each means.
 KINDS: Dict[str, str] = {
-    "corrupt-layer": "a layer's files no longer re-emit to its diff_id",
+    "corrupt-layer": "a layer's files no longer re-emit to its diff_id, or differ from its "
+                     "headers (mode, owner, link target, device, capabilities, entries)",
     "bad-layer-record": "a layer record that does not parse, or names another chain id",
     "missing-layer-data": "a layer record whose files the active driver does not hold",
     "missing-parent": "a layer whose parent layer is not in the store",
@@ -122,6 +128,7 @@ class Survey:
     layers: Dict[ChainID, LayerRecord] = field(default_factory=dict)
     with_data: Set[ChainID] = field(default_factory=set)
     damaged: Set[ChainID] = field(default_factory=set)
+    unsound: Set[ChainID] = field(default_factory=set)
     images: Dict[ImageID, List[ChainID]] = field(default_factory=dict)
     containers: Set[str] = field(default_factory=set)
     verified: Dict[str, int] = field(default_factory=lambda: {"layers": 0, "bytes": 0})
@@ -277,20 +284,29 @@ def check_parents(s: Survey) -> Iterator[Finding]:
 
 
 def verify_layers(s: Survey) -> Iterator[Finding]:
-    for chain in sorted(s.with_data):
+    # parents first: a full-copy layer is compared with its parent only if that is sound
+    found = []
+    for chain in sorted(s.with_data, key=lambda c: (s.layers[c].depth, c)):
         if s.verify is None or chain in s.verify:
             finding = verify_layer(s, s.layers[chain])
             if finding is not None:
-                yield finding
+                s.unsound.add(chain)
+                found.append(finding)
+    yield from sorted(found, key=lambda f: f.object)
 
 
 def verify_layer(s: Survey, record: LayerRecord) -> Optional[Finding]:
-    """Re-emit the layer's tar (streamed, nothing kept) and compare it with its record."""
+    """Re-emit the layer's tar (streamed, nothing kept) and compare it with its record:
+    the content with the diff_id, and every entry on disk with its header (``_verify``)."""
     chain = record.chain_id
     files = s.driver.layer_files(chain)
+    parent = s.driver.layer_files(record.parent) if record.parent else None
+    sound = record.parent is None or (record.parent in s.with_data and
+                                      record.parent not in s.unsound)
     try:
-        digest, size = emit(s.store.layers.split_path(chain), files, _discard)
-    except Corrupt as exc:
+        digest, size, problems = verify_files(s.store.layers.split_path(chain), files,
+                                              s.driver.whiteouts, parent, sound)
+    except (Corrupt, InvalidInput) as exc:
         if exc.details.get("member") is None:
             return Finding("bad-layer-record", chain, "%s; repair moves it to quarantine/, then "
                            "re-import the images that need it" % exc, "quarantine-layer",
@@ -300,12 +316,15 @@ def verify_layer(s: Survey, record: LayerRecord) -> Optional[Finding]:
         return _corrupt(chain, "its files cannot be read (%s)" % exc)
     s.verified["layers"] += 1
     s.verified["bytes"] += size
-    if digest == record.diff_id and size == record.tar_size:
-        return None
-    return _corrupt(chain, "its files re-emit as %s (%d bytes), not as its diff_id %s (%d "
-                    "bytes); %s" % (digest, size, record.diff_id, record.tar_size,
-                                    _changed_files(files, s.store.layers.split_path(chain),
-                                                   record.mtime_max)))
+    if digest != record.diff_id or size != record.tar_size:
+        return _corrupt(chain, "its files re-emit as %s (%d bytes), not as its diff_id %s (%d "
+                        "bytes); %s" % (digest, size, record.diff_id, record.tar_size,
+                                        _changed_files(files, s.store.layers.split_path(chain),
+                                                       record.mtime_max)))
+    if problems:
+        return _corrupt(chain, "its files differ from the headers it was imported with: %s"
+                        % summary(problems))
+    return None
 
 
 def _corrupt(chain: ChainID, why: str) -> Finding:
@@ -313,10 +332,6 @@ def _corrupt(chain: ChainID, why: str) -> Finding:
                    "deletes it); then re-import the images that use it (layer_import of their "
                    "archive, or image_pull) to restore it" % why.rstrip("."),
                    "quarantine-layer", hex_of(chain))
-
-
-def _discard(data: Any) -> None:
-    return None
 
 
 def _changed_files(root: str, split_path: str, mtime_max: int) -> str:
@@ -463,18 +478,34 @@ def _read_container(path: str, cid: str) -> Tuple[str, Optional[Dict[str, Any]]]
 
 def check_driver_dirs(s: Survey) -> Iterator[Finding]:
     """Every driver's directories (the active one's and kept ones') need a record."""
+    refs = s.store.references()
     for driver in s.store.driver_homes():
         for name in driver.layer_hexes():
             if not os.path.lexists(os.path.join(s.store.layers.dir, name)):
                 path = os.path.join(driver.home, driver.layers_dir, name)
-                yield Finding("orphan-layer-data", s.rel(path), "no layer record names it (an "
-                              "import that never committed); repair removes it", "remove",
-                              (driver.name, path))
+                yield _orphan_layer(s, refs, ChainID("sha256:" + name), driver, path)
         for cid in driver.container_ids():
             if cid not in s.containers:
                 path = driver.container_dir(cid)
                 yield Finding("orphan-container-data", s.rel(path), "no container record names "
                               "it; repair removes it", "remove", (driver.name, path))
+
+
+def _orphan_layer(s: Survey, refs: References, chain: ChainID, driver: Driver,
+                  path: str) -> Finding:
+    """Driver data without a layer record is removed only if nothing may need it:
+    references fail closed (a live container's lower layer whose record was lost, or
+    any record that cannot be read, keeps it)."""
+    users = sorted(refs.users.get(chain, set()))
+    if not users and not refs.unreadable:
+        return Finding("orphan-layer-data", s.rel(path), "no layer record names it (an "
+                       "import that never committed); repair removes it", "remove",
+                       (driver.name, path))
+    why = ("%s need%s it" % (", ".join(u[:22] for u in users[:3]), "s" if len(users) == 1
+                             else "")) if users else \
+        "some image or container records cannot be read, and may need it"
+    return Finding("orphan-layer-data", s.rel(path), "no layer record names it, but %s: it is "
+                   "kept (re-import the image that contains it to restore its record)" % why)
 
 
 def check_layout(s: Survey) -> Iterator[Finding]:
@@ -501,8 +532,9 @@ def check_leftovers(s: Survey) -> Iterator[Finding]:
                       "run; opening the store for writing unmounts it", "settle")
     for name in s.listdir("tmp"):
         # removals rename records into tmp/ as their commit point and leave them for the
-        # next open to sweep: by design, not debris
-        if not name.startswith(TEMP_PREFIX + "removed"):
+        # next open to sweep: by design, not debris; names without the staging prefix
+        # are not the store's (a store nested there) and are never swept
+        if name.startswith(TEMP_PREFIX) and not name.startswith(TEMP_PREFIX + "removed"):
             yield _leftover(s, os.path.join(s.store.tmp, name), None, "settle")
     for driver in s.store.driver_homes():
         for path in driver.leftovers():
@@ -560,10 +592,14 @@ def recovered_items(root: str, recovered: List[str]) -> List[Dict[str, str]]:
     """What opening the store for writing did, as repairs.
 
     ``Store.recovered`` lists the settling of every mark first (its removals, then
-    "rolled back OP" or "finished OP"), then the sweep of staging debris."""
+    "rolled back OP" or "finished OP"; or "rejected mark NAME: why"), then the sweep of
+    staging debris."""
+    items = [{"kind": "incomplete", "object": line.split(" ", 2)[2].split(":", 1)[0],
+              "action": "rejected (%s)" % line.split(": ", 1)[-1]}
+             for line in recovered if line.startswith("rejected mark ")]
+    recovered = [line for line in recovered if not line.startswith("rejected mark ")]
     settled = max((i + 1 for i, line in enumerate(recovered)
                    if line.startswith(("rolled back ", "finished "))), default=0)
-    items = []
     removed: List[str] = []
     for line in recovered[:settled]:
         if line.startswith("removed "):

@@ -10,9 +10,12 @@ Python 3.14), fed by a thread so that the compressed digest is still computed he
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import select
 import shutil
+import stat
 import subprocess
 import threading
 import zlib
@@ -20,7 +23,7 @@ from typing import Callable, Optional
 
 from ansible_collections.strata.layers.plugins.module_utils._digest import Digest, hasher_digest
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
-    Corrupt, StoreError, Unsupported)
+    Corrupt, InvalidInput, StoreError, Unsupported)
 from ansible_collections.strata.layers.plugins.module_utils._tarformat import BLOCK, checksum_ok
 
 CHUNK = 1 << 20
@@ -240,14 +243,121 @@ class DecodedStream:
         return hasher_digest(self._raw_hasher)
 
 
-def open_file(path: str, what: Optional[str] = None) -> DecodedStream:
-    """A DecodedStream over a file (closing the stream closes the file)."""
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISDIR, "a directory"))
+
+
+STREAM_MAX = 8 << 30
+STREAM_WAIT = 300.0
+
+
+def is_stream(path: str) -> bool:
+    """Whether ``path`` is a FIFO or character device: a source read as a stream only."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
+
+
+def open_stream(path: str, what: str, wait: float = STREAM_WAIT) -> DecodedStream:
+    """A DecodedStream over a FIFO or character device (``format: layer`` only).
+
+    Nothing blocks without a deadline: the open is non-blocking (a FIFO without a writer
+    would block open(2) forever) and every read first polls for data for at most
+    ``wait`` seconds; the caller bounds the size (``max_size``, STREAM_MAX by default),
+    so /dev/zero ends too."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
-        raise StoreError("cannot read %s: %s" % (path, exc.strerror)) from exc
+        raise StoreError("cannot read %s: %s" % (what, exc.strerror)) from exc
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLPRI)
+
+    def read(n: int) -> bytes:
+        # a FIFO no writer has opened yet polls as nothing (not as end-of-file) on Linux
+        while True:
+            if not poller.poll(wait * 1000):
+                raise InvalidInput("%s sent no data for %g seconds: gave up (is anything "
+                                   "writing to it?)" % (what, wait))
+            try:
+                return os.read(fd, n)
+            except BlockingIOError:
+                continue
+
     try:
-        return DecodedStream(lambda n: os.read(fd, n), what=what or path, owned_fd=fd)
+        return DecodedStream(read, what=what, owned_fd=fd)
     except BaseException:
         os.close(fd)
         raise
+
+
+def open_regular(path: str, what: Optional[str] = None) -> int:
+    """A read descriptor of the regular file ``path`` (a symlink to one is fine).
+
+    Anything else is refused before a byte is read: /dev/zero is an endless read and a
+    FIFO a read that may never start, either of them holding the store's lock.  The
+    open itself cannot block (O_NONBLOCK: a FIFO without a writer would block open(2));
+    the check is on the opened descriptor, so no rename can swap the file in between."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:        # a socket (or a device without its driver)
+            _refuse_kind(os.stat(path).st_mode, what or path)
+        raise StoreError("cannot read %s: %s" % (what or path, exc.strerror)) from exc
+    try:
+        _refuse_kind(os.fstat(fd).st_mode, what or path)
+    except BaseException:
+        os.close(fd)
+        raise
+    os.set_blocking(fd, True)
+    return fd
+
+
+def _refuse_kind(mode: int, what: str) -> None:
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+        raise InvalidInput("%s is %s, not a regular file: refused (its size is unknown and "
+                           "reading it may never end); copy it to a file first" % (what, kind))
+
+
+def read_head(path: str, size: int = 16) -> bytes:
+    """The first ``size`` bytes of the regular file ``path`` (format detection)."""
+    fd = open_regular(path)
+    try:
+        return os.pread(fd, size, 0)
+    finally:
+        os.close(fd)
+
+
+def open_file(path: str, what: Optional[str] = None) -> DecodedStream:
+    """A DecodedStream over a regular file (closing the stream closes the file).
+
+    The content is bound to what was read: at end of file the file must still have the
+    size, mtime and ctime it had when opened, or the stream fails (a file rewritten in
+    place while it was read would give digests of content it never held as a whole)."""
+    fd = open_regular(path, what)
+    try:
+        opened = os.fstat(fd)
+        regular = stat.S_ISREG(opened.st_mode)   # a pipe's times move with every write
+
+        def read(n: int) -> bytes:
+            data = os.read(fd, n)
+            if not data and regular:
+                _refuse_changed(fd, opened, what or path)
+            return data
+
+        return DecodedStream(read, what=what or path, owned_fd=fd)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _refuse_changed(fd: int, opened: os.stat_result, what: str) -> None:
+    now = os.fstat(fd)
+    if (now.st_size, now.st_mtime_ns, now.st_ctime_ns) != \
+            (opened.st_size, opened.st_mtime_ns, opened.st_ctime_ns):
+        raise InvalidInput("%s changed while it was being read (it was written to meanwhile); "
+                           "nothing was kept from it. Run again once whatever writes it has "
+                           "finished" % what)

@@ -28,17 +28,21 @@ from ansible_collections.strata.layers.plugins.module_utils._atomic import (
     write_json)
 from ansible_collections.strata.layers.plugins.module_utils._changes import (
     TreeDiff, UpperDiff, chunk_reader)
-from ansible_collections.strata.layers.plugins.module_utils._compression import DecodedStream
 from ansible_collections.strata.layers.plugins.module_utils._copytree import Shadow
 from ansible_collections.strata.layers.plugins.module_utils._crash import crash_point
 from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
-    AlreadyExists, Corrupt, InvalidInput, NotFound)
-from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mount_at
+    AlreadyExists, Busy, Corrupt, InvalidInput, NotFound, StoreError)
+from ansible_collections.strata.layers.plugins.module_utils._fsinfo import (
+    MS_BIND, MS_NODEV, MS_NOSUID, MS_REMOUNT, mount_at)
+from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mount as fs_mount
 from ansible_collections.strata.layers.plugins.module_utils._images import ImageRecord
+from ansible_collections.strata.layers.plugins.module_utils._initlayer import populate
 from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord, now_iso
+from ansible_collections.strata.layers.plugins.module_utils._runtime import read_state
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
-from ansible_collections.strata.layers.plugins.module_utils.drivers._base import Driver
+from ansible_collections.strata.layers.plugins.module_utils._trust import inside, overlaps
+from ansible_collections.strata.layers.plugins.module_utils.drivers._base import Driver, InitFiller
 
 _NAME_RE = re.compile(r"\A[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}\Z")
 STATES = ("present", "mounted", "unmounted", "absent")
@@ -52,6 +56,11 @@ class ContainerRecord:
     created: str
     mount_point: Optional[str] = None
     kind: str = "container"
+    # the entries of its init layer (None: a container made without one, before init
+    # layers existed or by container_layer); what the container runs (the container
+    # module's run config, fixed at creation as with docker create)
+    init: Optional[List[str]] = None
+    run: Optional[Dict[str, Any]] = None
 
     def to_json(self) -> Dict[str, Any]:
         return asdict(self)
@@ -120,16 +129,18 @@ def changes(store: Store, record: ContainerRecord, chain: Sequence[ChainID]
 def changes_with(driver: Driver, record: ContainerRecord, chain: Sequence[ChainID],
                  exact_times: bool = False) -> Union[UpperDiff, TreeDiff]:
     """The container's changes as ``driver`` stores them (native or naive diff)."""
-    return changes_in(driver, driver.container_root(record.id), chain, exact_times)
+    return changes_in(driver, driver.container_root(record.id), chain, exact_times,
+                      cid=record.id)
 
 
 def changes_in(driver: Driver, root: str, chain: Sequence[ChainID],
-               exact_times: bool = False, shadow: Optional[Shadow] = None
-               ) -> Union[UpperDiff, TreeDiff]:
-    """The changes held in ``root``, a container's root on ``chain``."""
+               exact_times: bool = False, shadow: Optional[Shadow] = None,
+               cid: Optional[str] = None) -> Union[UpperDiff, TreeDiff]:
+    """The changes held in ``root``, the root of container ``cid`` on ``chain``: against
+    its init layer when it has one, so the runtime's mount points are never a change."""
     if driver.whiteouts == "device":
-        return UpperDiff(root, exact_times, shadow)
-    return TreeDiff(driver.diff_base(list(chain)), root, exact_times, shadow)
+        return UpperDiff(root, exact_times, shadow, markers=driver.name == "fuse-overlayfs")
+    return TreeDiff(driver.diff_base(list(chain), cid), root, exact_times, shadow)
 
 
 def container_facts(store: Store, layers: Optional[Dict[ChainID, LayerRecord]] = None
@@ -151,9 +162,25 @@ def container_row(store: Store, record: ContainerRecord,
     size = changes(store, record, chain).size() if store.driver_name else 0
     mounted = record.mount_point is not None and mount_at(record.mount_point) is not None
     return {"id": record.id, "name": record.name, "image_id": record.image_id,
+            "status": status(store, record),
             "size": size, "virtual_size": size + image_size, "mounted": mounted,
             "mount_point": record.mount_point if mounted else None,
             "created": record.created, "chain": chain}
+
+
+def status(store: Store, record: ContainerRecord) -> str:
+    """``created``, ``running`` or ``exited`` (the container module's run state)."""
+    return read_state(ContainerDB(store.root).path(record.id))["status"]
+
+
+def refuse_running(store: Store, records: Sequence[ContainerRecord], doing: str) -> None:
+    running = sorted(r.name for r in records if status(store, r) == "running")
+    if running:
+        raise Busy("container%s %s %s running; stop %s first (strata.layers.container state: "
+                   "stopped, or state: absent with force: true) before %s"
+                   % ("s" if len(running) > 1 else "", ", ".join(running),
+                      "are" if len(running) > 1 else "is", "them" if len(running) > 1 else "it",
+                      doing), containers=running)
 
 
 def commit_changes(store: Store, record: ContainerRecord, chain: Sequence[ChainID],
@@ -166,11 +193,13 @@ def commit_changes(store: Store, record: ContainerRecord, chain: Sequence[ChainI
     commit writes no file data, and the layer's data is the stream's by construction.
     Everything else (directories, whiteouts, modes, attributes, times) is applied from
     the stream as for any import."""
+    from ansible_collections.strata.layers.plugins.module_utils._compression import (
+        DecodedStream)
     shadow = Shadow()
 
     def open_stream() -> DecodedStream:
         diff = changes_in(store.driver, store.driver.container_root(record.id), chain,
-                          shadow=shadow)
+                          shadow=shadow, cid=record.id)
         return DecodedStream(chunk_reader(iter(diff.tar())), what=what)
 
     layer, imported, _digests = store.ingest_layer(
@@ -180,23 +209,36 @@ def commit_changes(store: Store, record: ContainerRecord, chain: Sequence[ChainI
 
 # ---------------------------------------------------------------------- mutations
 
+def init_filler(entries: Optional[Sequence[str]]) -> Optional[InitFiller]:
+    """What fills a container's init layer with ``entries`` (None: no init layer)."""
+    if entries is None:
+        return None
+    wanted = list(entries)
+    return lambda root: populate(root, wanted)
+
+
 def create(store: Store, name: str, image: ImageRecord, kind: str = "container",
-           cid: Optional[str] = None) -> ContainerRecord:
+           cid: Optional[str] = None, init: Optional[Sequence[str]] = None,
+           run: Optional[Dict[str, Any]] = None) -> ContainerRecord:
+    """A new container on ``image``; with an init layer holding ``init`` (the entries
+    ``_initlayer.populate`` takes) unless None."""
     driver = store.driver
     cid = cid or secrets.token_hex(32)
     db = ContainerDB(store.root)
     staged = os.path.join(store.tmp, temp_name("container"))
     mark = store.marks.begin("create-container").set(
         record=db.path(cid), if_absent=[(driver.name, driver.container_dir(cid)),
+                                        (driver.name, driver.init_dir(cid)),
                                         (None, staged)])
     crash_point("container-create.marked")
     try:
-        driver.create_container(cid, image_chain(store, image))
+        driver.create_container(cid, image_chain(store, image), init_filler(init))
         fsync_dir(driver.container_dir(cid))
         fsync_dir(os.path.dirname(driver.container_dir(cid)))
         crash_point("container-create.driver")
         record = ContainerRecord(id=cid, name=name, image_id=image.id, created=now_iso(),
-                                 kind=kind)
+                                 kind=kind, init=list(init) if init is not None else None,
+                                 run=run)
         makedirs(store.tmp)
         os.mkdir(staged, 0o700)
         write_json(os.path.join(staged, "container.json"), record.to_json())
@@ -218,6 +260,7 @@ def remove(store: Store, record: ContainerRecord) -> None:
     mark = store.marks.begin("remove-container").set(
         record=db.path(record.id),
         if_absent=[(driver.name, driver.container_dir(record.id)),
+                   (driver.name, driver.init_dir(record.id)),
                    (None, default_mount_point(store, record.id))])
     crash_point("container-remove.marked")
     makedirs(store.tmp)
@@ -234,16 +277,19 @@ def remove(store: Store, record: ContainerRecord) -> None:
 
 
 def check_mount_point(store: Store, target: str) -> str:
+    """A mount point the user chose: outside the store's tree, and not a directory that
+    holds the data root (mounting there would hide the store itself)."""
     if not os.path.isabs(target):
         raise InvalidInput("mount_point %r must be an absolute path" % target)
     real = os.path.realpath(target)
-    root = os.path.realpath(store.root)
     if os.path.exists(real) and not os.path.isdir(real):
         raise InvalidInput("mount_point %s exists and is not a directory" % target)
-    mounts = os.path.join(root, "mounts")
-    if (real == root or real.startswith(root + "/")) and not real.startswith(mounts + "/"):
-        raise InvalidInput("mount_point %s lies inside the store's own directories (%s); "
-                           "choose a path outside it or leave mount_point unset" % (target, root))
+    clash = overlaps(store.root, target)
+    if clash:
+        raise InvalidInput("mount_point %s is refused: %s; choose a path outside the store "
+                           "(or leave mount_point unset: the container is then mounted "
+                           "under %s, reachable by root only)"
+                           % (target, clash, os.path.join(store.root, "mounts")))
     return real
 
 
@@ -256,6 +302,8 @@ def mount(store: Store, record: ContainerRecord, target: str) -> bool:
     refuse_busy_target(target)
     if current and current != target and driver.is_mounted(current):
         driver.unmount(current)
+    # default mount points sit in mounts/, root's alone: no other user reaches them
+    makedirs(os.path.join(store.root, "mounts"), 0o700)
     makedirs(target, 0o755)
     image = store.images.get(record.image_id)
     # the record names the mount point before the mount exists: a kill in between leaves
@@ -264,8 +312,26 @@ def mount(store: Store, record: ContainerRecord, target: str) -> bool:
     ContainerDB(store.root).save(record)
     crash_point("container-mount.recorded")
     driver.mount(record.id, image_chain(store, image), target)
+    if not inside(store.root, target):
+        try:
+            restrict_mount(target)
+        except StoreError:
+            driver.unmount(target)
+            raise
     crash_point("container-mount.mounted")
     return True
+
+
+def restrict_mount(target: str) -> None:
+    """A mount point the user chose outside the store is as reachable as its parent
+    directories make it: it is mounted ``nosuid,nodev``, so no local user can run the
+    image's setuid programs or open its device nodes through it (the default mount
+    points, in the store's 0700 ``mounts/``, are reachable by root only)."""
+    try:
+        fs_mount("none", target, None, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV)
+    except OSError as exc:
+        raise StoreError("making the mount at %s nosuid,nodev failed: %s" % (target, exc)) \
+            from exc
 
 
 def refuse_busy_target(target: str) -> None:
@@ -290,6 +356,8 @@ def unmount(store: Store, record: ContainerRecord) -> bool:
 def _reason(store: Store, record: Optional[ContainerRecord], image_id: Optional[str],
             state: str, target: Optional[str]) -> Optional[str]:
     if state == "absent":
+        if record is not None:
+            refuse_running(store, [record], "removing its layer")
         return "remove" if record is not None else None
     if record is None:
         return "create"
@@ -302,7 +370,10 @@ def _reason(store: Store, record: Optional[ContainerRecord], image_id: Optional[
             return None
         return "mount"
     if state == "unmounted":
-        return "unmount" if record.mount_point and mount_at(record.mount_point) else None
+        if record.mount_point and mount_at(record.mount_point):
+            refuse_running(store, [record], "unmounting its root filesystem")
+            return "unmount"
+        return None
     return None
 
 

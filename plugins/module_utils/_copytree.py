@@ -13,7 +13,7 @@ import errno
 import fcntl
 import os
 import stat
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 FICLONE = 0x40049409
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -123,17 +123,43 @@ class TreeCopier:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY):
                     raise
                 self.reflink = False
-        left = size
-        while left > 0:
-            try:
-                done = os.copy_file_range(src, dst, left)
-            except OSError as exc:
-                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP):
-                    raise
-                done = os.sendfile(dst, src, None, left)
-            if done == 0:
-                break
-            left -= done
+        # only the data extents: a sparse file's holes stay holes in the copy
+        for start, end in _data_extents(src, size):
+            _copy_range(src, dst, start, end)
+        os.ftruncate(dst, size)
+
+
+def _data_extents(fd: int, size: int) -> Iterator[Tuple[int, int]]:
+    """(start, end) of each data extent of ``fd`` (SEEK_DATA / SEEK_HOLE); the whole
+    file where the filesystem cannot tell."""
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:        # only a hole is left
+                return
+            if exc.errno != errno.EINVAL:
+                raise
+            yield pos, size                     # no SEEK_DATA here: copy it all
+            return
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        yield start, end
+        pos = end
+
+
+def _copy_range(src: int, dst: int, start: int, end: int) -> None:
+    while start < end:
+        try:
+            done = os.copy_file_range(src, dst, end - start, start, start)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise
+            os.lseek(dst, start, os.SEEK_SET)
+            done = os.sendfile(dst, src, start, end - start)
+        if done == 0:
+            break
+        start += done
 
 
 def _names(fd: int) -> List[bytes]:

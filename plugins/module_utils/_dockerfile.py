@@ -18,32 +18,41 @@ differ, the classic builder's ``docker history`` strings):
   a quoted delimiter turns off expansion, several on one line, ``<< EOF`` with a space
   when the delimiter is a plain word);
 - variable substitution (``$V``, ``${V}``, ``${V:-x}``, ``${V-x}``, ``${V:+x}``,
-  ``${V+x}``, ``${V:?msg}``, ``${V?msg}``, ``\\$``), applied where Docker applies it:
-  FROM, COPY/ADD (sources, destination, ``--from``, ``--chown``, ``--chmod``), ENV,
+  ``${V+x}``, ``${V:?msg}``, ``${V?msg}``, ``${V#p}``, ``${V##p}``, ``${V%p}``,
+  ``${V%%p}``, ``${V/p/x}``, ``${V//p/x}``, ``\\$``), applied where BuildKit applies it:
+  FROM, COPY/ADD (sources, destination, ``--chown``, ``--chmod``; never ``--from``), ENV,
   ARG, WORKDIR, USER, EXPOSE, LABEL, VOLUME, STOPSIGNAL.  RUN, CMD, ENTRYPOINT, SHELL,
   HEALTHCHECK, ONBUILD and MAINTAINER keep their text (the shell expands at run time).
   The variables are the stage's ENV (from its base image, given by ``base_config``, or
-  its base stage) and the ARGs it declared, in order; ENV wins over an ARG of the same
-  name; a build arg overrides an ARG default; an ARG with neither default nor build arg
-  is unset (``$V`` is empty, ``${V-x}`` gives ``x``); ARGs before the first FROM are
-  seen by FROM lines only, or by a stage that declares them again without a default.
+  its base stage, whose ARG values it inherits too) and the ARGs it declared, in order;
+  as in BuildKit, the later of an ENV and an ARG of one name wins (only ENV reaches the
+  config); a build arg overrides an ARG default; an ARG with neither default nor build
+  arg is unset (``$V`` is empty, ``${V-x}`` gives ``x``); every stage starts with a PATH
+  (the default one when its base has none); ARGs before the first FROM are seen by FROM
+  lines only, or by a stage that declares them again without a default.
   ``TARGETPLATFORM``, ``TARGETOS``, ``TARGETARCH``, ``TARGETVARIANT`` and their
   ``BUILD*`` twins are predefined before the first FROM, as BuildKit does;
 - JSON (exec) form and shell form; text that is not a JSON array of strings is shell
   form, an array holding anything but strings is an error;
 - multi-stage builds: ``FROM [--platform=P] image [AS name]``, ``FROM scratch``,
-  stages named by name (case-insensitive) or index, ``COPY --from=stage|index|image``,
-  and the target (the last stage unless named).
+  stages named by name (case-insensitive; a name used twice means the later stage) or
+  index, ``COPY --from=stage|index|image`` (any stage but itself, earlier or later: the
+  builder takes stages in dependency order, a cycle is refused), and the target (the
+  last stage unless named).
 
 Decisions where Docker leaves a choice:
 
 - ``MAINTAINER`` is accepted and sets the image's ``author``;
-- ``ONBUILD`` is accepted: its trigger is checked and stored in the config, never run;
+- ``ONBUILD`` is accepted: its trigger (heredocs included, stored as BuildKit stores
+  them) is checked and stored in the config, never run;
+- read as BuildKit reads them although it lints them: ``EXPOSE 0`` and the
+  ``host:port``/``ip:host:port`` forms (the container port is exposed), an empty
+  ``--chmod`` after substitution (no chmod), ``RUN []`` (refused only when built);
 - ``HEALTHCHECK`` is accepted with its options and stored in the config;
 - ``ADD`` takes a URL or a git repository as its only source (``--checksum``,
   ``--keep-git-dir``; see ``_remote``), COPY refuses them;
 - ``RUN`` takes ``--mount`` (see ``_runmounts``) and ``--network=default|none|host``;
-  ``COPY --parents``/``--exclude`` and other BuildKit-only flags are refused by name;
+  other flags are refused by name (``COPY --parents`` and ``--exclude`` are read);
 - ``<< WORD`` (a space after ``<<``) opens a heredoc only when WORD is a plain word, so
   that shell arithmetic such as ``$((1 << 2))`` stays a command.
 
@@ -59,8 +68,8 @@ applies an instruction's configuration change to an image config.
 """
 from __future__ import annotations
 
-import copy
 import difflib
+import ipaddress
 import json
 import posixpath
 import re
@@ -146,6 +155,8 @@ class Copy:
     is_add: bool = False
     heredoc_files: List[InlineFile] = field(default_factory=list)
     remote: Optional[Remote] = None     # ADD of a URL or a git repository
+    parents: bool = False          # COPY --parents: source paths kept below dest
+    excludes: List[str] = field(default_factory=list)   # --exclude patterns
 
 
 @dataclass
@@ -240,22 +251,39 @@ Payload = Union[Run, Copy, Command, Entrypoint, Env, Label, Arg, Workdir, User, 
 @dataclass
 class StepState:
     """What is in effect at a step: the stage's ENV (ordered), its ARGs (None: unset),
-    SHELL, WORKDIR (absolute) and USER."""
+    SHELL, WORKDIR (absolute) and USER.  ``arg_last`` names the variables whose latest
+    setting was an ARG: BuildKit keeps one environment where the later of ENV and ARG
+    wins, while only ENV reaches the image config."""
 
     env: Dict[str, str] = field(default_factory=dict)
     args: Dict[str, Optional[str]] = field(default_factory=dict)
     shell: List[str] = field(default_factory=lambda: list(DEFAULT_SHELL))
     workdir: str = "/"
     user: str = ""
+    arg_last: Set[str] = field(default_factory=set)
 
     def copy(self) -> "StepState":
         return StepState(dict(self.env), dict(self.args), list(self.shell), self.workdir,
-                         self.user)
+                         self.user, set(self.arg_last))
+
+    def set_env(self, key: str, value: str) -> None:
+        self.env[key] = value
+        self.arg_last.discard(key)
+
+    def set_arg(self, key: str, value: Optional[str]) -> None:
+        # an ARG without a value leaves the variable as it was (BuildKit adds nothing
+        # to the environment then)
+        if value is None:
+            self.args.setdefault(key, None)
+            return
+        self.args[key] = value
+        self.arg_last.add(key)
 
     def variables(self) -> Dict[str, str]:
-        """The variables substitution sees: ARGs with a value, then ENV over them."""
+        """The variables substitution sees: ENV and ARGs with a value, the later
+        setting of a name winning."""
         found = {k: v for k, v in self.args.items() if v is not None}
-        found.update(self.env)
+        found.update((k, v) for k, v in self.env.items() if k not in self.arg_last)
         return found
 
     def run_env(self) -> Dict[str, str]:
@@ -269,7 +297,7 @@ class StepState:
         """``K=V`` of the ARGs a RUN's history line lists: set, not shadowed by ENV,
         sorted (Docker's ``|N K=V ...`` prefix)."""
         return sorted("%s=%s" % (k, v) for k, v in self.args.items()
-                      if v is not None and k not in self.env)
+                      if v is not None and (k not in self.env or k in self.arg_last))
 
 
 @dataclass
@@ -333,14 +361,34 @@ class Spec:
         return self.stages[self.target_index]
 
     def needed_stages(self) -> List[Stage]:
-        """The target and every stage it depends on, in spec order."""
-        needed, todo = set(), [self.target_index]
-        while todo:
-            index = todo.pop()
-            if index not in needed:
-                needed.add(index)
-                todo.extend(self.stages[index].dependencies())
-        return [stage for stage in self.stages if stage.index in needed]
+        """The target and every stage it depends on, each after the stages it reads
+        (``COPY --from`` may name a later stage), otherwise in spec order."""
+        return [self.stages[index] for index in _stage_order(self.stages, self.target_index)]
+
+
+def _stage_order(stages: Sequence[Stage], target: int) -> List[int]:
+    """Stages needed for ``target``, dependencies first; a cycle raises ``_Bad``."""
+    order: List[int] = []
+    done: Set[int] = set()
+    # an explicit stack: (stage, its dependencies still to visit)
+    stack: List[Tuple[int, List[int]]] = [(target, list(stages[target].dependencies()))]
+    active = {target}
+    while stack:
+        index, todo = stack[-1]
+        if not todo:
+            stack.pop()
+            active.discard(index)
+            done.add(index)
+            order.append(index)
+            continue
+        nxt = todo.pop(0)
+        if nxt in active:
+            raise _Bad("circular dependency between stages: stage %d reads stage %d, which "
+                       "in turn needs stage %d" % (index, nxt, index))
+        if nxt not in done:
+            active.add(nxt)
+            stack.append((nxt, list(stages[nxt].dependencies())))
+    return order
 
 
 class _Bad(Exception):
@@ -498,18 +546,62 @@ class _Lexer:
         char = self.take()
         if char == "}":
             return self._lookup(name, "${%s}" % name)
+        if char == "/":
+            return self._replaced(name)
         colon = char == ":"
         modifier = self.take() if colon else char
         if not modifier:
             raise _Bad("syntax error: missing '}'")
-        if modifier not in "-+?":
+        if modifier not in "-+?#%" or (colon and modifier in "#%"):
             raise _Bad("unsupported modifier (%s%s) in substitution"
                        % (":" if colon else "", modifier))
-        word = _Lexer(self.text, self.variables, self.mode)
-        word.pos = self.pos
-        text = word.process(stop="}")[0]
-        self.pos = word.pos
+        # the trimming patterns keep their escapes: \* is a literal star there
+        text = self._word("}", raw_escapes=modifier in "#%")
+        if modifier in "#%":
+            return self._trimmed(name, modifier, text)
         return self._modified(name, colon, modifier, text)
+
+    def _word(self, stop: str, raw_escapes: bool = False) -> str:
+        mode = self.mode
+        if raw_escapes and not mode.raw_escapes:
+            mode = _LexMode(mode.escape, mode.raw_quotes, True, mode.skip_quotes, mode.skip_unset)
+        word = _Lexer(self.text, self.variables, mode)
+        word.pos = self.pos
+        try:
+            text = word.process(stop=stop)[0]
+        except _Bad:
+            if stop == "/" and not word.peek():
+                raise _Bad("syntax error: missing '/' in ${}") from None
+            raise
+        self.pos = word.pos
+        return text
+
+    def _trimmed(self, name: str, modifier: str, pattern: str) -> str:
+        """``${V#p}``/``${V##p}`` (shortest/longest prefix), ``${V%p}``/``${V%%p}``
+        (suffix): shell patterns where ``*`` is any text and ``?`` one character."""
+        value = self.variables.get(name)
+        if value is None and self.mode.skip_unset:
+            return "${%s%s%s}" % (name, modifier, pattern)
+        value = value or ""
+        greedy = pattern.startswith(modifier)
+        pattern = pattern[1:] if greedy else pattern
+        if modifier == "#":
+            return _trim_prefix(value, pattern, greedy)
+        # a shortest rightmost match is a shortest leftmost one on the reversed text
+        return _trim_prefix(value[::-1], _reversed_pattern(pattern), greedy)[::-1]
+
+    def _replaced(self, name: str) -> str:
+        """``${V/pattern/text}`` (first match) and ``${V//pattern/text}`` (every match)."""
+        every = self.peek() == "/"
+        if every:
+            self.take()
+        pattern = self._word("/", raw_escapes=True)
+        replacement = self._word("}", raw_escapes=True)
+        value = self.variables.get(name)
+        if value is None and self.mode.skip_unset:
+            return "${%s/%s/%s}" % (name, pattern, replacement)
+        regex = _shell_pattern(pattern, greedy=True, anchored=False)
+        return regex.sub(lambda _match: replacement, value or "", count=0 if every else 1)
 
     def _modified(self, name: str, colon: bool, modifier: str, word: str) -> str:
         value = self.variables.get(name)
@@ -545,6 +637,50 @@ class _Lexer:
         while self.peek() and (self.peek().isalnum() or self.peek() == "_"):
             name += self.take()
         return name
+
+
+def _shell_pattern(pattern: str, greedy: bool, anchored: bool) -> Pattern[str]:
+    """A ``${V#...}``/``${V/...}`` pattern as a regular expression: ``*`` any text
+    (shortest unless ``greedy``), ``?`` one character, ``\\`` escapes ``*``, ``?`` and
+    itself (before ``}`` or ``/`` it only protects them)."""
+    out = ["\\A"] if anchored else []
+    star = ".*" if greedy else ".*?"
+    pos = 0
+    while pos < len(pattern):
+        char = pattern[pos]
+        pos += 1
+        if char == "*":
+            out.append(star)
+        elif char == "?":
+            out.append(".")
+        elif char == "\\":
+            following = pattern[pos:pos + 1]
+            if following in ("}", "/"):
+                continue
+            if following not in ("*", "?", "\\"):
+                raise _Bad("invalid pattern (%s) in substitution: invalid escape '\\%s'"
+                           % (pattern, following))
+            out.append(re.escape(following))
+            pos += 1
+        else:
+            out.append(re.escape(char))
+    return re.compile("".join(out))
+
+
+def _trim_prefix(value: str, pattern: str, greedy: bool) -> str:
+    match = _shell_pattern(pattern, greedy, anchored=True).search(value)
+    return value[match.end():] if match else value
+
+
+def _reversed_pattern(pattern: str) -> str:
+    """The pattern backwards, each escape kept in front of the character it escapes."""
+    tokens: List[str] = []
+    pos = 0
+    while pos < len(pattern):
+        size = 2 if pattern[pos] == "\\" and pos + 1 < len(pattern) else 1
+        tokens.append(pattern[pos:pos + size])
+        pos += size
+    return "".join(reversed(tokens))
 
 
 def _expand(text: str, variables: Mapping[str, str], escape: str = "\\") -> str:
@@ -728,9 +864,8 @@ def _may_hold_heredocs(text: str) -> bool:
     parts = _split_command(text)
     keyword, rest = parts[0].upper(), parts[2]
     if keyword == "ONBUILD":
-        if _may_hold_heredocs(rest) and _heredocs_in(rest):
-            raise _Bad("heredocs in ONBUILD triggers are not supported")
-        return False
+        # the trigger's own heredocs (ONBUILD RUN <<EOF), kept with the trigger
+        return _may_hold_heredocs(rest)
     if keyword not in LAYER_KEYWORDS or "<<" not in rest:
         return False
     return _json_array(rest) is None
@@ -844,17 +979,21 @@ def _flag_word(line: str, pos: int) -> Tuple[str, int]:
     return "".join(chars), pos
 
 
-_FLAG_STRING, _FLAG_BOOL = "string", "bool"
+_FLAG_STRING, _FLAG_BOOL, _FLAG_STRINGS = "string", "bool", "strings"
 
 
 def _parse_flags(words: Sequence[str], allowed: Mapping[str, str],
-                 keyword: str) -> Dict[str, Union[str, bool]]:
-    found: Dict[str, Union[str, bool]] = {}
+                 keyword: str) -> Dict[str, Any]:
+    """``--name=value`` flags; a ``_FLAG_STRINGS`` flag may repeat and gives a list."""
+    found: Dict[str, Any] = {}
     for word in words:
         name, equals, value = word[2:].partition("=")
         kind = allowed.get(name)
         if kind is None:
             raise _Bad(_unknown_flag(keyword, name, allowed))
+        if kind == _FLAG_STRINGS:
+            found.setdefault(name, []).append(_flag_value(name, _FLAG_STRING, bool(equals), value))
+            continue
         if name in found:
             raise _Bad("duplicate flag --%s" % name)
         found[name] = _flag_value(name, kind, bool(equals), value)
@@ -1080,13 +1219,24 @@ class _Compiler:
     def compile(self) -> Spec:
         if not self.commands:
             raise InvalidInput("%s holds no instructions: a spec starts with FROM" % self.name)
+        # every stage's name, known before any stage is read: COPY --from may name a
+        # later stage, and a name used twice means the last stage so named (BuildKit)
+        self.names = [_declared_name(c) for c in self.commands if c.keyword == "FROM"]
         position = self._global_args()
         while position < len(self.commands):
             position = self._stage(position)
-        return Spec(stages=self.stages, target_index=self._target_index(),
+        spec = Spec(stages=self.stages, target_index=self._target_index(),
                     global_args={k: self.global_args[k] for k in self.global_declared},
                     unused_build_args=sorted(set(self.build_args) - self.declared),
                     escape=self.escape)
+        for stage in self.stages:
+            try:
+                _stage_order(self.stages, stage.index)
+            except _Bad as exc:
+                raise InvalidInput('%s: %s in "%s"' % (self.where(stage.line), exc,
+                                                       _shown(stage.original)),
+                                   line=stage.line) from None
+        return spec
 
     def _global_args(self) -> int:
         position = 0
@@ -1149,7 +1299,11 @@ class _Compiler:
         if not base:
             raise _Bad("FROM names no image (%r is empty after substitution)" % words[0])
         platform = flags.get("platform")
-        platform = _expand(str(platform), variables, self.escape) if platform else None
+        if platform is not None:
+            platform = _expand(str(platform), variables, self.escape)
+            if not platform:
+                raise _Bad("FROM --platform=%s is empty after substitution (as BuildKit, an "
+                           "undefined ARG there is an error)" % flags["platform"])
         stage = Stage(index=len(self.stages), name=self._stage_name(words), base=base,
                       base_stage=self._earlier_stage(base), platform=platform,
                       line=command.line, original=command.original)
@@ -1163,50 +1317,49 @@ class _Compiler:
         if not _STAGE_NAME_RE.match(name) or name == "scratch":
             raise _Bad("invalid stage name %r: a name starts with a letter and holds letters, "
                        "digits, '-', '_' and '.', and is not 'scratch'" % words[2])
-        if any(stage.name == name for stage in self.stages):
-            raise _Bad("duplicate stage name %r" % name)
         return name
 
     def _earlier_stage(self, name: str) -> Optional[int]:
-        for stage in self.stages:
+        # the latest stage so named before this one (a duplicate name is only linted
+        # by BuildKit)
+        for stage in reversed(self.stages):
             if stage.name is not None and stage.name == name.lower():
                 return stage.index
         return None
 
     def _start_state(self, stage: Stage) -> StepState:
+        # a stage built on another keeps its ENV and its ARG values (BuildKit); every
+        # other stage starts with a PATH, the base image's or the default one
         if stage.base_stage is not None:
-            state = self.stages[stage.base_stage].end.copy()
-            state.args = {}
-            return state
+            return self.stages[stage.base_stage].end.copy()
         if stage.base.lower() == "scratch" or self.base_config is None:
-            return StepState()
-        return _initial_state(self.base_config(stage.base))
+            state = StepState()
+        else:
+            state = _initial_state(self.base_config(stage.base))
+        state.env.setdefault("PATH", DEFAULT_PATH)
+        return state
 
     def stage_by_reference(self, reference: str, current: int) -> Optional[int]:
-        """``COPY --from``: an earlier stage by index or name, None for an image."""
+        """``COPY --from``: a stage by index or name (the last stage so named, earlier
+        or later: only a cycle is refused, after every stage is read), None for an image."""
         if re.match(r"\A[0-9]+\Z", reference):
             index = int(reference)
-            if index >= current:
-                raise _Bad("--from=%s: stage %d is not an earlier stage (this is stage %d)"
-                           % (reference, index, current))
-            return index
-        for stage in self.stages:
-            if stage.name == reference.lower():
-                if stage.index == current:
-                    raise _Bad("--from=%s names this stage itself" % reference)
-                return stage.index
-        # Not an earlier stage; a stage named later would be read as an image by Docker's
-        # classic builder and as a cycle risk by BuildKit: refuse it plainly.
-        if any(_declared_name(c) == reference.lower() for c in self.commands
-               if c.keyword == "FROM"):
-            raise _Bad("--from=%s names a later stage: COPY --from reads earlier stages only"
-                       % reference)
-        return None
+            if index >= len(self.names):
+                raise _Bad("--from=%s: there is no stage %d (stages are numbered 0 to %d)"
+                           % (reference, index, len(self.names) - 1))
+        else:
+            found = [i for i, name in enumerate(self.names) if name == reference.lower()]
+            if not found:
+                return None
+            index = found[-1]
+        if index == current:
+            raise _Bad("--from=%s names this stage itself (a circular dependency)" % reference)
+        return index
 
     def _target_index(self) -> int:
         if self.target is None:
             return len(self.stages) - 1
-        for stage in self.stages:
+        for stage in reversed(self.stages):
             if stage.name is not None and stage.name == self.target.lower():
                 return stage.index
         names = ", ".join(stage.name for stage in self.stages if stage.name) or "none"
@@ -1289,8 +1442,7 @@ class _StageWork:
     def _run_payload(self, command: _Command) -> Run:
         exec_form = _json_array(command.rest)
         if exec_form is not None:
-            if not exec_form:
-                raise _Bad("RUN needs a command (the JSON array is empty)")
+            # RUN [] is read (BuildKit only refuses it when the stage is built)
             return Run(command=exec_form, shell_form=False, heredocs=[], argv=list(exec_form))
         return self._shell_run(command)
 
@@ -1330,12 +1482,13 @@ class _StageWork:
 
     def _copy(self, command: _Command) -> Tuple[Copy, str]:
         allowed = {"from": _FLAG_STRING, "chown": _FLAG_STRING, "chmod": _FLAG_STRING,
-                   "link": _FLAG_BOOL}
+                   "link": _FLAG_BOOL, "parents": _FLAG_BOOL, "exclude": _FLAG_STRINGS}
         return self._transfer(command, _parse_flags(command.flags, allowed, "COPY"))
 
     def _add(self, command: _Command) -> Tuple[Copy, str]:
         allowed = {"chown": _FLAG_STRING, "chmod": _FLAG_STRING, "link": _FLAG_BOOL,
-                   "checksum": _FLAG_STRING, "keep-git-dir": _FLAG_BOOL}
+                   "exclude": _FLAG_STRINGS, "checksum": _FLAG_STRING,
+                   "keep-git-dir": _FLAG_BOOL}
         flags = _parse_flags(command.flags, allowed, "ADD")
         payload, created_by = self._transfer(command, flags)
         if payload.remote is None and ("checksum" in flags or "keep-git-dir" in flags):
@@ -1350,7 +1503,7 @@ class _StageWork:
                 raise _Bad(str(exc)) from None
         return payload, created_by
 
-    def _transfer(self, command: _Command, flags: Dict[str, Union[str, bool]]) -> Tuple[Copy, str]:
+    def _transfer(self, command: _Command, flags: Dict[str, Any]) -> Tuple[Copy, str]:
         words = self._transfer_words(command)
         if len(words) < 2:
             raise _Bad("%s needs at least one source and a destination" % command.keyword)
@@ -1393,15 +1546,23 @@ class _StageWork:
             content = _expand_heredoc(content, self.state.variables())
         return InlineFile(name=heredoc.name, content=content)
 
-    def _transfer_flags(self, flags: Dict[str, Union[str, bool]], payload: Copy) -> None:
-        if "chown" in flags:
-            payload.chown = _checked_chown(self.expand(str(flags["chown"])))
-        if "chmod" in flags:
-            payload.chmod = _checked_chmod(self.expand(str(flags["chmod"])))
+    def _transfer_flags(self, flags: Dict[str, Any], payload: Copy) -> None:
+        # BuildKit expands --chown and --chmod (an empty result means "not given"),
+        # never --from or --exclude
+        chown = self.expand(str(flags.get("chown") or ""))
+        payload.chown = _checked_chown(chown) if chown else None
+        chmod = self.expand(str(flags.get("chmod") or ""))
+        payload.chmod = _checked_chmod(chmod) if chmod else None
+        payload.parents = bool(flags.get("parents"))
+        payload.excludes = [_checked_exclude(item) for item in flags.get("exclude") or []]
         if "from" in flags:
-            reference = self.expand(str(flags["from"]))
+            reference = str(flags["from"])
             if not reference:
                 raise _Bad("--from is empty")
+            if "$" in reference:
+                raise _Bad("--from=%s: variables are not expanded in --from (as in BuildKit); "
+                           "name a stage built FROM the image that the variable gives"
+                           % reference)
             payload.from_stage = self.compiler.stage_by_reference(reference, self.stage.index)
             payload.from_image = reference if payload.from_stage is None else None
 
@@ -1411,6 +1572,8 @@ class _StageWork:
         # shows exactly that.
         chown = "--chown=%s" % payload.chown if payload.chown else ""
         chmod = "--chmod=%s " % payload.chmod if payload.chmod else ""
+        chmod = ("--parents " if payload.parents else "") + chmod
+        chmod += "".join("--exclude=%s " % item for item in payload.excludes)
         comment = "%s %s%s%s in %s " % (keyword, chmod, chown, SOURCE_PLACEHOLDER, payload.dest)
         return " ".join(self.state.shell + ["#(nop) " + comment])
 
@@ -1421,7 +1584,7 @@ class _StageWork:
         # Every value is substituted with the variables from before the instruction:
         # ENV a=1 b=$a sees the old a, as Docker does.
         for key, value in pairs:
-            self.state.env[key] = value
+            self.state.set_env(key, value)
         return Env(pairs), self.nop("ENV " + " ".join("%s=%s" % pair for pair in pairs))
 
     def _label(self, command: _Command) -> Tuple[Label, str]:
@@ -1441,7 +1604,7 @@ class _StageWork:
             value = _resolve_arg(key, default, self.state.variables(),
                                  self.compiler.build_args, self.compiler.global_args,
                                  self.escape)
-            self.state.args[key] = value
+            self.state.set_arg(key, value)
             self.compiler.declared.add(key)
             resolved.append((key, value))
         text = " ".join(key if value is None else "%s=%s" % (key, value)
@@ -1521,6 +1684,9 @@ class _StageWork:
         if keyword not in KEYWORDS:
             raise _Bad("ONBUILD trigger %r is not an instruction" % keyword)
         expression = re.sub(r"(?i)\A\s*ONBUILD\s*", "", command.original)
+        # as BuildKit stores it: the trigger line, then each heredoc's body and end
+        expression += "".join("\n" + heredoc.content + heredoc.name
+                              for heredoc in command.heredocs)
         return Onbuild(expression), self.nop("ONBUILD " + expression)
 
     def _maintainer(self, command: _Command) -> Tuple[Maintainer, str]:
@@ -1557,23 +1723,112 @@ def _checked_chown(value: str) -> str:
 
 
 def _checked_chmod(value: str) -> str:
-    if not re.match(r"\A[0-7]{1,5}\Z", value) or int(value, 8) > 0o7777:
-        raise _Bad("--chmod=%s is not an octal mode between 0 and 7777" % value)
+    if re.match(r"\A[0-9]+\Z", value):
+        if not re.match(r"\A[0-7]+\Z", value) or int(value, 8) > 0o7777:
+            raise _Bad("--chmod=%s is not an octal mode between 0 and 7777" % value)
+        return value
+    try:
+        chmod_mode(value, 0o644, False)
+    except ValueError as exc:
+        raise _Bad("--chmod=%s is neither an octal mode nor a symbolic one such as u+x or "
+                   "go-w (%s)" % (value, exc)) from None
     return value
 
 
-_PORT_RE = re.compile(r"\A(\d{1,5})(?:-(\d{1,5}))?(?:/([A-Za-z]+))?\Z")
+_CHMOD_CLAUSE_RE = re.compile(r"\A([ugoa]*)((?:[-+=](?:[rwxXst]*|[ugo]))+)\Z")
+_CHMOD_BITS = {"r": 0o444, "w": 0o222, "x": 0o111, "s": 0o6000, "t": 0o1000}
+_CHMOD_WHO = {"u": 0o4700, "g": 0o2070, "o": 0o1007, "a": 0o7777}
+
+
+def chmod_mode(spec: str, mode: int, is_dir: bool) -> int:
+    """The permission bits ``mode`` gets from a ``--chmod`` value: octal, or symbolic
+    as chmod(1) reads it with a zero umask (``u+x``, ``go-w``, ``a=rX``, ``g=u``).
+    Raises ValueError for a value that is neither."""
+    if re.match(r"\A[0-7]+\Z", spec):
+        return int(spec, 8)
+    mode &= 0o7777
+    for clause in spec.split(","):
+        match = _CHMOD_CLAUSE_RE.match(clause)
+        if not match:
+            raise ValueError("cannot read %r" % clause)
+        who = 0
+        for char in match.group(1) or "a":
+            who |= _CHMOD_WHO[char]
+        for op, perms in re.findall(r"([-+=])([rwxXstugo]*)", match.group(2)):
+            mode = _chmod_action(mode, who, op, _chmod_bits(perms, mode, is_dir))
+    return mode
+
+
+def _chmod_bits(perms: str, mode: int, is_dir: bool) -> int:
+    if perms in ("u", "g", "o"):
+        # copy the permissions of one class to every class
+        shift = {"u": 6, "g": 3, "o": 0}[perms]
+        part = (mode >> shift) & 0o7
+        return part << 6 | part << 3 | part
+    bits = 0
+    for char in perms:
+        if char == "X":
+            bits |= 0o111 if is_dir or mode & 0o111 else 0
+        else:
+            bits |= _CHMOD_BITS[char]
+    return bits
+
+
+def _chmod_action(mode: int, who: int, op: str, bits: int) -> int:
+    if op == "+":
+        return mode | (bits & who)
+    if op == "-":
+        return mode & ~(bits & who)
+    return (mode & ~who) | (bits & who)
+
+
+def _checked_exclude(pattern: str) -> str:
+    if not pattern:
+        raise _Bad("--exclude needs a pattern")
+    try:
+        _ignore_pattern(pattern, 1, "--exclude")
+    except InvalidInput as exc:
+        raise _Bad("--exclude=%s is not a valid pattern (%s)" % (pattern, exc)) from None
+    return pattern
+
+
+_RANGE_RE = re.compile(r"\A(\d{1,5})(?:-(\d{1,5}))?\Z")
 
 
 def _exposed_ports(word: str) -> List[str]:
-    match = _PORT_RE.match(word)
-    protocol = (match.group(3) or "tcp").lower() if match else ""
-    if not match or protocol not in ("tcp", "udp", "sctp"):
-        raise _Bad("EXPOSE port %r is not port[-port][/tcp|udp|sctp]" % word)
+    """Docker's port spec: ``[[ip:]host-port:]port[-port][/proto]``; only the container
+    port counts (BuildKit lints an address or host port, and exposes the port)."""
+    parts = word.split(":")
+    spec, protocol = parts[-1].partition("/")[::2]
+    protocol = (protocol or "tcp").lower()
+    if protocol not in ("tcp", "udp", "sctp"):
+        raise _Bad("EXPOSE port %r has an unknown protocol (tcp, udp or sctp)" % word)
+    if len(parts) > 2 and not _port_address(":".join(parts[:-2])):
+        raise _Bad("EXPOSE port %r has an invalid IP address" % word)
+    if len(parts) > 1 and parts[-2] and _port_range(parts[-2]) is None:
+        raise _Bad("EXPOSE port %r has an invalid host port" % word)
+    found = _port_range(spec)
+    if found is None:
+        raise _Bad("EXPOSE port %r is not [[ip:]host:]port[-port][/tcp|udp|sctp] with ports "
+                   "0-65535, low-high" % word)
+    return ["%d/%s" % (port, protocol) for port in range(found[0], found[1] + 1)]
+
+
+def _port_range(text: str) -> Optional[Tuple[int, int]]:
+    match = _RANGE_RE.match(text)
+    if not match:
+        return None
     first, last = int(match.group(1)), int(match.group(2) or match.group(1))
-    if not 1 <= first <= last <= 65535:
-        raise _Bad("EXPOSE port %r is out of range (1-65535, low-high)" % word)
-    return ["%d/%s" % (port, protocol) for port in range(first, last + 1)]
+    return (first, last) if first <= last <= 65535 else None
+
+
+def _port_address(text: str) -> bool:
+    text = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 _SIGNALS = frozenset(
@@ -1728,9 +1983,11 @@ def apply_config(image: Mapping[str, Any], instruction: Instruction) -> Dict[str
     """A copy of the image config JSON (``{"config": {...}, "author": ...}``) with the
     configuration change of ``instruction`` applied; RUN, COPY, ADD and ARG change
     nothing here."""
-    result = copy.deepcopy(dict(image))
-    if not isinstance(result.get("config"), dict):
-        result["config"] = {}
+    # copy-on-write: every change below puts new objects in place of the ones it
+    # changes, so shallow copies keep the input intact without copying the history
+    # (a deep copy per step made a long build quadratic)
+    result = dict(image)
+    result["config"] = dict(result["config"]) if isinstance(result.get("config"), dict) else {}
     change = _CONFIG_CHANGES.get(type(instruction.args))
     if change is not None:
         change(result, instruction.args)
@@ -1997,10 +2254,13 @@ def _render_from(keyword: str, value: Mapping[str, Any]) -> str:
 
 
 def _render_transfer(keyword: str, value: Mapping[str, Any]) -> str:
-    names = ["src", "content", "dest", "chown", "chmod", "link"]
-    names += ["from"] if keyword == "COPY" else []
+    names = ["src", "content", "dest", "chown", "chmod", "link", "exclude"]
+    names += ["from", "parents"] if keyword == "COPY" else []
     _check_keys(keyword, value, names)
-    flags = _flags_text(value, ("from", "chown", "chmod", "link"))
+    flags = _flags_text(value, ("from", "chown", "chmod", "link", "parents"))
+    excludes = value.get("exclude") or []
+    for pattern in [excludes] if isinstance(excludes, str) else excludes:
+        flags += "--exclude=%s " % _plain(pattern, "exclude")
     if not isinstance(value.get("dest"), str) or not value["dest"]:
         raise _Bad("%s needs dest" % keyword)
     if ("src" in value) == ("content" in value):
@@ -2055,14 +2315,21 @@ def _render_mapping(keyword: str, value: Mapping[str, Any]) -> str:
 class IgnorePattern:
     text: str          # cleaned, without the leading "!"
     exclusion: bool    # a "!" line: matching paths are kept after all
-    regex: Pattern[str]
+    regex: Any         # has .match(path): a compiled regex, or a _PathAutomaton
     line: int
 
 
-def _ignore_regex(pattern: str) -> str:
-    """Docker's (moby/patternmatcher) translation of a Go ``filepath.Match`` pattern
-    with ``**`` into a regular expression."""
-    out = ["\\A"]
+# Tokens of a translated pattern: a literal character, a character class, one
+# character but "/", any run without "/" ("*"), any text ("**" at the end) and any
+# run of whole directories ("**/", or "**" inside a pattern).
+_LIT, _CLASS, _ONE, _STAR, _ALL, _DIRS = "lit", "class", "one", "star", "all", "dirs"
+_TOKEN_REGEX = {_ONE: "[^/]", _STAR: "[^/]*", _ALL: ".*", _DIRS: "(?:.*/)?"}
+
+
+def _ignore_tokens(pattern: str) -> List[Tuple[str, str]]:
+    """Docker's (moby/patternmatcher) reading of a Go ``filepath.Match`` pattern with
+    ``**``, as tokens."""
+    out: List[Tuple[str, str]] = []
     pos = 0
     while pos < len(pattern):
         char = pattern[pos]
@@ -2070,21 +2337,159 @@ def _ignore_regex(pattern: str) -> str:
         if char == "*" and pattern.startswith("*", pos):
             pos += 1
             pos += 1 if pattern.startswith("/", pos) else 0
-            out.append(".*" if pos == len(pattern) else "(?:.*/)?")
+            token = (_ALL if pos == len(pattern) else _DIRS, "")
+            # "**/**/" is "**/": repeating it changes nothing but the matching cost
+            if not (out and out[-1] == (_DIRS, "") and token[0] == _DIRS):
+                out.append(token)
         elif char == "*":
-            out.append("[^/]*")
+            out.append((_STAR, ""))
         elif char == "?":
-            out.append("[^/]")
+            out.append((_ONE, ""))
         elif char == "[":
             text, pos = _ignore_class(pattern, pos)
-            out.append(text)
+            out.append((_CLASS, text))
         elif char == "\\" and pos < len(pattern):
-            out.append(re.escape(pattern[pos]))
+            out.append((_LIT, pattern[pos]))
             pos += 1
         else:
-            out.append(re.escape(char))
-    out.append("\\Z")
-    return "".join(out)
+            out.append((_LIT, char))
+    return out
+
+
+def _ignore_regex(pattern: str) -> str:
+    """The regular expression Docker matches ``pattern`` with."""
+    return "\\A%s\\Z" % "".join(_token_regex(token) for token in _ignore_tokens(pattern))
+
+
+def _token_regex(token: Tuple[str, str]) -> str:
+    kind, text = token
+    if kind == _LIT:
+        return re.escape(text)
+    return text if kind == _CLASS else _TOKEN_REGEX[kind]
+
+
+def _ignore_matcher(pattern: str) -> Any:
+    """A matcher whose time is linear in the path.  Python's regex engine backtracks, so
+    it runs only patterns where backtracking stays linear: no ``**`` but at the very
+    end, at most one ``*`` between slashes; a leading ``**/`` before such a rest is
+    the rest matched against the path's last components.  Anything else
+    (``**/a/**/b``, ``*a*a*a*``) runs as an automaton, one step per character."""
+    tokens = _ignore_tokens(pattern)
+    if _backtracks_linearly(tokens):
+        return re.compile("\\A%s\\Z" % "".join(_token_regex(token) for token in tokens))
+    if tokens[0] == (_DIRS, "") and _backtracks_linearly(tokens[1:]) and not any(
+            kind == _ALL or kind == _CLASS and text.startswith("[^") for kind, text in tokens):
+        return _SuffixMatcher(tokens[1:])
+    return _PathAutomaton(tokens)
+
+
+def _backtracks_linearly(tokens: Sequence[Tuple[str, str]]) -> bool:
+    stars = 0
+    for index, (kind, text) in enumerate(tokens):
+        if kind == _DIRS or kind == _ALL and index != len(tokens) - 1:
+            return False
+        if kind == _STAR:
+            stars += 1
+            if stars > 1:
+                return False
+        elif kind == _LIT and text == "/":
+            stars = 0
+    return True
+
+
+class _SuffixMatcher:
+    """``**/rest`` where ``rest`` spans a fixed number of path components (no ``**``,
+    no class that could match "/"): only the path's last components can match it."""
+
+    def __init__(self, tokens: Sequence[Tuple[str, str]]) -> None:
+        self.slashes = sum(1 for token in tokens if token == (_LIT, "/"))
+        # no \\A: match() anchors at the position it is given, \\A at the string's start
+        self.regex = re.compile("%s\\Z" % "".join(_token_regex(token) for token in tokens))
+
+    def match(self, path: str) -> bool:
+        start = len(path)
+        for _count in range(self.slashes + 1):
+            start = path.rfind("/", 0, start)
+            if start < 0:
+                break
+        return bool(self.regex.match(path, start + 1 if start >= 0 else 0))
+
+
+class _PathAutomaton:
+    """A pattern's tokens run as a lazily built DFA: one step per character of the path,
+    whatever the pattern.  NFA state ``i`` waits for token ``i``; ``-1 - i`` is inside
+    the ``.*`` of a ``(?:.*/)?`` token; ``len(tokens)`` accepts."""
+
+    MAX_STATES = 4096   # past this, new DFA states are computed each time, not kept
+
+    def __init__(self, tokens: List[Tuple[str, str]]) -> None:
+        self.tokens = tokens
+        self.classes = {i: re.compile(text) for i, (kind, text) in enumerate(tokens)
+                        if kind == _CLASS}
+        self.sets: List[FrozenSet[int]] = []
+        self.ids: Dict[FrozenSet[int], int] = {}
+        self.moves: List[Dict[str, int]] = []
+        self.dead = self._id(frozenset())
+        self.start = self._id(self._closure([0]))
+
+    def match(self, path: str) -> bool:
+        state = self.start
+        moves = self.moves
+        for char in path:
+            nxt = moves[state].get(char)
+            if nxt is None:
+                nxt = self._id(self._step(self.sets[state], char))
+                if len(self.sets) <= self.MAX_STATES:
+                    moves[state][char] = nxt
+            if nxt == self.dead:
+                return False
+            state = nxt
+        return len(self.tokens) in self.sets[state]
+
+    def _id(self, states: FrozenSet[int]) -> int:
+        found = self.ids.get(states)
+        if found is None:
+            found = len(self.sets)
+            self.sets.append(states)
+            self.moves.append({})
+            if len(self.sets) <= self.MAX_STATES:
+                self.ids[states] = found
+        return found
+
+    def _closure(self, states: Sequence[int]) -> FrozenSet[int]:
+        found: Set[int] = set()
+        todo = list(states)
+        while todo:
+            state = todo.pop()
+            if state in found:
+                continue
+            found.add(state)
+            if 0 <= state < len(self.tokens):
+                kind = self.tokens[state][0]
+                if kind in (_STAR, _ALL, _DIRS):
+                    todo.append(state + 1)     # zero characters
+                if kind == _DIRS:
+                    todo.append(-1 - state)    # or some directories
+        return frozenset(found)
+
+    def _step(self, states: FrozenSet[int], char: str) -> FrozenSet[int]:
+        nxt: List[int] = []
+        for state in states:
+            if state < 0:
+                if char != "\n":              # "." as Go's regexp reads it
+                    nxt.append(state)          # still inside "(?:.*"
+                if char == "/":
+                    nxt.append(-state)         # "/)?" done: the next token
+                continue
+            if state == len(self.tokens):
+                continue
+            kind, text = self.tokens[state]
+            if kind == _LIT and char == text or kind == _ONE and char != "/" or \
+                    kind == _CLASS and self.classes[state].match(char):
+                nxt.append(state + 1)
+            elif kind == _STAR and char != "/" or kind == _ALL and char != "\n":
+                nxt.append(state)
+        return self._closure(nxt)
 
 
 def _ignore_class(pattern: str, pos: int) -> Tuple[str, int]:
@@ -2132,7 +2537,7 @@ def _ignore_pattern(raw: str, number: int, source: str) -> Optional[IgnorePatter
     text = _clean(text)
     text = text[1:] if len(text) > 1 and text.startswith("/") else text
     try:
-        regex = re.compile(_ignore_regex(text))
+        regex = _ignore_matcher(text)
     except re.error as exc:
         raise InvalidInput("%s line %d: bad pattern %r: %s" % (source, number, raw.strip(), exc),
                            line=number) from exc

@@ -18,21 +18,25 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils import _files as files
 from ansible_collections.strata.layers.plugins.module_utils._archive import (
-    DirIndex, TarIndex)
+    MAX_JSON, DirIndex, TarIndex)
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
     dumps, fsync_dir, temp_name, wrap_os_error, write_file)
+from ansible_collections.strata.layers.plugins.module_utils._compression import open_regular
 from ansible_collections.strata.layers.plugins.module_utils._digest import (
     ChainID, chain_ids, hex_of, sha256_bytes)
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, InvalidInput, StoreError)
 from ansible_collections.strata.layers.plugins.module_utils._images import (
     ImageRecord, normalize_tag, split_reference)
+from ansible_collections.strata.layers.plugins.module_utils._jsondoc import loads
 from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord
+from ansible_collections.strata.layers.plugins.module_utils._sparse import SparseWriter
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
+from ansible_collections.strata.layers.plugins.module_utils._trust import overlaps
 from ansible_collections.strata.layers.plugins.module_utils._tarformat import (
     DIRTYPE, REGTYPE, encode_header, end_of_archive, padding)
 from ansible_collections.strata.layers.plugins.module_utils._tarsplit import emit
@@ -62,14 +66,18 @@ class Blob:
 class Plan:
     """Every blob and metadata file of one image's export."""
 
-    def __init__(self, store: Store, image: ImageRecord, tags: List[str]) -> None:
+    def __init__(self, store: Store, image: ImageRecord, tags: List[str],
+                 omit: Optional[Set[str]] = None) -> None:
         self.image = image
         self.tags = tags
         records = [store.layers.get(ChainID(c)) for c in chain_ids(image.config.diff_ids)]
         self.layers: List[Blob] = []
+        # the layers a receiving store already holds (by chain id): named by the
+        # manifests, their blobs left out (layer_import skips a held layer unread)
+        self.omitted = [r.chain_id for r in records if omit and r.chain_id in omit]
         seen = set()
         for record in records:
-            if record.diff_id not in seen:
+            if record.chain_id not in self.omitted and record.diff_id not in seen:
                 seen.add(record.diff_id)
                 self.layers.append(Blob(record.diff_id, record.tar_size, layer=record))
         self.layer_digests = [r.diff_id for r in records]
@@ -114,6 +122,47 @@ class Plan:
         return self.layers + [self.config, self.manifest]
 
 
+class Export:
+    """The plans of every image one archive holds (``docker save a b c``): each blob
+    once, one manifest (index entry, ``manifest.json`` entry) per image."""
+
+    def __init__(self, plans: List[Plan]) -> None:
+        self.plans = plans
+
+    def blobs(self) -> List[Blob]:
+        seen, out = set(), []
+        for plan in self.plans:
+            for blob in plan.blobs():
+                if blob.digest not in seen:
+                    seen.add(blob.digest)
+                    out.append(blob)
+        return out
+
+    def index(self) -> bytes:
+        if len(self.plans) == 1:
+            return self.plans[0].index()
+        entries = [json.loads(p.index())["manifests"][0] for p in self.plans]
+        return dumps({"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": entries})
+
+    def docker_manifest(self) -> bytes:
+        return dumps([json.loads(p.docker_manifest())[0] for p in self.plans])
+
+    def repositories(self) -> bytes:
+        repos: Dict[str, Dict[str, str]] = {}
+        for plan in self.plans:
+            for name, versions in json.loads(plan.repositories()).items():
+                repos.setdefault(name, {}).update(versions)
+        return dumps(repos)
+
+    def metadata(self, fmt: str) -> List[Tuple[str, bytes]]:
+        files = [("oci-layout", dumps({"imageLayoutVersion": "1.0.0"})),
+                 ("index.json", self.index())]
+        if fmt == "docker-archive":
+            files += [("manifest.json", self.docker_manifest()),
+                      ("repositories", self.repositories())]
+        return files
+
+
 def write_blob(store: Store, blob: Blob, sink: Sink) -> None:
     """Send ``blob`` to ``sink``; a layer must re-emit to its diff_id."""
     if blob.data is not None:
@@ -130,18 +179,23 @@ def write_blob(store: Store, blob: Blob, sink: Sink) -> None:
 
 
 class _FileSink:
+    """Writes an export; runs of zeros (a sparse file's holes) stay holes in it."""
+
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.size = 0
+        self.writer = SparseWriter(fd)
 
     def __call__(self, data: Any) -> None:
         view = memoryview(data)
         self.size += len(view)
-        while view:
-            view = view[os.write(self.fd, view):]
+        self.writer.write(view)
+
+    def finish(self) -> None:
+        self.writer.finish()
 
 
-def write_archive(store: Store, plan: Plan, fmt: str, dest: str) -> None:
+def write_archive(store: Store, plan: Export, fmt: str, dest: str) -> None:
     tmp = os.path.join(os.path.dirname(dest) or ".", temp_name(os.path.basename(dest)))
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
@@ -156,6 +210,7 @@ def write_archive(store: Store, plan: Plan, fmt: str, dest: str) -> None:
             sink(encode_header(name.encode(), REGTYPE, 0o644, size=len(data)))
             sink(data + padding(len(data)))
         sink(end_of_archive())
+        sink.finish()
         os.fsync(fd)
         os.close(fd)
         fd = -1
@@ -170,7 +225,7 @@ def write_archive(store: Store, plan: Plan, fmt: str, dest: str) -> None:
             os.unlink(tmp)
 
 
-def write_layout(store: Store, plan: Plan, dest: str) -> None:
+def write_layout(store: Store, plan: Export, dest: str) -> None:
     blobs_dir = os.path.join(dest, "blobs", "sha256")
     os.makedirs(blobs_dir, mode=0o755, exist_ok=True)
     for blob in plan.blobs():
@@ -180,7 +235,9 @@ def write_layout(store: Store, plan: Plan, dest: str) -> None:
         tmp = os.path.join(blobs_dir, temp_name(hex_of(blob.digest)))
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
-            write_blob(store, blob, _FileSink(fd))
+            sink = _FileSink(fd)
+            write_blob(store, blob, sink)
+            sink.finish()
             os.fsync(fd)
         except BaseException:
             os.close(fd)
@@ -195,22 +252,39 @@ def write_layout(store: Store, plan: Plan, dest: str) -> None:
         write_file(os.path.join(dest, name), data)
 
 
-def _merged_index(path: str, plan: Plan) -> bytes:
-    """Our manifest replaces an entry of the same name (or digest); other images stay."""
-    mine = json.loads(plan.index())["manifests"][0]
-    name = (mine.get("annotations") or {}).get("org.opencontainers.image.ref.name")
+def _merged_index(path: str, plan: Export) -> bytes:
+    """Our manifests replace entries of the same name (or digest); other images stay."""
+    mine = json.loads(plan.index())["manifests"]
+    current = _existing_entries(path)
+    digests = {m["digest"] for m in mine}
+    names = {(m.get("annotations") or {}).get("org.opencontainers.image.ref.name")
+             for m in mine} - {None}
+    others = [m for m in current if m.get("digest") not in digests and
+              (m.get("annotations") or {}).get("org.opencontainers.image.ref.name") not in names]
+    return dumps({"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": others + mine})
+
+
+def _existing_entries(path: str) -> List[Dict[str, Any]]:
+    """The manifest descriptors of the index.json already at ``path`` (a regular file,
+    bounded like any index read from outside); none when it is not a readable index."""
     try:
-        with open(path, "rb") as handle:
-            current = json.loads(handle.read()).get("manifests", [])
-    except (OSError, ValueError, AttributeError):
-        current = []
-    others = [m for m in current if m.get("digest") != mine["digest"] and
-              (name is None or (m.get("annotations") or {}).get(
-                  "org.opencontainers.image.ref.name") != name)]
-    return dumps({"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": others + [mine]})
+        fd = open_regular(path)
+    except StoreError:
+        return []
+    try:
+        raw = os.read(fd, MAX_JSON + 1)
+    except OSError:
+        return []
+    finally:
+        os.close(fd)
+    try:
+        entries = loads(raw, "index %s" % path).get("manifests", [])
+    except (StoreError, AttributeError):
+        return []
+    return [m for m in entries if isinstance(m, dict)] if isinstance(entries, list) else []
 
 
-def _same_export(dest: str, fmt: str, plan: Plan) -> bool:
+def _same_export(dest: str, fmt: str, plan: Export) -> bool:
     """The reason idiom: does ``dest`` already hold exactly this export?"""
     if not os.path.exists(dest):
         return False
@@ -223,8 +297,9 @@ def _same_export(dest: str, fmt: str, plan: Plan) -> bool:
         elif fmt == "oci-archive" and index.read("index.json") != plan.index():
             return False
         elif fmt == "oci-layout":
-            entries = json.loads(index.read("index.json")).get("manifests", [])
-            if not any(m.get("digest") == plan.manifest.digest for m in entries):
+            entries = _existing_entries(os.path.join(dest, "index.json"))
+            present = {m.get("digest") for m in entries}
+            if any(p.manifest.digest not in present for p in plan.plans):
                 return False
         return all(_blob_present(index, blob) for blob in plan.blobs())
     except (StoreError, OSError, ValueError):
@@ -270,19 +345,50 @@ def image_export(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, 
     if not os.path.isdir(parent):
         raise InvalidInput("the directory of dest (%s) does not exist" % parent)
     store = Store.from_params(params)
+    clash = overlaps(store.root, dest, holding=False)
+    if clash:
+        raise InvalidInput("dest %s is refused: %s, whose records an export would overwrite; "
+                           "write the export outside data_root" % (dest, clash))
     with store.read():
-        ref = params.get("image") or ""
-        image = store.images.get(store.images.resolve(ref))
-        tags = _tags_for(ref, image.id)
-        plan = Plan(store, image, tags)
-        changed = not _same_export(dest, fmt, plan)
+        omit = set(params.get("omit_layers") or [])
+        export = Export(_plans(store, _references(params.get("image")), omit))
+        changed = not _same_export(dest, fmt, export)
         if changed and not check_mode:
             if fmt == "oci-layout":
-                write_layout(store, plan, dest)
+                write_layout(store, export, dest)
             else:
-                write_archive(store, plan, fmt, dest)
-    return {"changed": changed, "image_id": image.id, "dest": dest, "format": fmt,
-            "layers": plan.layer_digests, "tags": tags}
+                write_archive(store, export, fmt, dest)
+    first = export.plans[0]
+    return {"changed": changed, "image_id": first.image.id, "dest": dest, "format": fmt,
+            "layers": first.layer_digests, "tags": [t for p in export.plans for t in p.tags],
+            "image_ids": [p.image.id for p in export.plans],
+            "images": [{"image_id": p.image.id, "tags": p.tags, "layers": p.layer_digests}
+                       for p in export.plans],
+            "omitted": sorted({c for p in export.plans for c in p.omitted}),
+            "size": sum(b.size for b in export.blobs())}
+
+
+def _references(value: Any) -> List[str]:
+    refs = [value] if isinstance(value, str) else list(value or [])
+    if not refs or not all(isinstance(r, str) and r for r in refs):
+        raise InvalidInput("image must name at least one image (a reference or a list of "
+                           "references)")
+    return refs
+
+
+def _plans(store: Store, refs: List[str], omit: Set[str]) -> List[Plan]:
+    """One plan per image, in the order first named; an image named twice (two tags)
+    is one entry carrying both tags, as ``docker save`` writes it."""
+    tags: Dict[str, List[str]] = {}
+    images: Dict[str, ImageRecord] = {}
+    for ref in refs:
+        image = store.images.get(store.images.resolve(ref))
+        images.setdefault(image.id, image)
+        for tag in _tags_for(ref, image.id):
+            if tag not in tags.setdefault(image.id, []):
+                tags[image.id].append(tag)
+    return [Plan(store, image, tags.get(image_id, []), omit)
+            for image_id, image in images.items()]
 
 
 def _tags_for(ref: str, image_id: str) -> List[str]:

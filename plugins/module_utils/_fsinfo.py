@@ -95,6 +95,9 @@ def supports_d_type(directory: str) -> bool:
 
 
 MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_REMOUNT = 32
 MS_BIND = 4096
 MNT_DETACH = 2
 

@@ -6,7 +6,9 @@
 with a tag that is not the image's last one only removes that tag (as ``docker rmi
 NAME:TAG`` does); otherwise the image is removed with every tag, and then every layer
 no other image or container needs.  An image a container uses is not removed unless
-``force``, which removes those containers first and says so.
+``force``, which removes those containers first and says so.  References fail closed:
+a container record that cannot be read refuses the removal (it may use the image), and
+while any record cannot be read the image's layers are kept (``removed.unreadable``).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from typing import Any, Dict, List
 
 from ansible_collections.strata.layers.plugins.module_utils import _containers as containers
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
-    AlreadyExists, InvalidInput, NotFound, StoreError)
+    AlreadyExists, Corrupt, InvalidInput, NotFound, StoreError)
 from ansible_collections.strata.layers.plugins.module_utils._images import (
     normalize_tag, validate_tags)
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
@@ -71,19 +73,29 @@ def _absent(store: Store, name: str, force: bool, dry: bool) -> Dict[str, Any]:
             store.images.write_tags({t: i for t, i in current.items() if t != untag})
         return {"changed": True, "image_id": image_id, "tags": [t for t in mine if t != untag],
                 "removed": {"tags": [untag], "images": [], "layers": [], "containers": []}}
-    users = [c for c in containers.ContainerDB(store.root).all() if c.image_id == image_id]
+    refs = store.references()
+    if refs.unreadable_containers:
+        raise Corrupt("cannot tell whether image %s is in use: container record(s) %s cannot be "
+                      "read; nothing was removed. Run strata.layers.store_check with repair: "
+                      "true (it moves damaged records aside), then remove the image again"
+                      % (name, ", ".join(c[:12] for c in refs.unreadable_containers)),
+                      unreadable=refs.unreadable)
+    users = [containers.ContainerDB(store.root).get(cid)
+             for cid, used in sorted(refs.container_images.items()) if used == image_id]
     if users and not force:
         raise AlreadyExists("image %s is used by container(s) %s; remove them first or set "
                             "force: true (which removes them too)"
                             % (name, ", ".join(sorted(c.name for c in users))),
                             containers=sorted(c.name for c in users))
+    # docker rmi -f refuses an image a running container uses; so do we
+    containers.refuse_running(store, users, "removing image %s" % name)
     # only the image's own layers that nothing else needs go with it (docker rmi): a
     # layer kept untagged for later use as a parent is not this image's to remove
     chain = set(store.images.get(image_id).chain)
     gone = {image_id} | {"container:" + c.id for c in users}
     freed = [c for c in store.unused_layers(gone) if c in chain]
     removed = {"tags": mine, "images": [image_id], "containers": sorted(c.name for c in users),
-               "layers": [str(c) for c in freed]}
+               "layers": [str(c) for c in freed], "unreadable": refs.unreadable}
     if dry:
         return {"changed": True, "image_id": image_id, "tags": [], "removed": removed}
     for user in users:

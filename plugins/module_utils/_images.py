@@ -9,6 +9,7 @@ was stored, where from, the parent image of a build step).  ``tags.json`` maps
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -22,6 +23,7 @@ from ansible_collections.strata.layers.plugins.module_utils._digest import (
     DiffID, ImageID, chain_ids, hex_of, is_digest, sha256_bytes, validate_digest)
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, InvalidInput, InvalidReference, NotFound)
+from ansible_collections.strata.layers.plugins.module_utils._jsondoc import DEFAULT, Bounds, load_object
 
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
 _DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*" \
@@ -88,8 +90,9 @@ class ImageConfig:
     data: Dict[str, Any]
     diff_ids: List[DiffID]
 
-    @property
+    @functools.cached_property
     def id(self) -> ImageID:
+        # hashed once: an archive's thousand entries may name one large config
         return ImageID(sha256_bytes(self.raw))
 
     @property
@@ -103,14 +106,9 @@ class ImageConfig:
 
 def json_object(raw: bytes, what: str) -> Dict[str, Any]:
     """``raw`` parsed as a JSON object (a config, manifest or index); Corrupt naming
-    ``what`` otherwise."""
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise Corrupt("%s is not valid JSON: %s" % (what, exc)) from exc
-    if not isinstance(data, dict):
-        raise Corrupt("%s is not a JSON object" % what)
-    return data
+    ``what`` otherwise.  Depth and fan-out are bounded here; size by whoever read ``raw``
+    (each reader has its own limit and option)."""
+    return load_object(raw, what, Bounds(size=max(len(raw), DEFAULT.size)))
 
 
 def parse_config(raw: bytes, where: str) -> ImageConfig:

@@ -17,12 +17,13 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils._archive import (
-    ArchiveImage, DirIndex, MemIndex, TarIndex, archive_format, classify, index_stream,
-    read_docker_archive, read_oci, verify_sizes)
+    MAX_JSON, ArchiveImage, DirIndex, Limits, MemIndex, TarIndex, archive_format, classify,
+    index_stream, read_docker_archive, read_oci, verify_sizes)
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
     remove_tree, wrap_os_error)
 from ansible_collections.strata.layers.plugins.module_utils._compression import (
-    DecodedStream, detect, open_file)
+    STREAM_MAX, STREAM_WAIT, DecodedStream, detect, is_stream, open_file, open_regular,
+    open_stream, read_head)
 from ansible_collections.strata.layers.plugins.module_utils._digest import (
     ChainID, DiffID, ImageID, chain_id, hex_of, is_digest, validate_digest)
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
@@ -43,6 +44,16 @@ def layer_import(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, 
         raise InvalidInput("format %r is not one of %s" % (fmt, ", ".join(FORMATS)))
     if not os.path.exists(src):
         raise NotFound("src %s does not exist on this host" % src)
+    streamed = is_stream(src)
+    if streamed and fmt not in ("layer", "auto"):
+        raise InvalidInput("src %s is a FIFO or character device, not an archive file: only "
+                           "format: layer reads from a stream" % src)
+    if streamed and fmt != "layer":
+        raise InvalidInput("src %s is a FIFO or character device: give format: layer to read a "
+                           "layer from it (formats are not detected from a stream, and an "
+                           "archive must be a file)" % src)
+    if not streamed and not os.path.isdir(src):
+        os.close(open_regular(src, "src %s" % src))
     tags = validate_tags(params.get("tag") or [])
     digest = params.get("digest")
     if digest:
@@ -50,22 +61,53 @@ def layer_import(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, 
     max_size = params.get("max_size")
     if max_size is not None and int(max_size) <= 0:
         raise InvalidInput("max_size must be a positive number of bytes")
+    limits = archive_limits(params)
     store = Store.from_params(params)
-    if fmt == "auto":
+    detected = fmt == "auto"
+    if detected:
         # a file imported before as a layer is one: no need to read its headers again
         known = store.exists() and not os.path.isdir(src) and \
             store.source_digests(stat_key(src)) is not None
-        fmt = "layer" if known else classify(src)
+        fmt = "layer" if known else classify(src, limits)
     if fmt != "layer" and params.get("parent"):
         raise InvalidInput("parent applies to format: layer only (an archive's config names "
                            "its layers)")
     job = LayerJob(store, src, params.get("parent"), digest, tags, max_size) if fmt == "layer" \
-        else ArchiveJob(store, src, fmt, digest, tags, max_size)
+        else ArchiveJob(store, src, fmt, digest, tags, max_size, limits)
+    if streamed:
+        job.stream(float(params.get("src_timeout") or STREAM_WAIT))
+    try:
+        return _perform(job, store, src, check_mode)
+    except NotAnArchive:
+        if not detected:
+            raise
+    # a compressed tar whose first members looked like an archive's (a blobs/ directory,
+    # a repositories file) but that holds no archive metadata after all: a layer
+    return _perform(LayerJob(store, src, params.get("parent"), digest, tags, max_size),
+                    store, src, check_mode)
+
+
+def _perform(job: Any, store: Store, src: str, check_mode: bool) -> Dict[str, Any]:
     if check_mode:
         with store.read():
             return job.plan()
     with store.write("layer_import of %s" % src):
         return job.run()
+
+
+def archive_limits(params: Dict[str, Any]) -> Limits:
+    """The bounds of an archive's metadata, from ``max_metadata_size`` and ``max_entries``."""
+    size = params.get("max_metadata_size") or MAX_JSON
+    entries = params.get("max_entries") or Limits.images
+    if int(size) <= 0 or int(entries) <= 0:
+        raise InvalidInput("max_metadata_size and max_entries must be positive numbers")
+    return Limits(json_size=int(size), json_total=4 * int(size), images=int(entries),
+                  layers=int(entries))
+
+
+class NotAnArchive(Corrupt):
+    """A compressed tar told from its first members to be an archive holds no archive
+    metadata: with format auto it is imported as a layer instead."""
 
 
 def stat_key(path: str) -> str:
@@ -92,6 +134,20 @@ class LayerJob:
             raise InvalidInput("src %s is a directory; format: layer needs a tar file" % src)
         self.store, self.src, self.parent_ref = store, src, parent
         self.digest, self.tags, self.max_size = digest, tags, max_size
+        self.wait: Optional[float] = None
+
+    def stream(self, wait: float) -> None:
+        """``src`` is a FIFO or device: read once, bounded (``max_size``, else STREAM_MAX)
+        and never waiting more than ``wait`` seconds for data; no stat-key cache."""
+        self.wait = wait
+        if self.max_size is None:
+            self.max_size = STREAM_MAX
+
+    def open(self) -> DecodedStream:
+        what = "layer %s" % self.src
+        if self.wait is not None:
+            return open_stream(self.src, what, self.wait)
+        return open_file(self.src, what)
 
     def _parent(self) -> Tuple[Optional[Any], Optional[ChainID]]:
         if not self.parent_ref:
@@ -106,6 +162,8 @@ class LayerJob:
         Only the stat-key cache, which holds the digests of this very file, skips reading
         ``src``.  A ``digest`` naming a stored layer says nothing about ``src`` itself: it
         is hashed (not extracted) and must match."""
+        if self.wait is not None:
+            return None, None       # a stream is read once, by the import itself
         cached = self._cached()
         if cached is not None:
             return cached, None
@@ -129,7 +187,7 @@ class LayerJob:
 
     def _hashed(self) -> Dict[str, str]:
         """The digests of ``src`` (read, not extracted), checked against ``digest``."""
-        digests = hash_stream(self.src, self.max_size)
+        digests = hash_stream(self.src, self.max_size, self.open)
         if self.digest is not None and self.digest not in (digests["digest"], digests["diff_id"]):
             raise DigestMismatch("layer %s: digest mismatch: expected %s, the file has %s "
                                  "(compressed) and %s (uncompressed); nothing was kept"
@@ -165,15 +223,19 @@ class LayerJob:
 
     def run(self) -> Dict[str, Any]:
         store = self.store
+        key = stat_key(self.src)     # taken before anything is read
         parent_image, parent = self._parent()
         expect_diff, hashed = self._known(parent)
         what = "layer %s" % self.src
         record, imported, digests = store.ingest_layer(
-            lambda: open_file(self.src, what), parent, what,
+            self.open, parent, what,
             expect=self.digest, expect_diff=expect_diff, max_size=self.max_size)
         learned = digests if "digest" in digests else hashed
-        if learned is not None:
-            store.remember_source(stat_key(self.src), learned)
+        # the digests are remembered for the file as it was before and after reading it
+        # (the stream itself refuses a file written to while it was read): never for
+        # content it no longer has, and never for a stream (a FIFO's next content differs)
+        if learned is not None and self.wait is None and stat_key(self.src) == key:
+            store.remember_source(key, learned)
         stack = store.layers.stack(record.chain_id)
         result: Dict[str, Any] = {
             "changed": imported, "layers": [layer_entry(r, imported and r is stack[-1])
@@ -217,10 +279,11 @@ def _bare_config(stack: List[LayerRecord]) -> bytes:
     return raw
 
 
-def hash_stream(path: str, max_size: Optional[int]) -> Dict[str, str]:
+def hash_stream(path: str, max_size: Optional[int],
+                opener: Optional[Callable[[], DecodedStream]] = None) -> Dict[str, str]:
     """The digests of a file read but not extracted: ``digest`` as it is (compressed)
     and ``diff_id`` of its uncompressed stream (check mode, a ``digest`` to verify)."""
-    stream = open_file(path)
+    stream = opener() if opener is not None else open_file(path)
     try:
         hasher = hashlib.sha256()
         total = 0
@@ -249,8 +312,8 @@ class ArchiveJob:
     """
 
     def __init__(self, store: Store, src: str, fmt: str, digest: Optional[str], tags: List[str],
-                 max_size: Optional[int]) -> None:
-        self.store, self.src, self.fmt = store, src, fmt
+                 max_size: Optional[int], limits: Limits = Limits()) -> None:
+        self.store, self.src, self.fmt, self.limits = store, src, fmt, limits
         self.digest, self.tags, self.max_size = digest, tags, max_size
         self.compressed = fmt == "compressed-archive" or (
             fmt != "oci-layout" and os.path.isfile(src) and _compressed(src))
@@ -264,7 +327,8 @@ class ArchiveJob:
     def _open(self, scratch_dir: Optional[str]) -> Tuple[Any, List[ArchiveImage]]:
         index, fmt = self._index(scratch_dir)
         try:
-            images = read_docker_archive(index) if fmt == "docker-archive" else read_oci(index)
+            images = read_docker_archive(index, self.limits) if fmt == "docker-archive" \
+                else read_oci(index, limits=self.limits)
             verify_sizes(index, images)
             if self.digest is not None:
                 self._check_archive_digest(images)
@@ -287,19 +351,24 @@ class ArchiveJob:
             return TarIndex(self.src), self.fmt
         index = self._streamed() if scratch_dir is None else \
             TarIndex(self._decompress(scratch_dir), shown=self.src)
-        fmt = archive_format(index) if self.fmt == "compressed-archive" else self.fmt
+        try:
+            fmt = archive_format(index, self.limits) if self.fmt == "compressed-archive" \
+                else self.fmt
+        except BaseException:
+            index.close()
+            raise
         if fmt is None:
             index.close()
-            raise Corrupt("src %s is a compressed tar whose manifest.json or index.json is not "
-                          "that of an image archive (use format: layer if it is a layer)"
-                          % self.src)
+            raise NotAnArchive("src %s is a compressed tar whose manifest.json or index.json is "
+                               "not that of an image archive (use format: layer if it is a "
+                               "layer)" % self.src)
         return index, fmt
 
     def _streamed(self) -> MemIndex:
         """Check mode: the compressed archive read once, its metadata kept in memory."""
         stream = open_file(self.src)
         try:
-            index = index_stream(self._inflated(stream), self.src)
+            index = index_stream(self._inflated(stream), self.src, limits=self.limits)
         finally:
             stream.close()
         self._src_digests = [stream.compressed_digest() or str(index.tar_digest),
@@ -414,6 +483,9 @@ class ArchiveJob:
                 remove_tree(scratch)
 
     def _import(self, index: Any, images: List[ArchiveImage]) -> Dict[str, Any]:
+        for image in images:
+            self.store.check_depth(len(image.layers), "image %s of %s" % (image.config.id,
+                                                                          self.src))
         try:
             changed, first_layers = self._store_images(index, images)
             moved = self._tag(images)
@@ -428,7 +500,11 @@ class ArchiveJob:
                       ) -> Tuple[bool, List[Dict[str, Any]]]:
         changed = False
         first_layers: List[Dict[str, Any]] = []
+        stored: Set[str] = set()
         for number, image in enumerate(images):
+            if image.config.id in stored:
+                continue            # an image several entries name is stored once
+            stored.add(image.config.id)
             entries, imported = self._layers(index, image)
             record, added = self.store.put_image(image.config, {"source": "%s:%s" % (
                 self.fmt, self.src)})
@@ -501,8 +577,7 @@ class ArchiveJob:
 
 
 def _compressed(path: str) -> bool:
-    with open(path, "rb") as handle:
-        return detect(handle.read(16)) != "plain"
+    return detect(read_head(path)) != "plain"
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -1,6 +1,7 @@
 # Copyright: strata.layers contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The store lock: ``flock`` on ``<data_root>/lock``, a file never renamed or deleted.
+"""The store lock: ``flock`` on ``<data_root>/lock``, a file never renamed, and deleted
+only with the store itself when a store's first run failed (``current`` tells a waiter).
 
 Exclusive for mutations, shared for reads.  Waiting polls with a non-blocking
 ``flock`` so a timeout is exact and the waiter can say who holds the lock: the
@@ -10,13 +11,14 @@ written by a holder that died is therefore never blamed).
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import socket
 import time
 from typing import List, Optional
 
-from ansible_collections.strata.layers.plugins.module_utils._errors import Locked
+from ansible_collections.strata.layers.plugins.module_utils._errors import Locked, StoreError
 
 DEFAULT_TIMEOUT = 300.0
 
@@ -39,8 +41,21 @@ class StoreLock:
     def __exit__(self, *exc: object) -> None:
         self.release()
 
+    def _open(self) -> int:
+        """The lock file's descriptor.  A reader of a store on a read-only filesystem
+        (or without write permission) locks a read-only descriptor: flock(2) needs none."""
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if not self.exclusive and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                try:
+                    return os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    pass
+            raise read_only_error(exc, os.path.dirname(self.path), self.operation) from exc
+
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = self._open()
         mode = fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH
         deadline = time.monotonic() + max(self.timeout, 0.0)
         delay = 0.005
@@ -63,8 +78,23 @@ class StoreLock:
             note = "pid %d on %s: %s since %s\n" % (
                 os.getpid(), socket.gethostname(), self.operation or "a mutation",
                 time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, note.encode("utf-8", "replace"), 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, note.encode("utf-8", "replace"), 0)
+            except OSError:
+                pass    # a full disk: the note is a courtesy, /proc/locks still names us
+
+    def current(self) -> bool:
+        """The locked file is still the one at ``path`` (a first run that failed removes
+        its store, lock file included, while others may be waiting on it)."""
+        if self._fd is None:
+            return False
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        held = os.fstat(self._fd)
+        return (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino)
 
     def release(self) -> None:
         if self._fd is not None:
@@ -73,6 +103,19 @@ class StoreLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def read_only_error(exc: OSError, root: str, operation: str = "") -> StoreError:
+    """The error for a store whose directory cannot be written (or opened)."""
+    doing = operation or "this change"
+    if exc.errno == errno.EROFS:
+        return StoreError("data_root %s is on a read-only filesystem: %s cannot change the "
+                          "store; remount it read-write (read-only modules such as store_info "
+                          "still work)" % (root, doing))
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return StoreError("data_root %s is not writable by this user (%s): %s needs write "
+                          "access (become root)" % (root, exc.strerror, doing))
+    return StoreError("cannot open the store lock in %s: %s" % (root, exc.strerror or exc))
 
 
 def _holder_pids(fd: int) -> List[int]:

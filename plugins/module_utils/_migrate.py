@@ -4,7 +4,9 @@
 
 Layer records are driver independent; only the files move.  Step by step:
 
-1. refuse if a container is mounted (its writable layer would change under us);
+1. refuse if a container is mounted (its writable layer would change under us), or if
+   any image or container record cannot be read (references fail closed: the old
+   driver's home, with that container's data, is removed at the end);
 2. every layer, parents first, that the new driver does not hold yet is re-emitted
    from its header record and the old driver's files, and streamed through the
    applier into a staging directory of the new driver; the stream must hash to the
@@ -60,6 +62,7 @@ def preview(store: Store, target: str) -> Dict[str, Any]:
 def migrate(store: Store, target: str, keep_previous: Optional[bool]) -> Dict[str, Any]:
     started = time.monotonic()
     old, new = store.driver, store.driver_named(target)
+    _refuse_unreadable(store)
     _refuse_mounted(store)
     new.init()
     moved, reused, nbytes = _layers(store, old, new)
@@ -112,13 +115,27 @@ def remove_home(store: Store, name: str) -> bool:
         driver.remove_path(driver.layer_dir(ChainID("sha256:" + chain)))
         crash_point("migrate.previous-removed")
     for cid in driver.container_ids():
-        driver.remove_path(driver.container_dir(cid))
+        driver.remove_container(cid)
     remove_tree(driver.home)
     fsync_dir(store.root)
     return True
 
 
+def _refuse_unreadable(store: Store) -> None:
+    """References fail closed: a container the switch cannot carry (its record or its
+    image cannot be read) would be lost with the old driver's home, and an unreadable
+    image may be a container's, so nothing is switched while there is one."""
+    problems = store.references().unreadable
+    if problems:
+        raise Corrupt("cannot switch drivers without losing data: %s; nothing was switched. "
+                      "Run strata.layers.store_check with repair: true, re-import missing "
+                      "images or remove those containers, then switch again"
+                      % "; ".join(problems[:5]), unreadable=problems)
+
+
 def _refuse_mounted(store: Store) -> None:
+    containers.refuse_running(store, containers.ContainerDB(store.root).all(),
+                              "switching drivers")
     mounted = [r.name for r in containers.ContainerDB(store.root).all()
                if r.mount_point and mount_at(r.mount_point) is not None]
     if mounted:
@@ -164,9 +181,10 @@ def _containers(store: Store, old: Driver, new: Driver) -> int:
     for record in containers.ContainerDB(store.root).all():
         image = store.images.get(record.image_id)
         chain = [ChainID(c) for c in image.chain]
-        if new.container_exists(record.id):
+        if new.container_exists(record.id) or new.has_init(record.id):
             new.remove_container(record.id)
-        new.create_container(record.id, chain)
+        # the init layer is made again from its entries, not carried as a change
+        new.create_container(record.id, chain, containers.init_filler(record.init))
         changes = containers.changes_with(old, record, chain, exact_times=True).tar()
         applier = Applier(new.container_root(record.id), new.whiteouts, None,
                           "the writable layer of container %s" % record.name)

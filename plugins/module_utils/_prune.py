@@ -4,8 +4,11 @@
 
 An image is unreferenced when no tag points at it, no container uses it and it is not
 the parent of a kept image (a build step another image was made from); a layer when no
-remaining image or container needs it.  Reclaimed bytes are measured on disk (what
-the driver's directories really took), not the layers' logical sizes.
+remaining image or container needs it.  References fail closed: while any image or
+container record cannot be read (damaged, quarantined, or naming a missing image),
+nothing is pruned and the result's ``unreadable`` says which records to repair.
+Reclaimed bytes are measured on disk (what the driver's directories really took), not
+the layers' logical sizes.
 
 With ``build_cache``, the directories of ``RUN --mount=type=cache`` go too (as
 ``docker builder prune`` removes BuildKit's cache mounts); they are never removed
@@ -15,16 +18,17 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Set, Tuple
 
-from ansible_collections.strata.layers.plugins.module_utils import _containers as containers
 from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import allocated_bytes
 from ansible_collections.strata.layers.plugins.module_utils._runsetup import prune_caches
-from ansible_collections.strata.layers.plugins.module_utils._store import Store
+from ansible_collections.strata.layers.plugins.module_utils._store import References, Store
 
 
-def dangling_images(store: Store) -> List[str]:
+def dangling_images(store: Store, refs: References) -> List[str]:
+    if refs.unreadable_containers:
+        return []   # fail closed: a container record that cannot be read may use any image
     tagged = set(store.images.tags().values())
-    used = {c.image_id for c in containers.ContainerDB(store.root).all()}
+    used = set(refs.container_images.values())
     images = store.images.all()
     keep: Set[str] = tagged | used
     parents = {i.id: i.meta.get("parent") for i in images}
@@ -37,10 +41,14 @@ def dangling_images(store: Store) -> List[str]:
     return sorted(i.id for i in images if i.id not in keep)
 
 
-def plan(store: Store) -> Tuple[List[str], List[ChainID]]:
-    """What a prune removes: dangling images, then every layer nothing else needs."""
-    images = dangling_images(store)
-    return images, store.unused_layers(set(images))
+def plan(store: Store) -> Tuple[List[str], List[ChainID], List[str]]:
+    """What a prune removes: dangling images, then every layer nothing else needs; and
+    the records that could not be read (while there are any, nothing is removed)."""
+    refs = store.references()
+    if refs.unreadable:
+        return [], [], refs.unreadable
+    images = dangling_images(store, refs)
+    return images, store.unused_layers(set(images)), []
 
 
 def store_prune(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, Any]:
@@ -57,6 +65,10 @@ def _with_caches(result: Dict[str, Any], store: Store, caches: bool, dry: bool
                  ) -> Dict[str, Any]:
     if not caches:
         return result
+    if result["unreadable"]:
+        # fail closed as a whole: the warning says nothing was pruned, and it is so
+        result["removed"]["build_cache"] = []
+        return result
     names, size = prune_caches(store.root, dry) if store.exists() else ([], 0)
     result["removed"]["build_cache"] = names
     result["reclaimed"] += size
@@ -66,19 +78,30 @@ def _with_caches(result: Dict[str, Any], store: Store, caches: bool, dry: bool
 
 def _plan(store: Store) -> Dict[str, Any]:
     if not store.exists():
-        return {"changed": False, "removed": {"images": [], "layers": []}, "reclaimed": 0}
-    images, layers = plan(store)
+        return _result([], [], [], 0)
+    images, layers, held = plan(store)
     reclaimed = sum(allocated_bytes(store.driver.layer_dir(c)) for c in layers)
-    return {"changed": bool(images or layers),
-            "removed": {"images": images, "layers": [str(c) for c in layers]},
-            "reclaimed": reclaimed}
+    return _result(images, layers, held, reclaimed)
 
 
 def _prune(store: Store) -> Dict[str, Any]:
-    images, layers = plan(store)
+    images, layers, held = plan(store)
     for image_id in images:
         store.remove_image(image_id)
     reclaimed = sum(store.remove_layer(chain) for chain in layers)
-    return {"changed": bool(images or layers),
-            "removed": {"images": images, "layers": [str(c) for c in layers]},
-            "reclaimed": reclaimed}
+    return _result(images, layers, held, reclaimed)
+
+
+def _result(images: List[str], layers: List[ChainID], held: List[str],
+            reclaimed: int) -> Dict[str, Any]:
+    result: Dict[str, Any] = {
+        "changed": bool(images or layers),
+        "removed": {"images": images, "layers": [str(c) for c in layers]},
+        "reclaimed": reclaimed, "unreadable": held}
+    if held:
+        result["warnings"] = ["nothing was pruned: %d image or container record(s) cannot be "
+                              "read, and any layer may be theirs (%s). Run "
+                              "strata.layers.store_check (repair: true), re-import the missing "
+                              "images or remove those containers, then prune again"
+                              % (len(held), "; ".join(held[:3]))]
+    return result

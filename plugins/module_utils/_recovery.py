@@ -13,10 +13,11 @@ a crash during recovery is recovered again.
 from __future__ import annotations
 
 import os
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional, Set
 
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
     TEMP_PREFIX, fsync_dir, read_json, temp_name, write_json)
+from ansible_collections.strata.layers.plugins.module_utils._trust import inside
 
 # remove(driver_name_or_None, absolute_path) removes one path (driver aware)
 Remover = Callable[[Optional[str], str], None]
@@ -69,8 +70,11 @@ class Marks:
         except FileNotFoundError:
             return []
 
-    def settle(self, remove: Remover) -> List[str]:
-        """Roll back or finish every mark left by a crash; return what was done."""
+    def settle(self, remove: Remover, drivers: Iterable[str] = ()) -> List[str]:
+        """Roll back or finish every mark left by a crash; return what was done.
+
+        A mark that names a path outside the store (or an unknown driver) is never
+        acted on: it is set aside as ``*.rejected`` and reported."""
         actions = []
         for name in self.pending():
             path = os.path.join(self.dir, name)
@@ -78,6 +82,12 @@ class Marks:
                 data = read_json(path)
             except (ValueError, OSError):
                 data = None  # a mark torn by the crash itself: its mutation never began
+            problem = self.invalid(data, set(drivers)) if isinstance(data, dict) else None
+            if problem:
+                os.rename(path, path + ".rejected")
+                actions.append("rejected mark %s: %s; nothing it names was touched"
+                               % (name, problem))
+                continue
             if isinstance(data, dict):
                 record = data.get("record")
                 present = bool(record) and os.path.exists(os.path.join(self.data_root, record))
@@ -92,3 +102,23 @@ class Marks:
         if actions:
             fsync_dir(self.dir)
         return actions
+
+    def invalid(self, data: Dict[str, object], drivers: Set[str]) -> Optional[str]:
+        """Why a mark must not be acted on (a path it names leaves the store), or None."""
+        record = data.get("record")
+        entries = [[None, record]] if record is not None else []
+        for key in ("if_absent", "if_present"):
+            listed = data.get(key) or []
+            if not isinstance(listed, list):
+                return "its %s is not a list" % key
+            entries += listed
+        for entry in entries:
+            if not isinstance(entry, list) or len(entry) != 2:
+                return "it holds an entry that is not [driver, path]: %r" % (entry,)
+            driver, rel = entry
+            if driver is not None and driver not in drivers:
+                return "it names an unknown driver %r" % (driver,)
+            if not isinstance(rel, str) or os.path.isabs(rel) or \
+                    not inside(self.data_root, os.path.join(self.data_root, rel)):
+                return "it names %r, which is not inside the store" % (rel,)
+        return None

@@ -31,13 +31,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.client
-import json
 import os
 import platform as platform_mod
 import re
 import socket
 import ssl
 import threading
+import time
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -52,6 +52,9 @@ from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, DigestMismatch, InvalidInput, InvalidReference, NotFound, StoreError, Unsupported)
 from ansible_collections.strata.layers.plugins.module_utils._images import (
     GOARCH, json_object, normalize_tag, split_reference)
+from ansible_collections.strata.layers.plugins.module_utils._jsondoc import loads
+from ansible_collections.strata.layers.plugins.module_utils._regsettings import (
+    Credentials, proxy_for)
 
 MANIFEST_ACCEPT = ", ".join((MT_OCI_INDEX, MT_OCI_MANIFEST, MT_DOCKER_LIST, MT_DOCKER_MANIFEST))
 MT_DOCKER_SCHEMA1 = ("application/vnd.docker.distribution.manifest.v1+json",
@@ -67,12 +70,19 @@ FOREIGN_MARKERS = ("foreign", "nondistributable")
 MAX_MANIFEST = 4 << 20
 MAX_CONFIG = 16 << 20
 MAX_REDIRECTS = 5
+MAX_ERROR_BODY = 65536
 USER_AGENT = "strata.layers-image_pull/1"
 # Docker Hub's API lives on another host than the name users write.
 HUB_NAMES = ("docker.io", "index.docker.io", "registry-1.docker.io")
 HUB_API = "registry-1.docker.io"
 _COMPONENT_RE = re.compile(r"\A[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*\Z")
-_CHALLENGE_RE = re.compile(r'([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
+# WWW-Authenticate tokens, each anchored where the previous one ended (see parse_challenges)
+_PARAM_RE = re.compile(r'([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(?:"([^"\\]*(?:\\.[^"\\]*)*)"|([^\s,"]*))')
+_SCHEME_RE = re.compile(r'([A-Za-z][A-Za-z0-9_.+-]*)(?=\s|,|$)')
+_SKIP_RE = re.compile(r'[^,]*,?')
+_SEPARATORS_RE = re.compile(r'[\s,]*')
+MAX_CHALLENGES = 8
+MAX_HEADER = 8192
 RawRead = Callable[[int], bytes]
 
 
@@ -140,6 +150,7 @@ def parse_reference(value: str) -> Reference:
             "registry is assumed" % (value, value))
     name, tag = split_reference(value)
     registry, repository = name.split("/", 1)
+    _check_port(registry, value)
     if registry in HUB_NAMES and "/" not in repository:
         repository = "library/" + repository
     for component in repository.split("/"):
@@ -148,6 +159,16 @@ def parse_reference(value: str) -> Reference:
                                    "and separators (. _ -)" % (repository, value))
     return Reference(registry=registry, repository=repository,
                      tag=None if digest else tag, digest=digest)
+
+
+def _check_port(registry: str, value: str) -> None:
+    """A registry port must be 1-65535 (the name pattern allows any digits)."""
+    host_port = registry.rsplit("]", 1)[-1]
+    if ":" in host_port:
+        port = host_port.rsplit(":", 1)[1]
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise InvalidReference("registry %s in %r has port %s, out of range (1-65535)"
+                                   % (registry, value, port))
 
 
 def _reference_digest(raw: str, name: str) -> Digest:
@@ -308,8 +329,8 @@ def parse_manifest(raw: bytes, digest: Digest, media_type: str, top: Digest,
 def _media_type(raw: bytes, content_type: Optional[str]) -> str:
     """The body's own mediaType wins over Content-Type (registries differ on the header)."""
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+        data = loads(raw, "manifest")
+    except StoreError:
         data = None
     if isinstance(data, dict) and isinstance(data.get("mediaType"), str):
         return data["mediaType"]
@@ -323,6 +344,13 @@ def _media_type(raw: bytes, content_type: Optional[str]) -> str:
 
 
 # ---------------------------------------------------------------------- HTTP
+def _port(url: urllib.parse.SplitResult) -> Optional[int]:
+    try:
+        return url.port
+    except ValueError as exc:
+        raise RegistryError("%s has a port out of range (1-65535)" % url.netloc) from exc
+
+
 def tls_context(ca_path: Optional[str]) -> ssl.SSLContext:
     if ca_path and not os.path.exists(ca_path):
         raise NotFound("ca_path %s does not exist on this host" % ca_path)
@@ -337,35 +365,92 @@ def tls_context(ca_path: Optional[str]) -> ssl.SSLContext:
 def _challenges(headers: http.client.HTTPMessage) -> Dict[str, Dict[str, str]]:
     """``WWW-Authenticate`` values by scheme (lowercase) -> parameters."""
     found: Dict[str, Dict[str, str]] = {}
-    for value in headers.get_all("WWW-Authenticate") or []:
-        for part in re.split(r"(?:^|,)\s*(?=[A-Za-z]+\s+[A-Za-z]+\s*=)", value):
-            scheme, _sep, rest = part.strip().partition(" ")
-            if scheme:
-                found[scheme.lower()] = {m.group(1).lower(): m.group(2) if m.group(2) is not None
-                                         else m.group(3) for m in _CHALLENGE_RE.finditer(rest)}
+    for value in (headers.get_all("WWW-Authenticate") or [])[:MAX_CHALLENGES]:
+        found.update(parse_challenges(value[:MAX_HEADER]))
     return found
+
+
+def parse_challenges(value: str) -> Dict[str, Dict[str, str]]:
+    """One ``WWW-Authenticate`` value (RFC 7235: ``Scheme k=v, k="v", Scheme2 ...``) by
+    scheme -> parameters, in one left-to-right pass: each token is matched once where
+    the previous one ended, so the work is linear in the header whatever it holds."""
+    found: Dict[str, Dict[str, str]] = {}
+    params: Optional[Dict[str, str]] = None
+    pos = 0
+    while True:
+        pos = _SEPARATORS_RE.match(value, pos).end()
+        if pos >= len(value):
+            return found
+        match = _PARAM_RE.match(value, pos)
+        if match is not None and params is not None:
+            quoted = match.group(2)
+            params[match.group(1).lower()] = _unquote(quoted) if quoted is not None \
+                else match.group(3)
+            pos = match.end()
+            continue
+        match = _SCHEME_RE.match(value, pos)
+        if match is None:
+            pos = _SKIP_RE.match(value, pos).end()    # garbage up to the next comma
+            continue
+        params = found.setdefault(match.group(1).lower(), {})
+        pos = match.end()
+
+
+def _unquote(text: str) -> str:
+    return re.sub(r"\\(.)", r"\1", text)
 
 
 def _registry_errors(body: bytes) -> List[str]:
     try:
-        data = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+        data = loads(body, "error body")
+    except StoreError:
         return []
     errors = data.get("errors") if isinstance(data, dict) else None
     return [str(e.get("code")) for e in errors or [] if isinstance(e, dict)]
 
 
+class DeadlineExceeded(socket.timeout):
+    """A request (a blob download) took longer than its overall deadline."""
+
+
 class Response:
-    """An open response; ``read`` stays valid until ``close``."""
+    """An open response; ``read`` stays valid until ``close``.  Every read waits at most
+    ``timeout`` seconds for data and ends by ``deadline`` (a monotonic time) whatever the
+    pace the server drips bytes at."""
 
     def __init__(self, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse,
-                 url: str) -> None:
+                 url: str, timeout: float, deadline: float) -> None:
         self.conn, self.resp, self.url = conn, resp, url
         self.status = resp.status
         self.headers = resp.headers
+        self.timeout, self.deadline = timeout, deadline
 
-    def read(self, n: int = -1) -> bytes:
-        return self.resp.read(n) if n >= 0 else self.resp.read()
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes, fewer only at the end of the body.  Read piece by piece
+        (``read1``: one receive each) so a server dripping a byte at a time meets the
+        deadline between pieces, not only when a whole chunk has arrived."""
+        pieces: List[bytes] = []
+        got = 0
+        while got < n:
+            piece = self._read_piece(n - got)
+            if not piece:
+                break
+            pieces.append(piece)
+            got += len(piece)
+        return b"".join(pieces)
+
+    def _read_piece(self, n: int) -> bytes:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise DeadlineExceeded("deadline")
+        if self.conn.sock is not None:
+            self.conn.sock.settimeout(min(self.timeout, left))
+        try:
+            return self.resp.read1(n)
+        except socket.timeout as exc:
+            if time.monotonic() >= self.deadline:
+                raise DeadlineExceeded("deadline") from exc
+            raise
 
     def close(self) -> None:
         self.resp.close()
@@ -377,43 +462,72 @@ class Registry:
 
     def __init__(self, reference: Reference, insecure: bool = False, ca_path: Optional[str] = None,
                  username: Optional[str] = None, password: Optional[str] = None,
-                 timeout: float = 60) -> None:
+                 timeout: float = 60, connect_timeout: float = 30,
+                 deadline: float = 3600, credentials: Optional[Credentials] = None,
+                 actions: str = "pull", host: Optional[str] = None) -> None:
         self.reference = reference
-        host = HUB_API if reference.registry in HUB_NAMES else reference.registry
+        if host is None:
+            host = HUB_API if reference.registry in HUB_NAMES else reference.registry
         self.base = "%s://%s" % ("http" if insecure else "https", host)
         self.address = host
         self.insecure, self.ca_path, self.timeout = insecure, ca_path, float(timeout)
+        self.connect_timeout, self.deadline = float(connect_timeout), float(deadline)
         if (username is None) != (password is None):
             raise InvalidInput("username and password go together: give both or neither")
-        self.username, self.password = username, password
+        if credentials is None and username is not None:
+            credentials = Credentials(username, password or "")
+        self.credentials = credentials
+        self.username = credentials.username if credentials else None
+        self.actions = actions
+        self.extra_scopes: List[str] = []
+        self.withheld_from: Optional[str] = None
         self._context = None if insecure else tls_context(ca_path)
         self._authorization: Optional[str] = None
         self._auth_lock = threading.Lock()
 
     # -- connections
-    def _connection(self, url: urllib.parse.SplitResult) -> http.client.HTTPConnection:
-        if url.scheme == "https":
-            context = self._context or tls_context(self.ca_path)
-            return http.client.HTTPSConnection(url.hostname or "", url.port, timeout=self.timeout,
-                                               context=context)
-        if url.scheme != "http":
+    def _connection(self, url: urllib.parse.SplitResult) -> Tuple[http.client.HTTPConnection, bool]:
+        """A connection for ``url`` (through the environment's proxy, if any) and whether
+        requests on it name the absolute URL (plain HTTP through a proxy)."""
+        if url.scheme not in ("http", "https"):
             raise RegistryError("%s sent the client to %s, which is not an http(s) URL"
                                 % (self.address, urllib.parse.urlunsplit(url)))
-        return http.client.HTTPConnection(url.hostname or "", url.port, timeout=self.timeout)
+        proxy = proxy_for(url.scheme, url.netloc)
+        host, port = (proxy if proxy else (url.hostname or "", _port(url)))
+        if url.scheme == "https":
+            context = self._context or tls_context(self.ca_path)
+            conn = http.client.HTTPSConnection(host, port, timeout=self.connect_timeout,
+                                               context=context)
+            if proxy:
+                # CONNECT: TLS end to end, the proxy relays bytes it cannot read
+                conn.set_tunnel(url.hostname or "", _port(url) or 443)
+            return conn, False
+        return (http.client.HTTPConnection(host, port, timeout=self.connect_timeout),
+                proxy is not None)
 
-    def _send(self, method: str, url: str, headers: Dict[str, str]) -> Response:
+    def _send(self, method: str, url: str, headers: Dict[str, str],
+              body: Optional[bytes] = None) -> Response:
+        """One request: ``connect_timeout`` to connect, then ``timeout`` for each wait for
+        data, and the response is read by ``deadline`` seconds from now."""
         parts = urllib.parse.urlsplit(url)
-        conn = self._connection(parts)
+        conn, absolute = self._connection(parts)
         target = parts.path + ("?" + parts.query if parts.query else "")
+        if absolute:
+            target = urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path or "/",
+                                              parts.query, ""))
+        deadline = time.monotonic() + self.deadline
         try:
-            conn.request(method, target, headers=dict(headers, **{"User-Agent": USER_AGENT}))
+            conn.connect()
+            conn.sock.settimeout(min(self.timeout, self.deadline))
+            conn.request(method, target, body=body,
+                         headers=dict(headers, **{"User-Agent": USER_AGENT}))
             resp = conn.getresponse()
         except BaseException as exc:
             conn.close()
             if isinstance(exc, (OSError, http.client.HTTPException)):
                 raise self._network_error(exc, parts) from exc
             raise
-        return Response(conn, resp, url)
+        return Response(conn, resp, url, self.timeout, deadline)
 
     def _network_error(self, exc: BaseException, url: urllib.parse.SplitResult) -> StoreError:
         where = url.netloc
@@ -429,8 +543,10 @@ class Registry:
             return Unreachable("registry %s is unreachable: connection refused (is it running, "
                                "and is the address right?)" % where)
         if isinstance(exc, socket.timeout):
-            return Unreachable("registry %s is unreachable: no answer within %g seconds (timeout)"
-                               % (where, self.timeout))
+            return Unreachable("registry %s is unreachable: no answer within %g seconds "
+                               "(connect_timeout %g, timeout %g)"
+                               % (where, max(self.timeout, self.connect_timeout),
+                                  self.connect_timeout, self.timeout))
         if isinstance(exc, socket.gaierror):
             return Unreachable("registry %s is unreachable: its host name cannot be resolved (%s)"
                                % (where, exc.strerror))
@@ -438,44 +554,56 @@ class Registry:
         return Unreachable("registry %s is unreachable: %s" % (where, detail))
 
     # -- requests
-    def request(self, path: str, accept: Optional[str] = None) -> Response:
-        """GET ``path`` of the registry: authenticated as challenged, redirects followed;
-        a non-200 answer is raised as an error naming what was asked."""
-        headers = {"Accept": accept} if accept else {}
+    def request(self, path: str, accept: Optional[str] = None, method: str = "GET",
+                body: Optional[bytes] = None, headers: Optional[Dict[str, str]] = None,
+                expect: Tuple[int, ...] = (200,)) -> Response:
+        """``method`` on ``path`` of the registry (or a full URL it gave, e.g. an upload
+        location): authenticated as challenged, redirects followed; an answer not in
+        ``expect`` is raised as an error naming what was asked."""
+        headers = dict(headers or {})
+        if accept:
+            headers["Accept"] = accept
+        url = path if "://" in path else self.base + path
         retried = False
         while True:
-            resp = self._follow(self.base + path, headers)
+            resp = self._follow(url, headers, method, body)
             if resp.status != 401 or retried:
                 break
             challenges = _challenges(resp.headers)
             if not self._can_answer(challenges):
                 break
-            resp.read()
-            resp.close()
+            resp.close()                # its body is never read: one connection per request
             self._authenticate(challenges)
             retried = True
-        if resp.status != 200:
+        if resp.status not in expect:
             try:
-                body = resp.read(65536)
+                body_read = resp.read(MAX_ERROR_BODY) if method != "HEAD" else b""
+            except (OSError, http.client.HTTPException):
+                body_read = b""
             finally:
                 resp.close()
-            raise self._status_error(resp.status, body, path)
+            raise self._status_error(resp.status, body_read, urllib.parse.urlsplit(url).path)
         return resp
 
-    def _follow(self, url: str, headers: Dict[str, str]) -> Response:
+    def _follow(self, url: str, headers: Dict[str, str], method: str = "GET",
+                body: Optional[bytes] = None) -> Response:
         origin = urllib.parse.urlsplit(url)[:2]
         for _hop in range(MAX_REDIRECTS + 1):
-            same_host = urllib.parse.urlsplit(url)[:2] == origin
+            parts = urllib.parse.urlsplit(url)
+            if origin[0] == "https" and parts.scheme == "http":
+                raise RegistryError("registry %s redirected to plain HTTP (%s://%s): refused, "
+                                    "an https exchange is never downgraded"
+                                    % (self.address, parts.scheme, parts.netloc))
+            same_host = parts[:2] == origin
             sent = dict(headers)
             authorization = self._authorization
             if authorization and same_host:
                 sent["Authorization"] = authorization
-            resp = self._send("GET", url, sent)
+            resp = self._send(method, url, sent, body)
             location = resp.headers.get("Location")
             if resp.status not in (301, 302, 303, 307, 308) or not location:
                 return resp
-            resp.read()
-            resp.close()
+            resp.close()                # the body of a redirect is never read
             url = urllib.parse.urljoin(url, location)
         raise RegistryError("%s redirected more than %d times for %s"
                             % (self.address, MAX_REDIRECTS, url))
@@ -483,14 +611,21 @@ class Registry:
     def _status_error(self, status: int, body: bytes, path: str) -> StoreError:
         codes = _registry_errors(body)
         if status == 401:
+            if self.withheld_from is not None:
+                return AuthenticationRefused(
+                    "registry %s refused access to %s: its token service %s is plain HTTP on "
+                    "another host, so the credentials of %s were not sent to it (they would "
+                    "travel in clear text); serve the token realm over https"
+                    % (self.address, self.reference.name, self.withheld_from,
+                       self.credentials), status=status)
             if self.username is None:
                 return AuthenticationRefused(
                     "registry %s requires authentication for %s: give username and password"
                     % (self.address, self.reference.name), status=status)
             return AuthenticationRefused(
-                "registry %s refused the credentials of user %r for %s (authentication "
-                "refused): check username and password"
-                % (self.address, self.username, self.reference.name), status=status)
+                "registry %s refused the credentials of %s for %s (authentication "
+                "refused): check username and password, or the auth file"
+                % (self.address, self.credentials, self.reference.name), status=status)
         if status == 403 or "DENIED" in codes:
             return AuthenticationRefused("registry %s denies access to %s%s" % (
                 self.address, self.reference.name,
@@ -554,39 +689,70 @@ class Registry:
                                   % (self.address, ", ".join(sorted(challenges))))
 
     def _basic(self) -> str:
-        pair = ("%s:%s" % (self.username, self.password)).encode("utf-8")
+        creds = self.credentials
+        if creds is None:
+            raise AuthenticationRefused("registry %s requires authentication: give username "
+                                        "and password or an auth_file" % self.address)
+        pair = ("%s:%s" % (creds.username, creds.password)).encode("utf-8")
         return "Basic " + base64.b64encode(pair).decode("ascii")
+
+    def scopes(self, challenge: Dict[str, str]) -> List[str]:
+        """What a token is asked for: this repository with our actions, the challenge's
+        own scope, and any other repository a request needs (a mount's source)."""
+        wanted = ["repository:%s:%s" % (self.reference.repository, self.actions)]
+        for scope in [challenge.get("scope") or ""] + self.extra_scopes:
+            for one in scope.split(" "):
+                if one and one not in wanted:
+                    wanted.append(one)
+        return wanted
+
+    def realm_may_get_password(self, realm: str) -> bool:
+        """A token realm gets the credentials only over TLS, or on the registry's own host
+        (which has them anyway, under the transport the task chose for it)."""
+        parts = urllib.parse.urlsplit(realm)
+        mine = urllib.parse.urlsplit(self.base)
+        return parts.scheme == "https" or (parts.hostname or "") == (mine.hostname or "")
 
     def _token(self, challenge: Dict[str, str]) -> str:
         realm = challenge.get("realm")
         if not realm or urllib.parse.urlsplit(realm).scheme not in ("http", "https"):
             raise RegistryError("registry %s asked for a bearer token without a usable realm "
                                 "(%r)" % (self.address, realm))
-        query = {"scope": challenge.get("scope") or "repository:%s:pull"
-                 % self.reference.repository}
+        query = [("scope", scope) for scope in self.scopes(challenge)]
         if challenge.get("service"):
-            query["service"] = challenge["service"]
+            query.append(("service", challenge["service"]))
         url = realm + ("&" if "?" in realm else "?") + urllib.parse.urlencode(query)
-        headers = {"Authorization": self._basic()} if self.username is not None else {}
+        withheld = self.credentials is not None and not self.realm_may_get_password(realm)
+        if withheld:
+            self.withheld_from = urllib.parse.urlsplit(realm).netloc
+        headers = {"Authorization": self._basic()} \
+            if self.credentials is not None and not withheld else {}
         resp = self._send("GET", url, headers)
         try:
             body = resp.read(MAX_MANIFEST)
         finally:
             resp.close()
+        realm_host = urllib.parse.urlsplit(realm).netloc
         if resp.status in (401, 403):
-            raise self._status_error(401, b"", url) if self.username is not None else \
+            if withheld:
+                raise AuthenticationRefused(
+                    "the token service of registry %s is %s over plain HTTP on another host "
+                    "(%s): the credentials were not sent to it (they would travel in clear "
+                    "text) and it refused anonymous access to %s"
+                    % (self.address, urllib.parse.urlsplit(realm).scheme, realm_host,
+                       self.reference.name))
+            raise self._status_error(401, b"", url) if self.credentials is not None else \
                 AuthenticationRefused("the token service %s of registry %s refused anonymous "
                                       "access to %s: give username and password"
-                                      % (urllib.parse.urlsplit(realm).netloc, self.address,
-                                         self.reference.name))
+                                      % (realm_host, self.address, self.reference.name))
         if resp.status != 200:
             raise RegistryError("the token service %s of registry %s answered %d"
-                                % (realm, self.address, resp.status))
-        data = json_object(body, "the token from %s" % realm)
+                                % (realm_host, self.address, resp.status))
+        data = json_object(body, "the token from %s" % realm_host)
         token = data.get("token") or data.get("access_token")
         if not isinstance(token, str) or not token:
             raise RegistryError("the token service %s of registry %s sent no token"
-                                % (realm, self.address))
+                                % (realm_host, self.address))
         return token
 
     # -- manifests
@@ -702,7 +868,9 @@ class Registry:
                                  expected=desc.digest, actual=actual)
 
     def interrupted(self, what: str, exc: BaseException) -> StoreError:
-        if isinstance(exc, socket.timeout):
+        if isinstance(exc, DeadlineExceeded):
+            detail = "not complete within %g seconds (blob_timeout)" % self.deadline
+        elif isinstance(exc, socket.timeout):
             detail = "no data for %g seconds (timeout)" % self.timeout
         else:
             detail = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__

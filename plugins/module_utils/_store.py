@@ -13,6 +13,8 @@ On-disk layout under ``data_root``::
     distribution/<hex>       compressed blob digest -> diff_id (skip work on re-import)
     sources/<hex>            stat key of an imported file -> its digests
     pulls/<hex>.json         the manifest last pulled for a name and platform (image_pull)
+    registry/                compressed digests per (layer, compression), the repositories
+                             each blob lives in, uploads under way (see _blobrecords)
     cache/build/<key>        build cache: step key -> image id (image_build)
     incomplete/*.json        marks of mutations under way (see _recovery)
     tmp/                     staging for records; anything here is debris once the
@@ -51,47 +53,73 @@ under a mark), then removes the driver data; a crash between is finished by the 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
+import stat
+from dataclasses import dataclass, field
+from typing import (
+    TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple)
 
-from ansible_collections.strata.layers.plugins.module_utils._apply import Applier
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
     TEMP_PREFIX, makedirs, read_json, remove_tree, rename_durable, syncfs, temp_name,
     wrap_os_error, write_file, write_json)
-from ansible_collections.strata.layers.plugins.module_utils._compression import DecodedStream
-from ansible_collections.strata.layers.plugins.module_utils._copytree import Shadow
 from ansible_collections.strata.layers.plugins.module_utils._crash import crash_point
 from ansible_collections.strata.layers.plugins.module_utils._digest import (
     ChainID, DiffID, Digest, ImageID, chain_id, chain_ids, hex_of, is_digest, sha256_bytes)
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
-    DigestMismatch, InvalidInput, NotFound, StoreError)
+    Corrupt, DigestMismatch, InvalidInput, NotFound, StoreError, Unsupported)
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import (
     allocated_bytes, mounts_below, umount)
 from ansible_collections.strata.layers.plugins.module_utils._images import (
     ImageConfig, ImageDB, ImageRecord)
 from ansible_collections.strata.layers.plugins.module_utils._layers import (
     LayerDB, LayerRecord, now_iso)
-from ansible_collections.strata.layers.plugins.module_utils._lock import DEFAULT_TIMEOUT, StoreLock
+from ansible_collections.strata.layers.plugins.module_utils._lock import (
+    DEFAULT_TIMEOUT, StoreLock, read_only_error)
 from ansible_collections.strata.layers.plugins.module_utils._probe import (
     DRIVERS, driver_class, select)
 from ansible_collections.strata.layers.plugins.module_utils._recovery import Marks
-from ansible_collections.strata.layers.plugins.module_utils._tarformat import ChunkReader
-from ansible_collections.strata.layers.plugins.module_utils._tarsplit import TarSplitWriter
+from ansible_collections.strata.layers.plugins.module_utils._trust import (
+    INIT_MODES, inside, refuse_foreign, refuse_untrusted)
 from ansible_collections.strata.layers.plugins.module_utils.drivers._base import Driver
 
 FORMAT = 1
 DEFAULT_ROOT = "/var/lib/strata"
-StreamOpener = Callable[[], DecodedStream]
+if TYPE_CHECKING:  # the ingest machinery is imported on first ingest (module start-up time)
+    from ansible_collections.strata.layers.plugins.module_utils._compression import (
+        DecodedStream)
+    from ansible_collections.strata.layers.plugins.module_utils._copytree import Shadow
+
+StreamOpener = Callable[[], "DecodedStream"]
+
+
+@dataclass
+class References:
+    """Who needs each layer: image ids and ``container:<id>``.
+
+    References fail closed: ``unreadable`` lists the image and container records that
+    could not be read (damaged, quarantined by store_check, or naming an image the
+    store no longer has).  Such a record may need any layer, so while one is listed
+    no layer is unused, and the callers report why."""
+
+    users: Dict[ChainID, Set[str]] = field(default_factory=dict)
+    unreadable: List[str] = field(default_factory=list)
+    unreadable_containers: List[str] = field(default_factory=list)
+    container_images: Dict[str, str] = field(default_factory=dict)
 
 
 class Store:
     """One store under ``data_root``; see the module docstring for layout and steps."""
 
-    def __init__(self, data_root: str = DEFAULT_ROOT, lock_timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, data_root: str = DEFAULT_ROOT, lock_timeout: float = DEFAULT_TIMEOUT,
+                 init: str = "new") -> None:
         if not data_root or not os.path.isabs(data_root):
             raise InvalidInput("data_root %r must be an absolute path" % (data_root,))
+        if init not in INIT_MODES:
+            raise InvalidInput("init %r is not one of %s" % (init, ", ".join(INIT_MODES)))
         self.root = os.path.normpath(data_root)
         self.lock_timeout = lock_timeout
+        self.init_mode = init
         self.layers = LayerDB(self.root)
         self.images = ImageDB(self.root)
         self.marks = Marks(self.root)
@@ -102,9 +130,10 @@ class Store:
 
     @classmethod
     def from_params(cls, params: Dict[str, Any]) -> "Store":
-        """The store a module's parameters name (``data_root``, ``lock_timeout``)."""
+        """The store a module's parameters name (``data_root``, ``lock_timeout``, ``init``)."""
         timeout = params.get("lock_timeout")
-        return cls(params["data_root"], DEFAULT_TIMEOUT if timeout is None else float(timeout))
+        return cls(params["data_root"], DEFAULT_TIMEOUT if timeout is None else float(timeout),
+                   params.get("init") or "new")
 
     # ------------------------------------------------------------------ opening
     def exists(self) -> bool:
@@ -112,28 +141,109 @@ class Store:
 
     @contextlib.contextmanager
     def write(self, operation: str, init: bool = True) -> Iterator["Store"]:
-        """Exclusive access; crash debris settled; a driver chosen if ``init``."""
+        """Exclusive access; crash debris settled; a driver chosen if ``init``.
+
+        A directory that is not a store yet becomes one only when it holds nothing of
+        anyone else's, or with ``init: adopt`` (``_trust``); a first run that fails
+        leaves no store behind (an empty initialised store is not left)."""
         if os.path.exists(self.root) and not os.path.isdir(self.root):
             raise InvalidInput("data_root %s exists and is not a directory" % self.root)
-        makedirs(self.root, 0o711)
-        with StoreLock(os.path.join(self.root, "lock"), True, self.lock_timeout, operation):
+        refuse_untrusted(self.root)
+        if not self.exists() and self.init_mode != "adopt":
+            refuse_foreign(self.root, DRIVERS)
+        made_root = not os.path.lexists(self.root)
+        had = set() if made_root else set(os.listdir(self.root))
+        lock = self._lock_exclusive(operation)
+        try:
+            fresh = not self.exists()
             self.writable = True
             try:
                 self._recover()
                 if init and not self.exists():
                     self.initialize(select(self.root, "auto", self._probe_dir())[0])
                 yield self
+            except BaseException:
+                if fresh:
+                    self._unmake(made_root, had)
+                raise
             finally:
                 self.writable = False
+        finally:
+            lock.release()
+
+    def _lock_exclusive(self, operation: str) -> StoreLock:
+        """The exclusive lock on a data root that is safe to use (made 0700 if new).
+
+        A first run that failed removes its lock file with the rest (``_unmake``): a
+        waiter that got the lock of that unlinked file starts again."""
+        while True:
+            try:
+                makedirs(self.root, 0o700)
+            except OSError as exc:
+                raise read_only_error(exc, self.root, operation) from exc
+            refuse_untrusted(self.root)     # made by someone else since the check?
+            self._restrict()
+            lock = StoreLock(os.path.join(self.root, "lock"), True, self.lock_timeout, operation)
+            lock.acquire()
+            if lock.current():
+                return lock
+            lock.release()
+
+    def _restrict(self) -> None:
+        """The data root and the directories holding mounts are root's alone (as Docker's
+        ``/var/lib/docker`` is): no other user reaches a container's files through them."""
+        for path in (self.root, os.path.join(self.root, "mounts"), self.tmp):
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) & 0o077:
+                try:
+                    os.chmod(path, stat.S_IMODE(st.st_mode) & 0o700)
+                except OSError as exc:
+                    if exc.errno != errno.EROFS:   # a read-only store: the write fails later
+                        raise wrap_os_error(exc, "restricting %s to root" % path) from exc
+
+    def _unmake(self, made_root: bool, had: Set[str]) -> None:
+        """Undo the initialisation of a store whose first run failed and left nothing in
+        it: exactly the entries this run made go (``had``: what was there before)."""
+        try:
+            if self.has_content() or self.images.ids():
+                return
+            for entry in sorted(mounts_below(self.root), key=lambda m: len(m.mount_point),
+                                reverse=True):
+                umount(entry.mount_point)
+            for name in os.listdir(self.root):
+                if name not in had and name != "lock":
+                    remove_tree(os.path.join(self.root, name))
+            if "lock" not in had:
+                os.unlink(os.path.join(self.root, "lock"))
+            if made_root:
+                os.rmdir(self.root)
+        except (OSError, StoreError):
+            pass  # best effort: the run's own error is what the user needs to see
 
     @contextlib.contextmanager
     def read(self) -> Iterator["Store"]:
         """Shared access (a store that does not exist yet reads as empty)."""
-        if not os.path.isfile(os.path.join(self.root, "lock")):
+        if os.path.isdir(self.root):
+            refuse_untrusted(self.root)
+        while True:
+            if not os.path.isfile(os.path.join(self.root, "lock")):
+                yield self
+                return
+            lock = StoreLock(os.path.join(self.root, "lock"), False, self.lock_timeout)
+            try:
+                lock.acquire()
+            except FileNotFoundError:
+                continue
+            if lock.current():
+                break
+            lock.release()
+        try:
             yield self
-            return
-        with StoreLock(os.path.join(self.root, "lock"), False, self.lock_timeout):
-            yield self
+        finally:
+            lock.release()
 
     def _probe_dir(self) -> str:
         makedirs(self.tmp)
@@ -193,7 +303,13 @@ class Store:
 
     # ------------------------------------------------------------------ recovery
     def remove_path(self, driver: Optional[str], path: str) -> None:
-        """Remove one path a mark names, unmounting what is mounted below it first."""
+        """Remove one path a mark names, unmounting what is mounted below it first.
+
+        Only ever inside the store: a path outside it (a planted or damaged mark) is
+        refused, whoever names it."""
+        if not inside(self.root, path):
+            raise Corrupt("refusing to remove %s: it is not inside the store %s (a damaged "
+                          "record or mark names it); nothing was removed" % (path, self.root))
         for entry in sorted(mounts_below(path), key=lambda m: len(m.mount_point), reverse=True):
             umount(entry.mount_point)
         if driver is None and os.path.dirname(path) == self.images.dir:
@@ -211,14 +327,19 @@ class Store:
                             reverse=True):
             umount(entry.mount_point)
             self.recovered.append("unmounted %s" % entry.mount_point)
-        self.recovered += self.marks.settle(self.remove_path)
+        self.recovered += self.marks.settle(self.remove_path, DRIVERS)
+        # only the names the store gives its staging: anything else in tmp/ (a store
+        # someone nested there, say) is not the store's to remove
         if os.path.isdir(self.tmp):
             for name in os.listdir(self.tmp):
-                remove_tree(os.path.join(self.tmp, name))
-                self.recovered.append("removed tmp/%s" % name)
+                if name.startswith(TEMP_PREFIX):
+                    remove_tree(os.path.join(self.tmp, name))
+                    self.recovered.append("removed tmp/%s" % name)
         for sub in ("", "layers", "images", "containers", "distribution", "sources",
                     "incomplete", "pulls", os.path.join("cache", "build"),
-                    os.path.join("cache", "remote")):
+                    os.path.join("cache", "remote"),
+                    os.path.join("registry", "compressed"), os.path.join("registry", "origins"),
+                    os.path.join("registry", "uploads")):
             self._sweep_temp_files(os.path.join(self.root, sub))
         for home in self.driver_homes():
             self.recovered += ["removed %s" % p for p in home.sweep()]
@@ -288,6 +409,15 @@ class Store:
             raise NotFound("parent layer %s is not in the store: import it first" % parent)
         return record.depth
 
+    def check_depth(self, layers: int, what: str) -> None:
+        """Refuse, before anything is stored, an image deeper than the driver can mount
+        (so a failing import or pull leaves no layers behind it)."""
+        limit = self.driver.max_depth
+        if limit is not None and layers > limit:
+            raise Unsupported("%s has %d layers; the %s driver mounts at most %d (the mount "
+                              "option page limit): squash the image; nothing was imported"
+                              % (what, layers, self.driver.name, limit))
+
     def ingest_layer(self, open_stream: StreamOpener, parent: Optional[ChainID],
                      what: str, expect: Optional[str] = None, expect_diff: Optional[DiffID] = None,
                      max_size: Optional[int] = None, shadow: Optional[Shadow] = None
@@ -299,6 +429,10 @@ class Store:
         ``shadow`` (a commit's) is opened in the record directory before the stream is
         opened: the stream clones its files there and the applier takes the clones.
         """
+        from ansible_collections.strata.layers.plugins.module_utils._apply import Applier
+        from ansible_collections.strata.layers.plugins.module_utils._tarformat import ChunkReader
+        from ansible_collections.strata.layers.plugins.module_utils._tarsplit import (
+            TarSplitWriter)
         self._require_writable()
         if expect_diff is not None:
             found = self.layers.find(chain_id(parent, expect_diff))
@@ -401,21 +535,40 @@ class Store:
                                  % (what, expect, digests["digest"], digests["diff_id"]),
                                  expected=expect, actual=digests["digest"])
 
-    def layer_users(self) -> Dict[ChainID, Set[str]]:
-        """Which images and containers need each layer (directly or as an ancestor)."""
-        users: Dict[ChainID, Set[str]] = {}
-        for image in self.images.all():
-            for chain in image.chain:
-                users.setdefault(ChainID(chain), set()).add(image.id)
-        for cid in self.container_ids():
+    def references(self) -> "References":
+        """Which images and containers need each layer (directly or as an ancestor),
+        and every record that could not be read (see ``References``)."""
+        refs = References()
+        for image_id in self.images.ids():
             try:
-                data = read_json(os.path.join(self.root, "containers", cid, "container.json"))
-                chain = self.images.get(data["image_id"]).chain
-            except (OSError, ValueError, KeyError, StoreError):
+                image = self.images.get(image_id)
+            except StoreError as exc:
+                refs.unreadable.append("image %s cannot be read (%s)" % (image_id, exc))
                 continue
-            for link in chain:
-                users.setdefault(ChainID(link), set()).add("container:" + cid)
-        return users
+            for chain in image.chain:
+                refs.users.setdefault(ChainID(chain), set()).add(image.id)
+        for cid in self.container_ids():
+            self._container_references(cid, refs)
+        return refs
+
+    def _container_references(self, cid: str, refs: "References") -> None:
+        path = os.path.join(self.root, "containers", cid, "container.json")
+        try:
+            data = read_json(path)
+            image_id = data["image_id"]
+            refs.container_images[cid] = str(image_id)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            refs.unreadable.append("container record %s cannot be read (%s)" % (path, exc))
+            refs.unreadable_containers.append(cid)
+            return
+        try:
+            chain = self.images.get(image_id).chain
+        except StoreError as exc:
+            refs.unreadable.append("container %s uses image %s, whose record cannot be read "
+                                   "(%s)" % (cid[:12], image_id, exc))
+            return
+        for link in chain:
+            refs.users.setdefault(ChainID(link), set()).add("container:" + cid)
 
     def remove_layer(self, chain: ChainID) -> int:
         """Remove one layer (record first: the commit point), return the bytes freed."""
@@ -478,9 +631,13 @@ class Store:
         (ids; containers as ``container:<id>``) are gone; children before parents.
 
         The one removal plan: store_prune, image removal and store_info's reclaimable
-        figure all ask it, in check mode and for real."""
+        figure all ask it, in check mode and for real.  While any image or container
+        record cannot be read, nothing is unused (``References``)."""
         gone = without or set()
-        users = self.layer_users()
+        refs = self.references()
+        if refs.unreadable:
+            return []   # fail closed: an unreadable record may need any layer
+        users = refs.users
         unused = [r for r in self.layers.all() if not users.get(r.chain_id, set()) - gone]
         return [r.chain_id for r in sorted(unused, key=lambda r: r.depth, reverse=True)]
 

@@ -53,8 +53,13 @@ options:
     choices: [present, mounted, unmounted, absent]
   mount_point:
     description:
-      - Where V(mounted) mounts the root filesystem. Defaults to C(<data_root>/mounts/<id>).
-      - Must not be a file, nor lie inside the store's own directories.
+      - Where V(mounted) mounts the root filesystem. Defaults to C(<data_root>/mounts/<id>),
+        which only root can reach (the data root and C(mounts/) are mode C(0700)).
+      - Must not be a file, nor be the store, lie inside it, or be a directory that holds
+        the data root (mounting there would hide the store).
+      - A mount point outside the store is as reachable as its parent directories make
+        it, so it is mounted C(nosuid,nodev) (no local user runs the image's setuid
+        programs or opens its device nodes through it).
     type: path
 """
 

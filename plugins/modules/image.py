@@ -15,6 +15,8 @@ description:
     layer nothing else needs.
   - An image used by a container is not removed unless O(force=true), which removes those
     containers first and lists them in RV(removed).
+  - References fail closed. When a container record cannot be read, removing an image is
+    refused (that container may use it); run M(strata.layers.store_check) with repair first.
 author:
   - strata.layers developers (@strata-layers)
 extends_documentation_fragment:
@@ -84,6 +86,11 @@ removed:
     images: {description: Image ids removed., type: list, elements: str}
     layers: {description: Chain ids of layers removed., type: list, elements: str}
     containers: {description: Names of containers removed (with O(force))., type: list, elements: str}
+    unreadable:
+      description: Image or container records that could not be read. While there are any,
+        the image's layers are kept (any of them may be such a record's).
+      type: list
+      elements: str
 """
 
 from ansible.module_utils.basic import AnsibleModule

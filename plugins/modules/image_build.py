@@ -12,9 +12,16 @@ description:
   - Builds an image in the store at O(data_root) from a Dockerfile in O(context), an inline
     O(spec), or the same spec as YAML O(instructions) (validated on the controller against
     the collection's JSON schema).
-  - Every filesystem-changing instruction (C(RUN), C(COPY), C(ADD)) makes a layer; the
-    others change the config only and leave an C(empty_layer) history entry, as
-    C(docker history) shows.
+  - Every filesystem-changing instruction (C(RUN), C(COPY), C(ADD), and C(WORKDIR) when
+    its directory is missing, as BuildKit creates it) makes a layer; the others change the
+    config only and leave an C(empty_layer) history entry, as C(docker history) shows.
+  - The Dockerfile is read as BuildKit reads it (its own parser test files pass) -
+    C(${VAR#p}), C(${VAR%p}), C(${VAR/a/b}) and the other variable forms, C(COPY --parents),
+    C(--exclude), symbolic C(--chmod=u+x), heredocs in C(ONBUILD), ARGs inherited by a stage
+    built C(FROM) another, the later of C(ENV) and C(ARG) winning, a default C(PATH) in
+    every stage; the Dockerfile and C(.dockerignore) are resolved inside the context (a
+    symlink out of it means the context's own path), read only when regular files of at
+    most 8 MiB, and must be UTF-8.
   - C(RUN) executes in the build container's root filesystem, isolated as container
     runtimes do it - new mount, PID, UTS and IPC namespaces (and network, see O(network)),
     C(pivot_root) into the container (the host's filesystem is unmounted from the step's

@@ -34,13 +34,28 @@ attributes:
     platforms: posix
 options:
   image:
-    description: Image reference (C(NAME[:TAG]), id or 12+ digit id prefix). Saved by tag, the archive carries that tag.
-    type: str
+    description:
+      - Image reference (C(NAME[:TAG]), id or 12+ digit id prefix), or a list of them. Saved
+        by tag, the archive carries that tag.
+      - With several images, one archive holds them all and each layer they share once, as
+        C(docker save a b c) writes it; an image named by two tags is one entry with both.
+    type: list
+    elements: str
     required: true
   dest:
     description: Absolute path of the archive file, or of the directory for V(oci-layout).
     type: path
     required: true
+  omit_layers:
+    description:
+      - Chain ids of layers the receiving store already holds. The manifests still name
+        them, but their blobs are left out, so the output is only what the receiver lacks;
+        M(strata.layers.layer_import) of it succeeds only into a store that holds them
+        (the C(strata.layers.image_distribute) role does so).
+      - Such an output is not a complete image for other tools (C(docker load), C(skopeo)).
+    type: list
+    elements: str
+    default: []
   format:
     description: What to write.
     type: str
@@ -63,18 +78,38 @@ EXAMPLES = r"""
 
 RETURN = r"""
 image_id:
-  description: Id of the exported image.
+  description: Id of the exported image (the first one, for several).
   returned: always
   type: str
+image_ids:
+  description: Ids of every exported image, in the order first named.
+  returned: always
+  type: list
+  elements: str
+images:
+  description: Every exported image with its tags and layers.
+  returned: always
+  type: list
+  elements: dict
 dest:
   description: Where it was written.
   returned: always
   type: str
 layers:
-  description: Diff ids of its layers, bottom to top (also their blob digests in the output).
+  description: Diff ids of the (first) image's layers, bottom to top (also their blob digests
+    in the output).
   returned: always
   type: list
   elements: str
+omitted:
+  description: Chain ids of the layers whose blobs were left out (O(omit_layers)).
+  returned: always
+  type: list
+  elements: str
+size:
+  description: Bytes of the blobs the output holds (layers, configs, manifests).
+  returned: always
+  type: int
 tags:
   description: Tags the output carries.
   returned: always
@@ -90,9 +125,10 @@ from ansible_collections.strata.layers.plugins.module_utils._export import FORMA
 def main() -> None:
     module = AnsibleModule(
         argument_spec=store_spec(
-            image=dict(type="str", required=True),
+            image=dict(type="list", elements="str", required=True),
             dest=dict(type="path", required=True),
             format=dict(type="str", default="docker-archive", choices=list(FORMATS)),
+            omit_layers=dict(type="list", elements="str", default=[]),
         ),
         supports_check_mode=True,
     )

@@ -29,6 +29,7 @@ extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.actiongroups
   - strata.layers.store
+  - strata.layers.registry
 attributes:
   action_group:
     support: full
@@ -65,39 +66,22 @@ options:
       - Defaults to the managed host's platform. When the image is a single-platform image
         and this option is set, the image must be for that platform.
     type: str
-  insecure:
+  mirrors:
     description:
-      - Talk plain HTTP to the registry instead of HTTPS. Only for registries on trusted
-        networks; content is still verified against its digests.
-    type: bool
-    default: false
-  ca_path:
-    description:
-      - A PEM file (or a directory of hashed certificates) with the CA certificates that sign
-        the registry's TLS certificate, when it is not signed by a CA the host trusts.
-    type: path
-  username:
-    description:
-      - User name for registries that require authentication (bearer-token or basic, as the
-        registry asks). Requires O(password).
-    type: str
-  password:
-    description:
-      - Password (or access token) for O(username).
-    type: str
+      - Mirrors of the registry, as C(HOST[:PORT]), tried in order before the registry
+        itself (as C(registries.conf) mirrors are). A mirror that lacks the image, refuses
+        access or cannot be reached is passed over; the image is tagged with O(name)
+        whichever source served it.
+      - A mirror gets credentials only from the auth file, never O(username)/O(password).
+    type: list
+    elements: str
+    default: []
   max_size:
     description:
       - Refuse a layer whose uncompressed stream exceeds this many bytes (a guard against
         compression bombs). Layers already completed are kept; the refused one is not.
     type: int
-  timeout:
-    description:
-      - Seconds to wait for the registry to connect or send data before giving up.
-    type: int
-    default: 60
 notes:
-  - Registry traffic goes directly to the registry (and to the hosts it redirects blob
-    downloads to); proxy environment variables are not used.
   - The C(Authorization) header is never sent to another host than the registry, so a
     registry's credentials do not reach the blob storage it redirects to.
 seealso:
@@ -122,6 +106,15 @@ EXAMPLES = r"""
     platform: linux/arm64
     username: deploy
     password: "{{ registry_password }}"
+
+- name: Through a mirror first, with the credentials docker login wrote, behind a proxy
+  strata.layers.image_pull:
+    name: registry.example.com/acme/app:1.4
+    mirrors: [mirror.internal:5000]
+    auth_file: /root/.docker/config.json
+  environment:
+    https_proxy: http://proxy.internal:3128
+    no_proxy: mirror.internal
 
 - name: A registry on a trusted network that speaks plain HTTP
   strata.layers.image_pull:
@@ -182,22 +175,18 @@ platform:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.strata.layers.plugins.module_utils._argspec import run, store_spec
+from ansible_collections.strata.layers.plugins.module_utils._argspec import run, registry_spec
 from ansible_collections.strata.layers.plugins.module_utils._pull import image_pull
 
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=store_spec(
+        argument_spec=registry_spec(
             name=dict(type="str", required=True),
             tag=dict(type="list", elements="str", default=[]),
             platform=dict(type="str"),
-            insecure=dict(type="bool", default=False),
-            ca_path=dict(type="path"),
-            username=dict(type="str"),
-            password=dict(type="str", no_log=True),
+            mirrors=dict(type="list", elements="str", default=[]),
             max_size=dict(type="int"),
-            timeout=dict(type="int", default=60),
         ),
         required_together=[("username", "password")],
         supports_check_mode=True,

@@ -75,6 +75,30 @@ options:
       - Refuse a layer whose uncompressed stream exceeds this many bytes (a guard against
         compression bombs). The store is left unchanged.
     type: int
+  max_metadata_size:
+    description:
+      - Largest manifest, index or image config of an archive, in bytes (all of them
+        together may take four times this). Beyond it the archive is refused.
+    type: int
+    default: 16777216
+  max_entries:
+    description:
+      - Most images an archive's manifest or index may list, and most layers an image may
+        have, before the archive is refused (a guard against fan-out). The storage driver
+        may allow fewer layers (overlay2 mounts at most 125).
+    type: int
+    default: 1000
+  src_timeout:
+    description:
+      - When O(src) is a FIFO or character device (read as a stream, O(format=layer)
+        only), the seconds to wait for data before giving up.
+    type: int
+    default: 300
+notes:
+  - O(src) is a regular file or a directory. A FIFO or character device is read as a
+    stream only with O(format=layer), bounded by O(max_size) (8 GiB when unset) and
+    O(src_timeout); sockets, block devices and streams without O(format=layer) are
+    refused before anything is read.
 seealso:
   - module: strata.layers.store_info
   - module: strata.layers.image_export
@@ -153,6 +177,9 @@ def main() -> None:
             digest=dict(type="str"),
             tag=dict(type="list", elements="str", default=[]),
             max_size=dict(type="int"),
+            max_metadata_size=dict(type="int", default=16777216),
+            max_entries=dict(type="int", default=1000),
+            src_timeout=dict(type="int", default=300),
         ),
         supports_check_mode=True,
     )

@@ -10,7 +10,10 @@ short_description: Verify every layer, image, tag and container of a store; repa
 version_added: 0.1.0
 description:
   - Verifies every layer against its C(diff_id) by re-emitting its tar from the header
-    record and the storage driver's files (streamed, one layer at a time), every image
+    record and the storage driver's files (streamed, one layer at a time), and every
+    layer's metadata against the headers it was imported with (type, mode including
+    setuid and setgid bits, owner, symlink target, device numbers, file capabilities, and
+    the set of entries, so a file added to a layer is found), every image
     config against its id, every reference (tags to images, images to layers, layers to
     their parents, containers to images and to their writable layers), and finds orphan
     driver directories, broken overlay links, leftovers of interrupted runs, crash marks
@@ -19,7 +22,9 @@ description:
     store lock.
   - With O(repair=true) it repairs what is safe to repair, under the exclusive lock
     (opening the store for writing also settles crash marks and sweeps staging debris,
-    reported as repairs). It removes only what provably nothing references, re-creates
+    reported as repairs; a crash mark naming a path outside the store is never acted on but
+    set aside as C(incomplete/*.rejected) and reported). It removes only what provably
+    nothing references, re-creates
     what is derived from the records, and moves damaged records aside into
     C(<data_root>/quarantine/) instead of deleting them. It never removes an image
     because a layer it needs is gone, nor a container because its image is gone; those
@@ -34,8 +39,9 @@ description:
     once you have looked at them.
   - The finding kinds are stable strings. Each is listed below with what O(repair) does.
   - "C(corrupt-layer): a layer's files no longer re-emit to its C(diff_id) (the detail
-    names the file that changed, or says the damage is below the filesystem); repair moves
-    it to quarantine."
+    names the file that changed, or says the damage is below the filesystem), or an entry's
+    metadata differs from its header, or the layer holds an entry its headers do not name
+    (the detail names them); repair moves it to quarantine."
   - "C(bad-layer-record): a layer record that does not parse, names another chain id or has
     lost its header record; repair moves it to quarantine."
   - "C(missing-layer-data): a layer record whose files the active driver does not hold;

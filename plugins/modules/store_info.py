@@ -96,6 +96,9 @@ containers:
     id: {description: Container id (64 hex digits)., type: str}
     name: {description: Its name., type: str}
     image_id: {description: Its image., type: str}
+    status:
+      description: V(created), V(running) or V(exited) (as the strata.layers.container module ran it).
+      type: str
     size: {description: Bytes of the files in its writable layer., type: int}
     virtual_size: {description: C(size) plus the size of its image., type: int}
     mounted: {description: Whether its root filesystem is mounted now., type: bool}

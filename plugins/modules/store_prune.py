@@ -12,6 +12,10 @@ description:
   - Removes untagged images no container uses and that no kept image was built from, then
     every layer no remaining image or container needs (C(docker image prune)).
   - Reports the bytes reclaimed on disk. In check mode, only reports.
+  - References fail closed. While any image or container record cannot be read (damaged,
+    moved to quarantine by M(strata.layers.store_check), or a container whose image is
+    gone), nothing is pruned, because any layer may be that record's. RV(unreadable) names
+    the records and the module warns.
 author:
   - strata.layers developers (@strata-layers)
 extends_documentation_fragment:
@@ -69,6 +73,13 @@ reclaimed:
   description: Bytes freed on disk (that would be freed, in check mode).
   returned: always
   type: int
+unreadable:
+  description: The image and container records that could not be read; while there are
+    any, nothing is removed. Repair them (M(strata.layers.store_check) with O(strata.layers.store_check#module:repair=true)),
+    re-import the missing images or remove those containers.
+  returned: always
+  type: list
+  elements: str
 """
 
 from ansible.module_utils.basic import AnsibleModule

@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, List, Optional
 from tests.support.paths import REPO, python_env
 
 OPS = ("import", "archive", "container", "commit", "build", "migrate", "prune", "image",
-       "check", "info")
+       "check", "info", "run")
 
 
 def entry_point(op: str) -> Callable[..., Dict[str, Any]]:
@@ -42,7 +42,7 @@ def entry_point(op: str) -> Callable[..., Dict[str, Any]]:
         "commit": ("_commit", "container_commit"), "build": ("_builder", "image_build"),
         "migrate": ("_switch", "storage_driver"), "prune": ("_prune", "store_prune"),
         "image": ("_imageops", "image"), "check": ("_check", "store_check"),
-        "info": ("_info", "store_info")}[op]
+        "info": ("_info", "store_info"), "run": ("_ops.container", "container")}[op]
     return getattr(__import__(base + module, fromlist=[name]), name)
 
 

@@ -183,7 +183,8 @@ class TokenService:
     """The token service of a bearer-auth registry: JWTs signed (RS256, x5c header) with a
     key made by openssl, granting pull to USER/PASSWORD and nothing to anonymous users."""
 
-    def __init__(self, work: str, service: str = "strata-test", issuer: str = "strata-issuer"):
+    def __init__(self, work: str, service: str = "strata-test", issuer: str = "strata-issuer",
+                 realm_host: str = "127.0.0.1"):
         self.service, self.issuer = service, issuer
         self.key = os.path.join(work, "token.key")
         self.cert = os.path.join(work, "token.crt")
@@ -192,7 +193,7 @@ class TokenService:
         self.der = run(["openssl", "x509", "-in", self.cert, "-outform", "DER"]).stdout
         self.requests: List[Dict[str, str]] = []
         self.server = _server(self._handler())
-        self.realm = "http://127.0.0.1:%d/token" % self.server.server_address[1]
+        self.realm = "http://%s:%d/token" % (realm_host, self.server.server_address[1])
 
     def _sign(self, scope: str, granted: bool) -> str:
         header = {"typ": "JWT", "alg": "RS256",
@@ -246,8 +247,10 @@ class Registry:
     """A running ``docker-registry``: ``host`` is 127.0.0.1:PORT; ``close()`` stops it and
     removes its files."""
 
-    def __init__(self, auth: Optional[str] = None, tls: bool = False) -> None:
+    def __init__(self, auth: Optional[str] = None, tls: bool = False,
+                 realm_host: str = "127.0.0.1") -> None:
         self.work = tempfile.mkdtemp(prefix="strata-registry-")
+        self.realm_host = realm_host
         self.proc: Optional[subprocess.Popen] = None
         self.token: Optional[TokenService] = None
         self.auth, self.tls = auth, tls
@@ -278,7 +281,7 @@ class Registry:
                 handle.write(run(["htpasswd", "-Bbn", USER, PASSWORD]).stdout)
             lines += ["auth:", "  htpasswd:", "    realm: strata-test", "    path: %s" % path]
         elif self.auth == "token":
-            self.token = TokenService(self.work)
+            self.token = TokenService(self.work, realm_host=self.realm_host)
             lines += ["auth:", "  token:", "    realm: %s" % self.token.realm,
                       "    service: %s" % self.token.service,
                       "    issuer: %s" % self.token.issuer,
@@ -435,8 +438,9 @@ class Registry:
 
 
 @contextlib.contextmanager
-def registry(auth: Optional[str] = None, tls: bool = False) -> Iterator[Registry]:
-    reg = Registry(auth=auth, tls=tls)
+def registry(auth: Optional[str] = None, tls: bool = False,
+             realm_host: str = "127.0.0.1") -> Iterator[Registry]:
+    reg = Registry(auth=auth, tls=tls, realm_host=realm_host)
     try:
         yield reg
     finally:
@@ -468,8 +472,10 @@ class CountingProxy:
     """
 
     def __init__(self, backend: str, delay: float = 0.0,
-                 redirect_to: Optional["BlobServer"] = None) -> None:
+                 redirect_to: Optional["BlobServer"] = None, mangle: bool = False) -> None:
         self.backend, self.delay, self.redirect_to = backend, delay, redirect_to
+        self.mangle = mangle  # flip a byte of every blob upload body (PATCH, PUT ?digest=)
+        self.sent = 0         # bytes of request bodies forwarded
         self.requests: List[Tuple[str, str, bool]] = []
         self.lock = threading.Lock()
         self.server = _server(self._handler())
@@ -500,6 +506,28 @@ class CountingProxy:
             def do_HEAD(self) -> None:
                 self._forward("HEAD")
 
+            def do_POST(self) -> None:
+                self._forward("POST")
+
+            def do_PUT(self) -> None:
+                self._forward("PUT")
+
+            def do_PATCH(self) -> None:
+                self._forward("PATCH")
+
+            def do_DELETE(self) -> None:
+                self._forward("DELETE")
+
+            def _body(self, method: str) -> Optional[bytes]:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                with proxy.lock:
+                    proxy.sent += len(body)
+                upload = method == "PATCH" or (method == "PUT" and "digest=" in self.path)
+                if body and proxy.mangle and upload:
+                    body = bytes([body[0] ^ 0xFF]) + body[1:]
+                return body if method not in ("GET", "HEAD") else None
+
             def _forward(self, method: str) -> None:
                 with proxy.lock:
                     proxy.requests.append((method, self.path,
@@ -514,8 +542,9 @@ class CountingProxy:
                 conn = http.client.HTTPConnection(host, int(port), timeout=30)
                 try:
                     headers = {k: v for k, v in self.headers.items()
-                               if k.lower() not in HOP_HEADERS and k.lower() != "host"}
-                    conn.request(method, self.path, headers=headers)
+                               if k.lower() not in HOP_HEADERS}
+                    body = self._body(method)
+                    conn.request(method, self.path, body=body, headers=headers)
                     resp = conn.getresponse()
                     self.send_response(resp.status)
                     for key, value in resp.getheaders():
@@ -583,9 +612,9 @@ class BlobServer:
 
 
 @contextlib.contextmanager
-def counting_proxy(backend: str, delay: float = 0.0,
-                   redirect_to: Optional[BlobServer] = None) -> Iterator[CountingProxy]:
-    proxy = CountingProxy(backend, delay, redirect_to)
+def counting_proxy(backend: str, delay: float = 0.0, redirect_to: Optional[BlobServer] = None,
+                   mangle: bool = False) -> Iterator[CountingProxy]:
+    proxy = CountingProxy(backend, delay, redirect_to, mangle)
     try:
         yield proxy
     finally:

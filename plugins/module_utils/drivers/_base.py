@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar, List, Optional, Sequence
+from typing import Callable, ClassVar, List, Optional, Sequence
 
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
     TEMP_PREFIX, makedirs, remove_tree, temp_name)
@@ -59,6 +59,10 @@ class Staged:
     key: str
     top: str
     path: str
+
+
+# fills a container's init layer, given the directory that receives it (see _initlayer)
+InitFiller = Callable[[str], object]
 
 
 def bind_mount(source: str, target: str) -> None:
@@ -169,9 +173,18 @@ class Driver(ABC):
         return os.path.isdir(self.container_dir(cid))
 
     @abstractmethod
-    def create_container(self, cid: str, chain: Sequence[ChainID]) -> None:
+    def create_container(self, cid: str, chain: Sequence[ChainID],
+                         init: Optional[InitFiller] = None) -> None:
         """Create the writable layer of container ``cid`` over the layers ``chain``
-        (bottom to top; may be empty)."""
+        (bottom to top; may be empty), with an init layer between them that ``init``
+        fills (none: a container without one, as before init layers existed)."""
+
+    def init_dir(self, cid: str) -> str:
+        """Where the container's init layer lives (Docker's ``<id>-init``)."""
+        return os.path.join(self.home, "init", cid)
+
+    def has_init(self, cid: str) -> bool:
+        return os.path.isdir(self.init_dir(cid))
 
     @abstractmethod
     def container_root(self, cid: str) -> str:
@@ -179,6 +192,8 @@ class Driver(ABC):
 
     def remove_container(self, cid: str) -> None:
         self.remove_path(self.container_dir(cid))
+        if os.path.lexists(self.init_dir(cid)):
+            self.remove_path(self.init_dir(cid))
 
     @abstractmethod
     def mount(self, cid: str, chain: Sequence[ChainID], target: str) -> None:
@@ -200,8 +215,11 @@ class Driver(ABC):
     def is_mounted(self, target: str) -> bool:
         return mount_at(target) is not None
 
-    def diff_base(self, chain: Sequence[ChainID]) -> Optional[str]:
-        """For full-copy drivers: the image's root to compare a container against."""
+    def diff_base(self, chain: Sequence[ChainID], cid: Optional[str] = None) -> Optional[str]:
+        """For full-copy drivers: the root to compare container ``cid`` against: its
+        init layer, or (none) the image's top layer."""
+        if cid is not None and self.has_init(cid):
+            return self.init_dir(cid)
         return self.layer_dir(chain[-1]) if chain else None
 
 
@@ -213,17 +231,31 @@ class FullCopyDriver(Driver):
 
     whiteouts: ClassVar[str] = "delete"
 
-    @abstractmethod
     def _materialize(self, path: str, chain: Sequence[ChainID]) -> None:
         """Create ``path`` holding the root filesystem of ``chain`` (empty: a new root)."""
+        self._copy_root(self.layer_dir(chain[-1]) if chain else None, path)
+
+    @abstractmethod
+    def _copy_root(self, source: Optional[str], path: str) -> None:
+        """Create ``path`` as a copy (snapshot) of root ``source`` (None: a new root)."""
 
     def stage_layer(self, key: str, parent: Optional[ChainID], depth: int) -> Staged:
         top = self.staging_dir(key)
         self._materialize(top, [parent] if parent else [])
         return Staged(key=key, top=top, path=top)
 
-    def create_container(self, cid: str, chain: Sequence[ChainID]) -> None:
-        self._materialize(self.container_dir(cid), chain)
+    def create_container(self, cid: str, chain: Sequence[ChainID],
+                         init: Optional[InitFiller] = None) -> None:
+        if init is None:
+            self._materialize(self.container_dir(cid), chain)
+            return
+        # the init layer is a full root too (as Docker's vfs <id>-init): the image's copy
+        # with the init entries added; the container is a copy of it
+        base = self.init_dir(cid)
+        makedirs(os.path.dirname(base))
+        self._materialize(base, chain)
+        init(base)
+        self._copy_root(base, self.container_dir(cid))
 
     def container_root(self, cid: str) -> str:
         return self.container_dir(cid)

@@ -12,7 +12,9 @@ are found by walk-and-compare).  Subvolumes are made with the btrfs ioctls direc
 Home layout::
 
     btrfs/layers/<chain-hex>/   subvolume: the root filesystem up to this layer
-    btrfs/containers/<id>/      snapshot of the image's top layer: the container
+    btrfs/containers/<id>/      snapshot of the image's top layer (or of its init
+                                layer): the container
+    btrfs/init/<id>/            snapshot of the image's top layer plus mount points
 """
 from __future__ import annotations
 
@@ -20,10 +22,9 @@ import errno
 import fcntl
 import os
 import struct
-from typing import Sequence
+from typing import Optional
 
 from ansible_collections.strata.layers.plugins.module_utils._atomic import remove_tree, temp_name
-from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID
 from ansible_collections.strata.layers.plugins.module_utils._errors import StoreError
 from ansible_collections.strata.layers.plugins.module_utils.drivers._base import (
     Candidate, FullCopyDriver, HostFacts)
@@ -112,9 +113,9 @@ class Btrfs(FullCopyDriver):
         return Candidate(cls.name, True, "btrfs data root: layers and containers are "
                          "subvolume snapshots with block-level copy-on-write")
 
-    def _materialize(self, path: str, chain: Sequence[ChainID]) -> None:
-        if chain:
-            snapshot(self.layer_dir(chain[-1]), path)
+    def _copy_root(self, source: Optional[str], path: str) -> None:
+        if source is not None:
+            snapshot(source, path)
         else:
             create_subvolume(path)
             os.chmod(path, 0o755)

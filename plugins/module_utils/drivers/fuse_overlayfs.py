@@ -15,9 +15,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
-from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Busy, StoreError, Unsupported)
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import (
@@ -76,11 +75,8 @@ class FuseOverlayfs(Overlay2):
                               "too deep" % target)
         _run([PROGRAM, "-o", options, target], cwd=self.home)
 
-    def mount(self, cid: str, chain: Sequence[ChainID], target: str) -> None:
-        rel = os.path.join(self.containers_dir, cid)
-        opts = ["lowerdir=" + self.lowerdirs(chain), "upperdir=%s/diff" % rel,
-                "workdir=%s/work" % rel]
-        self._mount_from_home(target, ",".join(opts))
+    def _overlay_options(self, lower: str, upper: str, work: str) -> str:
+        return "lowerdir=%s,upperdir=%s,workdir=%s" % (lower, upper, work)
 
     def unmount(self, target: str) -> None:
         if mount_at(target) is None:

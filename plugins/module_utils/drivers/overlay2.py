@@ -13,6 +13,8 @@ Home layout (as Docker's overlay2, with layers and containers kept apart)::
       layers/<chain-hex>/lower "l/<parent>:l/<grandparent>:..." nearest first
       containers/<id>/diff     the container's upper directory (its writable layer)
       containers/<id>/work     overlay's work directory
+      containers/<id>/init     its init layer (Docker's <id>-init): the mount points the
+                               runtime needs that the image lacks; the top lower dir
       empty/                   lower directory for containers on an image with no layer
 
 Mounts are made from the home directory with relative ``l/`` names so that a deep
@@ -36,7 +38,7 @@ from ansible_collections.strata.layers.plugins.module_utils._digest import Chain
 from ansible_collections.strata.layers.plugins.module_utils._errors import StoreError, Unsupported
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mount, umount
 from ansible_collections.strata.layers.plugins.module_utils.drivers._base import (
-    Candidate, Driver, HostFacts, Staged)
+    Candidate, Driver, HostFacts, InitFiller, Staged)
 
 MAX_DEPTH = 125
 PARAMS = "/sys/module/overlay/parameters"
@@ -291,22 +293,54 @@ class Overlay2(Driver):
         return "linked to %s" % self._link_target(issue.chain)
 
     # ---------------------------------------------------------------- containers
-    def create_container(self, cid: str, chain: Sequence[ChainID]) -> None:
+    def create_container(self, cid: str, chain: Sequence[ChainID],
+                         init: Optional[InitFiller] = None) -> None:
         top = self.container_dir(cid)
         os.mkdir(top, 0o700)
         os.mkdir(os.path.join(top, "diff"), 0o755)
         os.mkdir(os.path.join(top, "work"), 0o700)
         if chain:
             copy_root_attrs(self.layer_files(chain[-1]), os.path.join(top, "diff"))
+        if init is not None:
+            self._create_init(cid, chain, init)
+
+    def init_dir(self, cid: str) -> str:
+        return os.path.join(self.container_dir(cid), "init")
+
+    def _create_init(self, cid: str, chain: Sequence[ChainID], init: InitFiller) -> None:
+        """The init layer is filled as Docker fills ``<id>-init``: mounted as the upper
+        directory over the image, so a parent it needs (``etc/``) is copied up with the
+        image's owner and mode; it then becomes the top lower of the container's mounts."""
+        top = self.container_dir(cid)
+        os.mkdir(self.init_dir(cid), 0o755)
+        if chain:
+            copy_root_attrs(self.layer_files(chain[-1]), self.init_dir(cid))
+        work, view = os.path.join(top, "init-work"), os.path.join(top, "init-view")
+        os.mkdir(work, 0o700)
+        os.mkdir(view, 0o700)
+        rel = os.path.join(self.containers_dir, cid)
+        self._mount_from_home(view, self._overlay_options(
+            self.lowerdirs(chain), rel + "/init", rel + "/init-work"))
+        try:
+            init(view)
+        finally:
+            self.unmount(view)
+        remove_tree(work)
+        os.rmdir(view)
 
     def container_root(self, cid: str) -> str:
         return os.path.join(self.container_dir(cid), "diff")
 
+    def _overlay_options(self, lower: str, upper: str, work: str) -> str:
+        return ",".join(["lowerdir=" + lower, "upperdir=" + upper, "workdir=" + work]
+                        + native_diff_options())
+
     def mount(self, cid: str, chain: Sequence[ChainID], target: str) -> None:
         rel = os.path.join(self.containers_dir, cid)
-        opts = ["lowerdir=" + self.lowerdirs(chain), "upperdir=%s/diff" % rel,
-                "workdir=%s/work" % rel] + native_diff_options()
-        self._mount_from_home(target, ",".join(opts))
+        lower = self.lowerdirs(chain)
+        if self.has_init(cid):
+            lower = rel + "/init:" + lower
+        self._mount_from_home(target, self._overlay_options(lower, rel + "/diff", rel + "/work"))
 
     def _mount_from_home(self, target: str, options: str) -> None:
         if len(options) >= 4096:

@@ -12,14 +12,14 @@ Home layout::
 
     vfs/layers/<chain-hex>/   the full root filesystem up to and including the layer
     vfs/containers/<id>/      the container's full root filesystem
+    vfs/init/<id>/            its init layer (a full root: the image plus mount points)
 """
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Optional
 
 from ansible_collections.strata.layers.plugins.module_utils._copytree import TreeCopier
-from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID
 from ansible_collections.strata.layers.plugins.module_utils.drivers._base import (
     Candidate, FullCopyDriver, HostFacts)
 
@@ -35,8 +35,8 @@ class Vfs(FullCopyDriver):
                          "(%s)" % ("cheap reflinks" if facts.backing_filesystem in ("btrfs", "xfs")
                                    else "slow and disk-hungry on %s" % facts.backing_filesystem))
 
-    def _materialize(self, path: str, chain: Sequence[ChainID]) -> None:
-        if chain:
-            TreeCopier().copy(self.layer_dir(chain[-1]), path)
+    def _copy_root(self, source: Optional[str], path: str) -> None:
+        if source is not None:
+            TreeCopier().copy(source, path)
         else:
             os.mkdir(path, 0o755)

@@ -41,6 +41,20 @@ def reemit(tmp_path, root: str = "root") -> bytes:
     return out.getvalue()
 
 
+def docker_directory_size(top: str) -> int:
+    """What moby's directory.Size reports for a tree (overlay2's layer and container
+    size): lstat sizes of everything but directories, each inode once."""
+    seen, total = set(), 0
+    for base, dirs, files in os.walk(top):
+        for name in files + dirs:
+            st = os.lstat(os.path.join(base, name))
+            if stat.S_ISDIR(st.st_mode) or not st.st_size or st.st_ino in seen:
+                continue
+            seen.add(st.st_ino)
+            total += st.st_size
+    return total
+
+
 def rich_layer() -> bytes:
     t = LayerTar()
     t.dir("etc").file("etc/passwd", b"root:x:0:0\n", mode=0o644)
@@ -79,8 +93,10 @@ def test_every_member_type_is_applied_faithfully(tmp_path, mode):
     assert stat.S_ISFIFO(os.lstat(root / "run/fifo").st_mode)
     assert os.lstat(root / "etc/passwd").st_mtime_ns == MTIME * 10**9
     assert os.lstat(root / "etc").st_mtime_ns == MTIME * 10**9
+    # Docker's layer size: file data once per inode, and a symlink's target length
     assert result.size == sum(len(x) for x in (b"root:x:0:0\n", b"\x7fELF" * 100, b"ping", b"x",
-                                               b"deep" * 1000))
+                                               b"deep" * 1000, b"usr/bin", b"/etc/passwd"))
+    assert result.size == docker_directory_size(str(root))
     assert reemit(tmp_path) == data
 
 

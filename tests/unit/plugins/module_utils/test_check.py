@@ -182,6 +182,60 @@ def test_a_file_that_changed_size_is_found_and_its_children_wait_for_reimport(
     assert_clean(root)
 
 
+def _setuid(path):
+    os.chmod(path, 0o4755)
+
+
+def _chown(path):
+    os.chown(path, 1000, 1000)
+
+
+def _retarget(path):
+    os.unlink(path)
+    os.symlink("/tmp/evil", path)
+
+
+def _stray(path):
+    with open(os.path.join(os.path.dirname(path), "planted"), "w") as handle:
+        handle.write("x")
+
+
+def _capability(path):
+    # cap_setuid+ep (a VFS_CAP_REVISION_2 record)
+    os.setxattr(path, "security.capability",
+                bytes.fromhex("0100000280000000000000000000000000000000"))
+
+
+@pytest.mark.parametrize("change, target, said", [
+    (_setuid, "bin/busybox", "bin/busybox mode 4755 (header 0755)"),
+    (_chown, "etc/passwd", "etc/passwd owner 1000:1000 (header 0:0)"),
+    (_retarget, "bin/sh", "bin/sh link target"),
+    (_stray, "etc/passwd", "/etc/planted is n"),
+    (_capability, "bin/busybox", "bin/busybox file capabilities differ"),
+])
+def test_changed_metadata_is_found_against_the_header_record(root, busybox_tar, app_tar, change,
+                                                             target, said):
+    base = top_layer(root, "bb:1")
+    change(os.path.join(files_of(root, base), target))
+    result = check(root)
+    found = {f["object"]: f for f in result["findings"]}
+    assert list(found) == [base], result["findings"]     # the child is not blamed
+    assert found[base]["kind"] == "corrupt-layer"
+    assert said in found[base]["detail"], found[base]["detail"]
+    fixed = check(root, repair=True)
+    assert [r["object"] for r in fixed["repaired"] if r["kind"] == "corrupt-layer"] == [base]
+    reimport(root, busybox_tar, app_tar)
+    assert_clean(root)
+
+
+def test_a_stray_file_in_a_child_layer_is_found(root):
+    chain = top_layer(root, "app:1")
+    with open(os.path.join(files_of(root, chain), "app", "extra"), "w") as handle:
+        handle.write("x")
+    [finding] = check(root)["findings"]
+    assert finding["object"] == chain and "/app/extra" in finding["detail"]
+
+
 def test_missing_layer_data_is_moved_aside_and_restored_by_reimport(root, busybox_tar, app_tar):
     chain = top_layer(root, "app:1")
     remove_tree(Store(root).driver.layer_dir(chain))

@@ -108,6 +108,9 @@ def scenarios(inputs: dict) -> dict:
         "container create+mount": ("container", {"name": "c2", "image": "app:1",
                                                  "state": "mounted"}),
         "container remove": ("container", {"name": "c1", "state": "absent"}),
+        # the container module's create: a writable layer over an init layer (not run)
+        "container with init layer": ("run", {"name": "c3", "image": "app:1",
+                                              "state": "stopped", "command": ["true"]}),
         "commit": ("commit", {"name": "c1", "tag": ["c1img:1"]}),
         "build": ("build", {"spec": BUILD, "context": inputs["context"], "tag": ["built:1"]}),
         "migrate": ("migrate", {"driver": "vfs"}),
@@ -116,11 +119,13 @@ def scenarios(inputs: dict) -> dict:
     }
 
 
-NAMES = ["import", "archive import", "container create+mount", "container remove", "commit",
+NAMES = ["import", "archive import", "container create+mount", "container remove",
+         "container with init layer", "commit",
          "build", "migrate", "prune", "image remove"]
 # one commit point each: never seen half done (the others commit step by step, each step
 # complete: a layer before its image, an image before its tag)
-ALL_OR_NOTHING = {"container create+mount", "container remove", "migrate"}
+ALL_OR_NOTHING = {"container create+mount", "container remove", "container with init layer",
+                  "migrate"}
 
 
 def occurrences(points: list) -> list:

@@ -96,7 +96,8 @@ def test_a_build_that_fills_the_disk_leaves_the_store_as_before(small, fill):
         run = "cat /dev/zero > /big"
         error = "StepFailed"
     else:                               # the command fits; storing its layer does not
-        run = "head -c %d /dev/zero > /big" % (free * 6 // 10)
+        # (random data: zeros would be stored as a hole in the layer, and fit)
+        run = "head -c %d /dev/urandom > /big" % (free * 6 // 10)
         error = "NoSpace"
     failed = ops.run("build", {"data_root": root, "spec": "FROM bb:1\nRUN %s\n" % run,
                                "tag": ["full:1"]})

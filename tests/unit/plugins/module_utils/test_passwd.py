@@ -1,11 +1,17 @@
-"""USER resolution as libcontainer does it (the image's files given by a reader)."""
+"""USER resolution as runc/libcontainer do it: against a container root's own files (the
+container runtime, ``resolve_user``) and against an image's files given by a reader (a
+build's RUN steps, ``resolve``)."""
 from __future__ import annotations
+
+import os
 
 import pytest
 
 from ansible_collections.strata.layers.plugins.module_utils._errors import InvalidInput, NotFound
-from ansible_collections.strata.layers.plugins.module_utils._passwd import resolve
+from ansible_collections.strata.layers.plugins.module_utils._passwd import resolve, resolve_user
 
+
+# ------------------------------------------------------------ a RUN step (a reader)
 FILES = {
     "/etc/passwd": b"root:x:0:0:root:/root:/bin/sh\nbroken line\n"
                    b"app:x:1000:1000::/home/app:/bin/sh\nshort:x:7\nhuge:x:99999999999:0::/:/bin/sh\n",
@@ -46,3 +52,79 @@ def test_no_files_means_root_at_root():
 def test_errors_are_clear(spec, error, message):
     with pytest.raises(error, match=message):
         resolve(read, spec)
+
+
+# ------------------------------------------------------------ a container root
+
+@pytest.fixture
+def root(tmp_path):
+    etc = tmp_path / "rootfs" / "etc"
+    etc.mkdir(parents=True)
+    (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n# comment\n"
+                                "app:x:1000:1000:app:/home/app:/bin/sh\nbroken:x:zz\n")
+    (etc / "group").write_text("root:x:0:\napp:x:1000:\nextra:x:2000:app,other\n"
+                               "more:x:3000:other,app\nwheel:x:10:\n")
+    return str(tmp_path / "rootfs")
+
+
+def test_default_is_root_with_its_home(root):
+    user = resolve_user(root, "")
+    assert (user.uid, user.gid, user.home, user.additional_gids) == (0, 0, "/root", [])
+
+
+def test_a_name_brings_its_gid_home_and_supplementary_groups(root):
+    user = resolve_user(root, "app")
+    assert (user.uid, user.gid, user.home) == (1000, 1000, "/home/app")
+    assert user.additional_gids == [2000, 3000]
+
+
+def test_a_known_uid_is_the_same_user(root):
+    assert resolve_user(root, "1000").home == "/home/app"
+
+
+def test_an_unknown_uid_needs_no_entry(root):
+    user = resolve_user(root, "4242")
+    assert (user.uid, user.gid, user.home, user.additional_gids) == (4242, 0, "/", [])
+
+
+def test_an_explicit_group_replaces_the_supplementary_ones(root):
+    user = resolve_user(root, "app:wheel")
+    assert (user.uid, user.gid, user.additional_gids) == (1000, 10, [])
+    assert resolve_user(root, "1000:77").gid == 77
+
+
+def test_unknown_names_fail_naming_the_file(root):
+    with pytest.raises(InvalidInput, match="no user named 'ghost' in the container's /etc/passwd"):
+        resolve_user(root, "ghost")
+    with pytest.raises(InvalidInput, match="no group named 'ghosts' in the container's /etc/group"):
+        resolve_user(root, "app:ghosts")
+    with pytest.raises(InvalidInput, match="out of range"):
+        resolve_user(root, "99999999999")
+
+
+def test_a_symlinked_etc_stays_inside_the_root(root, tmp_path):
+    os.rename(os.path.join(root, "etc"), os.path.join(root, "real-etc"))
+    os.symlink("/real-etc", os.path.join(root, "etc"))   # absolute: the root's, not the host's
+    assert resolve_user(root, "app").uid == 1000
+
+
+def test_no_passwd_file_is_root_and_numbers(tmp_path):
+    empty = str(tmp_path / "empty")
+    os.mkdir(empty)
+    assert resolve_user(empty, None).home == "/"
+    assert resolve_user(empty, "5:6").gid == 6
+
+
+def test_a_symlink_out_of_the_root_is_not_followed(root, tmp_path):
+    outside = tmp_path / "host-passwd"
+    outside.write_text("root:x:0:0:root:/host-root:/bin/sh\n")
+    os.unlink(os.path.join(root, "etc", "passwd"))
+    os.symlink(str(outside), os.path.join(root, "etc", "passwd"))   # the root's own path
+    assert resolve_user(root, "").home == "/"
+
+
+def test_an_out_of_range_id_in_the_container_names_file_and_line(root):
+    with open(os.path.join(root, "etc", "passwd"), "a") as handle:
+        handle.write("big:x:1:4294967296::/:/bin/sh\n")
+    with pytest.raises(InvalidInput, match="/etc/passwd line 5 of the container: id 4294967296"):
+        resolve_user(root, "big")

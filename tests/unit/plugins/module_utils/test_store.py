@@ -1,6 +1,7 @@
 """The store: idempotent ingest, verification before anything is kept, the lock."""
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -159,3 +160,55 @@ def test_a_plain_tar_whose_first_name_looks_like_a_magic_is_a_tar(tmp_path, stor
     assert result["changed"]
     import hashlib
     assert result["layers"][0]["diff_id"] == "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("compression", ["plain", "gzip"])
+def test_a_source_rewritten_while_it_is_read_is_refused_and_never_cached(
+        tmp_path, store_root, monkeypatch, compression):
+    """A concurrent writer is simulated (deterministically) by rewriting the file in place
+    right after the import's first read of it: same size, other content, newer times."""
+    from ansible_collections.strata.layers.plugins.module_utils import _compression
+    first = LayerTar().file("v", b"A" * 200_000).bytes()
+    second = LayerTar().file("v", b"B" * 200_000).bytes()
+    src = write(tmp_path / "layer", first, compression)
+    new_bytes = open(write(tmp_path / "next", second, compression), "rb").read()
+    real_read = os.read
+    seen = {}
+
+    def read(fd, n):
+        data = real_read(fd, n)
+        target = os.fstat(fd)
+        if not seen and (target.st_dev, target.st_ino) == (os.stat(src).st_dev, os.stat(src).st_ino):
+            seen["rewritten"] = True
+            with open(src, "r+b") as handle:
+                handle.write(new_bytes)
+                handle.truncate()
+            st = os.stat(src)
+            os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+        return data
+
+    monkeypatch.setattr(_compression.os, "read", read)
+    with pytest.raises(InvalidInput, match="changed while it was being read"):
+        imp(store_root, src, format="layer")
+    monkeypatch.undo()
+    assert seen and not os.path.exists(store_root)      # nothing kept, not even a store
+    again = imp(store_root, src, format="layer", tag=["v:1"])
+    assert again["changed"]
+    assert again["layers"][0]["diff_id"] == "sha256:" + hashlib.sha256(second).hexdigest()
+    assert not imp(store_root, src, format="layer", tag=["v:1"])["changed"]
+
+
+def test_a_lock_whose_file_was_removed_is_not_current(tmp_path):
+    """A first run that fails removes its store, lock file included: a waiter that then
+    gets the lock of the unlinked file must notice and start again (Store.write does)."""
+    path = str(tmp_path / "lock")
+    lock = StoreLock(path, True, 1.0, "test")
+    lock.acquire()
+    try:
+        assert lock.current()
+        os.unlink(path)
+        assert not lock.current()
+        open(path, "w").close()          # another run made a new store meanwhile
+        assert not lock.current()
+    finally:
+        lock.release()

@@ -173,3 +173,62 @@ def test_staging_debris_is_swept_on_next_open(store):
         assert store.driver.leftovers()
     with store.write("t"):
         assert store.driver.leftovers() == []
+
+
+INIT = ["dev/", "dev/pts/", "dev/shm/", "proc/", "sys/", "etc/", "etc/hostname", "etc/hosts",
+        "etc/resolv.conf", "srv/app/"]
+
+
+def test_the_init_layer_lies_between_the_image_and_the_writable_layer(store, tmp_path):
+    with store.write("t"):
+        image = image_of(store, [BASE], "img:1")
+        os.chmod(store.driver.layer_files(image.chain[-1]) + "/etc", 0o750)
+        c = containers.create(store, "c1", image, init=INIT)
+        target = str(tmp_path / "m1")
+        containers.mount(store, c, target)
+    try:
+        for entry in INIT:
+            assert os.path.exists(os.path.join(target, entry)), entry
+        assert open(os.path.join(target, "etc/config")).read() == "original\n"
+        assert os.stat(os.path.join(target, "etc")).st_mode & 0o777 == 0o750  # the image's
+        with store.read():
+            row = containers.container_row(store, c)
+            names = list(containers.changes(store, c, image.chain).tar())
+        assert row["size"] == 0
+        assert b"".join(names).strip(b"\0") == b""   # no change at all: the end marker only
+    finally:
+        with store.write("t"):
+            containers.unmount(store, c)
+    with store.write("t"):
+        containers.remove(store, c)
+    assert not store.driver.has_init(c.id) and not store.driver.container_exists(c.id)
+
+
+def test_a_container_runs_on_runc_and_only_its_writes_are_its_own(store, busybox_tar):
+    import shutil
+    from ansible_collections.strata.layers.plugins.module_utils._commit import container_commit
+    from ansible_collections.strata.layers.plugins.module_utils._ops.container import container
+    from tests.support import runimage
+    if shutil.which("runc") is None:
+        pytest.skip("runc is not installed")
+    with store.write("t"):
+        runimage.make_image(store, open(busybox_tar, "rb").read(), "bb:1",
+                            {"Cmd": ["sh"], "WorkingDir": "/srv/app"})
+    params = {"data_root": store.root, "name": "r1", "image": "bb:1", "detach": False}
+    try:
+        quiet = container(dict(params, command=["true"]))
+        assert quiet["rc"] == 0 and quiet["size"] == 0
+        busy = container(dict(params, name="r2", command=["sh", "-c", "echo x > /tmp/f"]))
+        assert busy["rc"] == 0, busy["stderr"]
+        assert busy["size"] == 2
+        committed = container_commit({"data_root": store.root, "name": "r2", "tag": ["r2:1"]})
+        with store.read():
+            chain = store.images.get(committed["image_id"]).chain[-1]
+            out = io.BytesIO()
+            emit(store.layers.split_path(chain), store.driver.layer_files(chain), out.write)
+        import tarfile
+        with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tar:
+            assert sorted(m.name for m in tar.getmembers()) == ["tmp", "tmp/f"]
+    finally:
+        for name in ("r1", "r2"):
+            container({"data_root": store.root, "name": name, "state": "absent", "force": True})

@@ -1,0 +1,112 @@
+"""Sizes as Docker counts them, checked against a real dockerd 20.10 (overlay2, its
+default driver): a layer's, an image's and a container's size count a symlink as the
+length of its target (moby's directory walk uses lstat), file data once per inode.
+
+Docker's naive-diff drivers (vfs, btrfs) sum tar header sizes instead and so leave
+symlinks out; we count one figure on every driver, the overlay2 one users see, so a
+layer keeps its size through a driver migration."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+from ansible_collections.strata.layers.plugins.module_utils._containers import container_layer
+from ansible_collections.strata.layers.plugins.module_utils._info import store_info
+from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
+from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
+
+DOCKERD = "/usr/sbin/dockerd"
+DOCKER = "/usr/bin/docker"
+pytestmark = pytest.mark.skipif(not (os.path.exists(DOCKERD) and os.path.exists(DOCKER)),
+                                reason="dockerd 20.10 is not installed")
+
+
+@pytest.fixture(scope="module")
+def dockerd(tmp_path_factory):
+    """A private dockerd: own data and exec roots, socket and pidfile, no networking."""
+    top = tmp_path_factory.mktemp("dockerd")
+    sock = str(top / "docker.sock")
+    log = open(top / "dockerd.log", "wb")
+    proc = subprocess.Popen(
+        [DOCKERD, "--data-root", str(top / "data"), "--exec-root", str(top / "exec"),
+         "-H", "unix://" + sock, "--pidfile", str(top / "dockerd.pid"),
+         "--storage-driver", "overlay2", "--iptables=false", "--ip-forward=false",
+         "--ip-masq=false", "--bridge=none"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        for _attempt in range(600):
+            if proc.poll() is not None:
+                pytest.fail("dockerd exited: %s" % open(top / "dockerd.log").read()[-2000:])
+            if os.path.exists(sock) and _answers(sock):
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("dockerd did not answer on %s" % sock)
+        yield ["env", "DOCKER_BUILDKIT=0", DOCKER, "-H", "unix://" + sock]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        subprocess.run(["umount", "-R", str(top / "data")], stderr=subprocess.DEVNULL,
+                       check=False)
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def _answers(sock: str) -> bool:
+    client = socket.socket(socket.AF_UNIX)
+    try:
+        client.connect(sock)
+        client.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
+        return b"OK" in client.recv(4096)
+    except OSError:
+        return False
+    finally:
+        client.close()
+
+
+def docker(cli, *args, **kw):
+    return subprocess.run(list(cli) + list(args), check=True, capture_output=True, text=True,
+                          **kw).stdout.strip()
+
+
+def test_layer_image_and_container_sizes_equal_dockers(dockerd, tmp_path, busybox_tar):
+    # Docker's figures: the image from the same tar, a container that adds a file and
+    # two symlinks and deletes one (docker ps --size's SizeRw)
+    image_id = docker(dockerd, "import", busybox_tar, "sizes:busybox")
+    docker_image = int(docker(dockerd, "image", "inspect", "-f", "{{.Size}}", image_id))
+    script = "echo hello > /made && ln -s /usr/share/doc /link && ln -s made /l2 && rm /bin/ls"
+    docker(dockerd, "run", "--name", "sized", "--network", "none", "sizes:busybox",
+           "sh", "-c", script)
+    docker_rw = int(docker(dockerd, "inspect", "--size", "-f", "{{.SizeRw}}", "sized"))
+
+    for driver in ("overlay2", "vfs"):
+        root = str(tmp_path / driver)
+        storage_driver({"data_root": root, "driver": driver})
+        layer_import({"data_root": root, "src": busybox_tar, "tag": ["busybox:sizes"]})
+        info = store_info({"data_root": root})
+        assert [image["size"] for image in info["images"]] == [docker_image], driver
+        assert [layer["size"] for layer in info["layers"]] == [docker_image], driver
+        mounted = container_layer({"data_root": root, "name": "sized", "image": "busybox:sizes",
+                                   "state": "mounted"})
+        try:
+            top = mounted["mount_point"]
+            with open(os.path.join(top, "made"), "w") as handle:
+                handle.write("hello\n")
+            os.symlink("/usr/share/doc", os.path.join(top, "link"))
+            os.symlink("made", os.path.join(top, "l2"))
+            os.unlink(os.path.join(top, "bin/ls"))
+        finally:
+            container_layer({"data_root": root, "name": "sized", "state": "unmounted"})
+        rows = {c["name"]: c for c in store_info({"data_root": root})["containers"]}
+        assert rows["sized"]["size"] == docker_rw, driver
+        assert rows["sized"]["virtual_size"] == docker_rw + docker_image, driver
+        container_layer({"data_root": root, "name": "sized", "state": "absent"})
