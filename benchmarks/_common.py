@@ -219,6 +219,23 @@ class Results:
             json.dump(self.samples, handle, indent=1)
 
 
+def save_goals(path: Optional[str], rows: List[Dict[str, object]]) -> None:
+    """Append goal rows (``goal``, ``figure``, ``target``, ``met``) to the JSON list at
+    ``path`` (``scripts/bench`` collects them into one table)."""
+    if not path:
+        return
+    got: List[Dict[str, object]] = []
+    if os.path.exists(path):
+        with open(path) as handle:
+            got = json.load(handle)
+    with open(path, "w") as handle:
+        json.dump(got + rows, handle, indent=1)
+
+
+def goal(name: str, figure: str, target: str, met: Optional[bool]) -> Dict[str, object]:
+    return {"goal": name, "figure": figure, "target": target, "met": met}
+
+
 def verdict(met: bool) -> str:
     return "met" if met else "MISSED"
 

@@ -33,10 +33,10 @@ import shutil
 import statistics
 import subprocess
 import sys
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
-from _common import (Results, engine, loop_fs, machine, make_tar, progress, syncfs, timed,
-                     wipe, workspace)
+from _common import (Results, engine, goal, loop_fs, machine, make_tar, progress, save_goals,
+                     syncfs, timed, wipe, workspace)
 
 IMAGES = [("bench/a:1", ["usr/include"]),
           ("bench/b:1", ["usr/include", "usr/share/perl"]),
@@ -140,6 +140,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="1 run of small images")
     parser.add_argument("--pairs", default=PAIRS, help="OLD:NEW,... (default %s)" % PAIRS)
     parser.add_argument("--work", default="/var/tmp")
+    parser.add_argument("--goals", help="append the goal rows to this JSON file")
     args = parser.parse_args()
     runs = 1 if args.quick else args.runs
     images = QUICK_IMAGES if args.quick else IMAGES
@@ -167,7 +168,7 @@ def main() -> int:
                 one_pair(str(where), old, new, made, refs, results)
                 progress("run %d: %s -> %s done" % (run + 1, old, new))
         print("\n" + results.table())
-        summary(results, pairs, made)
+        summary(results, pairs, made, args.goals)
     return 0
 
 
@@ -180,19 +181,26 @@ def tree_size(path: str) -> Tuple[int, int]:
     return entries, nbytes
 
 
-def summary(results: Results, pairs: List[Tuple[str, ...]], made: Dict[str, object]) -> None:
+def summary(results: Results, pairs: List[Tuple[str, ...]], made: Dict[str, object],
+            goals: Optional[str] = None) -> None:
     mb, entries = int(made["bytes"]) / 1e6, int(made["entries"])  # type: ignore[arg-type]
     mig_mb = mb + 2 * int(made["container_bytes"]) / 1e6  # type: ignore[arg-type]
     mig_entries = entries + 2 * int(made["container_entries"])  # type: ignore[arg-type]
     print("\n| pair | migrate s | MB/s | files/s | plain import into target s | MB/s | "
           "files/s | migrate / import |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    rows = []
     for old, new in pairs:
         label = "%s -> %s" % (old, new)
         mig = statistics.median(results.samples["migrate " + label])
         imp = statistics.median(results.samples["plain import into %s (for %s)" % (new, label)])
         print("| %s | %.2f | %.0f | %.0f | %.2f | %.0f | %.0f | %.2fx |" % (
             label, mig, mig_mb / mig, mig_entries / mig, imp, mb / imp, entries / imp, mig / imp))
+        # throughput counts what moved: the layers, and for the migration the containers too
+        ratio = (mig_mb / mig) / (mb / imp)
+        rows.append(goal("migration %s, throughput / plain import's" % label, "%.2fx" % ratio,
+                         ">= 0.8x", ratio >= 0.8))
+    save_goals(goals, rows)
 
 
 if __name__ == "__main__":

@@ -95,6 +95,13 @@ class Applier:
         self.entries = 0
         self.mtime_max = 0
         self._root_user = os.geteuid() == 0
+        self._euid, self._egid = os.geteuid(), os.getegid()
+        self._umask = _umask()
+        # a set-group-ID directory gives new files its group, not the process's, and a
+        # default ACL gives them its mode, not the umask's: once the layer root or any
+        # directory of the tree may have either, every file gets its fchown and fchmod
+        # (a full-copy driver's tree is inherited and not looked at: always there)
+        self._inherits = whiteouts != WHITEOUT_DEVICE or _passes_down(root)
         self._tree = Beneath(root)
         self._member: Optional[Member] = None
 
@@ -169,16 +176,20 @@ class Applier:
             raise self._refuse("has a NUL byte in its name")
         if raw.startswith(b"/"):
             raise self._refuse("has an absolute name; layer members must be relative")
-        parts = [p for p in raw.split(b"/") if p not in (b"", b".")]
+        parts = raw.split(b"/")
+        if b"" in parts or b"." in parts:
+            parts = [p for p in parts if p not in (b"", b".")]
         if b".." in parts:
             raise self._refuse("escapes the layer root with '..'")
         path = b"/".join(parts)
-        if len(path) > MAX_NAME or any(len(p) > MAX_COMPONENT for p in parts):
+        if len(path) > MAX_NAME or (len(path) > MAX_COMPONENT and
+                                    max(map(len, parts)) > MAX_COMPONENT):
             raise self._refuse("has a name longer than the filesystem allows (%d bytes, or a "
                                "component over %d)" % (MAX_NAME, MAX_COMPONENT))
-        for part in parts[:-1]:
-            if part.startswith(WHITEOUT_PREFIX):
-                raise self._refuse("lies below a whiteout name")
+        if WHITEOUT_PREFIX in path:
+            for part in parts[:-1]:
+                if part.startswith(WHITEOUT_PREFIX):
+                    raise self._refuse("lies below a whiteout name")
         return path
 
     def _apply_member(self, reader: ChunkReader, member: Member) -> None:
@@ -276,6 +287,8 @@ class Applier:
         self._dir_metadata(fd, pfd, path, member)
 
     def _dir_metadata(self, fd: int, pfd: Optional[int], path: bytes, member: Member) -> None:
+        if member.mode & stat.S_ISGID or "system.posix_acl_default" in member.xattrs:
+            self._inherits = True
         self._owner(pfd, None, fd, member)
         os.chmod(fd, member.mode)
         self._xattrs(pfd, None, fd, member)
@@ -288,8 +301,10 @@ class Applier:
         fd = None if self.shadow is None else self.shadow.take(path, member.size, name, pfd)
         write = fd is None
         if fd is None:
+            # created with its final permission bits (the staging tree is private to the
+            # store): when the umask leaves them whole, no fchmod is needed
             fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
-                         os.O_CLOEXEC, 0o600, dir_fd=pfd)
+                         os.O_CLOEXEC, member.mode & 0o777, dir_fd=pfd)
         try:
             left = member.size
             if left and self.split is not None:
@@ -307,16 +322,32 @@ class Applier:
                     writer.write(view)
             if writer is not None:
                 writer.finish()
-            self._owner(None, None, fd, member)
-            os.chmod(fd, member.mode)
-            self._xattrs(None, None, fd, member)
-            os.utime(fd, ns=self._times(member))
+            self._file_metadata(fd, member, created=write)
         finally:
             os.close(fd)
         self.size += member.size
-        pad = reader.read_exact(member.padding, "the padding of member %r" % member.display())
-        if self.split is not None and pad:
-            self.split.raw(pad)
+        pad = member.padding
+        if pad:
+            data = reader.read_exact(pad, "the padding of member %r" % member.display()) \
+                if reader.available() < pad else reader.read_exact(pad, "")
+            if self.split is not None:
+                self.split.raw(data)
+
+    def _file_metadata(self, fd: int, member: Member, created: bool) -> None:
+        """Owner, mode, attributes and times of a file this applier just wrote.
+
+        A file it created already has the owner and mode the kernel gave it: the
+        process's ids and the creation mode less the umask (unless a set-group-ID
+        directory or a default ACL passed something else down).  When those are the
+        member's, the fchown and fchmod are left out (two system calls a file)."""
+        given = created and not self._inherits
+        if not (given and member.uid == self._euid and member.gid == self._egid):
+            self._owner(None, None, fd, member)
+        if not (given and member.mode == member.mode & 0o777 & ~self._umask):
+            os.chmod(fd, member.mode)
+        if member.xattrs:
+            self._xattrs(None, None, fd, member)
+        os.utime(fd, ns=self._times(member))
 
     def _hardlink(self, pfd: int, name: bytes, member: Member) -> None:
         target = member.linkname
@@ -462,6 +493,32 @@ class Applier:
         for path in sorted(self.dir_times, key=len, reverse=True):
             fd = self._tree.dir_fd(path) if path else self._tree.root_fd
             os.utime(fd, ns=self.dir_times[path])
+
+
+def _passes_down(root: str) -> bool:
+    """Whether ``root`` may give new entries a group or mode of its own (set-group-ID,
+    or a default ACL; when the attribute cannot be read, assume it may)."""
+    if os.stat(root).st_mode & stat.S_ISGID:
+        return True
+    try:
+        os.getxattr(root, "system.posix_acl_default")
+    except OSError as exc:
+        return exc.errno not in (errno.ENODATA, errno.ENOTSUP)
+    return True
+
+
+def _umask() -> int:
+    """The process's umask, from /proc (setting and restoring it would race with other
+    threads creating files); when /proc does not say, the fullest mask, so that every
+    file gets its fchmod."""
+    try:
+        with open("/proc/self/status", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o777
 
 
 def _proc_path(dir_fd: int, name: bytes) -> bytes:

@@ -143,15 +143,19 @@ def changes_in(driver: Driver, root: str, chain: Sequence[ChainID],
     return TreeDiff(driver.diff_base(list(chain), cid), root, exact_times, shadow)
 
 
-def container_facts(store: Store, layers: Optional[Dict[ChainID, LayerRecord]] = None
-                    ) -> List[Dict[str, Any]]:
-    """One row per container, as ``docker ps -s`` shows it (plus the chain, internal)."""
+def container_facts(store: Store, layers: Optional[Dict[ChainID, LayerRecord]] = None,
+                    sizes: bool = True) -> List[Dict[str, Any]]:
+    """One row per container, as ``docker ps -s`` shows it (plus the chain, internal);
+    ``sizes=False``: as ``docker ps`` shows it, ``size`` and ``virtual_size`` null (a
+    container's size is a walk of its changes on drivers without an upper directory)."""
     layers = store.layers.by_chain() if layers is None else layers
-    return [container_row(store, record, layers) for record in ContainerDB(store.root).all()]
+    return [container_row(store, record, layers, sizes)
+            for record in ContainerDB(store.root).all()]
 
 
 def container_row(store: Store, record: ContainerRecord,
-                  layers: Optional[Dict[ChainID, LayerRecord]] = None) -> Dict[str, Any]:
+                  layers: Optional[Dict[ChainID, LayerRecord]] = None,
+                  sizes: bool = True) -> Dict[str, Any]:
     try:
         chain = image_chain(store, store.images.get(record.image_id))
     except NotFound:
@@ -159,11 +163,14 @@ def container_row(store: Store, record: ContainerRecord,
     if layers is None:
         layers = {c: store.layers.get(c) for c in chain if store.layers.exists(c)}
     image_size = sum(layers[c].size for c in chain if c in layers)
-    size = changes(store, record, chain).size() if store.driver_name else 0
+    size: Optional[int] = None
+    if sizes:
+        size = changes(store, record, chain).size() if store.driver_name else 0
     mounted = record.mount_point is not None and mount_at(record.mount_point) is not None
     return {"id": record.id, "name": record.name, "image_id": record.image_id,
             "status": status(store, record),
-            "size": size, "virtual_size": size + image_size, "mounted": mounted,
+            "size": size, "virtual_size": None if size is None else size + image_size,
+            "mounted": mounted,
             "mount_point": record.mount_point if mounted else None,
             "created": record.created, "chain": chain}
 

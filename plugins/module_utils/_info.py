@@ -43,11 +43,16 @@ def history_of(image: ImageRecord, layers: Dict[ChainID, LayerRecord]) -> List[D
 
 def store_info(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, Any]:
     store = Store.from_params(params)
+    sizes = params.get("sizes")
     with store.read():
-        return describe(store)
+        return describe(store, sizes=True if sizes is None else bool(sizes))
 
 
-def describe(store: Store, containers: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
+def describe(store: Store, containers: Optional[List[Dict[str, Any]]] = None,
+             sizes: bool = True) -> Dict[str, Any]:
+    """The facts; ``sizes=False`` leaves out what needs a walk of the containers' files
+    (their ``size``/``virtual_size``, ``disk_usage.containers`` and ``on_disk``: null),
+    as ``docker ps`` without ``-s``."""
     where = store.root if os.path.isdir(store.root) else nearest_existing(store.root)
     result: Dict[str, Any] = {
         "changed": False, "data_root": store.root, "driver": store.driver_name,
@@ -66,7 +71,7 @@ def describe(store: Store, containers: Optional[List[Dict[str, Any]]] = None) ->
         for chain in image.chain:
             users.setdefault(ChainID(chain), []).append(image.id)
     if containers is None:
-        containers = container_facts(store, layers)
+        containers = container_facts(store, layers, sizes=sizes)
     result["images"] = [_image_row(image, layers, users, tags) for image in images]
     result["layers"] = [{"diff_id": r.diff_id, "chain_id": r.chain_id, "size": r.size,
                          "parent": r.parent, "depth": r.depth,
@@ -76,10 +81,10 @@ def describe(store: Store, containers: Optional[List[Dict[str, Any]]] = None) ->
     image_layers = set(users)
     result["disk_usage"] = {
         "images": sum(layers[c].size for c in image_layers if c in layers),
-        "containers": sum(c["size"] for c in containers),
+        "containers": sum(c["size"] for c in containers) if sizes else None,
         "layers": sum(r.size for r in layers.values()),
         "reclaimable": sum(layers[c].size for c in prune_plan(store)[1] if c in layers),
-        "on_disk": allocated_bytes(store.root),
+        "on_disk": allocated_bytes(store.root) if sizes else None,
     }
     return result
 

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import struct
 import threading
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, InvalidInput, StoreError, Unsupported)
@@ -44,6 +45,8 @@ GNU_LONGLINK = b"K"
 
 FILE_TYPES = (REGTYPE, AREGTYPE, CONTTYPE)
 KNOWN_TYPES = FILE_TYPES + (LNKTYPE, SYMTYPE, CHRTYPE, BLKTYPE, DIRTYPE, FIFOTYPE)
+# types whose size must be 0 (a directory's is ignored, as GNU tar does)
+_NO_DATA_TYPES = (LNKTYPE, SYMTYPE, CHRTYPE, BLKTYPE, FIFOTYPE)
 
 
 class Truncated(Corrupt):
@@ -205,13 +208,33 @@ def _parse_number(field_bytes: bytes, name: str, member: str, signed: bool = Fal
                       member=member) from exc
 
 
+# The ustar header in one precompiled layout: name, mode, uid, gid, size, mtime, chksum,
+# typeflag, linkname, magic+version, uname, gname, devmajor, devminor, prefix.
+_USTAR = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s8s8s155s12x")
+_NUMERIC = (1, 2, 3, 4, 5, 12, 13)   # mode, uid, gid, size, mtime, devmajor, devminor
+_NUMERIC_NAMES = ("mode", "uid", "gid", "size", "mtime", "devmajor", "devminor")
+
+
+def _numbers(fields: Tuple[bytes, ...], hint: Callable[[], str]) -> List[int]:
+    """The seven numeric fields of a header, parsed once.  Plain octal (the norm) takes
+    one ``int`` each; anything else (base-256, blanks, garbage) goes through
+    ``_parse_number``, which gives the same values and the same errors."""
+    try:
+        return [int(fields[i].split(b"\0", 1)[0] or b"0", 8) for i in _NUMERIC]
+    except ValueError:
+        member = hint()
+        return [_parse_number(fields[i], name, member, signed=name == "mtime")
+                for i, name in zip(_NUMERIC, _NUMERIC_NAMES)]
+
+
 def checksum_ok(block: bytes) -> bool:
     stored = block[148:156]
     try:
         want = int(stored.split(b"\0", 1)[0].strip(b" \0") or b"-1", 8)
     except ValueError:
         return False
-    unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:])
+    # the checksum field counts as eight spaces
+    unsigned = sum(block) - sum(stored) + 8 * 32
     if want == unsigned:
         return True
     signed = sum((b - 256 if b > 127 else b) for b in block[:148] + block[156:]) + 8 * 32
@@ -349,20 +372,46 @@ class HeaderParser:
 
     def _member(self, block: bytes, raw: bytes, pax: Dict[bytes, bytes],
                 longname: Optional[bytes], longlink: Optional[bytes], offset: int) -> Member:
-        merged = dict(self.globals)
-        merged.update(pax)
-        name = block[0:100].split(b"\0", 1)[0]
-        magic = block[257:265]
-        if magic[:6] == b"ustar\0":
-            prefix = block[345:500].split(b"\0", 1)[0]
+        fields = _USTAR.unpack(block)
+        if self.globals:
+            merged = dict(self.globals)
+            merged.update(pax)
+        else:
+            merged = pax
+        name = fields[0].split(b"\0", 1)[0]
+        if fields[9][:6] == b"ustar\0":
+            prefix = fields[14].split(b"\0", 1)[0]
             if prefix:
                 name = prefix + b"/" + name
         if longname is not None:
             name = longname
-        if b"path" in merged:
+        if merged and b"path" in merged:
             name = merged[b"path"]
+        typeflag = fields[7]
+        if merged or typeflag not in KNOWN_TYPES:
+            self._refuse_type(name, typeflag, merged)
+        linkname = fields[8].split(b"\0", 1)[0]
+        if longlink is not None:
+            linkname = longlink
+        if merged and b"linkpath" in merged:
+            linkname = merged[b"linkpath"]
+        mode, uid, gid, size, mtime, devmajor, devminor = _numbers(
+            fields, lambda: name.decode("utf-8", "backslashreplace"))
+        member = Member(name=name, typeflag=typeflag, mode=mode & 0o7777, uid=uid, gid=gid,
+                        size=size, mtime_ns=mtime * 1_000_000_000, linkname=linkname, raw=raw,
+                        offset=offset, devmajor=devmajor, devminor=devminor)
+        if merged:
+            self._apply_pax(member, merged, name.decode("utf-8", "backslashreplace"))
+        if member.size and typeflag in _NO_DATA_TYPES:
+            hint = name.decode("utf-8", "backslashreplace")
+            raise Corrupt("tar member %s (type %s) declares %d bytes of data"
+                          % (hint, member.typeflag.decode(), member.size), member=hint)
+        return member
+
+    @staticmethod
+    def _refuse_type(name: bytes, typeflag: bytes, merged: Dict[bytes, bytes]) -> None:
+        """Sparse files (GNU.sparse PAX keys or type S) and types a layer cannot hold."""
         hint = name.decode("utf-8", "backslashreplace")
-        typeflag = block[156:157]
         for key in merged:
             if key.startswith(b"GNU.sparse."):
                 raise Unsupported("tar member %s is a sparse file (GNU.sparse PAX headers), "
@@ -374,28 +423,6 @@ class HeaderParser:
         if typeflag not in KNOWN_TYPES:
             raise InvalidInput("tar member %s has type %r, which a layer cannot hold"
                                % (hint, typeflag.decode("latin-1")), member=hint)
-        linkname = block[157:257].split(b"\0", 1)[0]
-        if longlink is not None:
-            linkname = longlink
-        if b"linkpath" in merged:
-            linkname = merged[b"linkpath"]
-        member = Member(
-            name=name, typeflag=typeflag,
-            mode=_parse_number(block[100:108], "mode", hint) & 0o7777,
-            uid=_parse_number(block[108:116], "uid", hint),
-            gid=_parse_number(block[116:124], "gid", hint),
-            size=_parse_number(block[124:136], "size", hint),
-            mtime_ns=_parse_number(block[136:148], "mtime", hint, signed=True) * 1_000_000_000,
-            linkname=linkname, raw=raw, offset=offset,
-            devmajor=_parse_number(block[329:337], "devmajor", hint),
-            devminor=_parse_number(block[337:345], "devminor", hint),
-        )
-        self._apply_pax(member, merged, hint)
-        if member.typeflag in (LNKTYPE, SYMTYPE, CHRTYPE, BLKTYPE, DIRTYPE, FIFOTYPE) and \
-                member.size and member.typeflag != DIRTYPE:
-            raise Corrupt("tar member %s (type %s) declares %d bytes of data"
-                          % (hint, member.typeflag.decode(), member.size), member=hint)
-        return member
 
     @staticmethod
     def _apply_pax(member: Member, pax: Dict[bytes, bytes], hint: str) -> None:

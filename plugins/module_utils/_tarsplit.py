@@ -27,10 +27,17 @@ from ansible_collections.strata.layers.plugins.module_utils._safepath import Ben
 
 MAGIC = b"strata-tar-split/1\n"
 _FLUSH_AT = 1 << 16
+# records are compressed in batches this large, at level 1: per-call overhead and
+# deflate effort were a tenth of an import's time, and headers compress well anyway
+_COMPRESS_AT = 1 << 20
+_LEVEL = 1
 Sink = Callable[[Union[bytes, memoryview]], object]
+_SMALL = [bytes((n,)) for n in range(0x80)]
 
 
 def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return _SMALL[value]
     out = bytearray()
     while True:
         byte = value & 0x7F
@@ -48,12 +55,19 @@ class TarSplitWriter:
     def __init__(self, path: str) -> None:
         self.path = path
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        self._z = zlib.compressobj(6, zlib.DEFLATED, 31)
+        self._z = zlib.compressobj(_LEVEL, zlib.DEFLATED, 31)
         self._pending = bytearray()
+        self._records = bytearray()
         self._write(MAGIC)
 
     def _write(self, data: bytes) -> None:
-        out = self._z.compress(data)
+        self._records += data
+        if len(self._records) >= _COMPRESS_AT:
+            self._compress()
+
+    def _compress(self) -> None:
+        out = self._z.compress(self._records)
+        self._records.clear()
         if out:
             _write_all(self._fd, out)
 
@@ -64,7 +78,8 @@ class TarSplitWriter:
 
     def _flush_raw(self) -> None:
         if self._pending:
-            self._write(b"S" + _varint(len(self._pending)) + bytes(self._pending))
+            self._records += b"S" + _varint(len(self._pending))
+            self._write(self._pending)
             self._pending.clear()
 
     def file(self, path: bytes, size: int) -> None:
@@ -77,6 +92,7 @@ class TarSplitWriter:
             return
         self._flush_raw()
         self._write(b"E")
+        self._compress()
         _write_all(self._fd, self._z.flush())
         os.fsync(self._fd)
         os.close(self._fd)

@@ -12,6 +12,16 @@ description:
   - Reports what C(docker info), C(docker image ls), C(docker history), C(docker ps -s) and
     C(docker system df -v) would show for the store at O(data_root).
   - Read-only; takes the shared store lock. A store that does not exist reads as empty.
+options:
+  sizes:
+    description:
+      - Compute each container's size (C(docker ps -s)) and the bytes allocated on disk.
+      - With V(false), as C(docker ps) without C(-s), the containers' C(size) and
+        C(virtual_size), C(disk_usage.containers) and C(disk_usage.on_disk) are null. On
+        the vfs and btrfs drivers a container's size is a walk of its files, so this
+        makes the call much cheaper on a store with many containers.
+    type: bool
+    default: true
 author:
   - strata.layers developers (@strata-layers)
 extends_documentation_fragment:
@@ -40,6 +50,11 @@ EXAMPLES = r"""
   ansible.builtin.debug:
     msg: "{{ item.tags | join(',') }} {{ item.size }} (shared {{ item.shared_size }})"
   loop: "{{ store.images }}"
+
+- name: Containers without their sizes, like docker ps (cheap on vfs and btrfs)
+  strata.layers.store_info:
+    sizes: false
+  register: quick
 """
 
 RETURN = r"""
@@ -99,8 +114,8 @@ containers:
     status:
       description: V(created), V(running) or V(exited) (as the strata.layers.container module ran it).
       type: str
-    size: {description: Bytes of the files in its writable layer., type: int}
-    virtual_size: {description: C(size) plus the size of its image., type: int}
+    size: {description: Bytes of the files in its writable layer (null when O(sizes=false))., type: int}
+    virtual_size: {description: C(size) plus the size of its image (null when O(sizes=false))., type: int}
     mounted: {description: Whether its root filesystem is mounted now., type: bool}
 disk_usage:
   description: C(docker system df) figures, in bytes.
@@ -108,10 +123,10 @@ disk_usage:
   type: dict
   contains:
     images: {description: Bytes of the layers images use (each layer once)., type: int}
-    containers: {description: Bytes in all writable layers., type: int}
+    containers: {description: Bytes in all writable layers (null when O(sizes=false))., type: int}
     layers: {description: Bytes of all layers., type: int}
     reclaimable: {description: Bytes of layers nothing uses (what store_prune would free)., type: int}
-    on_disk: {description: Bytes actually allocated under O(data_root)., type: int}
+    on_disk: {description: Bytes actually allocated under O(data_root) (null when O(sizes=false))., type: int}
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -120,7 +135,8 @@ from ansible_collections.strata.layers.plugins.module_utils._info import store_i
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=store_spec(), supports_check_mode=True)
+    module = AnsibleModule(argument_spec=store_spec(sizes=dict(type="bool", default=True)),
+                           supports_check_mode=True)
     run(module, store_info)
 
 

@@ -223,3 +223,45 @@ def test_hardlink_lands_in_its_directory_when_the_descriptor_cache_turns_over(tm
     assert os.lstat(root / "x" / "link").st_ino == os.lstat(root / deep / "f").st_ino
     assert not any(name == b"link" for _base, _dirs, files in os.walk(bytes(root / "d"))
                    for name in files)
+
+
+# -------------------------------------------------- owners and modes the kernel would not give
+# Files are created with their mode and, when the kernel already gave them the header's
+# owner and mode, get no fchown/fchmod: these pin the cases where it would not have.
+
+def test_files_below_a_setgid_directory_get_the_headers_group(tmp_path):
+    apply(tmp_path, LayerTar().dir("d", mode=0o2775, gid=5).file("d/f", b"x", gid=0)
+          .file("g", b"y", gid=0).bytes())
+    assert os.lstat(tmp_path / "root" / "d").st_gid == 5
+    assert os.lstat(tmp_path / "root" / "d" / "f").st_gid == 0
+    assert os.lstat(tmp_path / "root" / "g").st_gid == 0
+
+
+def test_modes_are_the_headers_whatever_the_umask(tmp_path):
+    old = os.umask(0o077)
+    try:
+        apply(tmp_path, LayerTar().file("a", b"x", mode=0o644).file("b", b"x", mode=0o4755)
+              .file("c", b"x", mode=0o600).bytes())
+    finally:
+        os.umask(old)
+    modes = {n: stat.S_IMODE(os.lstat(tmp_path / "root" / n).st_mode) for n in "abc"}
+    assert modes == {"a": 0o644, "b": 0o4755, "c": 0o600}
+
+
+def _default_acl(user: int, group: int, other: int) -> bytes:
+    """A ``system.posix_acl_default`` value (version 2; user, group, other entries)."""
+    entries = ((0x01, user), (0x04, group), (0x20, other))
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, 0xFFFFFFFF)
+                                           for tag, perm in entries)
+
+
+def test_modes_are_the_headers_below_a_default_acl(tmp_path):
+    (tmp_path / "root").mkdir()
+    try:
+        os.setxattr(tmp_path / "root", "system.posix_acl_default", _default_acl(7, 0, 0))
+    except OSError as exc:
+        pytest.skip("this filesystem takes no ACLs: %s" % exc)
+    apply(tmp_path, LayerTar().file("a", b"x", mode=0o644).dir("d", mode=0o755)
+          .file("d/b", b"x", mode=0o755).bytes())
+    assert stat.S_IMODE(os.lstat(tmp_path / "root" / "a").st_mode) == 0o644
+    assert stat.S_IMODE(os.lstat(tmp_path / "root" / "d" / "b").st_mode) == 0o755

@@ -1,0 +1,39 @@
+"""store_info: ``sizes: false`` leaves out what needs a walk of the containers' files and
+changes nothing else."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ansible_collections.strata.layers.plugins.module_utils._containers import container_layer
+from ansible_collections.strata.layers.plugins.module_utils._info import store_info
+from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
+from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
+
+
+@pytest.mark.parametrize("driver", ["overlay2", "vfs"])
+def test_sizes_false_is_docker_ps_without_s(store_root, busybox_tar, driver):
+    storage_driver({"data_root": store_root, "driver": driver})
+    layer_import({"data_root": store_root, "src": busybox_tar, "tag": ["base:1"]})
+    mounted = container_layer({"data_root": store_root, "name": "c1", "image": "base:1",
+                               "state": "mounted"})
+    try:
+        with open(os.path.join(mounted["mount_point"], "new-file"), "wb") as handle:
+            handle.write(b"x" * 5000)
+    finally:
+        container_layer({"data_root": store_root, "name": "c1", "state": "unmounted"})
+    full = store_info({"data_root": store_root})
+    quick = store_info({"data_root": store_root, "sizes": False})
+    row = full["containers"][0]
+    assert row["size"] >= 5000 and row["virtual_size"] == row["size"] + full["images"][0]["size"]
+    assert full["disk_usage"]["containers"] == row["size"] and full["disk_usage"]["on_disk"] > 0
+    assert [(c["size"], c["virtual_size"]) for c in quick["containers"]] == [(None, None)]
+    assert quick["disk_usage"]["containers"] is None and quick["disk_usage"]["on_disk"] is None
+    strip = ("size", "virtual_size")
+    assert [{k: v for k, v in c.items() if k not in strip} for c in quick["containers"]] == \
+        [{k: v for k, v in c.items() if k not in strip} for c in full["containers"]]
+    for key in ("images", "layers", "driver"):
+        assert quick[key] == full[key]
+    for key in ("images", "layers", "reclaimable"):
+        assert quick["disk_usage"][key] == full["disk_usage"][key]
