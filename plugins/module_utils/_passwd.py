@@ -28,6 +28,7 @@ the USER value), never a traceback.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Tuple, Type
 
@@ -85,23 +86,33 @@ _CONTAINER = _Where("container", "/", InvalidInput)
 # ---------------------------------------------------------------- reading the files
 def root_reader(root: str, owner: str = "container") -> Reader:
     """A reader of files inside ``root`` (``/etc/passwd``), never leaving it; None when
-    absent; at most ``MAX_FILE`` bytes."""
+    absent; at most ``MAX_FILE`` bytes.
+
+    Only a regular file is read: the root's ``etc/passwd`` could be a device node (a host
+    disk, a watchdog whose mere opening arms it) or a FIFO, which runc would open inside
+    the container's device cgroup, never on the host.  It is checked through an
+    ``O_PATH`` descriptor before anything opens it for reading."""
     def read(path: str) -> Optional[bytes]:
         rel = path.lstrip("/")
         try:
             where = resolve_beneath(os.fsencode(root), os.fsencode(rel))
-            fd = os.open(where, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+            handle_fd = os.open(where, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as exc:
             raise InvalidInput("cannot read /%s of the %s: %s" % (rel, owner, exc.strerror)) \
                 from exc
         try:
-            with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle_fd).st_mode):
+                raise InvalidInput("/%s of the %s is not a regular file; the user cannot be "
+                                   "resolved from it" % (rel, owner))
+            with open("/proc/self/fd/%d" % handle_fd, "rb") as handle:
                 return handle.read(MAX_FILE)
         except OSError as exc:
             raise InvalidInput("cannot read /%s of the %s: %s" % (rel, owner, exc.strerror)) \
                 from exc
+        finally:
+            os.close(handle_fd)
     return read
 
 

@@ -95,6 +95,7 @@ class Runtime:
         self.name = name
         self.binary = find_runtime(name)
         self.root = os.path.join(state_root, name)
+        self.monitor: Optional[int] = None    # the last detached start's monitor
 
     def argv(self, *args: str) -> List[str]:
         return [self.binary, "--root", self.root] + list(args)
@@ -111,8 +112,14 @@ class Runtime:
                        ) -> Tuple[int, str, str]:
         """Run to completion; (exit code, stdout tail, stderr tail)."""
         makedirs(self.root)
+        # the pid file lets another module stop or kill this run (state: stopped or
+        # absent elsewhere); a stale one from an earlier run must not name it
+        pid_file = os.path.join(bundle, "pid")
+        if os.path.lexists(pid_file):
+            os.unlink(pid_file)
         with open(out, "wb") as stdout, open(err, "wb") as stderr:
-            proc = subprocess.run(self.argv("run", "--bundle", bundle, cid),
+            proc = subprocess.run(self.argv("run", "--pid-file", pid_file, "--bundle", bundle,
+                                            cid),
                                   stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
                                   check=False)
         self.delete(cid)
@@ -141,7 +148,9 @@ class Runtime:
         if not message.startswith("ok:"):
             raise RuntimeFailed("%s could not start the container: %s" % (
                 self.name, message.partition(":")[2].strip() or last_lines(log)))
-        return int(message[3:])
+        pid, _sep, monitor = message[3:].partition(":")
+        self.monitor = int(monitor) if monitor else None
+        return int(pid)
 
     def kill(self, pid: int, ticks: Optional[int], signum: int) -> None:
         if alive(pid, ticks):
@@ -236,7 +245,7 @@ def _launch(argv: List[str], log: str, stdin: Optional[str], report: int,
                 pid = int(handle.read().strip())
         except (OSError, ValueError):
             pid = None
-    message = ("ok:%d" % pid) if pid else ("fail:%s" % last_lines(log))
+    message = ("ok:%d:%d" % (pid, os.getpid())) if pid else ("fail:%s" % last_lines(log))
     os.write(report, message.encode())
     os.close(report)
     return pid
@@ -312,11 +321,19 @@ def read_state(record_dir: str) -> Dict[str, Any]:
         out.update(exit_code=ended.get("exit_code"), finished_at=ended.get("finished_at"))
     elif state.get("status") == "running":
         pid, ticks = container_pid(record_dir, state)
-        if alive(pid, ticks) or alive(state.get("monitor"), state.get("monitor_ticks")):
+        if alive(pid, ticks) or monitor_alive(state):
             out.update(status="running", pid=pid)
         elif out["exit_code"] is None:
             out["exit_code"] = -1   # gone, and its monitor with it: nobody saw the code
     return out
+
+
+def monitor_alive(state: Dict[str, Any]) -> bool:
+    """Whether whoever records this run's end is still at it: the detached monitor (until
+    it has unmounted and written exit.json the run is not over, and a new start must not
+    run on the mount it is about to unmount) or the foreground module."""
+    return alive(state.get("monitor"), state.get("monitor_ticks")) or \
+        alive(state.get("shim"), state.get("shim_ticks"))
 
 
 def container_pid(record_dir: str, state: Dict[str, Any]) -> Tuple[Optional[int], Optional[int]]:
@@ -329,4 +346,22 @@ def container_pid(record_dir: str, state: Dict[str, Any]) -> Tuple[Optional[int]
             pid = int(handle.read().strip())
     except (OSError, ValueError):
         return None, None
-    return pid, None
+    # a pid file outlives its process: the pid may be another process's by now (the
+    # module that ran it was killed), and a stop would signal it.  It is the container's
+    # only while that process is in the container's cgroup
+    if not in_cgroup(pid, os.path.basename(os.path.normpath(record_dir))):
+        return None, None
+    return pid, pid_start_ticks(pid)
+
+
+def in_cgroup(pid: int, cid: str) -> bool:
+    """Whether ``pid`` runs in container ``cid``'s cgroup (``/strata/<cid>``, the spec's
+    cgroupsPath), as /proc/<pid>/cgroup shows it."""
+    try:
+        with open("/proc/%d/cgroup" % pid) as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return False
+    wanted = "/strata/" + cid
+    return any(line.split(":", 2)[-1] == wanted or
+               line.split(":", 2)[-1].startswith(wanted + "/") for line in lines)

@@ -22,6 +22,7 @@ resource limits; the runtime's defaults apply.
 from __future__ import annotations
 
 import os
+import re
 import resource
 import signal
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from ansible_collections.strata.layers.plugins.module_utils._passwd import ExecU
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NETWORKS = ("none", "host")
+HOSTNAME_RE = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z")
 # moby oci/caps: the capabilities a container's root keeps by default
 CAPABILITIES = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
                 "CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
@@ -160,8 +162,11 @@ def run_config(image: Dict[str, Any], params: Dict[str, Any], cid: str) -> Dict[
     if not os.path.isabs(workdir):
         raise InvalidInput("workdir %r must be an absolute path" % workdir)
     hostname = params.get("hostname") or cid[:12]
-    if len(hostname) > 64 or "/" in hostname or "\0" in hostname:
-        raise InvalidInput("hostname %r is not valid (at most 64 characters, no /)" % hostname)
+    if not isinstance(hostname, str) or not HOSTNAME_RE.match(hostname):
+        # it is written into the container's /etc/hosts and /etc/hostname: a newline or
+        # a space would add lines or names of the caller's choosing
+        raise InvalidInput("hostname %r is not valid (at most 64 letters, digits, '.', '-' "
+                           "or '_', not starting with '.' or '-')" % (hostname,))
     stop_signal = image.get("StopSignal") or "SIGTERM"
     parse_signal(stop_signal)
     labels = image.get("Labels") or {}
@@ -237,10 +242,20 @@ def default_mounts(bundle: str, read_only: bool) -> List[Dict[str, Any]]:
     ]
 
 
+def cgroup_v2() -> bool:
+    """Whether the host runs the unified cgroup hierarchy (cgroup v2)."""
+    return os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+
+
 def runtime_spec(run: Dict[str, Any], rootfs: str, bundle: str, user: ExecUser,
-                 cid: str) -> Dict[str, Any]:
-    """The OCI runtime spec (``config.json``) of one start of the container."""
+                 cid: str, unified: Optional[bool] = None) -> Dict[str, Any]:
+    """The OCI runtime spec (``config.json``) of one start of the container.  A cgroup
+    namespace of its own on a cgroup v2 host (``unified``, detected when None), the
+    host's on v1: Docker 20.10's default ``--cgroupns`` (private on v2, host on v1)."""
+    unified = cgroup_v2() if unified is None else unified
     namespaces = ["pid", "ipc", "uts", "mount"] + (["network"] if run["network"] == "none" else [])
+    if unified:
+        namespaces.append("cgroup")
     nofile = nofile_limit()
     mounts = default_mounts(bundle, run["read_only"]) + [
         _mount(v["destination"], "bind", v["source"],
@@ -257,6 +272,7 @@ def runtime_spec(run: Dict[str, Any], rootfs: str, bundle: str, user: ExecUser,
                              for k in ("bounding", "effective", "permitted")},
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}],
             "noNewPrivileges": False,
+            "oomScoreAdj": 0,     # as Docker: not the module's own (Ansible's) adjustment
         },
         "root": {"path": rootfs, "readonly": run["read_only"]},
         "hostname": run["hostname"],
@@ -268,8 +284,21 @@ def runtime_spec(run: Dict[str, Any], rootfs: str, bundle: str, user: ExecUser,
             "readonlyPaths": list(READONLY_PATHS),
             "cgroupsPath": "/strata/" + cid,
             "resources": {"devices": [{"allow": False, "access": "rwm"}]},
+            **({"sysctl": sysctls()} if run["network"] != "host" else {}),
         },
     }
+
+
+def sysctls() -> Dict[str, str]:
+    """What Docker 20.10 sets in a container with a network namespace of its own: any
+    user may bind ports below 1024 and send ICMP echo (a USER app serving on :80, ping),
+    where the kernel knows the switch (4.11+ for the ports)."""
+    out = {}
+    for name, value in (("net.ipv4.ip_unprivileged_port_start", "0"),
+                        ("net.ipv4.ping_group_range", "0 2147483647")):
+        if os.path.exists("/proc/sys/" + name.replace(".", "/")):
+            out[name] = value
+    return out
 
 
 def bundle_files(run: Dict[str, Any]) -> Dict[str, bytes]:

@@ -100,7 +100,9 @@ options:
       container's own C(/etc/passwd) and C(/etc/group) (default the image's User).
     type: str
   hostname:
-    description: Host name (default the first 12 digits of the id).
+    description:
+      - Host name (default the first 12 digits of the id).
+      - At most 64 letters, digits, C(.), C(-) or C(_), not starting with C(.) or C(-).
     type: str
   network:
     description:

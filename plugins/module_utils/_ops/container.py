@@ -36,6 +36,7 @@ from ansible_collections.strata.layers.plugins.module_utils._atomic import (
     makedirs, read_json, write_json)
 from ansible_collections.strata.layers.plugins.module_utils._containers import (
     ContainerDB, ContainerRecord)
+from ansible_collections.strata.layers.plugins.module_utils._crash import crash_point
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     AlreadyExists, Busy, InvalidInput, NotFound)
 from ansible_collections.strata.layers.plugins.module_utils._passwd import ExecUser, resolve_user
@@ -174,8 +175,9 @@ def _status(store: Store, record: ContainerRecord) -> str:
 def _apply(store: Store, params: Dict[str, Any], plan: Plan) -> Any:
     if plan.reason == "remove" and plan.record is not None:
         _remove(store, params, plan.record)
-        return {"changed": True, "id": plan.record.id, "name": plan.record.name,
-                "image_id": plan.record.image_id, "status": "removed", "action": "remove"}
+        result = _removed_result(plan.record, "remove")
+        del result["mounted"], result["mount_point"]
+        return result
     if plan.reason == "stop" and plan.record is not None:
         _stop(store, plan.record, params)
         return _result(store, plan.record, plan.reason)
@@ -200,8 +202,13 @@ def _start(store: Store, params: Dict[str, Any], record: ContainerRecord, create
     rt = runtime.Runtime(params.get("runtime") or "runc", os.path.join(store.root, "runtime"))
     record_dir = ContainerDB(store.root).path(record.id)
     mounted_here = False
+    previous = runtime._read(os.path.join(record_dir, runtime.STATE_FILE)) or {}
     try:
         mounted_here = _mount(store, record)
+        if not mounted_here and previous.get("mounted_for_run"):
+            # the mount a previous run made and nobody unmounted (its monitor was killed):
+            # still this run's to unmount when it ends, or it stays forever
+            mounted_here = True
         run = record.run or _legacy_run(store, record, params)
         user = resolve_user(str(record.mount_point), run["user"])
         _check_executable(str(record.mount_point), run, user)
@@ -216,13 +223,32 @@ def _start(store: Store, params: Dict[str, Any], record: ContainerRecord, create
         _start_detached(rt, record_dir, record, bundle, params, mounted_here)
     except BaseException:
         _undo_start(store, record, mounted_here, created)
+        if not created:
+            _restore_state(record_dir, previous)
         raise
     return None
+
+
+def _restore_state(record_dir: str, previous: Dict[str, Any]) -> None:
+    """A failed start leaves the container's run state as it was."""
+    path = os.path.join(record_dir, runtime.STATE_FILE)
+    if previous:
+        write_json(path, previous)
+    elif os.path.exists(path):
+        os.unlink(path)
 
 
 def _start_detached(rt: runtime.Runtime, record_dir: str, record: ContainerRecord, bundle: str,
                     params: Dict[str, Any], mounted_here: bool) -> None:
     log = os.path.join(record_dir, "container.log")
+    # written ahead: a module killed once the container runs but before its pid is
+    # recorded leaves a run the next module adopts (pid from the runtime's pid file)
+    # rather than a "created" container whose next start kills the orphan under a
+    # monitor that then unmounts the new run's root filesystem
+    _save_state(record_dir, {"status": "running", "detached": True, "runtime": rt.name,
+                             "monitor": os.getpid(),
+                             "monitor_ticks": runtime.pid_start_ticks(os.getpid()),
+                             "mounted_for_run": mounted_here, "log_path": log})
     stdin = None
     if params.get("interactive"):
         stdin = os.path.join(bundle, "stdin")
@@ -231,8 +257,12 @@ def _start_detached(rt: runtime.Runtime, record_dir: str, record: ContainerRecor
     pid = rt.start_detached(record.id, bundle, log, stdin,
                             os.path.join(record_dir, runtime.EXIT_FILE),
                             unmount=str(record.mount_point) if mounted_here else None)
-    _save_state(record_dir, {"status": "running", "pid": pid,
+    crash_point("container-start.launched")
+    _save_state(record_dir, {"status": "running", "detached": True, "pid": pid,
                              "ticks": runtime.pid_start_ticks(pid), "runtime": rt.name,
+                             "shim": rt.monitor,
+                             "shim_ticks": runtime.pid_start_ticks(rt.monitor)
+                             if rt.monitor else None,
                              "mounted_for_run": mounted_here, "log_path": log})
 
 
@@ -327,12 +357,17 @@ def _finish_foreground(store: Store, params: Dict[str, Any], run: Foreground) ->
     finally:
         doing = "removed" if remove else "exited"
         with store.write("container %s (%s)" % (run.record.name, doing)):
-            if not remove:
-                _record_exit(store, run.record, rc, run.mounted_here)
-            result = _result(store, run.record, "run")
-            if remove:
-                _remove(store, params, run.record)
-                result.update(status="removed", mounted=False, mount_point=None)
+            if not _still_there(store, run.record):
+                # removed while it ran (state: absent, force: true elsewhere), as docker
+                # rm -f ends a docker run: the exit is reported, there is nothing to record
+                result = _removed_result(run.record, "run")
+            else:
+                if not remove:
+                    _record_exit(store, run.record, rc, run.mounted_here)
+                result = _result(store, run.record, "run")
+                if remove:
+                    _remove(store, params, run.record)
+                    result.update(status="removed", mounted=False, mount_point=None)
     result.update(rc=rc, stdout=out, stderr=err)
     if rc != 0:
         # Ansible fails a result with a non-zero rc (as command, and docker_container with
@@ -340,6 +375,19 @@ def _finish_foreground(store: Store, params: Dict[str, Any], run: Foreground) ->
         result["msg"] = "the container's process exited with %d%s" % (
             rc, ": " + err.strip().splitlines()[-1][:500] if err.strip() else "")
     return result
+
+
+def _still_there(store: Store, record: ContainerRecord) -> bool:
+    try:
+        return ContainerDB(store.root).get(record.id).id == record.id
+    except NotFound:
+        return False
+
+
+def _removed_result(record: ContainerRecord, reason: str) -> Dict[str, Any]:
+    return {"changed": True, "id": record.id, "name": record.name,
+            "image_id": record.image_id, "status": "removed", "action": reason,
+            "mounted": False, "mount_point": None}
 
 
 def _record_exit(store: Store, record: ContainerRecord, code: int, mounted_here: bool) -> None:
@@ -370,12 +418,19 @@ def _stop(store: Store, record: ContainerRecord, params: Dict[str, Any]) -> None
             _signal(pid, ticks, signal.SIGKILL)
             runtime.wait_gone(pid, ticks, 60)
             code = 128 + signal.SIGKILL
+    # the monitor writes exit.json once it has reaped and unmounted; one that is gone
+    # (killed) never will: no wait then
+    if "shim" in state:
+        waits = runtime.alive(state.get("shim"), state.get("shim_ticks"))
+    else:   # a record from before monitors were recorded, or a start killed mid-way
+        waits = bool(state.get("pid") or state.get("detached"))
     ended = runtime.wait_file(os.path.join(record_dir, runtime.EXIT_FILE),
-                              runtime.EXIT_RECORD_WAIT if state.get("pid") else 0)
+                              runtime.EXIT_RECORD_WAIT if waits else 0)
     if ended is not None:
         code = ended.get("exit_code", code)
-    if state.get("monitor"):   # a foreground run elsewhere records its own exit
-        return
+    if not state.get("detached") and runtime.alive(state.get("monitor"),
+                                                   state.get("monitor_ticks")):
+        return   # a foreground run elsewhere records its own exit (a killed one cannot)
     _record_exit(store, record, 128 + signum if code is None else code,
                  bool(state.get("mounted_for_run")))
     try:

@@ -306,3 +306,193 @@ def test_a_running_containers_image_and_mount_are_kept(store):
         image({"data_root": store.root, "name": "app:1", "state": "absent", "force": True})
     with pytest.raises(Busy, match="c1 is running"):
         container_layer({"data_root": store.root, "name": "c1", "state": "unmounted"})
+
+
+def _ppid(pid):
+    with open("/proc/%d/stat" % pid, "rb") as handle:
+        data = handle.read()
+    return int(data[data.rindex(b")") + 2:].split()[1])
+
+
+def test_the_run_is_over_only_when_its_monitor_has_recorded_it(store):
+    """Until the monitor has unmounted and written exit.json the container counts as
+    running: a start in between would run on the mount the monitor is about to take
+    away, and its exit.json would end the new run."""
+    started = run(store, detach=True, user="0", command=["sleep", "1000"])
+    state = json.load(open(os.path.join(store.root, "containers", started["id"], "state.json")))
+    monitor = state["shim"]
+    assert monitor == _ppid(started["pid"]) and state["shim_ticks"]
+    os.kill(monitor, signal.SIGSTOP)     # the monitor is slow to notice the exit
+    try:
+        os.kill(started["pid"], signal.SIGKILL)
+        from ansible_collections.strata.layers.plugins.module_utils._runtime import wait_gone
+        assert wait_gone(started["pid"], None, 30)
+        again = run(store, detach=True, user="0", command=["sleep", "1000"])
+        assert again["changed"] is False and again["status"] == "running"
+    finally:
+        os.kill(monitor, signal.SIGCONT)
+    stopped = container({"data_root": store.root, "name": "c1", "state": "stopped"})
+    assert stopped["status"] == "exited" and stopped["exit_code"] == 128 + signal.SIGKILL
+    assert not stopped["mounted"]
+
+
+def test_a_killed_monitors_mount_is_unmounted_by_the_next_run(store):
+    """kill -9 of the monitor: the container goes on (reparented), its stop records an
+    exit without waiting for an exit.json nobody will write, and the mount the first
+    start made is unmounted when a later run ends (not left behind for ever)."""
+    started = run(store, detach=True, user="0", command=["sleep", "1000"])
+    os.kill(_ppid(started["pid"]), signal.SIGKILL)
+    assert container({"data_root": store.root, "name": "c1", "state": "started",
+                      "detach": True})["status"] == "running"
+    stopped = container({"data_root": store.root, "name": "c1", "state": "stopped",
+                         "stop_timeout": 0})
+    assert stopped["status"] == "exited" and stopped["exit_code"] == 128 + signal.SIGKILL
+    assert not stopped["mounted"]
+    # the monitor killed and then the container: nobody unmounted it
+    started = run(store, detach=True, user="0", command=["sleep", "1000"])
+    monitor = _ppid(started["pid"])
+    os.kill(monitor, signal.SIGKILL)
+    os.kill(started["pid"], signal.SIGKILL)
+    from ansible_collections.strata.layers.plugins.module_utils._runtime import wait_gone
+    assert wait_gone(started["pid"], None, 30) and wait_gone(monitor, None, 30)
+    gone = container({"data_root": store.root, "name": "c1", "state": "stopped"})
+    assert gone["status"] == "exited" and gone["exit_code"] == -1 and gone["mounted"]
+    rerun = run(store, detach=True, user="0", command=["sleep", "1000"])
+    assert rerun["status"] == "running"
+    stopped = container({"data_root": store.root, "name": "c1", "state": "stopped",
+                         "stop_timeout": 0})
+    assert stopped["status"] == "exited" and not stopped["mounted"]
+
+
+def test_a_module_killed_once_the_container_runs_leaves_a_run_the_next_adopts(store):
+    """kill -9 of the module between the runtime's start and the pid's record: the
+    container runs on under its monitor; the next module sees it running (not a
+    "created" container whose start would kill it and race its monitor's unmount),
+    stops it, records its exit and unmounts."""
+    from tests.support import ops
+    params = {"data_root": store.root, "name": "c1", "image": "app:1", "user": "0",
+              "command": ["sleep", "1000"], "detach": True}
+    crashed = ops.run("run", params, env=ops.child_env("container-start.launched"))
+    assert crashed.returncode == -signal.SIGKILL
+    again = container(dict(params))
+    assert again["changed"] is False and again["status"] == "running" and again["pid"]
+    assert again["mounted"]
+    stopped = container({"data_root": store.root, "name": "c1", "state": "stopped",
+                         "stop_timeout": 0})
+    assert stopped["status"] == "exited" and not stopped["mounted"]
+    rerun = container(dict(params))
+    assert rerun["changed"] and rerun["status"] == "running"
+
+
+def test_a_failed_start_keeps_the_previous_run_state(store):
+    """The state written ahead of a detached start is taken back when the start fails."""
+    first = run(store, command=["true"])
+    assert first["status"] == "exited" and first["exit_code"] == 0
+    bundle = os.path.join(store.root, "containers", first["id"], "bundle")
+    shutil.rmtree(bundle)
+    with open(bundle, "w"):   # the bundle directory cannot be made: the start fails
+        pass
+    try:
+        with pytest.raises(Exception):
+            run(store, detach=True, command=["true"])
+    finally:
+        os.unlink(bundle)
+    after = container({"data_root": store.root, "name": "c1", "state": "stopped"})
+    assert after["changed"] is False and after["status"] == "exited"
+    assert after["exit_code"] == 0 and after["finished_at"] == first["finished_at"]
+
+
+def test_a_stale_pid_file_never_names_another_process(store):
+    """A foreground run whose module was killed leaves the runtime's pid file; once that
+    pid is another process's (here a sleep of ours), the container is not running and a
+    stop signals nothing."""
+    import subprocess
+    first = run(store, command=["true"])
+    record_dir = os.path.join(store.root, "containers", first["id"])
+    other = subprocess.Popen(["sleep", "1000"])
+    try:
+        with open(os.path.join(record_dir, "bundle", "pid"), "w") as handle:
+            handle.write(str(other.pid))
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        with open(os.path.join(record_dir, "state.json"), "w") as handle:
+            json.dump({"status": "running", "monitor": dead.pid, "monitor_ticks": 1,
+                       "runtime": "runc", "mounted_for_run": True,
+                       "started_at": first["started_at"]}, handle)
+        stopped = container({"data_root": store.root, "name": "c1", "state": "stopped"})
+        assert stopped["changed"] is False and stopped["status"] == "exited"
+        absent = container({"data_root": store.root, "name": "c1", "state": "absent"})
+        assert absent["changed"] and other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_an_unprivileged_user_may_bind_low_ports_and_ping_as_with_docker(store):
+    """Docker 20.10's sysctls for a container with its own network namespace, applied by
+    real runc; the host network keeps the host's."""
+    read = ["sh", "-c", "cat /proc/sys/net/ipv4/ip_unprivileged_port_start "
+            "/proc/sys/net/ipv4/ping_group_range /proc/self/oom_score_adj"]
+    result = run(store, command=read)
+    assert result["rc"] == 0, result["stderr"]
+    lines = result["stdout"].split("\n")
+    assert lines[0] == "0" and lines[1].split() == ["0", "2147483647"] and lines[2] == "0"
+    config = json.load(open(os.path.join(result["bundle"], "config.json")))
+    assert config["process"]["oomScoreAdj"] == 0
+    host = run(store, name="h", command=read, network="host")
+    with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as handle:
+        assert host["stdout"].split("\n")[0] == handle.read().strip()
+
+
+def test_a_foreground_run_removed_while_it_runs_reports_its_end(store):
+    """state: absent, force: true on a container another module runs in the foreground
+    (docker rm -f under a docker run): that module reports the kill and 'removed'
+    instead of failing on a container that is no longer there."""
+    from tests.support import ops
+    params = {"data_root": store.root, "name": "c1", "image": "app:1", "user": "0",
+              "command": ["sleep", "1000"], "detach": False}
+    proc = ops.start("run", params)
+    try:
+        _wait_running(store, proc)
+        removed = container({"data_root": store.root, "name": "c1", "state": "absent",
+                             "force": True, "stop_timeout": 0})
+        assert removed["changed"] and removed["status"] == "removed"
+        out, _err = proc.communicate(timeout=120)
+    finally:
+        ops.kill_group(proc) if proc.poll() is None else None
+    result = ops.parse(proc, out)
+    assert result.get("failed") is not True, result
+    assert result["status"] == "removed" and result["rc"] == 128 + signal.SIGKILL
+
+
+def test_a_foreground_run_is_stopped_from_elsewhere_with_its_stop_signal(store):
+    """state: stopped on a container another module runs with detach: false signals it
+    (before, its pid was unknown: the stop did nothing and said changed)."""
+    from tests.support import ops
+    params = {"data_root": store.root, "name": "c1", "image": "app:1", "user": "0",
+              "command": ["sh", "-c", "trap 'exit 42' USR1; while :; do sleep 0.1; done"],
+              "detach": False}
+    proc = ops.start("run", params)
+    try:
+        _wait_running(store, proc)
+        stopped = container({"data_root": store.root, "name": "c1", "state": "stopped"})
+        assert stopped["changed"]
+        out, _err = proc.communicate(timeout=120)
+    finally:
+        ops.kill_group(proc) if proc.poll() is None else None
+    result = ops.parse(proc, out)
+    assert result["rc"] == 42 and result["status"] == "exited" and result["exit_code"] == 42
+    assert not result["mounted"]
+
+
+def _wait_running(store, proc):
+    """Until the foreground run in ``proc`` runs (runc wrote its pid)."""
+    import time
+    while proc.poll() is None:
+        with store.read():
+            rows = containers.container_facts(store) if store.exists() else []
+        if rows and rows[0]["status"] == "running" and os.path.exists(
+                os.path.join(store.root, "containers", rows[0]["id"], "bundle", "pid")):
+            return
+        time.sleep(0.05)
+    raise AssertionError("the run ended: %s" % (proc.communicate(),))

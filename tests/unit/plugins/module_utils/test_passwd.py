@@ -4,6 +4,7 @@ build's RUN steps, ``resolve``)."""
 from __future__ import annotations
 
 import os
+import stat
 
 import pytest
 
@@ -128,3 +129,29 @@ def test_an_out_of_range_id_in_the_container_names_file_and_line(root):
         handle.write("big:x:1:4294967296::/:/bin/sh\n")
     with pytest.raises(InvalidInput, match="/etc/passwd line 5 of the container: id 4294967296"):
         resolve_user(root, "big")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mknod needs root")
+@pytest.mark.parametrize("kind", ["chr", "fifo"])
+def test_a_device_node_or_fifo_as_passwd_is_never_opened(root, kind):
+    """An image's etc/passwd that is a device node (here /dev/zero's numbers: reading
+    it would never end on its own; a host disk's would leak it) or a FIFO is refused
+    before anything opens it on the host."""
+    passwd = os.path.join(root, "etc", "passwd")
+    os.unlink(passwd)
+    if kind == "chr":
+        os.mknod(passwd, 0o644 | stat.S_IFCHR, os.makedev(1, 5))
+    else:
+        os.mkfifo(passwd)   # a blocking open would hang the module
+    with pytest.raises(InvalidInput, match="/etc/passwd of the container is not a regular file"):
+        resolve_user(root, "app")
+    with pytest.raises(InvalidInput, match="not a regular file"):
+        resolve_user(root, "0")
+
+
+def test_a_huge_or_malformed_passwd_is_read_bounded(root):
+    with open(os.path.join(root, "etc", "passwd"), "w") as handle:
+        handle.write("junk:::\n::::::\n" + "x" * (5 << 20) + "\napp:x:1000:1000::/h:/bin/sh\n")
+    assert resolve_user(root, "0").uid == 0      # the first 4 MiB only: app is beyond it
+    with pytest.raises(InvalidInput, match="no user named 'app'"):
+        resolve_user(root, "app")

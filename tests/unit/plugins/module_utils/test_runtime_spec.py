@@ -100,3 +100,23 @@ def test_bad_options_are_named():
                             ({"hostname": "a/b"}, "hostname"), ({"command": "ls"}, "command")):
         with pytest.raises(InvalidInput, match=message):
             config(**params)
+
+
+def test_a_hostname_cannot_write_lines_into_etc_hosts():
+    for bad in ("web\n10.0.0.1 bank.example", "a b", "-x", ".x", "x" * 65, "tab\there", ""):
+        if not bad:
+            assert config(hostname=bad)["hostname"] == CID[:12]   # empty: the default
+            continue
+        with pytest.raises(InvalidInput, match="hostname"):
+            config(hostname=bad)
+    assert spec.bundle_files(config(hostname="web-1.example_x"))["hosts"].endswith(
+        b"127.0.1.1\tweb-1.example_x\n")
+
+
+def test_the_cgroup_namespace_is_dockers_default():
+    """docker 20.10: --cgroupns private on a cgroup v2 host, host on v1."""
+    def kinds(unified):
+        out = spec.runtime_spec(config(), "/r", "/b", ExecUser(), CID, unified=unified)
+        return [n["type"] for n in out["linux"]["namespaces"]]
+    assert "cgroup" in kinds(True) and "cgroup" not in kinds(False)
+    assert ("cgroup" in kinds(None)) == spec.cgroup_v2()
