@@ -19,20 +19,29 @@ Changing one context file therefore rebuilds from the first step that reads it.
 its line.
 
 A RUN step: a build container (a container record of kind ``build``) on the previous
-image, mounted under ``tmp/``, the command run by ``_sandbox``, the container's changes
-committed as the step's layer, the container removed.  A mark covers the container
-from creation: a crash leaves nothing the next open does not remove.  A failing step
-leaves no build container, no partial layer and no tag (tags are set last).
+image, mounted under ``tmp/``, its ``--mount``s prepared by ``_runsetup``, the command
+run by ``_sandbox`` (network, identity and environment as Docker gives them), the
+container's changes committed as the step's layer, the container removed.  A mark
+covers the container from creation: a crash leaves nothing the next open does not
+remove.  A failing step leaves no build container, no partial layer and no tag (tags
+are set last).
+
+ADD of a URL or a git repository (``_remote``): the step is keyed on what the source is
+known as (``--checksum``, the digest a 304 confirms, the commit a ref names), so a
+cache hit fetches nothing; a miss fetches into ``tmp/`` and copies it as a local
+source.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import os
 import secrets
 from time import time_ns as now_ns
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils import _containers as containers
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
@@ -53,7 +62,15 @@ from ansible_collections.strata.layers.plugins.module_utils._images import (
 from ansible_collections.strata.layers.plugins.module_utils._imageview import ImageView
 from ansible_collections.strata.layers.plugins.module_utils._info import history_of
 from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord, now_iso
-from ansible_collections.strata.layers.plugins.module_utils._sandbox import Sandbox
+from ansible_collections.strata.layers.plugins.module_utils import _passwd as passwd
+from ansible_collections.strata.layers.plugins.module_utils._remote import RemoteError, RemoteFetch
+from ansible_collections.strata.layers.plugins.module_utils._runmounts import (
+    Mount, MountError, network_mode, secret_sources, tree_digest)
+from ansible_collections.strata.layers.plugins.module_utils._runsetup import (
+    MountSources, RunOptions, attach_mounts, context_filter, network_files, run_environment,
+    run_log)
+from ansible_collections.strata.layers.plugins.module_utils._safepath import resolve_beneath
+from ansible_collections.strata.layers.plugins.module_utils._sandbox import Sandbox, StepFailed
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
 
 CACHE_VERSION = "strata-build-cache/2"
@@ -108,8 +125,10 @@ class Builder:
     """One build of ``spec`` (see the module docstring)."""
 
     def __init__(self, store: Store, spec: Spec, context: Optional[str], no_cache: bool,
-                 dry: bool, source: str = "Dockerfile") -> None:
+                 dry: bool, source: str = "Dockerfile",
+                 options: Optional[RunOptions] = None) -> None:
         self.store = store
+        self.options = options or RunOptions()
         self.spec = spec
         self.context = context
         self.no_cache = no_cache
@@ -190,15 +209,34 @@ class Builder:
     # ------------------------------------------------------------------ steps
     def _step(self, stage: Stage, step: Instruction, current: Current
               ) -> Tuple[Current, StepResult]:
-        if current.pending or self._reads_pending_stage(step):
+        if current.pending or self._reads_pending_stage(step) or self._mounts_pending(step):
             return self._would_run(step, current, step.history("?"))
         if not (step.makes_layer or isinstance(step.args, Workdir)):
             return self._config_step(step, current)
         current = self._store_unstored(current)
         if current.pending:
             return self._would_run(step, current, step.history("?"))
-        plan = self._copy_plan(step, current) if isinstance(step.args, Copy) else None
-        created_by = step.history(plan.digest() if plan is not None else "")
+        if isinstance(step.args, Copy) and step.args.remote is not None:
+            fetch = RemoteFetch(step.args.remote, os.path.join(self.store.root, "cache",
+                                                               "remote"), self.store.staging,
+                                self.dry)
+            try:
+                return self._step_run(step, current, fetch)
+            except RemoteError as exc:
+                raise InvalidInput("%s line %d (ADD): %s" % (self.source, step.line, exc),
+                                   line=step.line) from None
+            finally:
+                fetch.close()
+        return self._step_run(step, current, None)
+
+    def _step_run(self, step: Instruction, current: Current, fetch: Optional[RemoteFetch]
+                  ) -> Tuple[Current, StepResult]:
+        plan = self._copy_plan(step, current) if isinstance(step.args, Copy) and \
+            fetch is None else None
+        known = fetch.descriptor() if fetch is not None else ""
+        if known is None:   # check mode: only a download could tell
+            return self._would_run(step, current, step.history("?"))
+        created_by = step.history(plan.digest() if plan is not None else known)
         key = self._key(current, step, created_by)
         hit = None if self.no_cache else self._cached(key)
         if hit is not None:
@@ -208,6 +246,10 @@ class Builder:
                                    self._top_size(hit) if made else 0, hit.image_id)
         if self.dry:
             return self._would_run(step, current, created_by)
+        if fetch is not None:
+            plan = self._remote_plan(step, current, fetch)
+            created_by = step.history(str(fetch.descriptor()))   # the content that arrived
+            key = self._key(current, step, created_by)
         what = "%s line %d (%s)" % (self.source, step.line, step.keyword)
         if isinstance(step.args, Run):
             if not step.args.argv:
@@ -229,6 +271,8 @@ class Builder:
         image, _added = self.store.put_image(parsed, {
             "parent": current.image_id, "build_step": created_by})
         nxt = Current(config, image.id, [ChainID(c) for c in image.chain])
+        if fetch is not None:
+            fetch.remember()
         crash_point("build.step")
         return nxt, StepResult(created_by, layer is None, False, layer.size if layer else 0,
                                image.id)
@@ -282,6 +326,12 @@ class Builder:
         source = self.results.get(args.from_stage)
         return source is not None and source.pending
 
+    def _mounts_pending(self, step: Instruction) -> bool:
+        if not isinstance(step.args, Run):
+            return False
+        return any(m.from_stage is not None and self.results[m.from_stage].pending
+                   for m in step.args.mounts)
+
     def _top_size(self, current: Current) -> int:
         return self.store.layers.get(current.chain[-1]).size
 
@@ -304,11 +354,32 @@ class Builder:
 
     # ------------------------------------------------------------------ cache
     def _key(self, current: Current, step: Instruction, created_by: str) -> str:
-        material = json.dumps([
-            CACHE_VERSION, current.ident, step.keyword, created_by,
-            step.state.run_env() if isinstance(step.args, Run) else None,
-            step.state.workdir, step.state.user], sort_keys=True)
-        return hashlib.sha256(material.encode("utf-8")).hexdigest()
+        material = [CACHE_VERSION, current.ident, step.keyword, created_by,
+                    step.state.run_env() if isinstance(step.args, Run) else None,
+                    step.state.workdir, step.state.user]
+        if isinstance(step.args, Run) and step.args.mounts:
+            # where and what is mounted, never a secret's or a cache's content; the
+            # network is not part of the key (as in BuildKit)
+            material.append([self._mount_key(m) for m in step.args.mounts])
+        text = json.dumps(material, sort_keys=True)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    def _mount_key(self, mount: Mount) -> Dict[str, Any]:
+        key = mount.key()
+        if mount.type != "bind":
+            return key
+        if mount.from_stage is not None:
+            key["from"] = self.results[mount.from_stage].ident
+        elif mount.from_image:
+            key["from"] = self._image(mount.from_image, "RUN --mount from=%s"
+                                      % mount.from_image).id
+        elif self.context:
+            path = os.fsdecode(resolve_beneath(os.fsencode(os.path.realpath(self.context)),
+                                               os.fsencode(mount.source.lstrip("/"))))
+            keep = context_filter(self.context, self._context_visible(), path)
+            key["content"] = None if not os.path.lexists(path) else tree_digest(
+                path, keep or (lambda rel: True))
+        return key
 
     def _cache_path(self, key: str) -> str:
         return os.path.join(self.store.root, "cache", "build", key)
@@ -360,6 +431,17 @@ class Builder:
             reader = ViewReader(view, "inline")
         owner = view.user_ids(args.chown) if args.chown else (0, 0)
         return CopyPlan(args, view, reader, owner, what)
+
+    def _remote_plan(self, step: Instruction, current: Current, fetch: RemoteFetch) -> CopyPlan:
+        """ADD of a URL or git repository: what arrived, copied as a local source (never
+        extracted, as Docker does not extract remote archives)."""
+        args: Copy = step.args  # type: ignore[assignment]
+        directory, name = fetch.fetch()
+        local = dataclasses.replace(args, sources=[name], is_add=False, remote=None)
+        view = ImageView(self.store.driver, current.chain)
+        owner = view.user_ids(args.chown) if args.chown else (0, 0)
+        reader = ContextReader(directory, DockerIgnore("", directory))
+        return CopyPlan(local, view, reader, owner, "%s line %d (ADD)" % (self.source, step.line))
 
     def _ingest(self, chunks: Any, current: Current, what: str) -> LayerRecord:
         layer, _imported, _digests = self.store.ingest_layer(
@@ -413,14 +495,75 @@ class Builder:
         store.driver.mount(record.id, current.chain, target)
         try:
             view = ImageView(store.driver, current.chain)
-            owner = view.user_ids(step.state.user) if step.state.user else (0, 0)
-            with Sandbox(target, record.id[:12]) as sandbox:
+            try:
+                who = passwd.resolve(view.read, step.state.user)
+            except StoreError as exc:
+                raise exc.__class__("%s: USER %s: %s" % (what, step.state.user or "root",
+                                                         exc.msg)) from exc
+            network = args.network or self.options.network
+            hostname = record.id[:12]
+            with contextlib.ExitStack() as stack:
+                sandbox = stack.enter_context(Sandbox(target, hostname, network,
+                                                      self.options.user_namespaces))
+                env = run_environment(step.state.run_env(), who.home, hostname)
+                env.update(attach_mounts(stack, sandbox, args.mounts, self._sources(), what))
+                if network != "none":
+                    network_files(sandbox, hostname)
                 sandbox.add_files(args.files)
-                sandbox.ensure_workdir(step.state.workdir, owner)
-                sandbox.run(args.argv, step.state.run_env(), step.state.workdir, owner, what)
+                sandbox.ensure_workdir(step.state.workdir, (who.uid, who.gid))
+                log = run_log(record.id)
+                try:
+                    sandbox.run(args.argv, env, step.state.workdir, (who.uid, who.gid), what,
+                                timeout=self.options.step_timeout, groups=who.groups, log=log)
+                except StepFailed:
+                    raise           # the log stays: the message names it
+                except BaseException:
+                    os.unlink(log)
+                    raise
+                os.unlink(log)
         finally:
             store.driver.unmount(target)
             remove_tree(target)
+
+    def _sources(self) -> MountSources:
+        return MountSources(self.store.root, self.context, self.store.staging,
+                            self._mounted_root, self.options, self._context_visible())
+
+    def _context_visible(self) -> Optional[Callable[[str], bool]]:
+        """What ``.dockerignore`` keeps of the context, for bind mounts (None: all)."""
+        if not self.context:
+            return None
+        reader = self._context()
+        if not reader.ignore.patterns:
+            return None
+        return lambda rel: reader.visible(os.fsencode(rel))
+
+    @contextlib.contextmanager
+    def _mounted_root(self, mount: Mount):  # type: ignore[no-untyped-def]
+        """The root filesystem of ``--mount from=`` (a stage or an image): a throw-away
+        container, mounted under tmp/, gone after the step (rw writes with it)."""
+        if mount.from_stage is not None:
+            chain = self.results[mount.from_stage].chain
+        else:
+            chain = [ChainID(c) for c in self._image(str(mount.from_image), "RUN --mount "
+                                                     "from=%s" % mount.from_image).chain]
+        store = self.store
+        cid = secrets.token_hex(32)
+        mark = store.marks.begin("build-mount").set(
+            if_absent=[(store.driver.name, store.driver.container_dir(cid))])
+        target = store.staging("mount")
+        try:
+            store.driver.create_container(cid, chain)
+            store.driver.mount(cid, chain, target)
+            try:
+                yield target
+            finally:
+                store.driver.unmount(target)
+        finally:
+            if store.driver.container_exists(cid):
+                store.driver.remove_container(cid)
+            remove_tree(target)
+            mark.done()
 
 
 def _with_path(image: Dict[str, Any]) -> Dict[str, Any]:
@@ -472,6 +615,21 @@ def _base_config(store: Store) -> Any:
     return lookup
 
 
+def run_options(params: Dict[str, Any]) -> RunOptions:
+    """The options RUN steps read, checked before anything is built."""
+    try:
+        network = network_mode(params.get("network") or "default")
+        found = secret_sources(params.get("secrets"))
+    except MountError as exc:
+        raise InvalidInput(str(exc).replace("--network", "network")) from None
+    timeout = params.get("step_timeout")
+    if timeout is not None and float(timeout) <= 0:
+        raise InvalidInput("step_timeout must be a positive number of seconds, not %s" % timeout)
+    return RunOptions(network=network, secrets=found, ssh=params.get("ssh") or None,
+                      step_timeout=None if timeout is None else float(timeout),
+                      user_namespaces=bool(params.get("allow_user_namespaces")))
+
+
 def image_build(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, Any]:
     """Entry point of the module (see the module docstring)."""
     tags = validate_tags(params.get("tag") or [])
@@ -479,6 +637,7 @@ def image_build(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, A
     if context and not os.path.isdir(context):
         raise NotFound("context %s is not a directory on this host" % context)
     _spec(params)   # every spec error, before the store is even opened
+    options = run_options(params)
     store = Store.from_params(params)
     opener = store.read() if check_mode else store.write("image_build")
     with opener:
@@ -489,7 +648,7 @@ def image_build(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, A
                                  "empty_layer": not i.makes_layer, "cached": False}
                                 for s in spec.needed_stages() for i in s.instructions]}
         result = Builder(store, spec, context, bool(params.get("no_cache")), check_mode,
-                         source).build()
+                         source, options).build()
         moved: List[str] = []
         if result.image_id and not check_mode:
             moved = store.tag(result.image_id, tags)

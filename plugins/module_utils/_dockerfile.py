@@ -49,9 +49,9 @@ Decisions where Docker leaves a choice:
   ``host:port``/``ip:host:port`` forms (the container port is exposed), an empty
   ``--chmod`` after substitution (no chmod), ``RUN []`` (refused only when built);
 - ``HEALTHCHECK`` is accepted with its options and stored in the config;
-- ``ADD`` takes local sources only: a URL or git source is refused ("ADD of URLs is not
-  supported"), and so are ``--checksum`` and ``--keep-git-dir``;
-- ``RUN`` takes no flags but ``--network=none`` (build steps never have a network);
+- ``ADD`` takes a URL or a git repository as its only source (``--checksum``,
+  ``--keep-git-dir``; see ``_remote``), COPY refuses them;
+- ``RUN`` takes ``--mount`` (see ``_runmounts``) and ``--network=default|none|host``;
   other flags are refused by name (``COPY --parents`` and ``--exclude`` are read);
 - ``<< WORD`` (a space after ``<<``) opens a heredoc only when WORD is a plain word, so
   that shell arithmetic such as ``$((1 << 2))`` stays a command.
@@ -81,6 +81,10 @@ from typing import (
 
 from ansible_collections.strata.layers.plugins.module_utils._errors import InvalidInput
 from ansible_collections.strata.layers.plugins.module_utils._images import host_platform
+from ansible_collections.strata.layers.plugins.module_utils._remote import (
+    Remote, RemoteError, remote_source)
+from ansible_collections.strata.layers.plugins.module_utils._runmounts import (
+    Mount, MountError, network_mode, parse_mounts)
 
 DEFAULT_SHELL = ["/bin/sh", "-c"]
 # What Docker's daemon gives a container whose image sets no PATH.
@@ -123,7 +127,8 @@ class Run:
     heredocs: List[Heredoc]
     argv: List[str]
     files: Dict[str, str] = field(default_factory=dict)
-    network: str = "none"
+    network: Optional[str] = None     # None: the module's ``network`` option
+    mounts: List[Mount] = field(default_factory=list)
 
 
 @dataclass
@@ -149,6 +154,7 @@ class Copy:
     link: bool = False
     is_add: bool = False
     heredoc_files: List[InlineFile] = field(default_factory=list)
+    remote: Optional[Remote] = None     # ADD of a URL or a git repository
     parents: bool = False          # COPY --parents: source paths kept below dest
     excludes: List[str] = field(default_factory=list)   # --exclude patterns
 
@@ -337,6 +343,8 @@ class Stage:
         for step in self.instructions:
             if isinstance(step.args, Copy) and step.args.from_stage is not None:
                 found.append(step.args.from_stage)
+            if isinstance(step.args, Run):
+                found.extend(m.from_stage for m in step.args.mounts if m.from_stage is not None)
         return sorted(set(found))
 
 
@@ -993,9 +1001,9 @@ def _parse_flags(words: Sequence[str], allowed: Mapping[str, str],
 
 
 def _unknown_flag(keyword: str, name: str, allowed: Mapping[str, str]) -> str:
-    if keyword == "ADD" and name in ("checksum", "keep-git-dir"):
-        return "ADD --%s is not supported: it is for URLs and git sources, and ADD of " \
-               "URLs is not supported" % name
+    if keyword == "COPY" and name in ("checksum", "keep-git-dir"):
+        return "COPY does not support the flag --%s: it is ADD's, for URL and git " \
+               "sources" % name
     supported = ", ".join("--" + flag for flag in sorted(allowed)) or "none"
     return "%s does not support the flag --%s (supported: %s)" % (keyword, name, supported)
 
@@ -1093,7 +1101,7 @@ class _Command:
 
 
 _STAGE_NAME_RE = re.compile(r"\A[a-z][a-z0-9-_.]*\Z")
-_URL_PREFIXES = ("http://", "https://", "git://", "ssh://", "git@")
+_URL_PREFIXES = ("http://", "https://", "git://", "ssh://", "git@")   # see _remote
 
 
 def _command(logical: _Logical) -> _Command:
@@ -1408,19 +1416,35 @@ class _StageWork:
     # -- RUN, CMD, ENTRYPOINT, SHELL -------------------------------------------------
 
     def _run(self, command: _Command) -> Tuple[Run, str]:
-        flags = _parse_flags(command.flags, {"network": _FLAG_STRING}, "RUN")
-        if flags.get("network", "none") != "none":
-            raise _Bad("RUN --network=%s is not supported: build steps have no network "
-                       "(--network=none is the only choice)" % flags["network"])
-        exec_form = _json_array(command.rest)
-        if exec_form is not None:
-            # RUN [] is read (BuildKit only refuses it when the stage is built)
-            run = Run(command=exec_form, shell_form=False, heredocs=[], argv=list(exec_form))
-        else:
-            run = self._shell_run(command)
+        mounts = [w[len("--mount="):] for w in command.flags if w.startswith("--mount=")]
+        if "--mount" in command.flags:
+            raise _Bad("missing a value on flag --mount")
+        others = [w for w in command.flags if not w.startswith("--mount=")]
+        flags = _parse_flags(others, {"network": _FLAG_STRING, "mount": _FLAG_STRING}, "RUN")
+        run = self._run_payload(command)
+        try:
+            if "network" in flags:
+                run.network = network_mode(self.expand(str(flags["network"])))
+            run.mounts = parse_mounts([self.expand(m) for m in mounts])
+        except MountError as exc:
+            raise _Bad(str(exc)) from None
+        for mount in run.mounts:
+            self._mount_from(mount)
         prefix = self.state.history_args()
         head = ["|%d" % len(prefix)] + prefix if prefix else []
         return run, " ".join(head + run.argv)
+
+    def _mount_from(self, mount: Mount) -> None:
+        if mount.from_ref:
+            mount.from_stage = self.compiler.stage_by_reference(mount.from_ref, self.stage.index)
+            mount.from_image = mount.from_ref if mount.from_stage is None else None
+
+    def _run_payload(self, command: _Command) -> Run:
+        exec_form = _json_array(command.rest)
+        if exec_form is not None:
+            # RUN [] is read (BuildKit only refuses it when the stage is built)
+            return Run(command=exec_form, shell_form=False, heredocs=[], argv=list(exec_form))
+        return self._shell_run(command)
 
     def _shell_run(self, command: _Command) -> Run:
         if not command.rest:
@@ -1463,8 +1487,21 @@ class _StageWork:
 
     def _add(self, command: _Command) -> Tuple[Copy, str]:
         allowed = {"chown": _FLAG_STRING, "chmod": _FLAG_STRING, "link": _FLAG_BOOL,
-                   "exclude": _FLAG_STRINGS}
-        return self._transfer(command, _parse_flags(command.flags, allowed, "ADD"))
+                   "exclude": _FLAG_STRINGS, "checksum": _FLAG_STRING,
+                   "keep-git-dir": _FLAG_BOOL}
+        flags = _parse_flags(command.flags, allowed, "ADD")
+        payload, created_by = self._transfer(command, flags)
+        if payload.remote is None and ("checksum" in flags or "keep-git-dir" in flags):
+            raise _Bad("ADD --%s is for a URL or git source" % (
+                "checksum" if "checksum" in flags else "keep-git-dir"))
+        if payload.remote is not None:
+            try:
+                payload.remote = remote_source(
+                    payload.remote.url, self.expand(str(flags.get("checksum") or "")),
+                    bool(flags.get("keep-git-dir")))
+            except RemoteError as exc:
+                raise _Bad(str(exc)) from None
+        return payload, created_by
 
     def _transfer(self, command: _Command, flags: Dict[str, Any]) -> Tuple[Copy, str]:
         words = self._transfer_words(command)
@@ -1495,8 +1532,12 @@ class _StageWork:
                 continue
             source = self.expand(word)
             if source.startswith(_URL_PREFIXES):
-                raise _Bad("%s of URLs is not supported (%s): fetch it first and copy the "
-                           "local file" % (command.keyword, source))
+                if command.keyword != "ADD":
+                    raise _Bad("COPY takes no URL (%s): use ADD" % source)
+                if len(words) != 1:
+                    raise _Bad("ADD of a URL or git repository takes it as the only source")
+                payload.remote = Remote(url=source)
+                continue
             payload.sources.append(source)
 
     def _inline_file(self, heredoc: Heredoc) -> InlineFile:

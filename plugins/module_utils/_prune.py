@@ -9,6 +9,10 @@ container record cannot be read (damaged, quarantined, or naming a missing image
 nothing is pruned and the result's ``unreadable`` says which records to repair.
 Reclaimed bytes are measured on disk (what the driver's directories really took), not
 the layers' logical sizes.
+
+With ``build_cache``, the directories of ``RUN --mount=type=cache`` go too (as
+``docker builder prune`` removes BuildKit's cache mounts); they are never removed
+otherwise, since nothing references them but the next build.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from typing import Any, Dict, List, Set, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import allocated_bytes
+from ansible_collections.strata.layers.plugins.module_utils._runsetup import prune_caches
 from ansible_collections.strata.layers.plugins.module_utils._store import References, Store
 
 
@@ -48,11 +53,27 @@ def plan(store: Store) -> Tuple[List[str], List[ChainID], List[str]]:
 
 def store_prune(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, Any]:
     store = Store.from_params(params)
+    caches = bool(params.get("build_cache"))
     if check_mode or not store.exists():
         with store.read():
-            return _plan(store)
+            return _with_caches(_plan(store), store, caches, True)
     with store.write("store_prune"):
-        return _prune(store)
+        return _with_caches(_prune(store), store, caches, False)
+
+
+def _with_caches(result: Dict[str, Any], store: Store, caches: bool, dry: bool
+                 ) -> Dict[str, Any]:
+    if not caches:
+        return result
+    if result["unreadable"]:
+        # fail closed as a whole: the warning says nothing was pruned, and it is so
+        result["removed"]["build_cache"] = []
+        return result
+    names, size = prune_caches(store.root, dry) if store.exists() else ([], 0)
+    result["removed"]["build_cache"] = names
+    result["reclaimed"] += size
+    result["changed"] = result["changed"] or bool(names)
+    return result
 
 
 def _plan(store: Store) -> Dict[str, Any]:

@@ -4,50 +4,64 @@
 
 Isolated the way container runtimes do it, standard library only.  util-linux
 ``unshare`` (present on every distribution; Python 3.11 has no ``os.unshare``) makes new
-mount (propagation private), PID, UTS, IPC and network namespaces (no network at all:
-build steps are offline) and runs this host's Python interpreter with a small init
-program (``INIT``, passed with ``-c``: modules run from an Ansible zip payload, so no
+mount (propagation private), PID, UTS and IPC namespaces, and a network namespace (only
+``lo``) when the step's network is ``none`` (otherwise it shares the host's, as Docker's
+and buildah's builders give RUN), and runs this host's Python interpreter with a small
+init program (``INIT``, passed with ``-c``: modules run from an Ansible zip payload, so no
 file of ours can be executed) that, as PID 1 of the new PID namespace:
 
 1. bind-mounts the container's root onto itself (recursively, so the ``/dev`` tmpfs
    mounted from here stays visible) and remounts it ``nodev``: device nodes a layer
-   carries do not open, since no device cgroup stands behind them;
+   carries do not open, since no device cgroup stands behind them; then makes the
+   step's ``--mount``s (host paths, still reachable) at mount points the caller made,
+   and the files from memory (secrets, /etc/hosts) in a tmpfs of this namespace only;
 2. ``pivot_root(".", ".")`` then a lazy unmount of the old root (runc's sequence): the
    host's filesystem is no longer in the namespace at all, so the chroot(2) escape
    (chroot into a subdirectory, ``chdir("..")`` out, ``chroot(".")``) finds nothing;
 3. mounts a fresh ``/proc`` (nosuid, nodev, noexec) with Docker's masked paths
    (``/proc/kcore``, ``/proc/keys``, ...) and read-only paths (``/proc/sys``,
    ``/proc/sysrq-trigger``, ...): uid 0 may write ``core_pattern`` without any capability;
-4. sets the hostname, starts a new session (no controlling terminal to inject into);
-5. drops from the capability bounding set every capability outside Docker's default
+4. sets the hostname, starts a new session (no controlling terminal to inject into),
+   joins a new session keyring (the host root's keys are not the step's);
+5. installs a seccomp filter that refuses only user namespaces (``unshare``/``clone``
+   with ``CLONE_NEWUSER``; ``clone3`` gets ENOSYS so the C library falls back to
+   ``clone``), unless asked not to: inside one, a step could mount;
+6. drops from the capability bounding set every capability outside Docker's default
    set, and ``CAP_MKNOD`` too, clears the inheritable and ambient sets;
-6. takes the stage's USER (uid, gid, the supplementary groups /etc/group of the image
-   lists for that user), enters its WORKDIR and executes the command with its ENV
-   (looked up in the step's PATH; 127 when it is not found, as a shell says).
+7. takes the USER the caller resolved (uid, gid, groups), enters its WORKDIR and
+   executes the command with its ENV (looked up in the step's PATH; 127 when it is not
+   found, as a shell says).
 
 A minimal ``/dev`` on a tmpfs (null, zero, full, random, urandom, tty, fd links, shm) is
-mounted from here before and unmounted after.  There is no user namespace and no seccomp
-filter: root in a step is uid 0 on the host, as with Docker's default daemon, but without
+mounted from here before and unmounted after.  There is no user namespace: root in a
+step is uid 0 on the host, as with Docker's default daemon, but without
 ``CAP_SYS_ADMIN``, ``CAP_MKNOD``, ``CAP_SYS_MODULE`` and the rest it cannot mount,
-create devices, load modules or leave its root; it cannot see the host's filesystem,
-processes or network.
+create devices, load modules or leave its root; it cannot see the host's filesystem or
+processes (nor its network, with ``none``).  ``unshare`` dies with the module
+(parent-death signal), and its ``--kill-child`` takes the step's PID namespace down.
 
 Directories created only to mount on (``/proc``, ``/dev``) are removed afterwards so
 they do not end up in the step's layer, like Docker's init layer keeps them out.
 """
 from __future__ import annotations
 
+import base64
+import ctypes
 import json
 import os
 import secrets
+import select
 import shutil
+import signal
 import stat
 import subprocess
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     InvalidInput, StoreError, Unsupported)
+from ansible_collections.strata.layers.plugins.module_utils._atomic import libc
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mount, mount_at, umount
 
 DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
@@ -56,6 +70,8 @@ MAX_OUTPUT = 256 << 10
 TAIL_LINES = 30
 MS_NOSUID = 2
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+PR_SET_PDEATHSIG = 1
+STAGING = ".strata-files"   # under the step's /dev tmpfs: where memory files are made
 
 # The init program, run by the host's interpreter inside the new namespaces.  It must
 # run on Python 3.9+, import everything before pivot_root (after it, a module path names
@@ -63,6 +79,7 @@ HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Its configuration arrives as JSON on stdin (no argument-size limit), and its own
 # failures exit 125 (setup), 126 (not executable) or 127 (not found) with a message.
 INIT = r'''
+import base64
 import ctypes
 import json
 import os
@@ -79,6 +96,11 @@ CAP_VERSION_3 = 0x20080522
 PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "loongarch64": 41,
               "ppc64le": 203, "ppc64": 203, "s390x": 217, "i686": 217, "i386": 217,
               "armv7l": 218, "armv8l": 218}
+KEYCTL = {"x86_64": 250, "aarch64": 219, "riscv64": 219, "loongarch64": 219,
+          "ppc64le": 271, "ppc64": 271, "s390x": 280, "i686": 288, "i386": 288,
+          "armv7l": 311, "armv8l": 311}
+KEYCTL_JOIN_SESSION_KEYRING = 1
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
 # Docker's default capability set without CAP_MKNOD (27): CHOWN DAC_OVERRIDE FOWNER
 # FSETID KILL SETGID SETUID SETPCAP NET_BIND_SERVICE NET_RAW SYS_CHROOT AUDIT_WRITE
 # SETFCAP.  Docker can leave MKNOD in because its device cgroup refuses to open the
@@ -120,10 +142,11 @@ def check(result, what):
         raise SetupError("%s: %s" % (what, os.strerror(ctypes.get_errno())))
 
 
-def mount(source, target, fstype, flags):
+def mount(source, target, fstype, flags, data=None):
     check(LIBC.mount(None if source is None else os.fsencode(source), os.fsencode(target),
                      None if fstype is None else fstype.encode(), ctypes.c_ulong(flags),
-                     None), "mount %s on %s" % (fstype or source, target))
+                     None if data is None else data.encode()),
+          "mount %s on %s" % (fstype or source, target))
 
 
 def read_config():
@@ -135,12 +158,49 @@ def read_config():
         chunks.append(chunk)
 
 
-def enter_root(root):
+def memory_file(staging, index, spec):
+    """A secret or generated file, on a tmpfs of this namespace only (never on disk)."""
+    path = os.path.join(staging, str(index))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        data = base64.b64decode(spec["content"])
+        while data:
+            data = data[os.write(fd, data):]
+        os.fchown(fd, spec["uid"], spec["gid"])
+        os.fchmod(fd, spec["mode"])
+    finally:
+        os.close(fd)
+    return path
+
+
+def apply_mounts(mounts, staging):
+    # done before pivot_root: the sources are host paths; the targets, made by the
+    # caller, are inside the new root (rbound above), so they move with it
+    if any(m["kind"] == "file" for m in mounts):
+        mount("tmpfs", staging, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=700")
+    for index, spec in enumerate(mounts):
+        target = spec["target"]
+        if spec["kind"] == "tmpfs":
+            mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, spec.get("data"))
+            continue
+        source = memory_file(staging, index, spec) if spec["kind"] == "file" else spec["source"]
+        mount(source, target, None, MS_BIND | MS_REC)
+        mount(None, target, None, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV
+              | (MS_RDONLY if spec.get("readonly") else 0))
+    if any(m["kind"] == "file" for m in mounts):
+        # the binds keep the files; the staging tmpfs itself goes out of sight
+        check(LIBC.umount2(os.fsencode(staging), MNT_DETACH), "unmount the file staging")
+    if os.path.isdir(staging):
+        os.rmdir(staging)
+
+
+def enter_root(root, mounts, staging):
     # pivot_root needs a mount point not under a shared mount; unshare made all private
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     mount(root, root, None, MS_BIND | MS_REC)
     kept = os.statvfs(root).f_flag & (MS_RDONLY | MS_NOSUID | MS_NOEXEC)
     mount(None, root, None, MS_BIND | MS_REMOUNT | MS_NODEV | kept)
+    apply_mounts(mounts, staging)
     os.chdir(root)
     number = PIVOT_ROOT.get(os.uname().machine)
     if number is None:
@@ -180,16 +240,95 @@ def read_small(path):
         os.close(fd)
 
 
-def rows(path):
-    return [line.split(":") for line in read_small(path).splitlines()]
+def own_keyring():
+    # a new anonymous session keyring: the step must not see (or add to) the keys of
+    # the host root's session; a kernel without keys has nothing to share
+    number = KEYCTL.get(os.uname().machine)
+    if number is None:
+        raise SetupError("keyctl: no system call number known for %s" % os.uname().machine)
+    if LIBC.syscall(ctypes.c_long(number), ctypes.c_long(KEYCTL_JOIN_SESSION_KEYRING),
+                    None) < 0 and ctypes.get_errno() != 38:
+        raise SetupError("join a new session keyring: %s" % os.strerror(ctypes.get_errno()))
 
 
-def supplementary_groups(uid):
-    names = [f[0] for f in rows("/etc/passwd") if len(f) > 3 and f[2] == str(uid)]
-    if not names:
-        return []
-    return sorted(set(int(f[2]) for f in rows("/etc/group")
-                      if len(f) > 3 and f[2].isdigit() and names[0] in f[3].split(",")))
+# Per audit architecture: (unshare, clone, clone3, offset of the low word of clone's
+# flags in struct seccomp_data).  Compat ABIs are listed too: an i386 binary on x86_64
+# enters with AUDIT_ARCH_I386 and that ABI's numbers.
+SECCOMP_ARCHES = {
+    "x86_64": ((0xC000003E, 272, 56, 435, 16), (0x40000003, 310, 120, 435, 16)),
+    "aarch64": ((0xC00000B7, 97, 220, 435, 16), (0x40000028, 337, 120, 435, 16)),
+    "riscv64": ((0xC00000F3, 97, 220, 435, 16),),
+    "loongarch64": ((0xC0000102, 97, 220, 435, 16),),
+}
+CLONE_NEWUSER, X32_BIT, EPERM, ENOSYS = 0x10000000, 0x40000000, 1, 38
+RET_ALLOW, RET_ERRNO = 0x7FFF0000, 0x00050000
+LD_ABS, JEQ, JGE, JSET, RET = 0x20, 0x15, 0x35, 0x45, 0x06
+
+
+class SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
+                ("k", ctypes.c_uint32)]
+
+
+class SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
+
+
+def assemble(program):
+    """(code, k, true label, false label) / ("label", name) -> sock_filter entries."""
+    where, at = {}, 0
+    for item in program:
+        if item[0] == "label":
+            where[item[1]] = at
+        else:
+            at += 1
+    out, at = [], 0
+    for item in program:
+        if item[0] == "label":
+            continue
+        code, k, jt, jf = item
+        out.append((code, where[jt] - at - 1 if jt else 0, where[jf] - at - 1 if jf else 0, k))
+        at += 1
+    return out
+
+
+def userns_filter(arches):
+    # unshare/clone asking for CLONE_NEWUSER fail with EPERM; clone3, whose flags a
+    # filter cannot read, fails with ENOSYS so the C library falls back to clone (as
+    # Docker's default profile does); everything else is allowed
+    program = [(LD_ABS, 4, None, None)]
+    for index, (arch, unshare, clone, clone3, flags) in enumerate(arches):
+        nxt = "arch%d" % (index + 1)
+        program += [(JEQ, arch, "in%d" % index, nxt), ("label", "in%d" % index),
+                    (LD_ABS, 0, None, None),
+                    (JGE, X32_BIT, "x32", "native%d" % index), ("label", "native%d" % index),
+                    (JEQ, clone3, "nosys", "u%d" % index), ("label", "u%d" % index),
+                    (JEQ, unshare, "flags%d" % index, "c%d" % index), ("label", "c%d" % index),
+                    (JEQ, clone, "flags%d" % index, "allow"), ("label", "flags%d" % index),
+                    (LD_ABS, flags, None, None),
+                    (JSET, CLONE_NEWUSER, "deny", "allow"), ("label", nxt)]
+    program += [("label", "allow"), (RET, RET_ALLOW, None, None),
+                # x32 calls (the x32 bit set): unshare, clone and clone3 of that ABI
+                ("label", "x32"), (JEQ, X32_BIT | 272, "deny", "x32c"), ("label", "x32c"),
+                (JEQ, X32_BIT | 56, "deny", "x32c3"), ("label", "x32c3"),
+                (JEQ, X32_BIT | 435, "nosys", "allow2"), ("label", "allow2"),
+                (RET, RET_ALLOW, None, None),
+                ("label", "deny"), (RET, RET_ERRNO | EPERM, None, None),
+                ("label", "nosys"), (RET, RET_ERRNO | ENOSYS, None, None)]
+    return program
+
+
+def deny_user_namespaces():
+    arches = SECCOMP_ARCHES.get(os.uname().machine)
+    if arches is None:
+        return   # documented: no filter on other architectures
+    compiled = assemble(userns_filter(arches))
+    table = (SockFilter * len(compiled))(*[SockFilter(c, jt, jf, k) for c, jt, jf, k in compiled])
+    prog = SockFprog(len(compiled), table)
+    # without no_new_privs: this process still holds CAP_SYS_ADMIN, and setuid programs
+    # of the image must keep working
+    check(LIBC.prctl(PR_SET_SECCOMP, ctypes.c_ulong(SECCOMP_MODE_FILTER), ctypes.byref(prog),
+                     ctypes.c_ulong(0), ctypes.c_ulong(0)), "install the seccomp filter")
 
 
 def drop_capabilities():
@@ -210,8 +349,8 @@ def drop_capabilities():
     check(LIBC.capset(ctypes.byref(header), data), "capset")
 
 
-def become(uid, gid):
-    os.setgroups(supplementary_groups(uid))
+def become(uid, gid, groups):
+    os.setgroups(groups)
     os.setgid(gid)
     os.setuid(uid)
     # changing credentials cleared the parent-death signal unshare --kill-child set:
@@ -231,8 +370,9 @@ def setup(config):
                 pass  # signals reserved by the C library (SIGRTMIN..)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     sys.meta_path[:] = []
-    enter_root(config["root"])
+    enter_root(config["root"], config["mounts"], config["staging"])
     mount_proc()
+    own_keyring()
     name = config["hostname"].encode()
     check(LIBC.sethostname(name, ctypes.c_size_t(len(name))), "sethostname")
     os.setsid()
@@ -244,8 +384,10 @@ def setup(config):
     except OSError as exc:
         raise SetupError("cannot enter the WORKDIR %s: %s"
                          % (config["workdir"], exc.strerror)) from None
+    if not config.get("user_namespaces"):
+        deny_user_namespaces()
     drop_capabilities()
-    become(config["uid"], config["gid"])
+    become(config["uid"], config["gid"], config["groups"])
 
 
 def execute(argv, env):
@@ -317,9 +459,11 @@ class Sandbox:
     """Prepares a mounted root for RUN steps and runs them (use as a context manager).
 
     ``hostname`` is what a step sees (Docker uses the first 12 hex digits of the
-    container id); a random one when not given."""
+    container id); a random one when not given.  ``network``: ``none`` gives the step
+    its own network namespace (only ``lo``), anything else the host's."""
 
-    def __init__(self, root: str, hostname: Optional[str] = None) -> None:
+    def __init__(self, root: str, hostname: Optional[str] = None,
+                 network: str = "none", user_namespaces: bool = False) -> None:
         unshare = shutil.which("unshare")
         if unshare is None:
             raise Unsupported("RUN needs the unshare program (util-linux) on the managed host")
@@ -329,8 +473,14 @@ class Sandbox:
         self._unshare = unshare
         self.root = os.path.abspath(root)
         self.hostname = hostname or secrets.token_hex(6)
+        self.network = network
+        self.user_namespaces = user_namespaces
         self._created: List[str] = []
+        # directories of the image a mount point was made in: (path, atime, mtime before,
+        # mtime once every mount point was made), so their times can be put back
+        self._touched: Dict[str, List[int]] = {}
         self._dev: Optional[str] = None
+        self._mounts: List[Dict[str, Any]] = []
 
     def __enter__(self) -> "Sandbox":
         for name in ("proc", "dev"):
@@ -339,6 +489,7 @@ class Sandbox:
                 raise InvalidInput("/%s in the image is not a directory; RUN cannot mount it"
                                    % name)
             if not os.path.exists(path):
+                self._touch(self.root)
                 os.mkdir(path, 0o755)
                 self._created.append(path)
         self._dev = os.path.join(self.root, "dev")
@@ -349,11 +500,30 @@ class Sandbox:
     def __exit__(self, *exc: object) -> None:
         if self._dev and mount_at(self._dev) is not None:
             umount(self._dev)
+        untouched = [p for p, times in self._touched.items() if _mtime(p) == times[2]]
         for path in reversed(self._created):
             try:
-                os.rmdir(path)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    os.rmdir(path)
+                elif os.path.getsize(path) == 0:
+                    os.unlink(path)
             except OSError:
                 pass  # the step put something there: it is the step's to keep
+        # a directory only our mount points changed gets its times back, so the step's
+        # layer is the same bytes on every run (the step's own changes keep theirs)
+        for path in untouched:
+            atime, mtime = self._touched[path][:2]
+            os.utime(path, ns=(atime, mtime), follow_symlinks=False)
+
+    def _touch(self, directory: str) -> None:
+        if directory not in self._touched:
+            st = os.lstat(directory)
+            self._touched[directory] = [st.st_atime_ns, st.st_mtime_ns, st.st_mtime_ns]
+
+    def _settle(self) -> None:
+        """Just before the step: the times our mount points left on the directories."""
+        for path, times in self._touched.items():
+            times[2] = _mtime(path)
 
     @staticmethod
     def _populate_dev(dev: str) -> None:
@@ -366,6 +536,7 @@ class Sandbox:
         os.mkdir(os.path.join(dev, "shm"), 0o1777)
         os.chmod(os.path.join(dev, "shm"), 0o1777)
         os.mkdir(os.path.join(dev, "pipes"), 0o755)
+        os.mkdir(os.path.join(dev, STAGING), 0o700)
 
     def add_files(self, files: Dict[str, str]) -> None:
         """Heredoc scripts a RUN executes, read-only under /dev/pipes (not in the layer)."""
@@ -382,34 +553,152 @@ class Sandbox:
             os.makedirs(target, 0o755)
             os.chown(target, *owner)
 
+    # ------------------------------------------------------------------ mounts
+    def mountpoint(self, target: str, directory: bool) -> str:
+        """``target`` (a path in the container) made to exist for a mount; what this
+        creates is removed after the step when still empty, so it stays out of the
+        layer (BuildKit does the same for its mount points)."""
+        path = secure_join(self.root, target)
+        if os.path.lexists(path):
+            if os.path.isdir(path) != directory:
+                raise InvalidInput("RUN --mount target %s is %s in the image" % (
+                    target, "a file, not a directory" if directory else "a directory"))
+            return path
+        parent = os.path.dirname(path)
+        missing = []
+        while not os.path.lexists(parent):
+            missing.append(parent)
+            parent = os.path.dirname(parent)
+        self._touch(parent)
+        for directory_path in reversed(missing):
+            os.mkdir(directory_path, 0o755)
+            self._created.append(directory_path)
+        if directory:
+            os.mkdir(path, 0o755)
+        else:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+        self._created.append(path)
+        return path
+
+    def bind(self, source: str, target: str, readonly: bool) -> None:
+        """A host path (a cache, the context, another root) seen at ``target``."""
+        path = self.mountpoint(target, os.path.isdir(source))
+        self._mounts.append({"kind": "bind", "source": source, "target": path,
+                             "readonly": readonly})
+
+    def tmpfs(self, target: str, size: Optional[int]) -> None:
+        path = self.mountpoint(target, True)
+        self._mounts.append({"kind": "tmpfs", "target": path,
+                             "data": None if size is None else "size=%d" % size})
+
+    def memory_file(self, target: str, content: bytes, mode: int, owner: Tuple[int, int],
+                    readonly: bool = True) -> None:
+        """A file from memory (a secret, /etc/hosts): it never touches the disk."""
+        path = self.mountpoint(target, False)
+        self._mounts.append({"kind": "file", "target": path, "readonly": readonly,
+                             "content": base64.b64encode(content).decode("ascii"),
+                             "mode": mode, "uid": owner[0], "gid": owner[1]})
+
+    # ------------------------------------------------------------------ running
     def command(self) -> List[str]:
         """``unshare`` making the namespaces, then the init program (see ``INIT``)."""
         # -I: no PYTHON* variable, user site or script directory can steer the init
         # (it runs as root with every capability until it has left the host's root)
-        return [self._unshare, "--mount", "--uts", "--ipc", "--pid", "--net", "--fork",
-                "--kill-child", "--propagation=private", "--",
-                sys.executable, "-I", "-S", "-c", INIT]
+        net = ["--net"] if self.network == "none" else []
+        return [self._unshare, "--mount", "--uts", "--ipc", "--pid"] + net + [
+            "--fork", "--kill-child", "--propagation=private", "--",
+            sys.executable, "-I", "-S", "-c", INIT]
 
     def run(self, argv: Sequence[str], env: Dict[str, str], workdir: str,
-            owner: Tuple[int, int], what: str, timeout: Optional[float] = None) -> str:
-        """Run ``argv``; return its output or raise StepFailed with the last lines."""
+            owner: Tuple[int, int], what: str, timeout: Optional[float] = None,
+            groups: Optional[Sequence[int]] = None, log: Optional[str] = None) -> str:
+        """Run ``argv``; return the tail of its output or raise StepFailed with it.
+
+        The whole output goes to ``log`` (when given) as it comes; only the last
+        ``MAX_OUTPUT`` bytes are kept in memory."""
+        # parents before children: a cache inside a bind must be mounted after it
+        mounts = sorted(self._mounts, key=lambda m: m["target"].count("/"))
+        self._settle()
         config = {"root": self.root, "workdir": workdir, "uid": owner[0], "gid": owner[1],
-                  "argv": list(argv), "env": dict(env), "hostname": self.hostname}
-        try:
-            proc = subprocess.run(self.command(), input=json.dumps(config).encode("ascii"),
-                                  env={"PATH": HOST_PATH, "LC_ALL": "C"},
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  timeout=timeout, check=False)
-        except subprocess.TimeoutExpired as exc:
-            raise StepFailed("%s did not finish within %ss" % (what, timeout),
-                             output=_tail(exc.output or b"")) from exc
-        output = proc.stdout[-MAX_OUTPUT:].decode("utf-8", "replace")
-        if proc.returncode != 0:
-            tail = _tail(proc.stdout)
-            raise StepFailed("%s failed with exit code %d; last output:\n%s"
-                             % (what, proc.returncode, tail), exit_code=proc.returncode,
-                             output=tail)
-        return output
+                  "groups": list(groups if groups is not None else [owner[1]]),
+                  "argv": list(argv), "env": dict(env), "hostname": self.hostname,
+                  "mounts": mounts, "staging": os.path.join(self.root, "dev", STAGING),
+                  "user_namespaces": self.user_namespaces}
+        code, tail, total = _supervise(self.command(), json.dumps(config).encode("ascii"),
+                                       timeout, log)
+        if code == 0:
+            return tail.decode("utf-8", "replace")
+        text = _tail(tail)
+        if log and total == len(tail) and len(tail.splitlines()) <= TAIL_LINES:
+            os.unlink(log)   # the message holds all of it: no file to keep
+            log = None
+        more = "\n(whole output: %s)" % log if log else ""
+        if code is None:
+            raise StepFailed("%s did not finish within %ss (step_timeout); last output:\n%s%s"
+                             % (what, timeout, text, more), output=text, log=log)
+        raise StepFailed("%s failed with exit code %d; last output:\n%s%s"
+                         % (what, code, text, more), exit_code=code, output=text, log=log)
+
+
+def _mtime(path: str) -> int:
+    try:
+        return os.lstat(path).st_mtime_ns
+    except OSError:
+        return -1
+
+
+def _die_with_parent() -> None:
+    # unshare must not outlive a killed module: its --kill-child then takes the step
+    # (PID 1 of its namespace, and with it every process of the step) down too
+    libc().prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL), ctypes.c_ulong(0),
+                 ctypes.c_ulong(0), ctypes.c_ulong(0))
+
+
+def _supervise(command: List[str], config: bytes, timeout: Optional[float],
+               log: Optional[str]) -> Tuple[Optional[int], bytes, int]:
+    """Run the sandbox; stream its output to ``log``, keep the tail; the exit code (None
+    on timeout), the tail and the number of bytes it wrote."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env={"PATH": HOST_PATH, "LC_ALL": "C"},
+                            preexec_fn=_die_with_parent)
+    tail = bytearray()
+    total = 0
+    sink = open(log, "ab") if log else None
+    try:
+        if proc.stdin is None or proc.stdout is None:
+            raise RuntimeError("Popen gave no pipes")
+        proc.stdin.write(config)
+        proc.stdin.close()
+        fd = proc.stdout.fileno()
+        while True:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _w, _x = select.select([fd], [], [], wait)
+            if not ready:
+                proc.kill()
+                proc.wait()
+                return None, bytes(tail), total
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            if sink is not None:
+                try:
+                    sink.write(chunk)
+                except OSError:
+                    # a full /tmp must not fail the step: the log stops, the tail stays
+                    sink.close()
+                    sink = None
+            tail += chunk
+            total += len(chunk)
+            del tail[:-MAX_OUTPUT]
+        return proc.wait(), bytes(tail), total
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]
+        if sink is not None:
+            sink.close()
 
 
 def _tail(data: bytes) -> str:

@@ -337,6 +337,7 @@ class Store:
                     self.recovered.append("removed tmp/%s" % name)
         for sub in ("", "layers", "images", "containers", "distribution", "sources",
                     "incomplete", "pulls", os.path.join("cache", "build"),
+                    os.path.join("cache", "remote"),
                     os.path.join("registry", "compressed"), os.path.join("registry", "origins"),
                     os.path.join("registry", "uploads")):
             self._sweep_temp_files(os.path.join(self.root, sub))

@@ -23,7 +23,7 @@ description:
     symlink out of it means the context's own path), read only when regular files of at
     most 8 MiB, and must be UTF-8.
   - C(RUN) executes in the build container's root filesystem, isolated as container
-    runtimes do it - new mount, PID, UTS, IPC and network namespaces (no network),
+    runtimes do it - new mount, PID, UTS and IPC namespaces (and network, see O(network)),
     C(pivot_root) into the container (the host's filesystem is unmounted from the step's
     view), a fresh C(/proc) with Docker's masked and read-only paths, a minimal C(/dev),
     device nodes elsewhere in the image not openable, and a capability bounding set of
@@ -36,8 +36,32 @@ description:
   - A step is reused from the build cache when its parent image, its instruction after
     substitution and, for C(COPY)/C(ADD), the content, modes and ownership of its sources
     are unchanged. A re-run with nothing changed gives the same image id and C(changed=false).
-  - Base images come from the store (import, pull or build them first); C(ADD) takes local
-    files and tar archives only (no URLs).
+  - Base images come from the store (import, pull or build them first).
+  - "C(ADD) of a URL (C(http://), C(https://)) downloads the file (never extracted), mode
+    0600 unless C(--chmod), its mtime from C(Last-Modified); C(--checksum=sha256:...) is
+    checked. The step is cached by the checksum (no request at all), else by a
+    conditional request on the ETag/Last-Modified seen last time. C(ADD) of a git
+    repository (C(git://), C(ssh://), C(git@), or an C(http(s)) URL ending in C(.git);
+    C(#ref[:subdir])) resolves the ref with the host's C(git), caches by commit, and copies
+    the tree without C(.git) unless C(--keep-git-dir). Redirects from https to http are
+    refused."
+  - "C(RUN --mount) as BuildKit: C(type=cache) (a directory kept in the store per C(id),
+    default the target, across builds; C(sharing=shared|private|locked), C(uid), C(gid),
+    C(mode); never in a layer; removed by M(strata.layers.store_prune) with
+    C(build_cache=true)), C(type=bind) (C(source) from the context, or C(from) a stage or
+    image; read-only unless C(rw), whose writes are discarded; from the context it shows
+    what C(.dockerignore) keeps, through a copy when that file excludes anything),
+    C(type=tmpfs),
+    C(type=secret) (see O(secrets)), C(type=ssh) (see O(ssh)). Mount points the step
+    needed are removed afterwards, so they stay out of the layer. An unknown type or key
+    fails with the line, before anything is built."
+  - "A C(RUN) step's environment is Docker's: C(HOSTNAME), C(HOME) from the user's passwd
+    entry (C(/root) for root), the default C(PATH) when the image sets none, and the
+    user's supplementary groups with its primary group (C(id) prints C(groups=0(root))).
+    Its whole output goes to a file C(strata-run-ID-*.log) (mode 0600) in the host's
+    temporary directory, never the store; a failing step's message holds the last lines
+    and names that file (a successful step's is removed). Only the last 256 KiB are
+    kept in memory."
 author:
   - strata.layers developers (@strata-layers)
 extends_documentation_fragment:
@@ -97,9 +121,52 @@ options:
     description: Rebuild every step.
     type: bool
     default: false
+  network:
+    description:
+      - The network of C(RUN) steps that do not say C(--network). V(host) (or V(default)) is
+        the build host's network, as Docker's and buildah's builders give C(RUN) network
+        access (with the host's C(/etc/resolv.conf) and an C(/etc/hosts) naming localhost
+        and the step's hostname, both kept out of the layer); V(none) gives each step its
+        own network namespace with only C(lo).
+      - Not part of the build cache key, as in BuildKit.
+    type: str
+    choices: [host, default, none]
+    default: host
+  secrets:
+    description:
+      - "Secrets for C(RUN --mount=type=secret,id=ID): C({ID: {src: PATH}}) (a file on the
+        managed host) or C({ID: {env: NAME}}) (an environment variable of the module)."
+      - A secret is mounted from memory at C(/run/secrets/ID) (or C(target)) and/or put in
+        the variable C(env); it is never written to the store, a layer, the history or the
+        cache key. A step asking for an ID not given here fails, unless it says
+        C(required=false).
+    type: dict
+    default: {}
+  ssh:
+    description:
+      - The SSH agent socket (a path on the managed host) C(RUN --mount=type=ssh) mounts
+        (only the id C(default)); C(SSH_AUTH_SOCK) points at it in the step.
+    type: path
+  step_timeout:
+    description:
+      - Seconds a C(RUN) step may take; a step still running then is killed with every
+        process it started, and the build fails naming its line. No limit by default.
+    type: float
+  allow_user_namespaces:
+    description:
+      - Let C(RUN) steps create user namespaces (for a step that runs a rootless container
+        tool, say). By default a small seccomp filter refuses C(unshare)/C(clone) with
+        C(CLONE_NEWUSER) (EPERM) and C(clone3) (ENOSYS, so the C library falls back to
+        C(clone)), as Docker's default seccomp profile does for a container without
+        C(CAP_SYS_ADMIN); inside a user namespace a step could mount filesystems.
+        Nothing else is filtered. The filter exists for x86_64 (with its i386 and x32
+        ABIs), aarch64 (with arm), riscv64 and loongarch64; elsewhere there is none.
+    type: bool
+    default: false
 notes:
   - RUN steps need root and util-linux C(unshare) on the managed host; the module's Python
-    interpreter runs the small init program that sets up each step.
+    interpreter runs the small init program that sets up each step. A step runs in its
+    own session keyring. Killing the module kills the step with every process it started.
   - There is no user namespace and no seccomp filter, so root in a step is uid 0 on the
     host, as with Docker's default daemon; but without C(CAP_SYS_ADMIN), C(CAP_MKNOD),
     C(CAP_SYS_MODULE) and the other capabilities outside Docker's default set it cannot
@@ -130,6 +197,33 @@ EXAMPLES = r"""
       - RUN: chmod +x /app/run.sh
       - CMD: [/app/run.sh]
     tag: [acme/app:1]
+
+- name: BuildKit mounts, a secret and the host's network (RUN's default)
+  strata.layers.image_build:
+    context: /srv/app
+    spec: |
+      FROM debian:bookworm
+      ADD --checksum=sha256:5e1c2f7a0b8d4e3c9a6f1b2d7e8c0a4f3b9d6e1c2a7f8b0d4e3c9a6f1b2d7e8c \
+          https://downloads.example.com/tool-1.2.tar.gz /opt/
+      RUN --mount=type=cache,target=/var/cache/apt,sharing=locked \
+          --mount=type=secret,id=netrc,target=/root/.netrc \
+          apt-get update && apt-get install -y build-essential
+      RUN --mount=type=bind,source=src,target=/src make -C /src install
+    secrets:
+      netrc: {src: /root/.netrc}
+    tag: [acme/tool:1.2]
+
+- name: The same flags in the YAML form, and a git source
+  strata.layers.image_build:
+    instructions:
+      - FROM: alpine:3.20
+      - ADD: "https://git.example.com/acme/lib.git#v2.1:include /usr/local/include/lib/"
+      - RUN: "--mount=type=cache,target=/root/.cache/pip --network=host pip install lib"
+    tag: [acme/lib:2.1]
+
+- name: Empty the build's cache mounts too
+  strata.layers.store_prune:
+    build_cache: true
 """
 
 RETURN = r"""
@@ -175,6 +269,11 @@ def main() -> None:
             build_args=dict(type="dict", default={}),
             target=dict(type="str"),
             no_cache=dict(type="bool", default=False),
+            network=dict(type="str", default="host", choices=["host", "default", "none"]),
+            secrets=dict(type="dict", default={}, no_log=True),
+            ssh=dict(type="path"),
+            step_timeout=dict(type="float"),
+            allow_user_namespaces=dict(type="bool", default=False),
         ),
         mutually_exclusive=[("spec", "instructions")],
         required_one_of=[("context", "spec", "instructions")],

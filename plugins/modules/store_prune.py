@@ -33,6 +33,14 @@ attributes:
   platform:
     support: full
     platforms: posix
+options:
+  build_cache:
+    description:
+      - Also remove the directories of C(RUN --mount=type=cache) that
+        M(strata.layers.image_build) keeps across builds (as C(docker builder prune) does);
+        the next build using one starts it empty.
+    type: bool
+    default: false
 """
 
 EXAMPLES = r"""
@@ -43,6 +51,10 @@ EXAMPLES = r"""
 
 - name: Prune
   strata.layers.store_prune:
+
+- name: Prune, and empty the build's cache mounts
+  strata.layers.store_prune:
+    build_cache: true
 """
 
 RETURN = r"""
@@ -53,6 +65,10 @@ removed:
   contains:
     images: {description: Image ids., type: list, elements: str}
     layers: {description: Layer chain ids., type: list, elements: str}
+    build_cache:
+      description: Cache mounts removed (the sha256 of their ids), with O(build_cache) only.
+      type: list
+      elements: str
 reclaimed:
   description: Bytes freed on disk (that would be freed, in check mode).
   returned: always
@@ -72,7 +88,9 @@ from ansible_collections.strata.layers.plugins.module_utils._prune import store_
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=store_spec(), supports_check_mode=True)
+    module = AnsibleModule(argument_spec=store_spec(
+        build_cache=dict(type="bool", default=False),
+    ), supports_check_mode=True)
     run(module, store_prune)
 
 

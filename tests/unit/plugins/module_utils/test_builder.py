@@ -82,7 +82,7 @@ def test_run_is_isolated(root, tmp_path):
     spec = ("FROM busybox:test\n"
             "RUN echo $$ > /pid && ls /proc | grep -c '^[0-9]' > /procs && "
             "ls /dev > /devs && (cat /proc/net/dev > /net || true)\n")
-    build(root, spec=spec, tag=["iso:1"])
+    build(root, spec=spec, tag=["iso:1"], network="none")
     view = files_of(root, "iso:1", tmp_path)
     assert view["pid"] == b"1\n"
     assert int(view["procs"]) <= 3          # only the step's own processes
@@ -158,7 +158,7 @@ def test_spec_errors_name_the_line_and_build_nothing(root):
         build(root, spec="FROM busybox:test\nRUN echo ok\nCOPYY /a /b\n")
     assert "line 3" in str(info.value) and "COPYY" in str(info.value)
     with pytest.raises(InvalidInput, match="URL"):
-        build(root, spec="FROM busybox:test\nADD https://example.invalid/x /x\n")
+        build(root, spec="FROM busybox:test\nCOPY https://example.invalid/x /x\n")
     with pytest.raises(NotFound, match="nope:1"):
         build(root, spec="FROM nope:1\nRUN true\n")
     assert store_info({"data_root": root})["images"] == before["images"]

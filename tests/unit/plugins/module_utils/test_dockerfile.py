@@ -38,9 +38,9 @@ def failure(text, **options):
 # Every instruction and form
 # ---------------------------------------------------------------------------------------
 
-def run(command, argv, heredocs=(), files=None, shell_form=True):
+def run(command, argv, heredocs=(), files=None, shell_form=True, **fields):
     return Run(command=command, shell_form=shell_form, heredocs=list(heredocs), argv=argv,
-               files=files or {})
+               files=files or {}, **fields)
 
 
 def copy(sources, dest, dest_path=None, **fields):
@@ -54,7 +54,7 @@ FORMS = [
      run("echo $A ${B:-x}", SH + ["echo $A ${B:-x}"])),
     ("run-exec", 'RUN ["echo", "a b"]', run(["echo", "a b"], ["echo", "a b"], shell_form=False)),
     ("run-bad-json-is-shell", 'RUN ["echo", a]', run('["echo", a]', SH + ['["echo", a]'])),
-    ("run-network-none", "RUN --network=none true", run("true", SH + ["true"])),
+    ("run-network-none", "RUN --network=none true", run("true", SH + ["true"], network="none")),
     ("run-lowercase-keyword", "run true", run("true", SH + ["true"])),
     ("run-after-shell", 'SHELL ["/bin/bash", "-o", "pipefail", "-c"]\nRUN a | b',
      run("a | b", ["/bin/bash", "-o", "pipefail", "-c", "a | b"])),
@@ -266,8 +266,8 @@ ERRORS = [
     ("json-not-strings", 'FROM a\nCMD ["a", 1]', 2, "arrays must be comprised of strings only"),
     ("run-empty", "FROM a\nRUN", 2, "RUN needs a command"),
     ("cmd-empty", "FROM a\nCMD", 2, "CMD needs an argument"),
-    ("run-flag", "FROM a\nRUN --mount=type=cache,target=/c make", 2, "flag --mount"),
-    ("run-network", "FROM a\nRUN --network=host make", 2, "no network"),
+    ("run-flag", "FROM a\nRUN --mount=type=volume,target=/c make", 2, "not a mount type"),
+    ("run-network", "FROM a\nRUN --network=bridge make", 2, "expecting default, none or host"),
     ("copy-flag", "FROM a\nCOPY --keep-git-dir a b", 2, "flag --keep-git-dir"),
     ("add-parents", "FROM a\nADD --parents a b", 2, "flag --parents"),
     ("exclude-empty", "FROM a\nCOPY --exclude= a b", 2, "--exclude needs a pattern"),
@@ -275,10 +275,12 @@ ERRORS = [
     ("copy-flag-value", "FROM a\nCOPY --chown a b", 2, "missing a value on flag --chown"),
     ("copy-flag-twice", "FROM a\nCOPY --link --link a b", 2, "duplicate flag --link"),
     ("copy-one-arg", "FROM a\nCOPY a", 2, "at least one source and a destination"),
-    ("copy-url", "FROM a\nCOPY https://example.com/x /x", 2, "COPY of URLs is not supported"),
-    ("add-url", "FROM a\nADD https://example.com/x.tar /", 2, "ADD of URLs is not supported"),
-    ("add-git", "FROM a\nADD git@github.com:moby/moby.git /src", 2, "ADD of URLs is not supported"),
-    ("add-checksum", "FROM a\nADD --checksum=sha256:0 https://x/y /", 2, "ADD --checksum is not supported"),
+    ("copy-url", "FROM a\nCOPY https://example.com/x /x", 2, "COPY takes no URL"),
+    ("add-url", "FROM a\nADD https://example.com/x.tar a.txt /", 2, "takes it as the only source"),
+    ("add-git", "FROM a\nADD --checksum=sha256:%s git@github.com:moby/moby.git /src" % ("0" * 64),
+     2, "not a git repository"),
+    ("add-checksum", "FROM a\nADD --checksum=sha256:0 https://x/y /", 2, "not sha256:<64"),
+    ("add-checksum-local", "FROM a\nADD --checksum=sha256:0 y /", 2, "for a URL or git source"),
     ("add-from", "FROM a AS b\nFROM c\nADD --from=b x y", 3, "flag --from"),
     ("chmod", "FROM a\nCOPY --chmod=u+q a b", 2, "neither an octal mode nor a symbolic"),
     ("chmod-octal", "FROM a\nCOPY --chmod=789 a b", 2, "not an octal mode"),
@@ -804,7 +806,7 @@ YAML_ERRORS = [
     ([{"FROM": "a"}, {"COPY": {"src": "a"}}], 2, "COPY needs dest"),
     ([{"FROM": "a"}, {"COPY": {"dest": "/a"}}], 2, "either src (paths) or content"),
     ([{"FROM": "a"}, {"ADD": {"src": "a", "dest": "/b", "from": "x"}}], 2, "ADD does not take from"),
-    ([{"FROM": "a"}, {"ADD": "https://example.com/a /a"}], 2, "ADD of URLs is not supported"),
+    ([{"FROM": "a"}, {"COPY": "https://example.com/a /a"}], 2, "COPY takes no URL"),
     ([{"FROM": "a"}, {"FROM": {"image": "a b"}}], 2, "image must be one word"),
     ([{"FROM": "a"}, {"HEALTHCHECK": {"cmd": 5}}], 2, "HEALTHCHECK needs cmd"),
     ([{"RUN": "x"}], 1, "RUN before the first FROM"),

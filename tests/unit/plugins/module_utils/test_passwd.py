@@ -1,4 +1,6 @@
-"""USER resolved against a root filesystem's own passwd and group files (as runc does)."""
+"""USER resolution as runc/libcontainer do it: against a container root's own files (the
+container runtime, ``resolve_user``) and against an image's files given by a reader (a
+build's RUN steps, ``resolve``)."""
 from __future__ import annotations
 
 import os
@@ -6,9 +8,54 @@ import stat
 
 import pytest
 
-from ansible_collections.strata.layers.plugins.module_utils._errors import InvalidInput
-from ansible_collections.strata.layers.plugins.module_utils._passwd import resolve_user
+from ansible_collections.strata.layers.plugins.module_utils._errors import InvalidInput, NotFound
+from ansible_collections.strata.layers.plugins.module_utils._passwd import resolve, resolve_user
 
+
+# ------------------------------------------------------------ a RUN step (a reader)
+FILES = {
+    "/etc/passwd": b"root:x:0:0:root:/root:/bin/sh\nbroken line\n"
+                   b"app:x:1000:1000::/home/app:/bin/sh\nshort:x:7\nhuge:x:99999999999:0::/:/bin/sh\n",
+    "/etc/group": b"root:x:0:\nwheel:x:10:root,app\napp:x:1000:\ndocker:x:999:app\n",
+}
+
+
+def read(path):
+    return FILES.get(path)
+
+
+@pytest.mark.parametrize("spec,uid,gid,groups,home", [
+    ("", 0, 0, [0, 10], "/root"),
+    ("root", 0, 0, [0, 10], "/root"),
+    ("app", 1000, 1000, [1000, 10, 999], "/home/app"),
+    ("1000", 1000, 1000, [1000, 10, 999], "/home/app"),
+    ("app:wheel", 1000, 10, [10], "/home/app"),
+    ("4242", 4242, 0, [0], "/"),
+    ("4242:77", 4242, 77, [77], "/"),
+])
+def test_resolve(spec, uid, gid, groups, home):
+    who = resolve(read, spec)
+    assert (who.uid, who.gid, who.groups, who.home) == (uid, gid, groups, home)
+
+
+def test_no_files_means_root_at_root():
+    who = resolve(lambda path: None, "")
+    assert (who.uid, who.gid, who.groups, who.home) == (0, 0, [0], "/root")
+
+
+@pytest.mark.parametrize("spec,error,message", [
+    ("nobody", NotFound, "not in the image's /etc/passwd"),
+    ("app:nogroup", NotFound, "not in the image's /etc/group"),
+    ("huge", InvalidInput, "/etc/passwd line 5 of the image: id 99999999999 is out of range"),
+    ("4294967295", InvalidInput, "out of range"),
+    ("1:4294967295", InvalidInput, "out of range"),
+])
+def test_errors_are_clear(spec, error, message):
+    with pytest.raises(error, match=message):
+        resolve(read, spec)
+
+
+# ------------------------------------------------------------ a container root
 
 @pytest.fixture
 def root(tmp_path):
@@ -67,6 +114,21 @@ def test_no_passwd_file_is_root_and_numbers(tmp_path):
     os.mkdir(empty)
     assert resolve_user(empty, None).home == "/"
     assert resolve_user(empty, "5:6").gid == 6
+
+
+def test_a_symlink_out_of_the_root_is_not_followed(root, tmp_path):
+    outside = tmp_path / "host-passwd"
+    outside.write_text("root:x:0:0:root:/host-root:/bin/sh\n")
+    os.unlink(os.path.join(root, "etc", "passwd"))
+    os.symlink(str(outside), os.path.join(root, "etc", "passwd"))   # the root's own path
+    assert resolve_user(root, "").home == "/"
+
+
+def test_an_out_of_range_id_in_the_container_names_file_and_line(root):
+    with open(os.path.join(root, "etc", "passwd"), "a") as handle:
+        handle.write("big:x:1:4294967296::/:/bin/sh\n")
+    with pytest.raises(InvalidInput, match="/etc/passwd line 5 of the container: id 4294967296"):
+        resolve_user(root, "big")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mknod needs root")

@@ -16,6 +16,7 @@ from ansible_collections.strata.layers.plugins.module_utils._imageops import ima
 from ansible_collections.strata.layers.plugins.module_utils._info import store_info
 from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
 from ansible_collections.strata.layers.plugins.module_utils._prune import store_prune
+from ansible_collections.strata.layers.plugins.module_utils._runsetup import CACHE_DIR
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
 from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
 from tests.support.tars import LayerTar, write
@@ -137,3 +138,16 @@ def test_repair_keeps_driver_data_a_live_container_needs_when_its_record_is_lost
     assert not [r for r in result["repaired"] if r["kind"] == "orphan-layer-data"]
     assert os.path.isdir(data)
     assert mounted_file(store) == "app\n"
+
+
+def test_build_cache_mounts_stay_while_a_record_is_unreadable(store):
+    """``build_cache: true`` is part of the prune: while it fails closed on an unreadable
+    record, the cache mounts stay too (the warning says nothing was pruned)."""
+    cache = os.path.join(store.root, CACHE_DIR, "c" * 64)
+    os.makedirs(cache)
+    cid = Store(store.root).container_ids()[0]
+    with open(os.path.join(store.root, "containers", cid, "container.json"), "w") as handle:
+        handle.write("{not json")
+    result = store_prune({"data_root": store.root, "build_cache": True})
+    assert not result["changed"] and result["removed"]["build_cache"] == []
+    assert result["unreadable"] and os.path.isdir(cache)

@@ -188,7 +188,7 @@ def test_the_chroot_escape_reads_nothing_of_the_host(root, tmp_path, canary, esc
 def test_a_step_cannot_mount_mknod_see_the_host_or_keep_capabilities(root, tmp_path, canary):
     path, secret = canary
     ctx = context_with(tmp_path, texts={"probe.sh": PROBE_SH})
-    build(root, context=ctx, tag=["probe:1"],
+    build(root, context=ctx, tag=["probe:1"], network="none",
           spec="FROM busybox:test\nCOPY probe.sh /probe.sh\nRUN sh /probe.sh %s\n" % path)
     files = files_of(root, "probe:1")
     report = report_of(files)
