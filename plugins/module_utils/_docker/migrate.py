@@ -252,12 +252,14 @@ class Conversion:
         self._gids[meta.chain_id] = gid
         what = "layer %s (%s to %s)" % (meta.diff_id, self.source, self.target)
         split = list(tarsplit.entries(self.old_meta.split_path(meta.chain_id)))
-        read_from: Dict[bytes, Tuple[int, int]] = {}
-        with self._shadow(gid) as shadow:
-            stream = tarsplit.chunks(split, self.old.files(meta.cache_id), shadow=shadow,
-                                     read_from=read_from)
+        clones = tarsplit.Clones()
+        stream = tarsplit.chunks(split, self.old.files(meta.cache_id), clones=clones)
+        try:
             result = Applier(self.new.files(gid), self.new.whiteouts, None, what,
-                             shadow=shadow).apply(ChunkReader(chunk_reader(stream), what=what))
+                             shadow=clones).apply(ChunkReader(chunk_reader(stream), what=what))
+        finally:
+            stream.close()
+        read_from = clones.read_from
         if result.diff_id != meta.diff_id:
             raise DigestMismatch("layer %s re-emitted from %s's files hashes to %s: its files "
                                  "under %s are damaged; nothing was switched"
