@@ -14,7 +14,8 @@ put back before every timed run, on a loop filesystem of the benchmark's own.
 
 Rows (interleaved: migration, save+load, migration, ...; medians of ``--runs``):
   migration          stop dockerd, storage_driver migrate (every layer re-materialised
-                     and verified twice, containers carried and compared; keep_previous:
+                     -- reflink clones where the filesystem clones -- and its diff_id
+                     checked from the new files, containers carried and compared; keep_previous:
                      the old tree stays, as save + load leaves it), start dockerd on the
                      new driver until it answers
   save+restart+load  docker save of all tags to a file, stop dockerd, daemon.json to the
