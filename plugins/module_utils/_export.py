@@ -110,14 +110,6 @@ class Plan:
             repos.setdefault(name, {})[version] = top
         return dumps(repos)
 
-    def metadata(self, fmt: str) -> List[Tuple[str, bytes]]:
-        files = [("oci-layout", dumps({"imageLayoutVersion": "1.0.0"})),
-                 ("index.json", self.index())]
-        if fmt == "docker-archive":
-            files += [("manifest.json", self.docker_manifest()),
-                      ("repositories", self.repositories())]
-        return files
-
     def blobs(self) -> List[Blob]:
         return self.layers + [self.config, self.manifest]
 
