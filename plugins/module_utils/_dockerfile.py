@@ -2412,6 +2412,10 @@ class _SuffixMatcher:
             start = path.rfind("/", 0, start)
             if start < 0:
                 break
+        # the leading (?:.*/)? must cover path[:start]; its ".*" (Go's, like Python's)
+        # stops at a newline, so a name with one there cannot match
+        if start >= 0 and "\n" in path[:start]:
+            return False
         return bool(self.regex.match(path, start + 1 if start >= 0 else 0))
 
 
