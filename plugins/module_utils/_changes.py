@@ -418,14 +418,15 @@ class TreeDiff:
 
 def _differs(old: os.stat_result, new: os.stat_result, new_path: bytes,
              base: BaseTree, rel: bytes) -> bool:
-    if stat.S_IFMT(old.st_mode) != stat.S_IFMT(new.st_mode):
-        return True
+    # st_mode holds the type too: a different type is a different mode
     if (old.st_mode, old.st_uid, old.st_gid) != (new.st_mode, new.st_uid, new.st_gid):
         return True
     if stat.S_ISDIR(new.st_mode):
         return old.st_mtime_ns != new.st_mtime_ns or _xattrs(new_path) != base.xattrs(rel)
     if old.st_size != new.st_size or old.st_mtime_ns != new.st_mtime_ns:
         return True
+    if stat.S_ISREG(new.st_mode):
+        return False
     if stat.S_ISLNK(new.st_mode):
         return os.readlink(new_path) != base.readlink(rel)
     if stat.S_ISCHR(new.st_mode) or stat.S_ISBLK(new.st_mode):
