@@ -269,20 +269,82 @@ def _refuse_redirect(path: bytes, rel: bytes) -> None:
                       % rel.decode("utf-8", "replace"))
 
 
+class BaseTree:
+    """The diff base of a ``TreeDiff``, read one directory at a time: each directory's
+    entries (``lstat``), and on demand a directory's xattrs or a symlink's target.
+
+    ``keep``: remember what was read, so that the containers sharing one base (an
+    image's top layer) read it once per ``store_info`` instead of once each; the base
+    is a layer, which nothing changes under the store's lock. Not kept (a commit, a
+    migration: one walk), memory stays bounded by one directory."""
+
+    def __init__(self, root: Optional[str], keep: bool = False) -> None:
+        self.root = None if root is None else os.fsencode(root)
+        self.keep = keep
+        self._dirs: Dict[bytes, Optional[Dict[bytes, os.stat_result]]] = {}
+        self._xattrs: Dict[bytes, Dict[str, bytes]] = {}
+        self._links: Dict[bytes, bytes] = {}
+
+    def path(self, rel: bytes) -> bytes:
+        assert self.root is not None
+        return self.root + b"/" + rel if rel else self.root
+
+    def entries(self, rel: bytes) -> Optional[Dict[bytes, os.stat_result]]:
+        """Directory ``rel``'s entries, name -> lstat (None: not a directory here)."""
+        if rel in self._dirs:
+            return self._dirs[rel]
+        found = None if self.root is None else self._read(rel)
+        if self.keep:
+            self._dirs[rel] = found
+        return found
+
+    def _read(self, rel: bytes) -> Optional[Dict[bytes, os.stat_result]]:
+        path = self.path(rel)
+        if not os.path.isdir(path):
+            return None
+        found = {}
+        for name in os.listdir(path):
+            try:
+                found[name] = os.lstat(path + b"/" + name)
+            except FileNotFoundError:
+                continue
+        return found
+
+    def xattrs(self, rel: bytes) -> Dict[str, bytes]:
+        if rel in self._xattrs:
+            return self._xattrs[rel]
+        found = _xattrs(self.path(rel))
+        if self.keep:
+            self._xattrs[rel] = found
+        return found
+
+    def readlink(self, rel: bytes) -> bytes:
+        if rel in self._links:
+            return self._links[rel]
+        found = os.readlink(self.path(rel))
+        if self.keep:
+            self._links[rel] = found
+        return found
+
+
 class TreeDiff:
     """Walk-and-compare of a full copy (``root``) against its image (``base``).
 
     The parent directories of every change are emitted too (with their attributes),
     as an overlay copy-up would put them in an upper directory: applied anywhere, the
     tar then reproduces the parents' modes and owners instead of defaults.
+
+    ``base_tree``: a ``BaseTree`` of ``base`` shared with other diffs against the same
+    base (``store_info``); by default one of its own that keeps nothing.
     """
 
     def __init__(self, base: Optional[str], root: str, exact_times: bool = False,
-                 shadow: Optional[Shadow] = None) -> None:
+                 shadow: Optional[Shadow] = None, base_tree: Optional[BaseTree] = None) -> None:
         self.base = base
         self.root = root
         self.exact_times = exact_times
         self.shadow = shadow
+        self.base_tree = base_tree if base_tree is not None else BaseTree(base)
 
     def size(self) -> int:
         emitter = _Emitter(self.root)
@@ -295,12 +357,6 @@ class TreeDiff:
         yield from self._changes(emitter, count_only=False)
         yield end_of_archive()
 
-    def _base_path(self, rel: bytes) -> Optional[bytes]:
-        if self.base is None:
-            return None
-        base = os.fsencode(self.base)
-        return base + b"/" + rel if rel else base
-
     @staticmethod
     def _flush(emitter: _Emitter, pending: List[Tuple[bytes, os.stat_result]],
                count_only: bool) -> Iterator[bytes]:
@@ -310,14 +366,15 @@ class TreeDiff:
                 yield from emitter.entry(rel, st)
         pending.clear()
 
-    def _listing(self, emitter: _Emitter, rel: bytes, compare: bool) -> _Listing:
-        """Directory ``rel``: compared with the image's, or added as a whole."""
+    def _listing(self, emitter: _Emitter, rel: bytes, compare: bool
+                 ) -> Tuple[_Listing, Dict[bytes, os.stat_result]]:
+        """Directory ``rel``: compared with the image's, or added as a whole; with the
+        image's entries (name -> lstat)."""
         here = frozenset(_listdir(emitter.full(rel)))
-        there: FrozenSet[bytes] = frozenset()
-        base_dir = self._base_path(rel) if compare else None
-        if base_dir is not None and os.path.isdir(base_dir):
-            there = frozenset(_listdir(base_dir))
-        return _Listing(rel, iter(sorted(here | there)), here, there)
+        old = self.base_tree.entries(rel) if compare else None
+        old = old if old is not None else {}
+        there = frozenset(old)
+        return _Listing(rel, iter(sorted(here | there)), here, there), old
 
     def _changes(self, emitter: _Emitter, count_only: bool) -> Iterator[bytes]:
         """Changed entries, pre-order, each after its not yet emitted ancestors
@@ -326,7 +383,7 @@ class TreeDiff:
         pending: List[Tuple[bytes, os.stat_result]] = []
         stack = [self._listing(emitter, b"", compare=True)]
         while stack:
-            level = stack[-1]
+            level, olds = stack[-1]
             name = next(level.names, None)
             if name is None:
                 stack.pop()
@@ -340,7 +397,7 @@ class TreeDiff:
                     yield emitter.whiteout(child)
                 continue
             st = os.lstat(emitter.full(child))
-            old = _lstat(self._base_path(child)) if name in level.there else None
+            old = olds.get(name)
             yield from self._entry(emitter, child, st, old, pending, count_only)
             if stat.S_ISDIR(st.st_mode):
                 compare = old is not None and stat.S_ISDIR(old.st_mode)
@@ -350,7 +407,7 @@ class TreeDiff:
                old: Optional[os.stat_result], pending: List[Tuple[bytes, os.stat_result]],
                count_only: bool) -> Iterator[bytes]:
         """One entry that exists in the container (``old``: the image's, or None)."""
-        if old is None or _differs(old, st, emitter.full(rel), self._base_path(rel)):
+        if old is None or _differs(old, st, emitter.full(rel), self.base_tree, rel):
             yield from self._flush(emitter, pending, count_only)
             emitter.count(st)
             if not count_only:
@@ -359,27 +416,19 @@ class TreeDiff:
             pending.append((rel, st))
 
 
-def _lstat(path: Optional[bytes]) -> Optional[os.stat_result]:
-    if path is None:
-        return None
-    try:
-        return os.lstat(path)
-    except FileNotFoundError:
-        return None
-
-
 def _differs(old: os.stat_result, new: os.stat_result, new_path: bytes,
-             old_path: Optional[bytes]) -> bool:
-    if stat.S_IFMT(old.st_mode) != stat.S_IFMT(new.st_mode):
-        return True
+             base: BaseTree, rel: bytes) -> bool:
+    # st_mode holds the type too: a different type is a different mode
     if (old.st_mode, old.st_uid, old.st_gid) != (new.st_mode, new.st_uid, new.st_gid):
         return True
     if stat.S_ISDIR(new.st_mode):
-        return old.st_mtime_ns != new.st_mtime_ns or _xattrs(new_path) != _xattrs(old_path or b"")
+        return old.st_mtime_ns != new.st_mtime_ns or _xattrs(new_path) != base.xattrs(rel)
     if old.st_size != new.st_size or old.st_mtime_ns != new.st_mtime_ns:
         return True
+    if stat.S_ISREG(new.st_mode):
+        return False
     if stat.S_ISLNK(new.st_mode):
-        return os.readlink(new_path) != os.readlink(old_path or b"")
+        return os.readlink(new_path) != base.readlink(rel)
     if stat.S_ISCHR(new.st_mode) or stat.S_ISBLK(new.st_mode):
         return old.st_rdev != new.st_rdev
     return False

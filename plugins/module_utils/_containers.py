@@ -27,7 +27,7 @@ from ansible_collections.strata.layers.plugins.module_utils._atomic import (
     TEMP_PREFIX, fsync_dir, makedirs, read_json, remove_tree, rename_durable, temp_name,
     write_json)
 from ansible_collections.strata.layers.plugins.module_utils._changes import (
-    TreeDiff, UpperDiff, chunk_reader)
+    BaseTree, TreeDiff, UpperDiff, chunk_reader)
 from ansible_collections.strata.layers.plugins.module_utils._copytree import Shadow
 from ansible_collections.strata.layers.plugins.module_utils._crash import crash_point
 from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID
@@ -121,9 +121,15 @@ def default_mount_point(store: Store, cid: str) -> str:
     return os.path.join(store.root, "mounts", cid)
 
 
-def changes(store: Store, record: ContainerRecord, chain: Sequence[ChainID]
-            ) -> Union[UpperDiff, TreeDiff]:
-    return changes_with(store.driver, record, chain)
+def changes(store: Store, record: ContainerRecord, chain: Sequence[ChainID],
+            bases: Optional[Dict[str, BaseTree]] = None) -> Union[UpperDiff, TreeDiff]:
+    """``bases``: the diff bases already read in this call, by path (shared, read once)."""
+    driver = store.driver
+    if bases is None or driver.whiteouts == "device":
+        return changes_with(driver, record, chain)
+    base = driver.diff_base(list(chain), record.id)
+    tree = bases.setdefault(base, BaseTree(base, keep=True)) if base is not None else None
+    return TreeDiff(base, driver.container_root(record.id), base_tree=tree)
 
 
 def changes_with(driver: Driver, record: ContainerRecord, chain: Sequence[ChainID],
@@ -149,13 +155,15 @@ def container_facts(store: Store, layers: Optional[Dict[ChainID, LayerRecord]] =
     ``sizes=False``: as ``docker ps`` shows it, ``size`` and ``virtual_size`` null (a
     container's size is a walk of its changes on drivers without an upper directory)."""
     layers = store.layers.by_chain() if layers is None else layers
-    return [container_row(store, record, layers, sizes)
+    bases: Dict[str, BaseTree] = {}  # containers on one image compare against it once
+    return [container_row(store, record, layers, sizes, bases)
             for record in ContainerDB(store.root).all()]
 
 
 def container_row(store: Store, record: ContainerRecord,
                   layers: Optional[Dict[ChainID, LayerRecord]] = None,
-                  sizes: bool = True) -> Dict[str, Any]:
+                  sizes: bool = True, bases: Optional[Dict[str, BaseTree]] = None
+                  ) -> Dict[str, Any]:
     try:
         chain = image_chain(store, store.images.get(record.image_id))
     except NotFound:
@@ -165,7 +173,7 @@ def container_row(store: Store, record: ContainerRecord,
     image_size = sum(layers[c].size for c in chain if c in layers)
     size: Optional[int] = None
     if sizes:
-        size = changes(store, record, chain).size() if store.driver_name else 0
+        size = changes(store, record, chain, bases).size() if store.driver_name else 0
     mounted = record.mount_point is not None and mount_at(record.mount_point) is not None
     return {"id": record.id, "name": record.name, "image_id": record.image_id,
             "status": status(store, record),

@@ -6,9 +6,11 @@ import os
 
 import pytest
 
-from ansible_collections.strata.layers.plugins.module_utils._containers import container_layer
+from ansible_collections.strata.layers.plugins.module_utils._containers import (
+    ContainerDB, changes, container_layer, image_chain)
 from ansible_collections.strata.layers.plugins.module_utils._info import store_info
 from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
+from ansible_collections.strata.layers.plugins.module_utils._store import Store
 from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
 
 
@@ -37,3 +39,37 @@ def test_sizes_false_is_docker_ps_without_s(store_root, busybox_tar, driver):
         assert quick[key] == full[key]
     for key in ("images", "layers", "reclaimable"):
         assert quick["disk_usage"][key] == full["disk_usage"][key]
+
+
+def test_containers_on_one_image_sized_as_each_alone(store_root, busybox_tar):
+    """vfs: the containers on one image share one read of it (``BaseTree``); each size
+    is still the one its own walk-and-compare gives, whatever the others changed."""
+    storage_driver({"data_root": store_root, "driver": "vfs"})
+    layer_import({"data_root": store_root, "src": busybox_tar, "tag": ["base:1"]})
+    passwd = b"root:x:0:0:changed:/root:/bin/sh\n"
+    edits = {
+        "same": lambda root: None,
+        "added": lambda root: _write(os.path.join(root, "tmp", "new-file"), b"x" * 5000),
+        "modified": lambda root: _write(os.path.join(root, "etc", "passwd"), passwd),
+        "deleted": lambda root: (os.unlink(os.path.join(root, "etc", "group")),
+                                 os.chmod(os.path.join(root, "etc"), 0o700)),
+    }
+    for name, edit in edits.items():
+        mounted = container_layer({"data_root": store_root, "name": name, "image": "base:1",
+                                   "state": "mounted"})
+        try:
+            edit(mounted["mount_point"])
+        finally:
+            container_layer({"data_root": store_root, "name": name, "state": "unmounted"})
+    sizes = {c["name"]: c["size"] for c in store_info({"data_root": store_root})["containers"]}
+    assert sizes == {"same": 0, "added": 5000, "modified": len(passwd), "deleted": 0}
+    store = Store(store_root)
+    with store.read():
+        for record in ContainerDB(store_root).all():
+            alone = changes(store, record, image_chain(store, store.images.get(record.image_id)))
+            assert alone.size() == sizes[record.name]
+
+
+def _write(path: str, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
