@@ -14,7 +14,8 @@ put back before every timed run, on a loop filesystem of the benchmark's own.
 
 Rows (interleaved: migration, save+load, migration, ...; medians of ``--runs``):
   migration          stop dockerd, storage_driver migrate (every layer re-materialised
-                     and verified twice, containers carried and compared; keep_previous:
+                     -- reflink clones where the filesystem clones -- and its diff_id
+                     checked from the new files, containers carried and compared; keep_previous:
                      the old tree stays, as save + load leaves it), start dockerd on the
                      new driver until it answers
   save+restart+load  docker save of all tags to a file, stop dockerd, daemon.json to the
@@ -27,6 +28,7 @@ MB/s counts the images' layer tar bytes (what docker save writes, uncompressed).
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import os
 import subprocess
@@ -94,7 +96,8 @@ def wipe_contents(path: str) -> None:
         wipe(os.path.join(path, name))
 
 
-def run_migration(dockerd: Dockerd, target: str, results: Results) -> Dict[str, object]:
+def run_migration(dockerd: Dockerd, target: str, results: Results,
+                  profile: str = "") -> Dict[str, object]:
     ops = engine("_ops.storage_driver")
     params = dict(engine="docker", data_root=None, daemon_config=dockerd.config,
                   driver=target, migrate=True, keep_previous=True, stop_containers=False)
@@ -102,7 +105,12 @@ def run_migration(dockerd: Dockerd, target: str, results: Results) -> Dict[str, 
     start = time.perf_counter()
     dockerd.stop()
     module = time.perf_counter()
-    out.update(ops.storage_driver(params)["migrated"])
+    if profile:
+        prof = cProfile.Profile()
+        out.update(prof.runcall(ops.storage_driver, params)["migrated"])
+        prof.dump_stats(profile)
+    else:
+        out.update(ops.storage_driver(params)["migrated"])
     results.add("module only", time.perf_counter() - module)
     dockerd.start()
     results.add("migration (stop, migrate, start)", time.perf_counter() - start)
@@ -140,6 +148,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--pair", default="overlay2:btrfs", help="SOURCE:TARGET")
+    parser.add_argument("--profile", default="", metavar="FILE",
+                        help="cProfile the module call of each migration run into FILE "
+                             "(the times then include the profiler's overhead)")
     args = parser.parse_args()
     source, target = args.pair.split(":")
     runs = 1 if args.quick else args.runs
@@ -164,7 +175,7 @@ def main() -> int:
                     restore(dockerd, pristine, source)
                     progress("run %d: %s" % (run + 1, "migration" if which == "m" else "save+load"))
                     if which == "m":
-                        moved = run_migration(dockerd, target, results)
+                        moved = run_migration(dockerd, target, results, args.profile)
                     else:
                         run_save_load(dockerd, target, archive, results)
                 dockerd.stop()

@@ -247,20 +247,26 @@ class Shadow:
             return None
         src = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            name = b"%d" % self.cloned
-            dst = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
-                          os.O_CLOEXEC, 0o600, dir_fd=self.dir_fd)
-            try:
-                fcntl.ioctl(dst, FICLONE, src)
-            except OSError as exc:
-                os.close(dst)
-                os.unlink(name, dir_fd=self.dir_fd)
-                if exc.errno in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY):
-                    self.enabled = False
-                    return None
-                raise
+            return self.clone_fd(src, rel)
         finally:
             os.close(src)
+
+    def clone_fd(self, src: int, rel: bytes) -> Optional[int]:
+        """``clone`` of the file open at ``src`` (the caller opened it safely)."""
+        if not self.enabled or self.dir_fd < 0:
+            return None
+        name = b"%d" % self.cloned
+        dst = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
+                      os.O_CLOEXEC, 0o600, dir_fd=self.dir_fd)
+        try:
+            fcntl.ioctl(dst, FICLONE, src)
+        except OSError as exc:
+            os.close(dst)
+            os.unlink(name, dir_fd=self.dir_fd)
+            if exc.errno in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY):
+                self.enabled = False
+                return None
+            raise
         self._names[rel] = name
         self.cloned += 1
         return dst

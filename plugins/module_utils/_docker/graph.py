@@ -29,7 +29,7 @@ from typing import Dict, Optional, Type, Union
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
     makedirs, remove_tree, write_file)
 from ansible_collections.strata.layers.plugins.module_utils._changes import TreeDiff, UpperDiff
-from ansible_collections.strata.layers.plugins.module_utils._copytree import TreeCopier
+from ansible_collections.strata.layers.plugins.module_utils._copytree import Shadow, TreeCopier
 from ansible_collections.strata.layers.plugins.module_utils._errors import Corrupt, Unsupported
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import (
     MS_BIND, mount, mount_at, umount)
@@ -70,15 +70,21 @@ class Graph:
     def init_home(self) -> None:
         makedirs(self.home, 0o710)
 
+    def shadow_dir(self, gid: str, work: str) -> str:
+        """Where the clones for layer ``gid`` wait to be taken: on its filesystem, where
+        a clone can be linked into the layer (hardlinks cannot cross btrfs subvolumes)."""
+        return os.path.join(work, "shadow-" + gid)
+
     def create(self, gid: str, parent: Optional[str]) -> None:
         raise NotImplementedError
 
     def remove(self, gid: str) -> None:
         remove_tree(self.layer_dir(gid))
 
-    def changes(self, gid: str, parent: Optional[str]) -> Union[UpperDiff, TreeDiff]:
+    def changes(self, gid: str, parent: Optional[str],
+                shadow: Optional[Shadow] = None) -> Union[UpperDiff, TreeDiff]:
         return TreeDiff(self.files(parent) if parent else None, self.files(gid),
-                        exact_times=True)
+                        exact_times=True, shadow=shadow)
 
     def mount(self, gid: str, target: str) -> None:
         """The layer's merged root filesystem at ``target`` (read-only use)."""
@@ -150,8 +156,9 @@ class Overlay(Graph):
                 pass
         super().remove(gid)
 
-    def changes(self, gid: str, parent: Optional[str]) -> Union[UpperDiff, TreeDiff]:
-        return UpperDiff(self.files(gid), exact_times=True)
+    def changes(self, gid: str, parent: Optional[str],
+                shadow: Optional[Shadow] = None) -> Union[UpperDiff, TreeDiff]:
+        return UpperDiff(self.files(gid), exact_times=True, shadow=shadow)
 
     def mount(self, gid: str, target: str) -> None:
         """A read-only overlay of the layer and everything below it (no upper: nothing
@@ -225,6 +232,11 @@ class Btrfs(Graph):
             os.chmod(self.layer_dir(gid), 0o755)
         else:
             btrfs_ops.snapshot(self.layer_dir(parent), self.layer_dir(gid))
+
+    def shadow_dir(self, gid: str, work: str) -> str:
+        # inside the subvolume (removed before the layer is checked or staged; a killed
+        # run's goes with the announced subvolume)
+        return os.path.join(self.layer_dir(gid), ".strata-shadow-" + gid[:16])
 
     def remove(self, gid: str) -> None:
         path = self.layer_dir(gid)

@@ -35,11 +35,12 @@ migration back to it: its layers are immutable and reused, its containers redone
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils import _migrate as strata_migrate
 from ansible_collections.strata.layers.plugins.module_utils._apply import Applier
@@ -47,6 +48,7 @@ from ansible_collections.strata.layers.plugins.module_utils._atomic import (
     fsync_dir, makedirs, read_json, remove_tree, rename_durable, syncfs, temp_name,
     write_file, write_json)
 from ansible_collections.strata.layers.plugins.module_utils._changes import chunk_reader
+from ansible_collections.strata.layers.plugins.module_utils._copytree import Shadow
 from ansible_collections.strata.layers.plugins.module_utils._crash import crash_point
 from ansible_collections.strata.layers.plugins.module_utils._digest import hex_of
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
@@ -60,6 +62,7 @@ from ansible_collections.strata.layers.plugins.module_utils._docker.layout impor
     ContainerConfig, DriverMeta, LayerMeta, MountMeta, container_ids, is_hex64)
 
 WORK = "strata-migrate"
+SHADOW = "shadow-"  # Graph.shadow_dir's names in the work directory
 _METADATA_COPIED = ("imagedb", "distribution", "repositories.json")
 
 
@@ -146,6 +149,9 @@ class Conversion:
         self.new.init_home()
         self._drop_pending()
         self._drop_staged_mounts()
+        for name in os.listdir(self.work):
+            if name.startswith(SHADOW):  # clones of a killed run
+                remove_tree(os.path.join(self.work, name))
 
     def _adopt_kept(self) -> None:
         """A tree of ``target`` left by ``keep_previous`` gives its layers back."""
@@ -246,18 +252,34 @@ class Conversion:
         self._gids[meta.chain_id] = gid
         what = "layer %s (%s to %s)" % (meta.diff_id, self.source, self.target)
         split = list(tarsplit.entries(self.old_meta.split_path(meta.chain_id)))
-        stream = tarsplit.chunks(split, self.old.files(meta.cache_id))
-        result = Applier(self.new.files(gid), self.new.whiteouts, None, what).apply(
-            ChunkReader(chunk_reader(stream), what=what))
+        clones = tarsplit.Clones()
+        stream = tarsplit.chunks(split, self.old.files(meta.cache_id), clones=clones)
+        try:
+            result = Applier(self.new.files(gid), self.new.whiteouts, None, what,
+                             shadow=clones).apply(ChunkReader(chunk_reader(stream), what=what))
+        finally:
+            stream.close()
+        read_from = clones.read_from
         if result.diff_id != meta.diff_id:
             raise DigestMismatch("layer %s re-emitted from %s's files hashes to %s: its files "
                                  "under %s are damaged; nothing was switched"
                                  % (meta.diff_id, self.source, result.diff_id,
                                     self.old.layer_dir(meta.cache_id)))
-        return meta, gid, mark, pool.submit(tarsplit.digest, split, self.new.files(gid))
+        return meta, gid, mark, pool.submit(self._check_new, meta, split, gid, read_from)
+
+    def _check_new(self, meta: LayerMeta, split: List[Tuple[int, bytes, int]], gid: str,
+                   read_from: Dict[bytes, Tuple[int, int]]) -> str:
+        """The layer's diff_id from the new driver's files.  When every file of the layer
+        is the very (cloned) inode the applier read and hashed, that hash was already
+        computed from the new files: the tree is checked by inode and size instead of
+        being read a second time.  Otherwise (copied data) the tar is re-emitted from the
+        new files and hashed again."""
+        if read_from and tarsplit.same_files(split, self.new.files(gid), read_from):
+            return meta.diff_id
+        return tarsplit.digest(split, self.new.files(gid))[0]
 
     def _finish_layer(self, meta: LayerMeta, gid: str, mark: str, check: Any) -> None:
-        again, _size = check.result()
+        again = check.result()
         if again != meta.diff_id:
             raise DigestMismatch("layer %s re-emitted from the new %s files hashes to %s; "
                                  "nothing was switched" % (meta.diff_id, self.target, again))
@@ -316,10 +338,24 @@ class Conversion:
         self.new.create(new_gid, new_parent)
         what = "container %s (%s layer)" % (mount.container_id[:12],
                                             "init" if old_gid.endswith("-init") else "rw")
-        changes = self.old.changes(old_gid, old_parent).tar()
-        applier = Applier(self.new.files(new_gid), self.new.whiteouts, None, what)
-        applier.apply(ChunkReader(chunk_reader(iter(changes)), what=what))
+        with self._shadow(new_gid) as shadow:
+            changes = self.old.changes(old_gid, old_parent, shadow).tar()
+            applier = Applier(self.new.files(new_gid), self.new.whiteouts, None, what,
+                              shadow=shadow)
+            applier.apply(ChunkReader(chunk_reader(iter(changes)), what=what))
         return applier
+
+    @contextlib.contextmanager
+    def _shadow(self, gid: str) -> Iterator[Shadow]:
+        """Reflink clones of the old files, read for the stream and taken by the new
+        layer (no data written twice); on a filesystem that cannot clone (or across
+        filesystems) it turns itself off at the first file and data is copied."""
+        shadow = Shadow()
+        shadow.open(self.new.shadow_dir(gid, self.work))
+        try:
+            yield shadow
+        finally:
+            shadow.close()
 
     def _verify(self, mount: MountMeta, old_gid: str, new_gid: str,
                 seen: Dict[bytes, int], opaque: set) -> None:

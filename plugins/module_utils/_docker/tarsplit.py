@@ -16,14 +16,19 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
+import fcntl
 import gzip
 import hashlib
 import json
+import os
+import stat
 import zlib
-from typing import Iterator, Sequence, Tuple, Union
+from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
 
 from ansible_collections.strata.layers.plugins.module_utils._errors import Corrupt
-from ansible_collections.strata.layers.plugins.module_utils._safepath import Beneath
+from ansible_collections.strata.layers.plugins.module_utils._copytree import FICLONE
+from ansible_collections.strata.layers.plugins.module_utils._safepath import Beneath, NotBeneath
 from ansible_collections.strata.layers.plugins.module_utils._tarsplit import _file_chunks
 
 FILE, SEGMENT = 1, 2
@@ -56,18 +61,138 @@ def entries(path: str) -> Iterator[Tuple[int, bytes, int]]:
 
 
 def chunks(split: "Union[str, Sequence[Tuple[int, bytes, int]]]", files_root: str,
-           chunk: int = 1 << 20) -> Iterator[bytes]:
+           chunk: int = 1 << 20, clones: "Optional[Clones]" = None) -> Iterator[bytes]:
     """The layer's tar, re-emitted from ``files_root`` (a generator).  ``split`` is the
     tar-split file, or its ``entries`` already read (a second pass need not parse the
-    JSON again)."""
+    JSON again).  With ``clones`` (given to the applier as its shadow too), each file
+    the applier creates is a reflink clone of the old one and the stream reads its data
+    from that new file: the bytes hashed are the new file's own and none are written."""
     with Beneath(files_root) as tree:
-        for kind, value, size in (entries(split) if isinstance(split, str) else split):
-            if kind == SEGMENT:
-                if value:
-                    yield value
-                continue
-            if size:
+        if clones is None:
+            for kind, value, size in (entries(split) if isinstance(split, str) else split):
+                if kind == SEGMENT:
+                    if value:
+                        yield value
+                elif size:
+                    yield from _file_chunks(tree, _clean(value), size, chunk)
+            return
+        try:
+            yield from _cloning(tree, split if not isinstance(split, str)
+                                else list(entries(split)), chunk, clones)
+        finally:
+            clones.close()
+
+
+def _cloning(tree: Beneath, split: Sequence[Tuple[int, bytes, int]], chunk: int,
+             clones: "Clones") -> Iterator[bytes]:
+    """``chunks`` through ``clones``: a file is opened (and offered to the applier)
+    *before* the segment holding its header is given out, because the applier creates
+    the file as soon as it has parsed the header."""
+    for index, (kind, value, size) in enumerate(split):
+        if kind == SEGMENT:
+            after = split[index + 1] if index + 1 < len(split) else None
+            if after is not None and after[0] == FILE and after[2] and clones.enabled:
+                clones.offer(_clean(after[1]), _open_old(tree, _clean(after[1]), after[2]))
+            if value:
+                yield value
+        elif size:
+            fd = clones.made(_clean(value))
+            if fd is None:  # not cloned: read the old file, the applier writes the data
+                clones.drop(_clean(value))
                 yield from _file_chunks(tree, _clean(value), size, chunk)
+            else:
+                yield from _read_new(fd, _clean(value), size, chunk)
+
+
+def _open_old(tree: Beneath, name: bytes, size: int) -> int:
+    shown = name.decode("utf-8", "backslashreplace")
+    try:
+        src = tree.open_file(name)
+    except (OSError, NotBeneath) as exc:
+        raise Corrupt("layer file %s is missing or unreadable (%s)" % (shown, exc),
+                      member=shown) from exc
+    st = os.fstat(src)
+    if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+        os.close(src)
+        raise Corrupt("layer file %s changed on disk (%d bytes, %d recorded)"
+                      % (shown, st.st_size, size), member=shown)
+    return src
+
+
+def _read_new(fd: int, name: bytes, size: int, chunk: int) -> Iterator[bytes]:
+    shown = name.decode("utf-8", "backslashreplace")
+    try:
+        left, offset = size, 0
+        while left:
+            data = os.pread(fd, min(chunk, left), offset)
+            if not data:
+                raise Corrupt("layer file %s shrank while being read" % shown, member=shown)
+            left -= len(data)
+            offset += len(data)
+            yield data
+    finally:
+        os.close(fd)
+
+
+class Clones:
+    """The applier's shadow for a layer re-emitted from the old driver's files: the file
+    the applier would create at a member's name is made as a reflink clone of the old
+    file (no data written), and the stream reads the member's data back from that new
+    file.  On a filesystem that cannot clone it turns off at the first file (the applier
+    then writes the data it reads from the old file).  ``read_from`` gets each cloned
+    file's (device, inode), for ``same_files``."""
+
+    def __init__(self) -> None:
+        self.enabled = True
+        self.read_from: Dict[bytes, Tuple[int, int]] = {}
+        self._old: Dict[bytes, int] = {}
+        self._new: Dict[bytes, int] = {}
+
+    def offer(self, rel: bytes, src: int) -> None:
+        old = self._old.pop(rel, None)
+        if old is not None:
+            os.close(old)
+        self._old[rel] = src
+
+    def take(self, rel: bytes, size: int, name: bytes, dir_fd: int) -> Optional[int]:
+        """Called by the applier instead of creating ``name``: the clone, or None."""
+        src = self._old.pop(rel, None)
+        if src is None:
+            return None
+        try:
+            if not self.enabled or os.fstat(src).st_size != size:
+                return None
+            dst = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
+                          os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+            try:
+                fcntl.ioctl(dst, FICLONE, src)
+            except OSError as exc:
+                os.close(dst)
+                os.unlink(name, dir_fd=dir_fd)
+                if exc.errno in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY):
+                    self.enabled = False
+                    return None
+                raise
+            st = os.fstat(dst)
+            self.read_from[rel] = (st.st_dev, st.st_ino)
+            self._new[rel] = os.dup(dst)
+            return dst
+        finally:
+            os.close(src)
+
+    def made(self, rel: bytes) -> Optional[int]:
+        return self._new.pop(rel, None)
+
+    def drop(self, rel: bytes) -> None:
+        src = self._old.pop(rel, None)
+        if src is not None:
+            os.close(src)
+
+    def close(self) -> None:
+        for fd in list(self._old.values()) + list(self._new.values()):
+            os.close(fd)
+        self._old.clear()
+        self._new.clear()
 
 
 def _clean(name: bytes) -> bytes:
@@ -84,3 +209,32 @@ def digest(split: "Union[str, Sequence[Tuple[int, bytes, int]]]",
         hasher.update(data)
         total += len(data)
     return "sha256:" + hasher.hexdigest(), total
+
+
+def same_files(split: Sequence[Tuple[int, bytes, int]], files_root: str,
+               read_from: Dict[bytes, Tuple[int, int]]) -> bool:
+    """Whether every file the tar-split names with data is, under ``files_root``, the
+    very inode whose data was read (and hashed) as it was applied, at its recorded size.
+
+    Then re-emitting the tar from ``files_root`` would read those same inodes, which
+    nothing has written since (the applier took the clones without writing), and hash to
+    the same digest: this check stands in for that second read.  False (not proven: a
+    file was copied instead of cloned, or is not where it should be) sends the caller to
+    the full re-read."""
+    with Beneath(files_root) as tree:
+        for kind, value, size in split:
+            if kind != FILE or not size:
+                continue
+            name = _clean(value)
+            want = read_from.get(name)
+            if want is None:
+                return False
+            parent, _sep, base = name.rpartition(b"/")
+            try:
+                st = os.lstat(base, dir_fd=tree.dir_fd(parent))
+            except (OSError, NotBeneath):
+                return False
+            if (st.st_dev, st.st_ino) != want or st.st_size != size \
+                    or not stat.S_ISREG(st.st_mode):
+                return False
+    return True
