@@ -25,7 +25,7 @@ from typing import (
 from ansible_collections.strata.layers.plugins.module_utils import _files as files
 from ansible_collections.strata.layers.plugins.module_utils._copytree import Shadow
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
-    InvalidInput, Unsupported)
+    InvalidInput, StoreError, Unsupported)
 from ansible_collections.strata.layers.plugins.module_utils._tarformat import (
     BLKTYPE, CHRTYPE, DIRTYPE, FIFOTYPE, LNKTYPE, REGTYPE, SYMTYPE, encode_header, end_of_archive,
     padding)
@@ -286,7 +286,8 @@ class BaseTree:
         self._links: Dict[bytes, bytes] = {}
 
     def path(self, rel: bytes) -> bytes:
-        assert self.root is not None
+        if self.root is None:   # callers ask only when entries() found a base
+            raise StoreError("internal error: a diff without a base has no base path")
         return self.root + b"/" + rel if rel else self.root
 
     def entries(self, rel: bytes) -> Optional[Dict[bytes, os.stat_result]]:
