@@ -699,12 +699,27 @@ class Registry:
     def scopes(self, challenge: Dict[str, str]) -> List[str]:
         """What a token is asked for: this repository with our actions, the challenge's
         own scope, and any other repository a request needs (a mount's source)."""
-        wanted = ["repository:%s:%s" % (self.reference.repository, self.actions)]
-        for scope in [challenge.get("scope") or ""] + self.extra_scopes:
+        order: List[str] = []
+        actions: Dict[str, List[str]] = {}
+        scopes = ["repository:%s:%s" % (self.reference.repository, self.actions),
+                  challenge.get("scope") or ""] + self.extra_scopes
+        for scope in scopes:
             for one in scope.split(" "):
-                if one and one not in wanted:
-                    wanted.append(one)
-        return wanted
+                if not one:
+                    continue
+                # one resource once, with the union of its actions: a registry may name
+                # them in any order ("push,pull"), and a token service may keep only one
+                # of two scopes that name the same repository
+                resource, sep, named = one.rpartition(":")
+                if not sep or not resource:
+                    resource, named = one, ""
+                if resource not in actions:
+                    order.append(resource)
+                    actions[resource] = []
+                for action in named.split(","):
+                    if action and action not in actions[resource]:
+                        actions[resource].append(action)
+        return ["%s:%s" % (r, ",".join(actions[r])) if actions[r] else r for r in order]
 
     def realm_may_get_password(self, realm: str) -> bool:
         """A token realm gets the credentials only over TLS, or on the registry's own host

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     InvalidInput, InvalidReference, NotFound, Unsupported)
 from ansible_collections.strata.layers.plugins.module_utils._registry import (
-    Platform, _challenges, parse_platform, parse_reference, pick_platform)
+    Platform, Registry, _challenges, parse_platform, parse_reference, pick_platform)
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -106,3 +106,21 @@ def test_challenges():
     assert found["bearer"] == {"realm": "https://auth.example/token",
                                "service": "registry.example", "scope": "repository:a/b:pull"}
     assert found["basic"] == {"realm": "Registry Realm, with comma"}
+
+
+@pytest.mark.parametrize("challenge, extra, expected", [
+    # the registry may name the actions in either order: one scope, with both actions
+    ("repository:team/app:push,pull", [], ["repository:team/app:pull,push"]),
+    ("repository:team/app:pull", [], ["repository:team/app:pull,push"]),
+    ("", [], ["repository:team/app:pull,push"]),
+    # a mount's source repository is asked for separately
+    ("repository:team/app:push,pull", ["repository:team/base:pull"],
+     ["repository:team/app:pull,push", "repository:team/base:pull"]),
+    ("registry:catalog:* repository:team/app:delete", [],
+     ["repository:team/app:pull,push,delete", "registry:catalog:*"]),
+])
+def test_token_scopes_name_each_resource_once(challenge, extra, expected):
+    reg = Registry(parse_reference("127.0.0.1:5000/team/app:1"), insecure=True,
+                   actions="pull,push")
+    reg.extra_scopes = extra
+    assert reg.scopes({"scope": challenge}) == expected
