@@ -29,8 +29,9 @@ from ansible_collections.strata.layers.plugins.module_utils._digest import (
     hex_of, is_digest, sha256_bytes)
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, DigestMismatch, InvalidInput, NotFound, StoreError, Unsupported)
-from ansible_collections.strata.layers.plugins.module_utils._images import (
-    ImageConfig, host_platform, json_object, normalize_tag, parse_config)
+from ansible_collections.strata.layers.plugins.module_utils._imageconfig import (
+    ImageConfig, host_platform, json_object, parse_config)
+from ansible_collections.strata.layers.plugins.module_utils._imageref import normalize_tag
 from ansible_collections.strata.layers.plugins.module_utils._jsondoc import Bounds, loads
 from ansible_collections.strata.layers.plugins.module_utils._tarformat import (
     BLOCK, DIRTYPE, GNU_LONGLINK, GNU_LONGNAME, LNKTYPE, MAX_EXTENSION, PAX_GLOBAL, PAX_LOCAL,

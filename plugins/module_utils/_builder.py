@@ -57,8 +57,10 @@ from ansible_collections.strata.layers.plugins.module_utils._dockerfile import (
     Copy, DockerIgnore, Instruction, Run, Spec, Stage, Workdir, apply_config)
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     InvalidInput, NotFound, StoreError, Unsupported)
-from ansible_collections.strata.layers.plugins.module_utils._images import (
-    ImageRecord, host_platform, parse_config, validate_tags)
+from ansible_collections.strata.layers.plugins.module_utils._imageconfig import (
+    host_platform, parse_config)
+from ansible_collections.strata.layers.plugins.module_utils._imagerecords import ImageRecord
+from ansible_collections.strata.layers.plugins.module_utils._imageref import validate_tags
 from ansible_collections.strata.layers.plugins.module_utils._imageview import ImageView
 from ansible_collections.strata.layers.plugins.module_utils._info import history_of
 from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord, now_iso

@@ -45,8 +45,8 @@ from ansible_collections.strata.layers.plugins.module_utils._digest import (
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, InvalidInput, InvalidReference, StoreError)
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mounts_below
-from ansible_collections.strata.layers.plugins.module_utils._images import (
-    normalize_tag, parse_config)
+from ansible_collections.strata.layers.plugins.module_utils._imageconfig import parse_config
+from ansible_collections.strata.layers.plugins.module_utils._imageref import normalize_tag
 from ansible_collections.strata.layers.plugins.module_utils._layers import RECORD, LayerRecord
 from ansible_collections.strata.layers.plugins.module_utils._safepath import Beneath, NotBeneath
 from ansible_collections.strata.layers.plugins.module_utils._store import References, Store

@@ -26,8 +26,10 @@ from ansible_collections.strata.layers.plugins.module_utils._crash import crash_
 from ansible_collections.strata.layers.plugins.module_utils._digest import (
     ChainID, DiffID, chain_id)
 from ansible_collections.strata.layers.plugins.module_utils._errors import InvalidInput, NotFound
-from ansible_collections.strata.layers.plugins.module_utils._images import (
-    ImageConfig, ImageRecord, derive_config, parse_config, validate_tags)
+from ansible_collections.strata.layers.plugins.module_utils._imageconfig import (
+    ImageConfig, derive_config, parse_config)
+from ansible_collections.strata.layers.plugins.module_utils._imagerecords import ImageRecord
+from ansible_collections.strata.layers.plugins.module_utils._imageref import validate_tags
 from ansible_collections.strata.layers.plugins.module_utils._layers import iso
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
 

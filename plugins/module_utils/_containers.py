@@ -36,7 +36,7 @@ from ansible_collections.strata.layers.plugins.module_utils._errors import (
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import (
     MS_BIND, MS_NODEV, MS_NOSUID, MS_REMOUNT, mount_at)
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mount as fs_mount
-from ansible_collections.strata.layers.plugins.module_utils._images import ImageRecord
+from ansible_collections.strata.layers.plugins.module_utils._imagerecords import ImageRecord
 from ansible_collections.strata.layers.plugins.module_utils._initlayer import populate
 from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord, now_iso
 from ansible_collections.strata.layers.plugins.module_utils._runtime import read_state

@@ -80,7 +80,7 @@ from typing import (
     Union)
 
 from ansible_collections.strata.layers.plugins.module_utils._errors import InvalidInput
-from ansible_collections.strata.layers.plugins.module_utils._images import host_platform
+from ansible_collections.strata.layers.plugins.module_utils._imageconfig import host_platform
 from ansible_collections.strata.layers.plugins.module_utils._remote import (
     Remote, RemoteError, remote_source)
 from ansible_collections.strata.layers.plugins.module_utils._runmounts import (

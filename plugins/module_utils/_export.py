@@ -30,8 +30,9 @@ from ansible_collections.strata.layers.plugins.module_utils._digest import (
     ChainID, chain_ids, hex_of, sha256_bytes)
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, InvalidInput, StoreError)
-from ansible_collections.strata.layers.plugins.module_utils._images import (
-    ImageRecord, normalize_tag, split_reference)
+from ansible_collections.strata.layers.plugins.module_utils._imagerecords import ImageRecord
+from ansible_collections.strata.layers.plugins.module_utils._imageref import (
+    normalize_tag, split_reference)
 from ansible_collections.strata.layers.plugins.module_utils._jsondoc import loads
 from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord
 from ansible_collections.strata.layers.plugins.module_utils._sparse import SparseWriter

@@ -17,7 +17,7 @@ from typing import Any, Dict, List
 from ansible_collections.strata.layers.plugins.module_utils import _containers as containers
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     AlreadyExists, Corrupt, InvalidInput, NotFound, StoreError)
-from ansible_collections.strata.layers.plugins.module_utils._images import (
+from ansible_collections.strata.layers.plugins.module_utils._imageref import (
     normalize_tag, validate_tags)
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
 

@@ -17,7 +17,7 @@ from ansible_collections.strata.layers.plugins.module_utils._containers import c
 from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import (
     allocated_bytes, fs_type, supports_d_type)
-from ansible_collections.strata.layers.plugins.module_utils._images import ImageRecord
+from ansible_collections.strata.layers.plugins.module_utils._imagerecords import ImageRecord
 from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord
 from ansible_collections.strata.layers.plugins.module_utils._probe import nearest_existing
 from ansible_collections.strata.layers.plugins.module_utils._prune import plan as prune_plan

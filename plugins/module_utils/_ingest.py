@@ -28,8 +28,9 @@ from ansible_collections.strata.layers.plugins.module_utils._digest import (
     ChainID, DiffID, ImageID, chain_id, hex_of, is_digest, validate_digest)
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, DigestMismatch, InvalidInput, NotFound, StoreError)
-from ansible_collections.strata.layers.plugins.module_utils._images import (
-    ImageConfig, derive_config, parse_config, validate_tags)
+from ansible_collections.strata.layers.plugins.module_utils._imageconfig import (
+    ImageConfig, derive_config, parse_config)
+from ansible_collections.strata.layers.plugins.module_utils._imageref import validate_tags
 from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
 

@@ -56,8 +56,9 @@ from ansible_collections.strata.layers.plugins.module_utils._digest import (
     ChainID, DiffID, chain_ids, hex_of, is_digest)
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, DigestMismatch, InvalidInput, NotFound, StoreError)
-from ansible_collections.strata.layers.plugins.module_utils._images import (
-    ImageConfig, parse_config, validate_tags)
+from ansible_collections.strata.layers.plugins.module_utils._imageconfig import (
+    ImageConfig, parse_config)
+from ansible_collections.strata.layers.plugins.module_utils._imageref import validate_tags
 from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord
 from ansible_collections.strata.layers.plugins.module_utils._registry import (
     BlobStream, Descriptor, Manifest, Platform, Reference, Registry, parse_platform,

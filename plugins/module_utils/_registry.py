@@ -50,8 +50,9 @@ from ansible_collections.strata.layers.plugins.module_utils._digest import (
     Digest, is_digest, sha256_bytes)
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, DigestMismatch, InvalidInput, InvalidReference, NotFound, StoreError, Unsupported)
-from ansible_collections.strata.layers.plugins.module_utils._images import (
-    GOARCH, json_object, normalize_tag, split_reference)
+from ansible_collections.strata.layers.plugins.module_utils._imageconfig import GOARCH, json_object
+from ansible_collections.strata.layers.plugins.module_utils._imageref import (
+    normalize_tag, split_reference)
 from ansible_collections.strata.layers.plugins.module_utils._jsondoc import loads
 from ansible_collections.strata.layers.plugins.module_utils._regsettings import (
     Credentials, proxy_for)

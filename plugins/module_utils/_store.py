@@ -70,8 +70,9 @@ from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, DigestMismatch, InvalidInput, NotFound, StoreError, Unsupported)
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import (
     allocated_bytes, mounts_below, umount)
-from ansible_collections.strata.layers.plugins.module_utils._images import (
-    ImageConfig, ImageDB, ImageRecord)
+from ansible_collections.strata.layers.plugins.module_utils._imageconfig import ImageConfig
+from ansible_collections.strata.layers.plugins.module_utils._imagerecords import (
+    ImageDB, ImageRecord)
 from ansible_collections.strata.layers.plugins.module_utils._layers import (
     LayerDB, LayerRecord, now_iso)
 from ansible_collections.strata.layers.plugins.module_utils._lock import (

@@ -7,7 +7,7 @@ import json
 from typing import Any, Dict, Optional
 
 from ansible_collections.strata.layers.plugins.module_utils._compression import DecodedStream
-from ansible_collections.strata.layers.plugins.module_utils._images import parse_config
+from ansible_collections.strata.layers.plugins.module_utils._imageconfig import parse_config
 from tests.support.tars import LayerTar
 
 PASSWD = (b"root:x:0:0:root:/root:/bin/sh\n"

@@ -38,7 +38,7 @@ from ansible_collections.strata.layers.plugins.module_utils._digest import Chain
 from ansible_collections.strata.layers.plugins.module_utils._encode import COMPRESSIONS, encode
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, DigestMismatch, InvalidInput, InvalidReference)
-from ansible_collections.strata.layers.plugins.module_utils._images import ImageRecord
+from ansible_collections.strata.layers.plugins.module_utils._imagerecords import ImageRecord
 from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord
 from ansible_collections.strata.layers.plugins.module_utils._registry import (
     Reference, Registry, parse_reference)

@@ -16,7 +16,8 @@ from ansible_collections.strata.layers.plugins.module_utils._changes import chun
 from ansible_collections.strata.layers.plugins.module_utils._compression import DecodedStream
 from ansible_collections.strata.layers.plugins.module_utils._digest import chain_ids
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mount_at
-from ansible_collections.strata.layers.plugins.module_utils._images import derive_config, parse_config
+from ansible_collections.strata.layers.plugins.module_utils._imageconfig import (
+    derive_config, parse_config)
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
 from ansible_collections.strata.layers.plugins.module_utils._tarsplit import emit
 from tests.support.tars import LayerTar

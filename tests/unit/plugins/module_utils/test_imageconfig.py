@@ -1,0 +1,96 @@
+"""Image configs (``_imageconfig.py``): parsing, a child's derived config, the host platform."""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+
+import pytest
+
+from ansible_collections.strata.layers.plugins.module_utils._errors import (
+    Corrupt, InvalidReference)
+from ansible_collections.strata.layers.plugins.module_utils._imageconfig import (
+    GOARCH, derive_config, host_platform, json_object, parse_config)
+
+D1 = "sha256:" + "1" * 64
+D2 = "sha256:" + "2" * 64
+
+
+def _config(**extra):
+    data = {"architecture": "amd64", "os": "linux", "created": "2024-01-01T00:00:00Z",
+            "config": {"Env": ["A=1"], "Cmd": ["sh"]},
+            "rootfs": {"type": "layers", "diff_ids": [D1]},
+            "history": [{"created_by": "ADD rootfs"}]}
+    data.update(extra)
+    return data
+
+
+def test_the_id_is_the_digest_of_the_exact_bytes():
+    raw = b'{ "rootfs": {"type": "layers", "diff_ids": []} }\n'
+    config = parse_config(raw, "here")
+    assert config.raw == raw
+    assert config.id == "sha256:" + hashlib.sha256(raw).hexdigest()
+    assert config.diff_ids == [] and config.created == "" and config.history == []
+
+
+def test_parse_config_keeps_diff_ids_created_and_history():
+    config = parse_config(json.dumps(_config()).encode(), "here")
+    assert config.diff_ids == [D1]
+    assert config.created == "2024-01-01T00:00:00Z"
+    assert config.history == [{"created_by": "ADD rootfs"}]
+
+
+@pytest.mark.parametrize("rootfs", [None, {"type": "other", "diff_ids": []},
+                                    {"type": "layers", "diff_ids": "x"}, "layers"])
+def test_a_config_without_a_layers_rootfs_is_corrupt_naming_where(rootfs):
+    raw = json.dumps(_config(rootfs=rootfs)).encode()
+    with pytest.raises(Corrupt, match="image config in/archive has no rootfs"):
+        parse_config(raw, "in/archive")
+
+
+def test_a_diff_id_that_is_not_a_digest_is_refused_before_any_path_is_built():
+    raw = json.dumps(_config(rootfs={"type": "layers", "diff_ids": ["../../etc"]})).encode()
+    with pytest.raises(InvalidReference, match="diff_id in image config here"):
+        parse_config(raw, "here")
+
+
+@pytest.mark.parametrize("raw", [b"[]", b"not json", b"\xff"])
+def test_json_object_is_corrupt_naming_what_for_anything_but_an_object(raw):
+    with pytest.raises(Corrupt, match="manifest m"):
+        json_object(raw, "manifest m")
+
+
+def test_host_platform_is_linux_and_the_go_architecture():
+    assert host_platform() == ("linux", GOARCH.get(platform.machine(), platform.machine()))
+
+
+def test_a_config_derived_from_nothing_has_the_host_platform_and_one_layer():
+    data = json.loads(derive_config(None, D1, "2025-01-01T00:00:00Z", "import"))
+    osname, arch = host_platform()
+    assert (data["os"], data["architecture"]) == (osname, arch)
+    assert data["rootfs"] == {"type": "layers", "diff_ids": [D1]}
+    assert data["history"] == [{"created": "2025-01-01T00:00:00Z", "created_by": "import"}]
+    assert data["created"] == "2025-01-01T00:00:00Z"
+
+
+def test_a_derived_config_adds_a_layer_and_drops_the_legacy_fields():
+    base = parse_config(json.dumps(_config(id="x", parent="y", container="z",
+                                           container_config={})).encode(), "base")
+    raw = derive_config(base, D2, "2025-01-01T00:00:00Z", "RUN x", comment="why",
+                        changes={"Cmd": ["app"], "WorkingDir": "/srv"})
+    data = json.loads(raw)
+    assert data["rootfs"]["diff_ids"] == [D1, D2]
+    assert data["history"][-1] == {"created": "2025-01-01T00:00:00Z", "created_by": "RUN x",
+                                   "comment": "why"}
+    assert data["config"] == {"Env": ["A=1"], "Cmd": ["app"], "WorkingDir": "/srv"}
+    assert not {"id", "parent", "container", "container_config"} & set(data)
+    assert (data["os"], data["architecture"]) == ("linux", "amd64")
+    assert json.loads(base.raw)["rootfs"]["diff_ids"] == [D1]
+    assert parse_config(raw, "child").diff_ids == [D1, D2]
+
+
+def test_an_empty_layer_step_adds_history_but_no_diff_id():
+    base = parse_config(json.dumps(_config()).encode(), "base")
+    data = json.loads(derive_config(base, None, "2025-01-01T00:00:00Z", "ENV B=2"))
+    assert data["rootfs"]["diff_ids"] == [D1]
+    assert data["history"][-1]["empty_layer"] is True
