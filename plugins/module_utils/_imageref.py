@@ -19,7 +19,7 @@ _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
 _DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*" \
           r"|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
 _NAME_RE = re.compile(r"\A(?:%s/)?%s(?:/%s)*\Z" % (_DOMAIN, _COMPONENT, _COMPONENT))
-_TAG_RE = re.compile(r"\A[\w][\w.-]{0,127}\Z")
+_TAG_RE = re.compile(r"\A[\w][\w.-]{0,127}\Z", re.ASCII)
 _HEX_PREFIX_RE = re.compile(r"\A(?:sha256:)?([0-9a-f]{12,64})\Z")
 
 

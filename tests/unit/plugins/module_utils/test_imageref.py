@@ -27,6 +27,8 @@ def test_split_reference_gives_the_name_and_tag_latest_when_omitted(ref, expecte
 @pytest.mark.parametrize("ref", [
     "", None, 5, "Busybox", "busybox@sha256:" + "a" * 64, "app:", "app:-x", "app:" + "t" * 129,
     "a" * 256, "acme//app", "-app", "app/", "app:v 1",
+    # tags are ASCII, as Docker's reference grammar has them ([\w] is [A-Za-z0-9_])
+    "app:\u00e91", "app:v\u0661",
 ])
 def test_split_reference_refuses_what_is_not_name_tag(ref):
     with pytest.raises(InvalidReference):
