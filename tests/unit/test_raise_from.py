@@ -32,8 +32,8 @@ def _unchained(path: str) -> List[str]:
                 continue
             if isinstance(node.exc, ast.Name) and node.exc.id == handler.name:
                 continue    # the caught error itself, raised again
-            found.append("%s:%d: raise %s" % (os.path.relpath(path, REPO), node.lineno,
-                                               ast.unparse(node.exc)[:60]))
+            where = "%s:%d" % (os.path.relpath(path, REPO), node.lineno)
+            found.append("%s: raise %s" % (where, ast.unparse(node.exc)[:60]))
     return found
 
 
