@@ -150,7 +150,8 @@ class Builder:
                 try:
                     current, outcome = self._step(stage, step, current)
                 except StoreError as exc:
-                    raise self._at_line(exc, step)
+                    self._at_line(exc, step)
+                    raise
                 steps.append(outcome)
             current = self._store_unstored(current)
             result.ran += sum(0 if outcome.cached else 1 for outcome in steps)

@@ -63,14 +63,14 @@ class StoreLock:
             try:
                 fcntl.flock(fd, mode | fcntl.LOCK_NB)
                 break
-            except BlockingIOError:
+            except BlockingIOError as exc:
                 if time.monotonic() >= deadline:
                     holder = describe_holders(fd)
                     os.close(fd)
                     raise Locked(
                         "the store lock %s is held by %s; gave up after %gs. Wait for that "
                         "run to finish (or raise lock_timeout) and run again"
-                        % (self.path, holder, self.timeout), holder=holder)
+                        % (self.path, holder, self.timeout), holder=holder) from exc
                 time.sleep(delay)
                 delay = min(delay * 2, 0.1)
         self._fd = fd

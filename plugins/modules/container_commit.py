@@ -22,28 +22,12 @@ description:
 author:
   - strata.layers developers (@strata-layers)
 extends_documentation_fragment:
-  - ansible.builtin.action_common_attributes
-  - ansible.builtin.action_common_attributes.actiongroups
-  - ansible.builtin.action_common_attributes.flow
+  - strata.layers.attributes
+  - strata.layers.attributes.action_plugin
   - strata.layers.store
 attributes:
-  action:
-    support: full
-  async:
-    support: none
-  bypass_host_loop:
-    support: none
-  action_group:
-    support: full
-    membership: [strata.layers.layers]
   check_mode:
-    support: full
     details: Reads the container's changes to learn the layer's digest; writes nothing.
-  diff_mode:
-    support: none
-  platform:
-    support: full
-    platforms: posix
 options:
   name:
     description: The container to commit.

@@ -20,20 +20,8 @@ description:
 author:
   - strata.layers developers (@strata-layers)
 extends_documentation_fragment:
-  - ansible.builtin.action_common_attributes
-  - ansible.builtin.action_common_attributes.actiongroups
+  - strata.layers.attributes
   - strata.layers.store
-attributes:
-  action_group:
-    support: full
-    membership: [strata.layers.layers]
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  platform:
-    support: full
-    platforms: posix
 options:
   name:
     description: Image reference (C(NAME[:TAG]), id or 12+ digit id prefix).

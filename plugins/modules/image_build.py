@@ -65,29 +65,14 @@ description:
 author:
   - strata.layers developers (@strata-layers)
 extends_documentation_fragment:
-  - ansible.builtin.action_common_attributes
-  - ansible.builtin.action_common_attributes.actiongroups
-  - ansible.builtin.action_common_attributes.flow
+  - strata.layers.attributes
+  - strata.layers.attributes.action_plugin
   - strata.layers.store
 attributes:
   action:
-    support: full
     details: Validates O(instructions) against the JSON schema on the controller.
-  async:
-    support: none
-  bypass_host_loop:
-    support: none
-  action_group:
-    support: full
-    membership: [strata.layers.layers]
   check_mode:
-    support: full
     details: Reports which steps would run (C(cached) in RV(history)); builds nothing.
-  diff_mode:
-    support: none
-  platform:
-    support: full
-    platforms: posix
 options:
   context:
     description: The build context directory on the managed host (C(.dockerignore) in it applies).

@@ -26,23 +26,13 @@ description:
 author:
   - strata.layers developers (@strata-layers)
 extends_documentation_fragment:
-  - ansible.builtin.action_common_attributes
-  - ansible.builtin.action_common_attributes.actiongroups
+  - strata.layers.attributes
   - strata.layers.store
   - strata.layers.registry
 attributes:
-  action_group:
-    support: full
-    membership: [strata.layers.layers]
   check_mode:
-    support: full
     details: Asks the registry for the manifest and the config (no layers) and reports which
       layers would be downloaded; writes nothing.
-  diff_mode:
-    support: none
-  platform:
-    support: full
-    platforms: posix
 options:
   name:
     description:

@@ -28,24 +28,14 @@ description:
 author:
   - strata.layers developers (@strata-layers)
 extends_documentation_fragment:
-  - ansible.builtin.action_common_attributes
-  - ansible.builtin.action_common_attributes.actiongroups
+  - strata.layers.attributes
   - strata.layers.store
   - strata.layers.registry
 attributes:
-  action_group:
-    support: full
-    membership: [strata.layers.layers]
   check_mode:
-    support: full
     details: Asks the registry which blobs and which manifest it has and lists the blobs it
       would upload or mount; sends nothing. A layer never pushed before is compressed to
       learn its digest (nothing is recorded).
-  diff_mode:
-    support: none
-  platform:
-    support: full
-    platforms: posix
 options:
   name:
     description:

@@ -20,21 +20,11 @@ description:
 author:
   - strata.layers developers (@strata-layers)
 extends_documentation_fragment:
-  - ansible.builtin.action_common_attributes
-  - ansible.builtin.action_common_attributes.actiongroups
+  - strata.layers.attributes
   - strata.layers.store
 attributes:
-  action_group:
-    support: full
-    membership: [strata.layers.layers]
   check_mode:
-    support: full
     details: Reads O(src) to learn its digests; writes nothing.
-  diff_mode:
-    support: none
-  platform:
-    support: full
-    platforms: posix
 options:
   src:
     description:

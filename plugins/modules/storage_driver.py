@@ -31,22 +31,14 @@ description:
 author:
   - strata.layers developers (@strata-layers)
 extends_documentation_fragment:
-  - ansible.builtin.action_common_attributes
-  - ansible.builtin.action_common_attributes.actiongroups
+  - strata.layers.attributes
   - strata.layers.store
 attributes:
-  action_group:
-    support: full
-    membership: [strata.layers.layers]
   check_mode:
-    support: full
     details: Probes (a transient test mount) and reports what would change and move.
   diff_mode:
     support: full
     details: With O(engine=docker), the daemon.json change.
-  platform:
-    support: full
-    platforms: posix
 options:
   engine:
     description:

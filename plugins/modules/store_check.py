@@ -89,20 +89,8 @@ options:
     type: bool
     default: false
 extends_documentation_fragment:
-  - ansible.builtin.action_common_attributes
-  - ansible.builtin.action_common_attributes.actiongroups
+  - strata.layers.attributes
   - strata.layers.store
-attributes:
-  action_group:
-    support: full
-    membership: [strata.layers.layers]
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  platform:
-    support: full
-    platforms: posix
 seealso:
   - module: strata.layers.store_info
   - module: strata.layers.store_prune

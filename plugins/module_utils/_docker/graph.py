@@ -142,10 +142,11 @@ class Overlay(Graph):
         try:
             with open(path) as handle:
                 return handle.read().strip()
-        except FileNotFoundError:
+        except FileNotFoundError as exc:
             if optional:
                 return ""
-            raise Corrupt("%s is missing: the %s layer %s is damaged" % (path, self.name, gid))
+            raise Corrupt("%s is missing: the %s layer %s is damaged"
+                          % (path, self.name, gid)) from exc
 
     def remove(self, gid: str) -> None:
         link = self._read(gid, "link", optional=True) if os.path.isdir(self.layer_dir(gid)) else ""

@@ -13,7 +13,7 @@ import pytest
 
 from ansible_collections.strata.layers.plugins.module_utils._builder import image_build
 from ansible_collections.strata.layers.plugins.module_utils._containers import container_layer
-from ansible_collections.strata.layers.plugins.module_utils._errors import InvalidInput, StoreError
+from ansible_collections.strata.layers.plugins.module_utils._errors import InvalidInput, NotFound, Unsupported
 from ansible_collections.strata.layers.plugins.module_utils._dockerfile import DEFAULT_PATH
 from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
@@ -157,7 +157,7 @@ def test_trailing_workdir_creates_its_directory(root):
 
 
 def test_a_failing_step_names_its_line(root):
-    with pytest.raises(StoreError) as info:
+    with pytest.raises(NotFound) as info:
         build(root, "FROM busybox:test\nLABEL a=b\nCOPY --from=busybox:test /nope /x\n")
     assert str(info.value).startswith("spec line 3 (COPY): ")
     assert info.value.details["line"] == 3
@@ -183,7 +183,7 @@ def test_a_symlinked_dockerfile_is_resolved_inside_the_context(root, tmp_path, h
     ctx = tmp_path / "ctx-link"
     ctx.mkdir()
     os.symlink(host_secret if target == "host" else target, ctx / "Dockerfile")
-    with pytest.raises(StoreError) as info:
+    with pytest.raises(NotFound) as info:
         image_build({"data_root": root, "context": str(ctx)})
     assert SECRET not in str(info.value) and "root:" not in str(info.value)
     assert "no such file in the context" in str(info.value)
@@ -268,7 +268,7 @@ def test_a_stage_too_deep_is_refused_before_building_naming_the_line(root):
     # busybox has one layer; overlay2 stacks 125: the 125th RUN would make layer 126
     before = len(Store(root).images.ids())
     spec = "FROM busybox:test\n" + "RUN echo step\n" * 130
-    with pytest.raises(StoreError) as info:
+    with pytest.raises(Unsupported) as info:
         build(root, spec)
     assert str(info.value).startswith("spec line 126 (RUN): ") and "at most 125" in str(info.value)
     assert info.value.details["line"] == 126

@@ -11,10 +11,11 @@ import pytest
 from ansible_collections.strata.layers.plugins.module_utils._builder import image_build
 from ansible_collections.strata.layers.plugins.module_utils._containers import container_layer
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
-    InvalidInput, NotFound, StoreError)
+    InvalidInput, NotFound)
 from ansible_collections.strata.layers.plugins.module_utils._export import image_export
 from ansible_collections.strata.layers.plugins.module_utils._info import store_info
 from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
+from ansible_collections.strata.layers.plugins.module_utils._sandbox import StepFailed
 from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
 
 
@@ -140,7 +141,7 @@ def test_check_mode_reports_steps_and_builds_nothing(root):
 
 def test_failing_step_leaves_no_container_layer_or_tag(root):
     before = store_info({"data_root": root})
-    with pytest.raises(StoreError) as info:
+    with pytest.raises(StepFailed) as info:
         build(root, spec="FROM busybox:test\nRUN echo partial > /p && echo boom && exit 3\n",
               tag=["bad:1"])
     assert "line 2" in str(info.value) and "exit code 3" in str(info.value)

@@ -393,7 +393,9 @@ def test_a_failed_start_keeps_the_previous_run_state(store):
     with open(bundle, "w"):   # the bundle directory cannot be made: the start fails
         pass
     try:
-        with pytest.raises(Exception):
+        # an OSError from making the bundle, not wrapped in a StoreError: a module run
+        # reports it as a module failure with a traceback, not a message
+        with pytest.raises(FileExistsError):
             run(store, detach=True, command=["true"])
     finally:
         os.unlink(bundle)

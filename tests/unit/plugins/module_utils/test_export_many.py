@@ -133,7 +133,7 @@ def test_omit_layers_leaves_out_what_the_receiver_holds(three, tmp_path):
     back = layer_import({"src": dest, "data_root": receiver, "tag": ["b:1"]})
     assert back["image_id"] == descs["b"]["image_id"]
     assert [l["imported"] for l in back["layers"]] == [False, False, True]
-    with pytest.raises(Exception):
+    with pytest.raises(NotFound):
         layer_import({"src": dest, "data_root": str(tmp_path / "empty")})
     assert not os.path.exists(str(tmp_path / "empty" / "images")) or \
         not os.listdir(str(tmp_path / "empty" / "images"))

@@ -438,8 +438,9 @@ def test_tls_registry_with_and_without_ca_path(images, store_root, tmp_path):
 
 
 def test_errors_are_store_errors(store_root):
-    with pytest.raises(StoreError):
+    with pytest.raises(InvalidInput) as info:
         image_pull({"name": "127.0.0.1:1/x:1", "data_root": store_root, "username": "u"})
+    assert isinstance(info.value, StoreError)
 
 
 # ---------------------------------------------------------------------- ansible-playbook

@@ -252,7 +252,7 @@ def test_rejected_digest_fails_clearly_and_store_is_untouched(plain, source_stor
             push(store, "app:1", "%s/team/mangled:1" % proxy.host, insecure=True)
     assert "rejected blob" in str(info.value) and "DIGEST_INVALID" in str(info.value)
     assert _tree(store) == before
-    with pytest.raises(Exception):
+    with pytest.raises(RuntimeError, match="answered 404"):   # the test registry client's error
         plain.manifest("team/mangled", "1")
 
 

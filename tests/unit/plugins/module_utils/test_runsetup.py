@@ -16,10 +16,11 @@ import pytest
 
 from ansible_collections.strata.layers.plugins.module_utils._builder import image_build
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
-    InvalidInput, StoreError)
+    InvalidInput)
 from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
 from ansible_collections.strata.layers.plugins.module_utils._prune import store_prune
 from ansible_collections.strata.layers.plugins.module_utils._runsetup import cache_path
+from ansible_collections.strata.layers.plugins.module_utils._sandbox import StepFailed
 from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
 
 from tests.support import ops
@@ -82,7 +83,7 @@ def test_run_fetches_a_file_from_a_server_on_127_0_0_1(root, tmp_path):
         again = build(root, tag=["net:1"], network="none", spec="FROM busybox:test\n"
                       "RUN busybox wget -q -O /fetched.txt %s/hello.txt\n" % url)
         assert again["image_id"] == out["image_id"] and not again["changed"]
-        with pytest.raises(StoreError, match="line 2"):
+        with pytest.raises(StepFailed, match="line 2"):
             build(root, spec="FROM busybox:test\nRUN --network=none busybox wget -q -O /x "
                   "%s/hello.txt\n" % url)
     assert "etc/hosts" not in last_layer_names(root, "net:1", tmp_path)
@@ -243,7 +244,7 @@ def test_secret_without_a_source_fails_with_the_line_and_leaves_the_store(root):
 
 def test_output_is_bounded_in_memory_and_whole_in_the_log(root):
     before = snapshot(root)
-    with pytest.raises(StoreError, match="line 2.*exit code 3") as info:
+    with pytest.raises(StepFailed, match="line 2.*exit code 3") as info:
         build(root, spec="FROM busybox:test\nRUN yes | head -c 3000000; exit 3\n")
     assert len(info.value.details["output"]) < 300 << 10
     log = info.value.details["log"]
@@ -252,7 +253,7 @@ def test_output_is_bounded_in_memory_and_whole_in_the_log(root):
     os.unlink(log)
     assert snapshot(root) == before     # a failed build leaves the store as it was
     # output the message holds whole leaves no file
-    with pytest.raises(StoreError, match="exit code 4") as info:
+    with pytest.raises(StepFailed, match="exit code 4") as info:
         build(root, spec="FROM busybox:test\nRUN echo short; exit 4\n")
     assert info.value.details["log"] is None and "short" in str(info.value)
 
@@ -260,7 +261,7 @@ def test_output_is_bounded_in_memory_and_whole_in_the_log(root):
 def test_step_timeout_kills_the_step_and_all_it_started(root):
     number = 876000 + os.getpid()
     before = snapshot(root)
-    with pytest.raises(StoreError, match="line 2.*did not finish within 1.0s"):
+    with pytest.raises(StepFailed, match="line 2.*did not finish within 1.0s"):
         build(root, step_timeout=1, spec="FROM busybox:test\n"
               "RUN sleep $((%d + 1)) & exec sleep $((%d + 1))\n" % (number, number))
     _wait(lambda: not _step_pids("^sleep %d$" % (number + 1)), "the step's processes to die")

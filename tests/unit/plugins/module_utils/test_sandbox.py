@@ -19,7 +19,6 @@ import pytest
 
 from ansible_collections.strata.layers.plugins.module_utils._builder import image_build
 from ansible_collections.strata.layers.plugins.module_utils._containers import container_layer
-from ansible_collections.strata.layers.plugins.module_utils._errors import StoreError
 from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
 from ansible_collections.strata.layers.plugins.module_utils._sandbox import Sandbox, StepFailed
 from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
@@ -180,7 +179,7 @@ def test_the_chroot_escape_reads_nothing_of_the_host(root, tmp_path, canary, esc
     assert all(secret.encode() not in content for content in files.values())
     assert not os.path.exists("/escape-result")
     # the step's own output, which a failing step reports
-    with pytest.raises(StoreError) as info:
+    with pytest.raises(StepFailed) as info:
         build(root, context=ctx, spec=spec.replace("%s\n" % path, "%s && false\n" % path))
     assert "escaped: cannot read" in str(info.value) and secret not in str(info.value)
 
@@ -232,11 +231,11 @@ def test_user_gets_its_groups_and_no_capabilities(root):
 
 
 def test_a_missing_command_fails_with_127_and_says_so(root):
-    with pytest.raises(StoreError) as info:
+    with pytest.raises(StepFailed) as info:
         build(root, spec='FROM busybox:test\nRUN ["/no/such/tool", "x"]\n')
     assert "exit code 127" in str(info.value)
     assert "/no/such/tool: not found in the image" in str(info.value)
-    with pytest.raises(StoreError) as info:
+    with pytest.raises(StepFailed) as info:
         build(root, spec='FROM busybox:test\nRUN ["/etc/passwd"]\n')
     assert "exit code 126" in str(info.value) and "cannot execute" in str(info.value)
 
