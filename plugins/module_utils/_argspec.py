@@ -6,6 +6,7 @@ No ``AnsibleModule`` import here: ``run`` only calls the module object it is giv
 """
 from __future__ import annotations
 
+import traceback
 from typing import Any, Callable, Dict
 
 from ansible_collections.strata.layers.plugins.module_utils._errors import StoreError
@@ -49,4 +50,14 @@ def run(module: Any, operation: Callable[..., Dict[str, Any]]) -> None:
     except StoreError as exc:
         details = {k: v for k, v in exc.details.items() if k not in ("msg", "changed", "failed")}
         module.fail_json(msg=str(exc), error=type(exc).__name__, **details)
+    except OSError as exc:
+        # the host refused a system call (a full disk, a stray file where the store keeps a
+        # directory...): say which call on which path, as a message; the traceback goes to
+        # ``exception`` (shown with -vvv), not in place of the message
+        where = " ".join(repr(os_path) for os_path in (exc.filename, exc.filename2)
+                         if os_path is not None)
+        module.fail_json(msg="%s%s: %s" % (type(exc).__name__, " on " + where if where else "",
+                                           exc.strerror or exc),
+                         error=type(exc).__name__, errno=exc.errno,
+                         exception=traceback.format_exc())
     module.exit_json(**result)

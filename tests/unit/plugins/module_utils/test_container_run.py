@@ -393,8 +393,8 @@ def test_a_failed_start_keeps_the_previous_run_state(store):
     with open(bundle, "w"):   # the bundle directory cannot be made: the start fails
         pass
     try:
-        # an OSError from making the bundle, not wrapped in a StoreError: a module run
-        # reports it as a module failure with a traceback, not a message
+        # an OSError from making the bundle: a module run reports it as a message naming
+        # the path (_argspec.run, tests/unit/plugins/module_utils/test_argspec.py)
         with pytest.raises(FileExistsError):
             run(store, detach=True, command=["true"])
     finally:
