@@ -149,14 +149,17 @@ OPENS = {"open", "io.open", "os.fdopen", "gzip.open", "bz2.open", "lzma.open",
          "tarfile.open", "codecs.open"}
 WRITE_FLAGS = {"O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND"}
 PATH_WRITES = {"write_text", "write_bytes"}    # pathlib.Path's
+# Not in the rule: entries without content (mkdir, mknod, mkfifo, symlink, link), which
+# the rename or syncfs that publishes their tree makes durable, or which are scratch.
 
 # The writers under plugins/ that are not durable writes of store metadata, with why.
 # A key is a file (every write in it) or "file:Qualified.function" (the writes of that
 # function only).  The kinds: layer or container FILES (made durable together by one
-# syncfs before the record that publishes them is renamed in, docs/design.md "Crash
-# rules" 4, or by the rename_durable of their staged directory); LOCK files (flock
-# targets, never renamed, their content a note); SCRATCH files under tmp/ or a temp
-# directory, read once and removed; the container's OUTPUT and the sandbox's set-up.
+# syncfs before the record that publishes them is renamed in, docs/design.md
+# "Crash-safety rules" 4, or by the rename_durable of their staged directory); LOCK
+# files (flock targets, never renamed, their content a note); SCRATCH files under tmp/
+# or a temp directory, read once and removed; the container's OUTPUT and the
+# sandbox's set-up.
 WRITERS_ALLOWED: Dict[str, str] = {
     "module_utils/_apply.py":
         "layer files extracted from a tar (content, device nodes, hard links): flushed "
