@@ -3,7 +3,8 @@
 """Durable writes, in one place.
 
 Every metadata write in the store goes through ``write_file``: a temp file in the
-same directory, write, fsync, ``os.replace``, fsync of the directory.  A record of
+same directory, write, fsync, ``os.replace``, fsync of the directory; ``write_stream``
+is the same for data that arrives in pieces (an exported archive or blob).  A record of
 several files is staged in a directory and made visible by ``rename_durable``.
 Layer data written by the tar applier is flushed with ``syncfs`` (one call for the
 whole filesystem, cheaper than an fsync per file) *before* the record that makes it
@@ -11,6 +12,10 @@ addressable is renamed into place.
 
 Temp names start with ``TEMP_PREFIX`` so that a crash leftover is recognisable and
 removed when the store is next opened.
+
+Nothing else under ``plugins/`` renames over a file or opens one for writing, except
+the writers listed (with the reason) in ``tests/unit/test_source.py``: layer files
+written by the applier, lock files, scratch files, the container's output.
 """
 from __future__ import annotations
 
@@ -21,7 +26,8 @@ import json
 import os
 import secrets
 import stat
-from typing import Any, List, Optional, Tuple
+from contextlib import contextmanager
+from typing import Any, BinaryIO, Iterator, List, Optional, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils._errors import NoSpace, StoreError
 
@@ -94,6 +100,42 @@ def write_file(path: str, data: bytes, mode: int = 0o644,
         _unlink_quietly(tmp)
         raise wrap_os_error(exc, "writing %s" % path) from exc
     fsync_dir(directory)
+
+
+@contextmanager
+def write_stream(path: str, mode: int = 0o644) -> Iterator[BinaryIO]:
+    """``write_file`` for data written in pieces: yields an unbuffered binary file on a
+    temp name beside ``path`` (its ``fileno()`` may be written to directly).  A clean
+    exit of the block fsyncs it, renames it over ``path`` and fsyncs the directory; an
+    exception removes it and leaves ``path`` as it was."""
+    directory = os.path.dirname(path) or "."
+    tmp = os.path.join(directory, temp_name(os.path.basename(path)))
+    try:
+        handle = os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                                   mode), "wb", buffering=0)
+    except OSError as exc:
+        raise wrap_os_error(exc, "writing %s" % path) from exc
+    done = False
+    try:
+        yield handle
+        _replace_with(handle, tmp, path)
+        done = True
+    finally:
+        if not done:
+            handle.close()
+            _unlink_quietly(tmp)
+    fsync_dir(directory)
+
+
+def _replace_with(handle: BinaryIO, tmp: str, path: str) -> None:
+    """The commit of ``write_stream``: the data on disk, then the name."""
+    try:
+        handle.flush()
+        os.fsync(handle.fileno())
+        handle.close()
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise wrap_os_error(exc, "writing %s" % path) from exc
 
 
 def dumps(obj: Any) -> bytes:

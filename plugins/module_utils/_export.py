@@ -24,7 +24,7 @@ from ansible_collections.strata.layers.plugins.module_utils import _files as fil
 from ansible_collections.strata.layers.plugins.module_utils._archive import (
     MAX_JSON, DirIndex, TarIndex)
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
-    dumps, fsync_dir, temp_name, wrap_os_error, write_file)
+    dumps, wrap_os_error, write_file, write_stream)
 from ansible_collections.strata.layers.plugins.module_utils._compression import open_regular
 from ansible_collections.strata.layers.plugins.module_utils._digest import (
     ChainID, chain_ids, hex_of, sha256_bytes)
@@ -189,33 +189,22 @@ class _FileSink:
 
 
 def write_archive(store: Store, plan: Export, fmt: str, dest: str) -> None:
-    tmp = os.path.join(os.path.dirname(dest) or ".", temp_name(os.path.basename(dest)))
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
-        sink = _FileSink(fd)
-        for name in ("blobs/", "blobs/sha256/"):
-            sink(encode_header(name.encode(), DIRTYPE, 0o755))
-        for blob in plan.blobs():
-            sink(encode_header(blob.name.encode(), REGTYPE, 0o644, size=blob.size))
-            write_blob(store, blob, sink)
-            sink(padding(blob.size))
-        for name, data in plan.metadata(fmt):
-            sink(encode_header(name.encode(), REGTYPE, 0o644, size=len(data)))
-            sink(data + padding(len(data)))
-        sink(end_of_archive())
-        sink.finish()
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        os.replace(tmp, dest)
-        fsync_dir(os.path.dirname(os.path.abspath(dest)))
+        with write_stream(dest) as out:
+            sink = _FileSink(out.fileno())
+            for name in ("blobs/", "blobs/sha256/"):
+                sink(encode_header(name.encode(), DIRTYPE, 0o755))
+            for blob in plan.blobs():
+                sink(encode_header(blob.name.encode(), REGTYPE, 0o644, size=blob.size))
+                write_blob(store, blob, sink)
+                sink(padding(blob.size))
+            for name, data in plan.metadata(fmt):
+                sink(encode_header(name.encode(), REGTYPE, 0o644, size=len(data)))
+                sink(data + padding(len(data)))
+            sink(end_of_archive())
+            sink.finish()
     except OSError as exc:
         raise wrap_os_error(exc, "writing %s" % dest) from exc
-    finally:
-        if fd >= 0:
-            os.close(fd)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def write_layout(store: Store, plan: Export, dest: str) -> None:
@@ -225,20 +214,10 @@ def write_layout(store: Store, plan: Export, dest: str) -> None:
         path = os.path.join(dest, blob.name)
         if _layout_blob_ok(path, blob):
             continue
-        tmp = os.path.join(blobs_dir, temp_name(hex_of(blob.digest)))
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        try:
-            sink = _FileSink(fd)
+        with write_stream(path) as out:
+            sink = _FileSink(out.fileno())
             write_blob(store, blob, sink)
             sink.finish()
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            os.unlink(tmp)
-            raise
-        os.close(fd)
-        os.replace(tmp, path)
-    fsync_dir(blobs_dir)
     for name, data in plan.metadata("oci-layout"):
         if name == "index.json":
             data = _merged_index(os.path.join(dest, name), plan)

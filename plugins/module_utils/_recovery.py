@@ -16,7 +16,7 @@ import os
 from typing import Callable, Dict, Iterable, List, Optional, Set
 
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
-    TEMP_PREFIX, fsync_dir, read_json, temp_name, write_json)
+    TEMP_PREFIX, fsync_dir, read_json, rename_durable, temp_name, write_json)
 from ansible_collections.strata.layers.plugins.module_utils._trust import inside
 
 # remove(driver_name_or_None, absolute_path) removes one path (driver aware)
@@ -84,7 +84,7 @@ class Marks:
                 data = None  # a mark torn by the crash itself: its mutation never began
             problem = self.invalid(data, set(drivers)) if isinstance(data, dict) else None
             if problem:
-                os.rename(path, path + ".rejected")
+                rename_durable(path, path + ".rejected")
                 actions.append("rejected mark %s: %s; nothing it names was touched"
                                % (name, problem))
                 continue
