@@ -330,6 +330,8 @@ def test_remove_layer_and_remove_path_leave_nothing_behind(store, tmp_path):
         driver.remove_container("c1")
         driver.remove_layer(base)
         assert driver.layer_hexes() == [] and driver.sweep() == []
+        driver.remove_layer(base)   # recovery may remove again what is gone: no error
+        driver.remove_path(staged.top)
 
 
 def test_container_ids_init_layers_and_sweep(store):
@@ -350,10 +352,15 @@ def test_container_ids_init_layers_and_sweep(store):
         assert os.path.isdir(driver.container_root("plain"))
         assert driver.leftovers() == [debris]
         assert driver.sweep() == [debris] and driver.leftovers() == []
+        locked = os.path.join(driver.container_root("inited"), "locked")
+        os.mkdir(locked)
+        open(os.path.join(locked, "file"), "w").close()
+        os.chmod(locked, 0o500)   # what a container may leave: removed all the same
         driver.remove_container("inited")
         assert not driver.container_exists("inited") and not driver.has_init("inited")
         assert not os.path.lexists(driver.init_dir("inited"))
         assert driver.container_ids() == ["plain"]
+        driver.remove_container("inited")   # again: nothing to do
 
 
 def test_a_container_on_no_layer_starts_from_an_empty_root(store, tmp_path):
@@ -394,6 +401,8 @@ def test_mount_unmount_and_a_busy_unmount(store, tmp_path):
     driver.unmount(target)
     assert not driver.is_mounted(target) and mount_at(target) is None
     driver.unmount(target)   # not mounted: nothing to do
+    assert not driver.is_mounted(str(tmp_path / "nowhere"))
+    driver.unmount(str(tmp_path / "nowhere"))
 
 
 def test_diff_base_is_what_a_containers_changes_are_read_against(store, tmp_path):
