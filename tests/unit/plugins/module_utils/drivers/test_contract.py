@@ -303,8 +303,8 @@ def test_a_staged_layer_is_invisible_until_committed(store):
         driver.commit_layer(staged, chain)
         assert driver.has_layer(chain) and driver.leftovers() == []
         assert driver.layer_hexes() == [chain[len("sha256:"):]]
-        assert os.path.dirname(driver.layer_dir(chain)) == os.path.join(driver.home,
-                                                                          driver.layers_dir)
+        layers = os.path.join(driver.home, driver.layers_dir)
+        assert os.path.dirname(driver.layer_dir(chain)) == layers
         assert open(os.path.join(driver.layer_files(chain), "base.txt")).read() == "base"
 
 
