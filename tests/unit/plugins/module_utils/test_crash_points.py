@@ -275,7 +275,7 @@ DRIVER_POINTS = {
     "container create+mount": ["container-create.driver", "container-mount.mounted"],
     "container remove": ["container-remove.unrecorded"],
     "container with init layer": ["container-create.driver"],
-    "commit": ["import.committed", "commit.layer"],
+    "commit": ["commit.layer"],   # its layer import is killed in "import"
     "migrate": ["migrate.layer", "migrate.switched"],
 }
 MIGRATE_TO = {"vfs": "overlay2", "btrfs": "vfs", "fuse-overlayfs": "overlay2"}
