@@ -18,7 +18,9 @@ and must die by SIGKILL.  Then:
   after its untag used to leave one (its re-run no longer finds the name); its mark now
   names the image and its layers, and the next open finishes it.
 
-The table of points tried is printed (``-s``) and written to ``$STRATA_RELIABILITY_OUT``
+All of that runs on overlay2; vfs, btrfs and fuse-overlayfs run it for the operations
+whose crash windows are the driver's own, at the points just after the driver acted
+(``DRIVER_POINTS``).  The table of points tried is printed (``-s``) and written to ``$STRATA_RELIABILITY_OUT``
 (JSON lines) when that is set; docs/reliability.md quotes it.
 """
 from __future__ import annotations
