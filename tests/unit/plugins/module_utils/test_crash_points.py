@@ -20,8 +20,8 @@ and must die by SIGKILL.  Then:
 
 All of that runs on overlay2; vfs, btrfs and fuse-overlayfs run it for the operations
 whose crash windows are the driver's own, at the points just after the driver acted
-(``DRIVER_POINTS``).  The table of points tried is printed (``-s``) and written to ``$STRATA_RELIABILITY_OUT``
-(JSON lines) when that is set; docs/reliability.md quotes it.
+(``DRIVER_POINTS``).  The table of points tried is printed (``-s``) and written to
+``$STRATA_RELIABILITY_OUT`` (JSON lines) when that is set; docs/reliability.md quotes it.
 """
 from __future__ import annotations
 
