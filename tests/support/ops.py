@@ -290,9 +290,22 @@ def unmount_and_remove(root: str) -> None:
 
 
 def copy_store(src: str, dst: str) -> str:
-    """A faithful copy (xattrs, devices, owners, hardlinks) of an unmounted store."""
+    """A faithful copy (xattrs, devices, owners, hardlinks) of an unmounted store; the
+    btrfs driver's subvolumes are copied as snapshots (``cp`` makes plain directories,
+    which the driver could not snapshot)."""
     subprocess.run(["cp", "-a", "--reflink=auto", src, dst], check=True)
+    _snapshot_subvolumes(src, dst)
     return dst
+
+
+def _snapshot_subvolumes(src: str, dst: str) -> None:
+    btrfs = _mu("drivers.btrfs")
+    for sub in ("layers", "containers", "init"):
+        below = os.path.join(btrfs.Btrfs.name, sub)
+        for name in _names(os.path.join(src, below)):
+            if btrfs.is_subvolume(os.path.join(src, below, name)):
+                _mu("_atomic").remove_tree(os.path.join(dst, below, name))
+                btrfs.snapshot(os.path.join(src, below, name), os.path.join(dst, below, name))
 
 
 def run_batch(steps: List[list]) -> List[Dict[str, Any]]:

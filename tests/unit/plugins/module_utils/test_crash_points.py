@@ -18,8 +18,10 @@ and must die by SIGKILL.  Then:
   after its untag used to leave one (its re-run no longer finds the name); its mark now
   names the image and its layers, and the next open finishes it.
 
-The table of points tried is printed (``-s``) and written to ``$STRATA_RELIABILITY_OUT``
-(JSON lines) when that is set; docs/reliability.md quotes it.
+All of that runs on overlay2; vfs, btrfs and fuse-overlayfs run it for the operations
+whose crash windows are the driver's own, at the points just after the driver acted
+(``DRIVER_POINTS``).  The table of points tried is printed (``-s``) and written to
+``$STRATA_RELIABILITY_OUT`` (JSON lines) when that is set; docs/reliability.md quotes it.
 """
 from __future__ import annotations
 
@@ -27,10 +29,11 @@ import collections
 import json
 import os
 import signal
+import tempfile
 
 import pytest
 
-from tests.support import ops
+from tests.support import loopfs, ops
 from tests.support.images import make_oci_layout
 from tests.support.tars import LayerTar, write
 
@@ -61,25 +64,24 @@ def make_archive(path: str, work: str) -> str:
     return path
 
 
-@pytest.fixture(scope="module")
-def base(tmp_path_factory, busybox_tar):
-    """A prepared store (overlay2): bb:1, app:1, a container c1 on app:1 with changes,
-    extra:1, a layer no image uses and an untagged image (prune has work).  Never
-    mounted: every case works on a copy."""
-    work = tmp_path_factory.mktemp("crash-base")
-    root = str(work / "store")
+def prepare(work, busybox_tar: str, driver: str) -> tuple:
+    """A store at ``<work>/store`` on ``driver``: bb:1, app:1, a container c1 on app:1
+    with changes, extra:1, a layer no image uses and an untagged image (prune has work);
+    left unmounted.  Returns (root, the inputs of the scenarios)."""
+    root = os.path.join(str(work), "store")
     inputs = {"work": str(work)}
     for name, size in (("app", 30000), ("extra", 5000), ("loose", 3000), ("old", 4000),
                        ("new", 200000)):
-        inputs[name] = write(work / ("%s.tar" % name), layer(name, size))
-    inputs["archive"] = make_archive(str(work / "archive.tar"), str(work))
-    context = work / "context"
-    context.mkdir()
-    (context / "hello.sh").write_bytes(HELLO)
-    os.utime(context / "hello.sh", (1700000000, 1700000000))
-    inputs["context"] = str(context)
+        inputs[name] = write(os.path.join(str(work), "%s.tar" % name), layer(name, size))
+    inputs["archive"] = make_archive(os.path.join(str(work), "archive.tar"), str(work))
+    context = os.path.join(str(work), "context")
+    os.mkdir(context)
+    with open(os.path.join(context, "hello.sh"), "wb") as handle:
+        handle.write(HELLO)
+    os.utime(os.path.join(context, "hello.sh"), (1700000000, 1700000000))
+    inputs["context"] = context
     run = ops.run_here
-    run("migrate", {"data_root": root, "driver": "overlay2"})
+    run("migrate", {"data_root": root, "driver": driver})
     run("import", {"data_root": root, "src": busybox_tar, "tag": ["bb:1"]})
     run("import", {"data_root": root, "src": inputs["app"], "parent": "bb:1", "tag": ["app:1"]})
     c1 = run("container", {"data_root": root, "name": "c1", "image": "app:1",
@@ -96,7 +98,15 @@ def base(tmp_path_factory, busybox_tar):
     run("import", {"data_root": root, "src": inputs["old"], "parent": "bb:1", "tag": ["tmp:1"]})
     run("image", {"data_root": root, "name": "bb:1", "tag": ["tmp:1"]})
     assert ops.debris(root) == [] and ops.findings(root) == []
-    yield root, inputs
+    return root, inputs
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, busybox_tar):
+    """The prepared store on overlay2 (see ``prepare``).  Never mounted: every case
+    works on a copy."""
+    work = tmp_path_factory.mktemp("crash-base")
+    yield prepare(work, busybox_tar, "overlay2")
     ops.unmount_and_remove(str(work))
 
 
@@ -189,13 +199,10 @@ def one_case(name, op, params, base_root, copy, point, skip, before, reference):
         ops.unmount_and_remove(copy)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_kill_9_at_every_crash_point(name, base, tmp_path):
-    base_root, inputs = base
-    op, params = scenarios(inputs)[name]
-    before = ops.facts(base_root)
-    log = str(tmp_path / "points.log")
-    ref_root = ops.copy_store(base_root, str(tmp_path / "reference"))
+def reference_run(op: str, params: dict, base_root: str, work: str, log: str) -> dict:
+    """The operation run whole in a copy of the prepared store, logging its points: the
+    state after it, the ids a re-run must give, the state after a prune."""
+    ref_root = ops.copy_store(base_root, os.path.join(work, "reference"))
     try:
         done = ops.run(op, dict(params, data_root=ref_root), env=ops.child_env(crash_log=log))
         assert done.returncode == 0, done.stdout + done.stderr[-3000:]
@@ -206,28 +213,119 @@ def test_kill_9_at_every_crash_point(name, base, tmp_path):
         reference["pruned"] = ops.facts(ref_root)
     finally:
         ops.unmount_and_remove(ref_root)
+    return reference
+
+
+def logged_points(log: str) -> list:
     with open(log) as handle:
-        points = [line.strip() for line in handle if line.strip()]
-    assert points, "%s passes no crash point" % name
-    cases = occurrences(points)
+        return [line.strip() for line in handle if line.strip()]
+
+
+def try_cases(name, op, params, base_root, work, cases, before, reference) -> tuple:
+    """Every (point, skip) of ``cases``, each in its own copy below ``work``: the states
+    seen and every failure (all points are tried, all failures reported)."""
     states = collections.Counter()
     failures = []
     for number, (point, skip) in enumerate(cases):
         try:
-            seen = one_case(name, op, params, base_root, str(tmp_path / ("c%d" % number)),
+            seen = one_case(name, op, params, base_root, os.path.join(work, "c%d" % number),
                             point, skip, before, reference)
             states[seen["state"]] += 1
             states["garbage"] += seen["garbage"]
         except Exception as exc:  # every point is tried; all failures are reported
             failures.append("%s#%d: %s: %s" % (point, skip, type(exc).__name__,
                                                str(exc)[:1500]))
-    row = {"operation": name, "points": sorted(set(points)), "occurrences": len(points),
-           "tried": len(cases), "passed": len(cases) - len(failures), "states": dict(states)}
+    return states, failures
+
+
+def report(row: dict) -> None:
     print(json.dumps(row))
     out = os.environ.get("STRATA_RELIABILITY_OUT")
     if out:
         with open(out, "a") as handle:
             handle.write(json.dumps(row) + "\n")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_kill_9_at_every_crash_point(name, base, tmp_path):
+    base_root, inputs = base
+    op, params = scenarios(inputs)[name]
+    before = ops.facts(base_root)
+    log = str(tmp_path / "points.log")
+    reference = reference_run(op, params, base_root, str(tmp_path), log)
+    points = logged_points(log)
+    assert points, "%s passes no crash point" % name
+    cases = occurrences(points)
+    states, failures = try_cases(name, op, params, base_root, str(tmp_path), cases, before,
+                                 reference)
+    report({"operation": name, "points": sorted(set(points)), "occurrences": len(points),
+            "tried": len(cases), "passed": len(cases) - len(failures), "states": dict(states)})
+    assert not failures, "\n".join(failures)
+    assert states["garbage"] == 0, "%d re-runs left what only store_prune reclaims" % (
+        states["garbage"])
+
+
+# ---------------------------------------------------------------------- on every driver
+# The table above runs on overlay2.  The other drivers run the operations whose crash
+# windows are their own (a layer staged, filled and committed; a container's directory,
+# init layer, mount and removal; a commit's layer; a switch away from them), killed at
+# the points just after the driver acted, each once: the same checks, a few seconds
+# per driver.  (The record-only points in between do not depend on the driver.)
+OTHER_DRIVERS = [("vfs", None), ("btrfs", "btrfs"), ("fuse-overlayfs", None)]
+DRIVER_POINTS = {
+    "import": ["import.applied", "import.committed"],
+    "container create+mount": ["container-create.driver", "container-mount.mounted"],
+    "container remove": ["container-remove.unrecorded"],
+    "container with init layer": ["container-create.driver"],
+    "commit": ["commit.layer"],   # its layer import is killed in "import"
+    "migrate": ["migrate.layer", "migrate.switched"],
+}
+MIGRATE_TO = {"vfs": "overlay2", "btrfs": "vfs", "fuse-overlayfs": "overlay2"}
+
+
+@pytest.fixture(scope="module", params=OTHER_DRIVERS, ids=lambda p: p[0])
+def driver_base(request, tmp_path_factory, busybox_tar):
+    """(driver, where case copies go, the prepared store on ``driver``): on a loop
+    filesystem of its own for btrfs, where the copies must be too (snapshots)."""
+    driver, fs = request.param
+    work = tmp_path_factory.mktemp("crash-" + driver)
+    disk = None
+    if fs:
+        why = loopfs.available(fs)
+        if why:
+            pytest.skip("cannot make %s here: %s" % (fs, why))
+        disk = loopfs.LoopFS(fs, str(work / "fs"))
+    place = disk.mountpoint if disk else str(work)
+    try:
+        yield driver, place, prepare(place, busybox_tar, driver)
+    finally:
+        ops.unmount_and_remove(os.path.join(place, "store"))
+        if disk:
+            disk.close()
+
+
+@pytest.mark.parametrize("name", list(DRIVER_POINTS))
+def test_kill_9_where_the_driver_acts_on_every_driver(name, driver_base, tmp_path):
+    driver, place, (base_root, inputs) = driver_base
+    op, params = scenarios(inputs)[name]
+    if op == "migrate":
+        params = dict(params, driver=MIGRATE_TO[driver])
+    before = ops.facts(base_root)
+    assert before["driver"] == driver
+    log = str(tmp_path / "points.log")
+    work = tempfile.mkdtemp(prefix="cases-", dir=place)
+    try:
+        reference = reference_run(op, params, base_root, work, log)
+        points = logged_points(log)
+        gone = [p for p in DRIVER_POINTS[name] if p not in points]
+        assert not gone, "%s no longer passes %s: update DRIVER_POINTS" % (name, gone)
+        cases = [(point, 0) for point in DRIVER_POINTS[name]]
+        states, failures = try_cases(name, op, params, base_root, work, cases, before,
+                                     reference)
+    finally:
+        ops.unmount_and_remove(work)
+    report({"operation": name, "driver": driver, "points": DRIVER_POINTS[name],
+            "tried": len(cases), "passed": len(cases) - len(failures), "states": dict(states)})
     assert not failures, "\n".join(failures)
     assert states["garbage"] == 0, "%d re-runs left what only store_prune reclaims" % (
         states["garbage"])

@@ -2,10 +2,14 @@
 
 Layers with whiteouts and opaque directories, containers mounted for real, copy-up
 observed through the mount, sizes as docker ps -s shows them, a container's changes
-read back as a layer tar, byte-identical re-emission, crash debris swept.
+read back as a layer tar, byte-identical re-emission, crash debris swept; then every
+public member of ``Driver`` called directly (staging and committing, removing layers and
+paths, container ids and init layers, an empty root, a busy unmount, ``diff_base``), and
+a test that fails when a public member no contract test calls is added.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 
@@ -233,3 +237,242 @@ def test_a_container_runs_on_runc_and_only_its_writes_are_its_own(store, busybox
     finally:
         for name in ("r1", "r2"):
             container({"data_root": store.root, "name": name, "state": "absent", "force": True})
+
+
+# ---------------------------------------------------------------------- the Driver API itself
+# The tests above reach the driver through the store; these call every public member of
+# ``Driver`` directly, on every driver and filesystem (``test_every_public_driver_member_
+# is_called_by_a_contract_test`` holds that list complete).
+
+def fake_chain(name: str) -> str:
+    return "sha256:" + hashlib.sha256(name.encode()).hexdigest()
+
+
+def put_layer(driver, name: str, parent=None, depth: int = 1) -> str:
+    """A committed layer ``name`` on ``parent`` holding the file ``<name>.txt``."""
+    staged = driver.stage_layer(driver.staging_key(), parent, depth)
+    with open(os.path.join(staged.path, name + ".txt"), "w") as handle:
+        handle.write(name)
+    chain = fake_chain(name)
+    driver.commit_layer(staged, chain)
+    return chain
+
+
+def mounted(driver, cid, chain, target):
+    os.makedirs(target, exist_ok=True)
+    driver.mount(cid, chain, target)
+    return target
+
+
+def test_probe_accepts_the_filesystem_the_store_runs_on_and_leaves_nothing(store):
+    from ansible_collections.strata.layers.plugins.module_utils._probe import DRIVERS, host_facts
+    driver = store.driver
+    assert DRIVERS[driver.name] is type(driver)
+    assert os.path.basename(driver.home) == driver.name
+    assert driver.whiteouts in ("device", "delete")
+    scratch = os.path.join(os.path.dirname(store.root), "probe")
+    os.mkdir(scratch)
+    candidate = type(driver).probe(host_facts(store.root, probe_dir=scratch))
+    assert (candidate.name, candidate.usable) == (driver.name, True), candidate.reason
+    assert candidate.reason and os.listdir(scratch) == []
+
+
+def test_init_is_idempotent_and_exists_tells_a_home_from_none(store, tmp_path):
+    driver = store.driver
+    assert driver.exists()
+    with store.write("t"):
+        chain = put_layer(driver, "kept")
+        driver.init()   # again: keeps what is there
+        assert driver.layer_hexes() == [chain[len("sha256:"):]]
+    elsewhere = type(driver)(str(tmp_path / "no-store"))
+    assert not elsewhere.exists()
+    assert elsewhere.layer_hexes() == [] and elsewhere.container_ids() == []
+
+
+def test_a_staged_layer_is_invisible_until_committed(store):
+    driver = store.driver
+    chain = fake_chain("base")
+    with store.write("t"):
+        key = driver.staging_key()
+        staged = driver.stage_layer(key, None, 1)
+        assert (staged.key, staged.top) == (key, driver.staging_dir(key))
+        assert staged.path == staged.top or staged.path.startswith(staged.top + "/")
+        with open(os.path.join(staged.path, "base.txt"), "w") as handle:
+            handle.write("base")
+        assert driver.layer_hexes() == [] and not driver.has_layer(chain)
+        assert driver.leftovers() == [staged.top]
+        driver.commit_layer(staged, chain)
+        assert driver.has_layer(chain) and driver.leftovers() == []
+        assert driver.layer_hexes() == [chain[len("sha256:"):]]
+        layers = os.path.join(driver.home, driver.layers_dir)
+        assert os.path.dirname(driver.layer_dir(chain)) == layers
+        assert open(os.path.join(driver.layer_files(chain), "base.txt")).read() == "base"
+
+
+def test_remove_layer_and_remove_path_leave_nothing_behind(store, tmp_path):
+    driver = store.driver
+    with store.write("t"):
+        base = put_layer(driver, "base")
+        child = put_layer(driver, "child", base, 2)
+        staged = driver.stage_layer(driver.staging_key(), child, 3)
+        driver.remove_path(staged.top)
+        assert not os.path.lexists(staged.top) and driver.leftovers() == []
+        driver.remove_layer(child)
+        assert not driver.has_layer(child) and not os.path.lexists(driver.layer_dir(child))
+        assert driver.layer_hexes() == [base[len("sha256:"):]]
+        assert driver.sweep() == []   # no link or staging name of the removed layer left
+        driver.create_container("c1", [base])   # the parent still serves containers
+        target = mounted(driver, "c1", [base], str(tmp_path / "m"))
+    try:
+        assert sorted(os.listdir(target)) == ["base.txt"]
+    finally:
+        driver.unmount(target)
+    with store.write("t"):
+        driver.remove_container("c1")
+        driver.remove_layer(base)
+        assert driver.layer_hexes() == [] and driver.sweep() == []
+        driver.remove_layer(base)   # recovery may remove again what is gone: no error
+        driver.remove_path(staged.top)
+
+
+def test_container_ids_init_layers_and_sweep(store):
+    driver = store.driver
+    with store.write("t"):
+        chain = [put_layer(driver, "base")]
+        driver.create_container("plain", chain)
+        driver.create_container("inited", chain, init=lambda root: os.mkdir(
+            os.path.join(root, "proc"), 0o755))
+        debris = os.path.join(driver.home, driver.containers_dir, ".tmp-container-x")
+        os.mkdir(debris)
+        assert driver.container_ids() == ["inited", "plain"]
+        assert driver.container_exists("plain") and not driver.container_exists("other")
+        assert os.path.dirname(driver.container_dir("plain")) == os.path.join(
+            driver.home, driver.containers_dir)
+        assert not driver.has_init("plain") and driver.has_init("inited")
+        assert os.path.isdir(driver.init_dir("inited"))
+        assert os.path.isdir(driver.container_root("plain"))
+        assert driver.leftovers() == [debris]
+        assert driver.sweep() == [debris] and driver.leftovers() == []
+        locked = os.path.join(driver.container_root("inited"), "locked")
+        os.mkdir(locked)
+        open(os.path.join(locked, "file"), "w").close()
+        os.chmod(locked, 0o500)   # what a container may leave: removed all the same
+        driver.remove_container("inited")
+        assert not driver.container_exists("inited") and not driver.has_init("inited")
+        assert not os.path.lexists(driver.init_dir("inited"))
+        assert driver.container_ids() == ["plain"]
+        driver.remove_container("inited")   # again: nothing to do
+
+
+def test_a_container_on_no_layer_starts_from_an_empty_root(store, tmp_path):
+    driver = store.driver
+    with store.write("t"):
+        driver.create_container("bare", [])
+        driver.create_container("inited", [], init=lambda root: os.mkdir(
+            os.path.join(root, "proc"), 0o755))
+        bare = mounted(driver, "bare", [], str(tmp_path / "bare"))
+        inited = mounted(driver, "inited", [], str(tmp_path / "inited"))
+    try:
+        assert os.listdir(bare) == [] and os.listdir(inited) == ["proc"]
+        assert os.stat(bare).st_mode & 0o777 == 0o755
+    finally:
+        driver.unmount(bare)
+        driver.unmount(inited)
+
+
+def test_mount_unmount_and_a_busy_unmount(store, tmp_path):
+    import signal
+    import subprocess
+    from ansible_collections.strata.layers.plugins.module_utils._errors import Busy
+    driver = store.driver
+    with store.write("t"):
+        chain = [put_layer(driver, "base")]
+        driver.create_container("c1", chain)
+        target = mounted(driver, "c1", chain, str(tmp_path / "m"))
+    user = subprocess.Popen(["sleep", "600"], cwd=target)
+    try:
+        assert driver.is_mounted(target)
+        with pytest.raises(Busy, match="in use by %d " % user.pid) as err:
+            driver.unmount(target)
+        assert "%d (sleep)" % user.pid in err.value.details["processes"]
+        assert driver.is_mounted(target)   # refused, not lazily detached
+    finally:
+        os.kill(user.pid, signal.SIGKILL)
+        user.wait()
+    driver.unmount(target)
+    assert not driver.is_mounted(target) and mount_at(target) is None
+    driver.unmount(target)   # not mounted: nothing to do
+    assert not driver.is_mounted(str(tmp_path / "nowhere"))
+    driver.unmount(str(tmp_path / "nowhere"))
+
+
+def test_diff_base_is_what_a_containers_changes_are_read_against(store, tmp_path):
+    from ansible_collections.strata.layers.plugins.module_utils._containers import changes_in
+    driver = store.driver
+    with store.write("t"):
+        base = put_layer(driver, "base")
+        chain = [base, put_layer(driver, "child", base, 2)]
+        driver.create_container("plain", chain)
+        driver.create_container("inited", chain, init=lambda root: os.mkdir(
+            os.path.join(root, "proc"), 0o755))
+        target = mounted(driver, "inited", chain, str(tmp_path / "m"))
+    try:
+        with open(os.path.join(target, "written"), "w") as handle:
+            handle.write("w")
+    finally:
+        driver.unmount(target)
+    seen = {cid: names_of(changes_in(driver, driver.container_root(cid), chain, cid=cid))
+            for cid in ("plain", "inited")}
+    assert seen == {"plain": [], "inited": ["written"]}   # the init layer is no change
+    if driver.whiteouts == "delete":   # full copies: changes are a walk against diff_base
+        assert driver.diff_base(chain, "inited") == driver.init_dir("inited")
+        assert driver.diff_base(chain, "plain") == driver.layer_files(chain[-1])
+        assert sorted(os.listdir(driver.diff_base(chain))) == ["base.txt", "child.txt"]
+        assert driver.diff_base([], None) is None
+    else:   # overlay family: the upper directory is the diff; diff_base is never asked
+        assert os.listdir(driver.container_root("inited")) == ["written"]
+
+
+def names_of(diff) -> list:
+    import tarfile
+    data = b"".join(diff.tar())
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return sorted(m.name for m in tar.getmembers())
+
+
+def test_max_depth_is_refused_at_staging_with_nothing_left(store):
+    from ansible_collections.strata.layers.plugins.module_utils._errors import Unsupported
+    driver = store.driver
+    if driver.max_depth is None:
+        pytest.skip("%s stacks layers without a depth limit" % driver.name)
+    with store.write("t"):
+        with pytest.raises(Unsupported, match="squash"):
+            driver.stage_layer(driver.staging_key(), None, driver.max_depth + 1)
+        assert driver.leftovers() == []
+
+
+# public members of drivers beyond ``Driver``'s, and where they are tested
+FAMILY_MEMBERS = {
+    "lowerdirs": "every mount of the overlay family (this suite)",
+    "check_layout": "tests/unit/plugins/module_utils/test_check.py (l/ links, lower files)",
+    "repair_layout": "tests/unit/plugins/module_utils/test_check.py (repair of the layout)",
+}
+
+
+def test_every_public_driver_member_is_called_by_a_contract_test():
+    import inspect
+    import re
+    from ansible_collections.strata.layers.plugins.module_utils._probe import DRIVERS
+    from ansible_collections.strata.layers.plugins.module_utils.drivers._base import Driver
+    assert {name for name, _fs in SETUPS} == set(DRIVERS), "every driver runs this suite"
+    # the tests run on every setup (they take ``store``) and the helpers they call
+    runs_everywhere = [f for name, f in sorted(globals().items()) if name.startswith("test_")
+                       and "store" in inspect.signature(f).parameters]
+    sources = "\n".join(inspect.getsource(f) for f in runs_everywhere + [put_layer, mounted])
+    public = {name for name in dir(Driver) if not name.startswith("_")}
+    missing = sorted(n for n in public if not re.search(r"\.%s\b" % n, sources))
+    assert missing == [], "Driver members no contract test calls: %s" % missing
+    for cls in DRIVERS.values():
+        extra = {n for n in dir(cls) if not n.startswith("_")} - public
+        assert extra <= set(FAMILY_MEMBERS), "%s: untested public members %s" % (
+            cls.name, sorted(extra - set(FAMILY_MEMBERS)))
