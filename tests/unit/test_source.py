@@ -9,7 +9,9 @@ Rules:
   writing except ``module_utils/_atomic.py`` and the writers of ``WRITERS_ALLOWED``,
   each with the reason it is not a durable write of store metadata;
 - no ``ansible`` import in ``plugins/module_utils``: the engine runs from pytest, a
-  benchmark or a CLI (``ANSIBLE_IMPORTS_ALLOWED`` lists the exceptions: none today).
+  benchmark or a CLI (``ANSIBLE_IMPORTS_ALLOWED`` lists the exceptions: none today);
+- imports point down: every module_utils file is in one group of ``MEMBERS`` (ops ->
+  engine -> formats -> primitives) and imports only from its own group or below.
 """
 from __future__ import annotations
 
@@ -396,3 +398,90 @@ def test_every_ansible_import_allowed_is_there():
     names: Set[str] = {s.rel for s in under("module_utils/")
                        if any(_is_ansible(m) for m, _node in s.imports())}
     assert set(ANSIBLE_IMPORTS_ALLOWED) <= names, sorted(set(ANSIBLE_IMPORTS_ALLOWED) - names)
+
+
+# ------------------------------------------------------------- the import direction
+
+# Every file under plugins/module_utils is in one group; a file imports from its own group
+# or from those below it, never from above (docs/design.md, "The engine, file by file"):
+#   ops        the modules' logic, one file per module, and the options they share
+#   engine     the store, its records and what works on them
+#   formats    archive, registry, Dockerfile and tar formats, build steps' parts, the
+#              container runtime, the drivers and Docker's on-disk layout
+#   primitives errors, digests, durable writes, locks, paths, bounded readers
+GROUPS = ("primitives", "formats", "engine", "ops")
+MEMBERS: Dict[str, Tuple[str, ...]] = {
+    "primitives": (
+        "_errors", "_digest", "_atomic", "_lock", "_crash", "_jsondoc", "_safepath",
+        "_copytree", "_sparse", "_files", "_fsinfo", "_trust"),
+    "formats": (
+        "_tarformat", "_tarsplit", "_compression", "_apply", "_changes", "_archive",
+        "_imageref", "_imageconfig", "_registry", "_regsettings", "_upload", "_encode",
+        "_dockerfile", "_remote", "_runmounts", "_runsetup", "_sandbox", "_buildcontext",
+        "_imageview", "_passwd", "_runtime_spec", "_runtime", "_initlayer", "_verify",
+        "_probe", "drivers/*", "_docker/__init__", "_docker/layout", "_docker/graph",
+        "_docker/candidates", "_docker/tarsplit", "_docker/daemon"),
+    "engine": (
+        "_store", "_layers", "_imagerecords", "_recovery", "_blobrecords", "_containers",
+        "_commit", "_check", "_prune", "_info", "_ingest", "_export", "_pull", "_builder",
+        "_migrate", "_switch", "_imageops", "_docker/migrate"),
+    "ops": ("_ops/*", "_argspec"),
+}
+
+
+def group_of(rel: str) -> Optional[str]:
+    """The group of ``module_utils/<name>.py`` (None when it is in none)."""
+    name = rel[len("module_utils/"):-len(".py")]
+    for group, members in MEMBERS.items():
+        for member in members:
+            if name == member or (member.endswith("/*") and name.startswith(member[:-1])):
+                return group
+    return None
+
+
+def own_imports(source: Source) -> Iterator[Tuple[Source, ast.AST]]:
+    """The module_utils files ``source`` imports (``from ..module_utils import _x`` and
+    ``from ..module_utils._docker import daemon`` name a file, as ``from .._x import y``
+    does)."""
+    for node in ast.walk(source.tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names = ["%s.%s" % (node.module, alias.name) for alias in node.names]
+            names = [n for n in names if source_of(n)] or [node.module]
+        else:
+            continue
+        for name in names:
+            found = source_of(name)
+            if found is not None:
+                yield found, node
+
+
+def test_every_module_utils_file_is_in_one_group():
+    loose = [s.rel for s in under("module_utils/") if group_of(s.rel) is None]
+    assert not loose, "place each in a group of MEMBERS: %s" % loose
+    named = [m for members in MEMBERS.values() for m in members if not m.endswith("/*")]
+    stale = [m for m in named if source_of(OWN_UTILS + "." + m.replace("/", ".")) is None]
+    assert not stale, "MEMBERS names files that are gone: %s" % stale
+
+
+def test_imports_point_down():
+    upward = []
+    for source in under("module_utils/"):
+        mine = GROUPS.index(group_of(source.rel) or "ops")
+        for target, node in own_imports(source):
+            theirs = GROUPS.index(group_of(target.rel) or "ops")
+            if theirs > mine:
+                upward.append("plugins/%s:%d (%s) imports %s (%s)" % (
+                    source.rel, node.lineno, GROUPS[mine], target.rel, GROUPS[theirs]))
+    assert not upward, "imports point down (ops -> engine -> formats -> primitives):\n  " + \
+        "\n  ".join(upward)
+
+
+def test_the_direction_rule_sees_a_file_import():
+    """``from ...module_utils import _store`` names the file, as ``from ..._store import
+    Store`` does: both are seen."""
+    ops = next(s for s in under("module_utils/_ops/") if s.rel.endswith("storage_driver.py"))
+    targets = {t.rel for t, _node in own_imports(ops)}
+    assert "module_utils/_docker/daemon.py" in targets, sorted(targets)
+    assert "module_utils/_errors.py" in targets, sorted(targets)
