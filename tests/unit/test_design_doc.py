@@ -88,7 +88,7 @@ def _docstrings() -> Iterator[Tuple[str, int, str]]:
             with open(path, encoding="utf-8") as handle:
                 tree = ast.parse(handle.read(), path)
             rel = os.path.relpath(path, MODULE_UTILS)
-            for node in [tree] + list(ast.walk(tree)):
+            for node in ast.walk(tree):
                 if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
                                      ast.AsyncFunctionDef)):
                     doc = ast.get_docstring(node, clean=False)
