@@ -1,11 +1,8 @@
 # Copyright: strata.layers contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""What the store remembers about registry blobs, under ``<data_root>/registry/``::
+"""What the store remembers about registry blobs, under ``<data_root>/registry/``.
 
-    compressed/<diff-hex>-<compression>.json  {diff_id, compression, blobs: [{digest, size}]}
-    origins/<blob-hex>.json                   {digest, repositories: ["REGISTRY/REPO", ...]}
-    uploads/<key-hex>.json                    an upload under way: {name, diff_id,
-                                              compression, location, offset}
+Its three directories and their files' fields: docs/design.md, "Layout of a store".
 
 ``compressed``: the blobs known to hold a layer in a compression: the one a push made
 (first) and the ones pulls brought (a registry's gzip of the same tar differs from

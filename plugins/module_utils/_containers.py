@@ -2,18 +2,13 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Container records and ``container_layer``: thin writable layers on images.
 
-``<data_root>/containers/<id>/container.json`` records the name, the image and the
-mount point last asked for; the writable layer itself is the driver's (an overlay
-upper + work dir, or a full copy).  Whether a container is mounted is read from the
-kernel (``/proc/self/mountinfo``), never trusted from the record, so a mount lost at
-reboot is noticed and re-made.
+A container's record is ``ContainerRecord`` (``container.json``); the writable layer
+itself is the driver's (an overlay upper + work dir, or a full copy).  Whether a
+container is mounted is read from the kernel (``/proc/self/mountinfo``), never trusted
+from the record, so a mount lost at reboot is noticed and re-made.
 
-Creating, step by step: mark (record containers/<id>; if absent remove the driver's
-container dir) -> driver creates the writable layer, directories synced -> record
-staged in tmp/ and renamed into containers/ (commit point) -> mark removed.
-Removing: unmount (a busy mount fails here, nothing changed) -> mark -> record renamed
-into tmp/ (commit point) -> driver data and the default mount point removed -> mark
-removed.
+On-disk layout: docs/design.md, "Layout of a store".  Creating and removing, step by
+step, and what a crash after each leaves: docs/design.md, "Crash-safety rules".
 """
 from __future__ import annotations
 

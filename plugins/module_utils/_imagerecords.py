@@ -6,6 +6,7 @@
 imported (the image id is their digest), ``image.json`` what the store adds (when it
 was stored, where from, the parent image of a build step).  ``tags.json`` maps
 ``NAME:TAG`` to image ids and is replaced atomically as a whole.
+On-disk layout: docs/design.md, "Layout of a store".
 """
 from __future__ import annotations
 

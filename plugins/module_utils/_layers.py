@@ -6,6 +6,7 @@ A record is driver independent: it names the layer (chain id, diff id, parent), 
 sizes and its header record.  The files live with the active driver under the same
 chain id.  A record only ever appears by the rename of a complete staged directory,
 after the driver's data was synced: a visible record means a complete layer.
+On-disk layout: docs/design.md, "Layout of a store".
 """
 from __future__ import annotations
 

@@ -8,7 +8,8 @@ and which paths to remove if that record is absent (``if_absent``: roll back) or
 present (``if_present``: finish).  The mark is removed last.  When the store is next
 opened for writing (under the exclusive lock, so nobody else is at work) every mark
 left behind is settled this way; a mark is only removed once its paths are gone, so
-a crash during recovery is recovered again.
+a crash during recovery is recovered again.  Which mutation writes which mark, step by
+step: docs/design.md, "Crash-safety rules".
 """
 from __future__ import annotations
 

@@ -21,6 +21,8 @@ under the store lock: pid, the pid's start time in clock ticks, start time, log)
 ``exit.json`` (written once by the monitor).  Status is derived, never trusted: a
 recorded pid that is gone (or reused: its start time differs) without an
 ``exit.json`` is a container that exited whose code nobody saw (-1).
+On-disk layout (``runtime/``, a container's record directory): docs/design.md, "Layout
+of a store".
 """
 from __future__ import annotations
 

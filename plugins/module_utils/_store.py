@@ -2,53 +2,18 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The layer store of one host.
 
-On-disk layout under ``data_root``::
+``Store`` opens a ``data_root`` (makes it on first use, under ``_trust``'s ownership
+rules), takes the lock (exclusive for mutations, shared for reads) and, opened for
+writing, settles the incomplete marks and sweeps staging debris before anything else.
+It owns the records at the top of the store (layers, images, tags, containers, the
+distribution and source caches), the active driver and the mutations that tie records
+to driver data: importing a layer (``ingest_layer``), adding and removing images,
+removing layers, recovery.
 
-    lock                     flock target; never renamed or deleted
-    store.json               {"format", "driver", "previous_driver"}: the active driver
-    layers/<chain-hex>/      layer record: layer.json, tar-split.gz (see _layers)
-    images/<id-hex>/         image record: config.json (exact bytes), image.json
-    tags.json                NAME:TAG -> image id
-    containers/<id>/         container record: container.json
-    distribution/<hex>       compressed blob digest -> diff_id (skip work on re-import)
-    sources/<hex>            stat key of an imported file -> its digests
-    pulls/<hex>.json         the manifest last pulled for a name and platform (image_pull)
-    registry/                compressed digests per (layer, compression), the repositories
-                             each blob lives in, uploads under way (see _blobrecords)
-    cache/build/<key>        build cache: step key -> image id (image_build)
-    incomplete/*.json        marks of mutations under way (see _recovery)
-    tmp/                     staging for records; anything here is debris once the
-                             exclusive lock is held
-    mounts/<id>              default mount points of containers
-    <driver>/                each driver's home (overlay2/, vfs/, ...; see drivers/)
-
-Mutations take the exclusive lock; reads the shared lock.  Opening for writing
-settles the incomplete marks and sweeps staging debris before anything else.
-
-Importing a layer (``ingest_layer``), step by step, and what a crash leaves:
-
-1. look the layer up by what is known before reading (expected diff_id, a compressed
-   digest seen before, the stat key of a file imported before): present -> done;
-2. write a mark naming the driver staging dir and the record staging dir
-   (crash: the mark rolls back what exists of the two);
-3. the driver creates the staging dir; the applier extracts the stream into it and
-   writes the header record into the record staging dir, hashing as it goes;
-4. verify the diff_id and any expected digest; if the chain is already present
-   (content the store could not recognise beforehand), discard the copy;
-5. rewrite the mark with the chain id (crash from here: the mark also removes the
-   driver's final dir unless the record exists);
-6. the driver renames staging to the final name; ``syncfs`` flushes the layer data;
-7. ``layer.json`` is written (fsync) and the record dir renamed into ``layers/``
-   (fsync of the directory): the commit point;
-8. the distribution and source caches are updated (losing them only costs speed);
-9. the mark is removed.
-
-Adding an image writes config.json and image.json into a staged dir renamed into
-``images/`` (atomic, no mark needed: tmp/ is swept), then rewrites ``tags.json``.
-A crash in between leaves an untagged image that a re-run tags.
-
-Removing a layer or container renames its record into tmp/ first (the commit point,
-under a mark), then removes the driver data; a crash between is finished by the mark.
+On-disk layout: docs/design.md, "Layout of a store".  The import's steps and what a
+crash after each leaves, and every other mutation's order: docs/design.md,
+"Crash-safety rules".  The ``crash_point`` names in the code mark those steps
+(tests/unit/plugins/module_utils/test_crash_points.py kills a run at each).
 """
 from __future__ import annotations
 
@@ -110,7 +75,7 @@ class References:
 
 
 class Store:
-    """One store under ``data_root``; see the module docstring for layout and steps."""
+    """One store under ``data_root`` (layout and steps: docs/design.md)."""
 
     def __init__(self, data_root: str = DEFAULT_ROOT, lock_timeout: float = DEFAULT_TIMEOUT,
                  init: str = "new") -> None:

@@ -29,7 +29,8 @@ from ansible_collections.strata.layers.plugins.module_utils._atomic import TEMP_
 from ansible_collections.strata.layers.plugins.module_utils._errors import InvalidInput
 
 # the names a store makes directly under its data root (drivers' homes are added by
-# the caller, which knows the drivers)
+# the caller, which knows the drivers); each is described in docs/design.md, "Layout of
+# a store" (tests/unit/test_design_doc.py holds the two together)
 STORE_ENTRIES = frozenset((
     "lock", "store.json", "layers", "images", "tags.json", "containers", "distribution",
     "sources", "pulls", "cache", "quarantine", "incomplete", "tmp", "mounts", "registry",

@@ -6,9 +6,10 @@ A driver owns ``<data_root>/<name>/`` (its *home*) and nothing else.  The store 
 it what to do and when; the driver decides how layers and containers sit on disk.
 
 Layers are named by their chain id (hex), containers by their id.  A layer directory
-is created under a staging name (``.tmp-*`` in the home), filled by the tar applier,
-and renamed to its final name by ``commit_layer``: a final name therefore always
-holds a complete layer.  Staging names left by a crash are removed by ``sweep``.
+is created under a staging name (``.tmp-*`` in the home's ``layers/``), filled by the
+tar applier, and renamed to its final name by ``commit_layer``: a final name therefore
+always holds a complete layer.  Staging names left by a crash are removed by ``sweep``.
+Each driver's home: docs/design.md, "Layout of a store" ("Each driver's home").
 
 ``whiteouts`` tells the applier how to express deletions: ``device`` (overlay
 family: 0/0 character devices and ``trusted.overlay.opaque``) or ``delete`` (full

@@ -9,12 +9,7 @@ filesystem (like vfs, so whiteouts are applied as deletions and a container's ch
 are found by walk-and-compare).  Subvolumes are made with the btrfs ioctls directly
 (standard library only; btrfs-progs is only needed to make the filesystem).
 
-Home layout::
-
-    btrfs/layers/<chain-hex>/   subvolume: the root filesystem up to this layer
-    btrfs/containers/<id>/      snapshot of the image's top layer (or of its init
-                                layer): the container
-    btrfs/init/<id>/            snapshot of the image's top layer plus mount points
+On-disk layout: docs/design.md, "Layout of a store" ("Each driver's home").
 """
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ honours when run as root) under its own home ``fuse-overlayfs/``; only mounting
 differs: the program runs from the home (relative ``l/`` names, like overlay2) and
 ``fusermount3 -u`` unmounts.  Its own markers in upper directories
 (``.wh..wh..opq`` files, ``.wh..opq`` devices) are understood by the native diff.
+On-disk layout: docs/design.md, "Layout of a store" ("Each driver's home").
 """
 from __future__ import annotations
 

@@ -2,20 +2,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """overlay2: layers as overlayfs lower directories, containers as upper + work.
 
-Home layout (as Docker's overlay2, with layers and containers kept apart)::
-
-    overlay2/
-      l/<LINK>                 -> ../layers/<chain-hex>/diff  (26-char names)
-      layers/<chain-hex>/diff  the layer's own files; whiteouts as 0/0 char devices,
-                               opaque directories marked trusted.overlay.opaque=y
-      layers/<chain-hex>/work  (layers with a parent) work dir if ever mounted as upper
-      layers/<chain-hex>/link  this layer's short link name
-      layers/<chain-hex>/lower "l/<parent>:l/<grandparent>:..." nearest first
-      containers/<id>/diff     the container's upper directory (its writable layer)
-      containers/<id>/work     overlay's work directory
-      containers/<id>/init     its init layer (Docker's <id>-init): the mount points the
-                               runtime needs that the image lacks; the top lower dir
-      empty/                   lower directory for containers on an image with no layer
+The home is laid out as Docker's overlay2, with layers and containers kept apart.
+On-disk layout: docs/design.md, "Layout of a store" ("Each driver's home").
 
 Mounts are made from the home directory with relative ``l/`` names so that a deep
 chain fits the one-page limit on mount options (4096 bytes: about 125 layers, the
@@ -84,7 +72,7 @@ def native_diff_options() -> List[str]:
 
 
 class Overlay2(Driver):
-    """Kernel overlayfs; see the module docstring for the layout."""
+    """Kernel overlayfs (layout: docs/design.md, "Each driver's home")."""
 
     name = "overlay2"
     whiteouts = "device"

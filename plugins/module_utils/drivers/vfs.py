@@ -8,11 +8,7 @@ xfs with reflink=1), so on those it is cheap after all.  Whiteouts are applied a
 deletions to the layer's copy of its parent.  A container is "mounted" by a bind
 mount of its copy.
 
-Home layout::
-
-    vfs/layers/<chain-hex>/   the full root filesystem up to and including the layer
-    vfs/containers/<id>/      the container's full root filesystem
-    vfs/init/<id>/            its init layer (a full root: the image plus mount points)
+On-disk layout: docs/design.md, "Layout of a store" ("Each driver's home").
 """
 from __future__ import annotations
 
