@@ -212,17 +212,21 @@ def free_bytes(path: str) -> int:
     return st.f_bavail * st.f_frsize
 
 
-def allocated_bytes(root: str) -> int:
+def allocated_bytes(root: str, known: Optional[Dict[str, int]] = None) -> int:
     """Bytes allocated under ``root`` (hardlinks once; mounts below it skipped).
 
     Mount points are skipped by path, not by device number: btrfs subvolumes each have
-    their own st_dev but are part of the store.
+    their own st_dev but are part of the store.  ``known``: directories (real paths)
+    whose contents' bytes the caller already knows, with no hardlink to anything outside
+    them: counted as given, not walked (unless something is mounted below them).
     """
     total = 0
     seen: Set[Tuple[int, int]] = set()
     if not os.path.lexists(root):
         return 0
     skip = {m.mount_point for m in mounts_below(root)}
+    known = {path: size for path, size in (known or {}).items()
+             if not any(m == path or m.startswith(path + "/") for m in skip)}
     stack = [os.path.realpath(root)]
     while stack:
         path = stack.pop()
@@ -243,6 +247,8 @@ def allocated_bytes(root: str) -> int:
                     continue
                 seen.add(key)
             total += st.st_blocks * 512
-            if stat.S_ISDIR(st.st_mode):
+            if entry.path in known:
+                total += known[entry.path]
+            elif stat.S_ISDIR(st.st_mode):
                 stack.append(entry.path)
     return total
