@@ -98,6 +98,16 @@ class _Emitter:
         self.links: Dict[Tuple[int, int], bytes] = {}
         self.size = 0
         self.sized: Set[Tuple[int, int]] = set()
+        self.allocated = 0  # st_blocks of every entry seen (as ``allocated_bytes``)
+        self.linked: Set[Tuple[int, int]] = set()
+
+    def allocate(self, st: os.stat_result) -> None:
+        if st.st_nlink > 1:
+            key = (st.st_dev, st.st_ino)
+            if key in self.linked:
+                return
+            self.linked.add(key)
+        self.allocated += st.st_blocks * 512
 
     def full(self, rel: bytes) -> bytes:
         return self.root + b"/" + rel if rel else self.root
@@ -346,12 +356,40 @@ class TreeDiff:
         self.exact_times = exact_times
         self.shadow = shadow
         self.base_tree = base_tree if base_tree is not None else BaseTree(base)
+        # after size(): what the walk saw ``root`` allocate, and its inodes with several
+        # links, so that ``on_disk`` need not walk the copy again
+        self.allocated: Optional[int] = None
+        self.linked: Set[Tuple[int, int]] = set()
 
     def size(self) -> int:
+        """The bytes ``_changes`` would count, found in any order: unsorted, no parents
+        kept, a directory's own attributes never compared (a directory counts 0 bytes
+        whether changed or not; only the entries below it can count)."""
         emitter = _Emitter(self.root)
-        for _chunk in self._changes(emitter, count_only=True):
-            pass
+        stack = [(b"", True)]
+        while stack:
+            rel, compare = stack.pop()
+            olds = self.base_tree.entries(rel) if compare else None
+            stack.extend(self._count_dir(emitter, rel, olds or {}))
+        self.allocated, self.linked = emitter.allocated, emitter.linked
         return emitter.size
+
+    def _count_dir(self, emitter: _Emitter, rel: bytes, olds: Dict[bytes, os.stat_result]
+                   ) -> List[Tuple[bytes, bool]]:
+        """Count directory ``rel``'s changed files; its subdirectories, each with whether
+        the image has a directory there to compare with."""
+        below = []
+        with os.scandir(emitter.full(rel)) as entries:
+            for entry in entries:
+                st = entry.stat(follow_symlinks=False)
+                emitter.allocate(st)
+                child = rel + b"/" + entry.name if rel else entry.name
+                old = olds.get(entry.name)
+                if stat.S_ISDIR(st.st_mode):
+                    below.append((child, old is not None and stat.S_ISDIR(old.st_mode)))
+                elif old is None or _differs(old, st, entry.path, self.base_tree, child):
+                    emitter.count(st)
+        return below
 
     def tar(self) -> Iterator[bytes]:
         emitter = _Emitter(self.root, self.exact_times, self.shadow)
@@ -398,6 +436,7 @@ class TreeDiff:
                     yield emitter.whiteout(child)
                 continue
             st = os.lstat(emitter.full(child))
+            emitter.allocate(st)
             old = olds.get(name)
             yield from self._entry(emitter, child, st, old, pending, count_only)
             if stat.S_ISDIR(st.st_mode):

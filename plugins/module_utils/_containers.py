@@ -21,7 +21,7 @@ import os
 import re
 import secrets
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
     TEMP_PREFIX, fsync_dir, makedirs, read_json, remove_tree, rename_durable, temp_name,
@@ -167,13 +167,16 @@ class Sizing:
     ``bases``: the diff bases read so far (containers on one image compare against it
     once); ``check``: the driver's test for a container still exactly its diff base,
     size 0 without a walk (btrfs); ``same``: the roots it found so, with their base,
-    which ``on_disk`` counts as allocating what the base does instead of walking them."""
+    which ``on_disk`` counts as allocating what the base does instead of walking them;
+    ``walked``: the roots walked for their size, with what the walk saw them allocate
+    (and their inodes with several links), which ``on_disk`` takes as they are."""
 
     def __init__(self, store: Store, shared: bool = True) -> None:
         self.bases: Optional[Dict[str, BaseTree]] = {} if shared else None
         self.check = (store.driver.snapshot_check() if shared and store.driver_name
                       else None)
         self.same: Dict[str, str] = {}
+        self.walked: Dict[str, Tuple[int, Set[Tuple[int, int]]]] = {}
 
     def size(self, store: Store, record: ContainerRecord, chain: Sequence[ChainID]) -> int:
         driver = store.driver
@@ -182,17 +185,27 @@ class Sizing:
             if base is not None and self.check.unchanged(root, base):
                 self.same[root] = base
                 return 0
-        return changes(store, record, chain, self.bases).size()
+        diff = changes(store, record, chain, self.bases)
+        size = diff.size()
+        if isinstance(diff, TreeDiff) and self.bases is not None:
+            self.walked[os.path.realpath(diff.root)] = (diff.allocated or 0, diff.linked)
+        return size
 
     def on_disk(self, store: Store) -> int:
-        """``allocated_bytes`` of the store; an unchanged container as its base."""
+        """``allocated_bytes`` of the store, without walking a container twice: one
+        walked for its size counts what that walk saw it allocate, an unchanged one
+        what its base does."""
         below: Dict[str, int] = {}
-        known = {}
+        known: Dict[str, int] = {}
+        counted: Set[Tuple[int, int]] = set()
         for root, base in self.same.items():
             if base not in below:
                 below[base] = allocated_bytes(base)
             known[os.path.realpath(root)] = below[base]
-        return allocated_bytes(store.root, known)
+        for root, (allocated, linked) in self.walked.items():
+            known[root] = allocated
+            counted |= linked
+        return allocated_bytes(store.root, known, counted)
 
 
 def container_row(store: Store, record: ContainerRecord,

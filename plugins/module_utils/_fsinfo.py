@@ -212,16 +212,18 @@ def free_bytes(path: str) -> int:
     return st.f_bavail * st.f_frsize
 
 
-def allocated_bytes(root: str, known: Optional[Dict[str, int]] = None) -> int:
+def allocated_bytes(root: str, known: Optional[Dict[str, int]] = None,
+                    counted: Optional[Set[Tuple[int, int]]] = None) -> int:
     """Bytes allocated under ``root`` (hardlinks once; mounts below it skipped).
 
     Mount points are skipped by path, not by device number: btrfs subvolumes each have
     their own st_dev but are part of the store.  ``known``: directories (real paths)
-    whose contents' bytes the caller already knows, with no hardlink to anything outside
-    them: counted as given, not walked (unless something is mounted below them).
+    whose contents' bytes the caller already knows: counted as given, not walked (unless
+    something is mounted below them); ``counted``: the inodes with several links among
+    them (counted there, so not again if also linked elsewhere).
     """
     total = 0
-    seen: Set[Tuple[int, int]] = set()
+    seen: Set[Tuple[int, int]] = set(counted or ())
     if not os.path.lexists(root):
         return 0
     skip = {m.mount_point for m in mounts_below(root)}

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from ansible_collections.strata.layers.plugins.module_utils._changes import _Emitter
 from ansible_collections.strata.layers.plugins.module_utils._containers import (
     ContainerDB, changes, container_layer, image_chain)
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import allocated_bytes
@@ -63,13 +64,16 @@ def test_containers_on_one_image_sized_as_each_alone(store_root, busybox_tar):
             edit(mounted["mount_point"])
         finally:
             container_layer({"data_root": store_root, "name": name, "state": "unmounted"})
-    sizes = {c["name"]: c["size"] for c in store_info({"data_root": store_root})["containers"]}
+    full = store_info({"data_root": store_root})
+    sizes = {c["name"]: c["size"] for c in full["containers"]}
     assert sizes == {"same": 0, "added": 5000, "modified": len(passwd), "deleted": 0}
+    # the size walks also gave what the copies allocate: on_disk did not walk them again
+    assert full["disk_usage"]["on_disk"] == allocated_bytes(store_root)
     store = Store(store_root)
     with store.read():
         for record in ContainerDB(store_root).all():
             alone = changes(store, record, image_chain(store, store.images.get(record.image_id)))
-            assert alone.size() == sizes[record.name]
+            assert alone.size() == sizes[record.name] == _ordered_size(alone)
 
 
 def _write(path: str, data: bytes) -> None:
@@ -113,7 +117,7 @@ def test_btrfs_unchanged_containers_are_known_without_a_walk(make_fs, busybox_ta
         for record in ContainerDB(root).all():
             chain = image_chain(store, store.images.get(record.image_id))
             alone = changes(store, record, chain)
-            assert alone.size() == sizes[record.name], record.name
+            assert alone.size() == sizes[record.name] == _ordered_size(alone), record.name
             known = check.unchanged(store.driver.container_root(record.id),
                                     store.driver.diff_base(chain, record.id))
             assert known == (record.name in ("same", "read")), record.name
@@ -121,3 +125,11 @@ def test_btrfs_unchanged_containers_are_known_without_a_walk(make_fs, busybox_ta
                 info = subvolume_info(store.driver.container_root(record.id))
                 assert info.generation > info.otransid
     assert full["disk_usage"]["on_disk"] == allocated_bytes(root)
+
+
+def _ordered_size(diff) -> int:
+    """The size as the tar's walk counts it (sorted, pre-order): ``size()`` must agree."""
+    emitter = _Emitter(diff.root)
+    for _chunk in diff._changes(emitter, count_only=True):
+        pass
+    return emitter.size
