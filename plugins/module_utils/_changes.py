@@ -379,15 +379,18 @@ class TreeDiff:
         """Count directory ``rel``'s changed files; its subdirectories, each with whether
         the image has a directory there to compare with."""
         below = []
+        prefix = rel + b"/" if rel else b""
         with os.scandir(emitter.full(rel)) as entries:
             for entry in entries:
                 st = entry.stat(follow_symlinks=False)
                 emitter.allocate(st)
-                child = rel + b"/" + entry.name if rel else entry.name
                 old = olds.get(entry.name)
                 if stat.S_ISDIR(st.st_mode):
-                    below.append((child, old is not None and stat.S_ISDIR(old.st_mode)))
-                elif old is None or _differs(old, st, entry.path, self.base_tree, child):
+                    below.append((prefix + entry.name,
+                                  old is not None and stat.S_ISDIR(old.st_mode)))
+                elif old is None or _stat_differs(old, st) or (
+                        not stat.S_ISREG(st.st_mode)
+                        and _differs(old, st, entry.path, self.base_tree, prefix + entry.name)):
                     emitter.count(st)
         return below
 
@@ -454,6 +457,14 @@ class TreeDiff:
                 yield from emitter.entry(rel, st)
         elif stat.S_ISDIR(st.st_mode):
             pending.append((rel, st))
+
+
+def _stat_differs(old: os.stat_result, new: os.stat_result) -> bool:
+    """What ``_differs`` compares first, for anything but a directory: a regular file
+    that agrees on these has not changed (a symlink or device may still have)."""
+    return (old.st_mtime_ns != new.st_mtime_ns or old.st_size != new.st_size
+            or old.st_mode != new.st_mode or old.st_uid != new.st_uid
+            or old.st_gid != new.st_gid)
 
 
 def _differs(old: os.stat_result, new: os.stat_result, new_path: bytes,
