@@ -196,16 +196,18 @@ class Sizing:
         walked for its size counts what that walk saw it allocate, an unchanged one
         what its base does."""
         below: Dict[str, int] = {}
-        known: Dict[str, int] = {}
-        counted: Set[Tuple[int, int]] = set()
+        known: Dict[str, Tuple[int, Set[Tuple[int, int]]]] = {}
+        linked: Set[Tuple[int, int]] = set()
+        for root, (allocated, inodes) in self.walked.items():
+            if not inodes & linked:  # else an inode linked into two copies: walk this one
+                known[root] = (allocated, inodes)
+                linked |= inodes
         for root, base in self.same.items():
             if base not in below:
                 below[base] = allocated_bytes(base)
-            known[os.path.realpath(root)] = below[base]
-        for root, (allocated, linked) in self.walked.items():
-            known[root] = allocated
-            counted |= linked
-        return allocated_bytes(store.root, known, counted)
+            # a snapshot's inodes have its own st_dev: none is linked from elsewhere
+            known[os.path.realpath(root)] = (below[base], set())
+        return allocated_bytes(store.root, known)
 
 
 def container_row(store: Store, record: ContainerRecord,

@@ -3,6 +3,7 @@ changes nothing else."""
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 
@@ -133,3 +134,36 @@ def _ordered_size(diff) -> int:
     for _chunk in diff._changes(emitter, count_only=True):
         pass
     return emitter.size
+
+
+def test_on_disk_takes_each_walked_container_once(store_root, busybox_tar, tmp_path):
+    """vfs: ``on_disk`` counts a walked container as its size walk saw it: a file with a
+    second link inside it once, one also linked from outside it or from another copy
+    once in all, and a container with something mounted below it walked again (the
+    mount left out)."""
+    storage_driver({"data_root": store_root, "driver": "vfs"})
+    layer_import({"data_root": store_root, "src": busybox_tar, "tag": ["base:1"]})
+    for name in ("linked", "mounted", "sharing"):
+        container_layer({"data_root": store_root, "name": name, "image": "base:1"})
+    store = Store(store_root)
+    with store.read():
+        roots = {r.name: store.driver.container_root(r.id) for r in ContainerDB(store_root).all()}
+    data = os.path.join(roots["linked"], "tmp", "data")
+    _write(data, b"d" * 70000)
+    os.link(data, os.path.join(roots["linked"], "tmp", "again"))
+    os.link(data, os.path.join(store_root, "outside"))
+    os.link(data, os.path.join(roots["sharing"], "tmp", "data"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    _write(str(elsewhere / "big"), b"b" * 90000)
+    target = os.path.join(roots["mounted"], "mount-point")
+    os.mkdir(target)
+    subprocess.run(["mount", "--bind", str(elsewhere), target], check=True)
+    try:
+        full = store_info({"data_root": store_root})
+        sizes = {c["name"]: c["size"] for c in full["containers"]}
+        # the walk sees the mount's file; each copy counts the shared file as its own
+        assert sizes == {"linked": 70000, "mounted": 90000, "sharing": 70000}
+        assert full["disk_usage"]["on_disk"] == allocated_bytes(store_root)
+    finally:
+        subprocess.run(["umount", target], check=True)
