@@ -6,7 +6,7 @@
 
 ``make``: a store in DIR with COUNT fresh containers on the image of
 ``benchmarks/containers.py`` (busybox + /usr/share/perl), left there for the runs (remove
-DIR afterwards).  ``run``: ``store_info`` with sizes, once, importing the collection from
+DIR afterwards).  ``run``: ``store_info`` with sizes (``--no-sizes``: ``sizes: false``), once, importing the collection from
 ``--tree`` (a checkout with ``.collections/`` made by ``scripts/setup``; default this
 one), so two commits can be timed on one store.
 """
@@ -30,7 +30,7 @@ def make(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> None:
     sys.path.insert(0, os.path.join(os.path.abspath(args.tree), ".collections"))
     from ansible_collections.strata.layers.plugins.module_utils._info import store_info
-    result = store_info({"data_root": args.store})
+    result = store_info({"data_root": args.store, "sizes": not args.no_sizes})
     print(len(result["containers"]), result["disk_usage"]["containers"],
           result["disk_usage"]["on_disk"])
 
@@ -44,6 +44,7 @@ def main() -> int:
     made.add_argument("--count", type=int, default=100)
     ran = sub.add_parser("run")
     ran.add_argument("store")
+    ran.add_argument("--no-sizes", action="store_true", help="sizes: false")
     ran.add_argument("--tree", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     args = parser.parse_args()
     (make if args.command == "make" else run)(args)

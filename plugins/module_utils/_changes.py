@@ -98,6 +98,16 @@ class _Emitter:
         self.links: Dict[Tuple[int, int], bytes] = {}
         self.size = 0
         self.sized: Set[Tuple[int, int]] = set()
+        self.allocated = 0  # st_blocks of every entry seen (as ``allocated_bytes``)
+        self.linked: Set[Tuple[int, int]] = set()
+
+    def allocate(self, st: os.stat_result) -> None:
+        if st.st_nlink > 1:
+            key = (st.st_dev, st.st_ino)
+            if key in self.linked:
+                return
+            self.linked.add(key)
+        self.allocated += st.st_blocks * 512
 
     def full(self, rel: bytes) -> bytes:
         return self.root + b"/" + rel if rel else self.root
@@ -346,12 +356,43 @@ class TreeDiff:
         self.exact_times = exact_times
         self.shadow = shadow
         self.base_tree = base_tree if base_tree is not None else BaseTree(base)
+        # after size(): what the walk saw ``root`` allocate, and its inodes with several
+        # links, so that ``on_disk`` need not walk the copy again
+        self.allocated: Optional[int] = None
+        self.linked: Set[Tuple[int, int]] = set()
 
     def size(self) -> int:
+        """The bytes ``_changes`` would count, found in any order: unsorted, no parents
+        kept, a directory's own attributes never compared (a directory counts 0 bytes
+        whether changed or not; only the entries below it can count)."""
         emitter = _Emitter(self.root)
-        for _chunk in self._changes(emitter, count_only=True):
-            pass
+        stack = [(b"", True)]
+        while stack:
+            rel, compare = stack.pop()
+            olds = self.base_tree.entries(rel) if compare else None
+            stack.extend(self._count_dir(emitter, rel, olds or {}))
+        self.allocated, self.linked = emitter.allocated, emitter.linked
         return emitter.size
+
+    def _count_dir(self, emitter: _Emitter, rel: bytes, olds: Dict[bytes, os.stat_result]
+                   ) -> List[Tuple[bytes, bool]]:
+        """Count directory ``rel``'s changed files; its subdirectories, each with whether
+        the image has a directory there to compare with."""
+        below = []
+        prefix = rel + b"/" if rel else b""
+        with os.scandir(emitter.full(rel)) as entries:
+            for entry in entries:
+                st = entry.stat(follow_symlinks=False)
+                emitter.allocate(st)
+                old = olds.get(entry.name)
+                if stat.S_ISDIR(st.st_mode):
+                    below.append((prefix + entry.name,
+                                  old is not None and stat.S_ISDIR(old.st_mode)))
+                elif old is None or _stat_differs(old, st) or (
+                        not stat.S_ISREG(st.st_mode)
+                        and _differs(old, st, entry.path, self.base_tree, prefix + entry.name)):
+                    emitter.count(st)
+        return below
 
     def tar(self) -> Iterator[bytes]:
         emitter = _Emitter(self.root, self.exact_times, self.shadow)
@@ -398,6 +439,7 @@ class TreeDiff:
                     yield emitter.whiteout(child)
                 continue
             st = os.lstat(emitter.full(child))
+            emitter.allocate(st)
             old = olds.get(name)
             yield from self._entry(emitter, child, st, old, pending, count_only)
             if stat.S_ISDIR(st.st_mode):
@@ -415,6 +457,14 @@ class TreeDiff:
                 yield from emitter.entry(rel, st)
         elif stat.S_ISDIR(st.st_mode):
             pending.append((rel, st))
+
+
+def _stat_differs(old: os.stat_result, new: os.stat_result) -> bool:
+    """What ``_differs`` compares first, for anything but a directory: a regular file
+    that agrees on these has not changed (a symlink or device may still have)."""
+    return (old.st_mtime_ns != new.st_mtime_ns or old.st_size != new.st_size
+            or old.st_mode != new.st_mode or old.st_uid != new.st_uid
+            or old.st_gid != new.st_gid)
 
 
 def _differs(old: os.stat_result, new: os.stat_result, new_path: bytes,

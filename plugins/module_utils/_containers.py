@@ -16,7 +16,7 @@ import os
 import re
 import secrets
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
     TEMP_PREFIX, fsync_dir, makedirs, read_json, remove_tree, rename_durable, temp_name,
@@ -29,7 +29,7 @@ from ansible_collections.strata.layers.plugins.module_utils._digest import Chain
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     AlreadyExists, Busy, Corrupt, InvalidInput, NotFound, StoreError)
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import (
-    MS_BIND, MS_NODEV, MS_NOSUID, MS_REMOUNT, mount_at)
+    MS_BIND, MS_NODEV, MS_NOSUID, MS_REMOUNT, allocated_bytes, mount_at)
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mount as fs_mount
 from ansible_collections.strata.layers.plugins.module_utils._imagerecords import ImageRecord
 from ansible_collections.strata.layers.plugins.module_utils._initlayer import populate
@@ -145,19 +145,69 @@ def changes_in(driver: Driver, root: str, chain: Sequence[ChainID],
 
 
 def container_facts(store: Store, layers: Optional[Dict[ChainID, LayerRecord]] = None,
-                    sizes: bool = True) -> List[Dict[str, Any]]:
+                    sizes: bool = True, sizing: "Optional[Sizing]" = None
+                    ) -> List[Dict[str, Any]]:
     """One row per container, as ``docker ps -s`` shows it (plus the chain, internal);
     ``sizes=False``: as ``docker ps`` shows it, ``size`` and ``virtual_size`` null (a
     container's size is a walk of its changes on drivers without an upper directory)."""
     layers = store.layers.by_chain() if layers is None else layers
-    bases: Dict[str, BaseTree] = {}  # containers on one image compare against it once
-    return [container_row(store, record, layers, sizes, bases)
+    sizing = sizing if sizing is not None else Sizing(store)
+    return [container_row(store, record, layers, sizes, sizing)
             for record in ContainerDB(store.root).all()]
+
+
+class Sizing:
+    """The container sizes of one ``store_info`` call.
+
+    ``bases``: the diff bases read so far (containers on one image compare against it
+    once); ``check``: the driver's test for a container still exactly its diff base,
+    size 0 without a walk (btrfs); ``same``: the roots it found so, with their base,
+    which ``on_disk`` counts as allocating what the base does instead of walking them;
+    ``walked``: the roots walked for their size, with what the walk saw them allocate
+    (and their inodes with several links), which ``on_disk`` takes as they are."""
+
+    def __init__(self, store: Store, shared: bool = True) -> None:
+        self.bases: Optional[Dict[str, BaseTree]] = {} if shared else None
+        self.check = (store.driver.snapshot_check() if shared and store.driver_name
+                      else None)
+        self.same: Dict[str, str] = {}
+        self.walked: Dict[str, Tuple[int, Set[Tuple[int, int]]]] = {}
+
+    def size(self, store: Store, record: ContainerRecord, chain: Sequence[ChainID]) -> int:
+        driver = store.driver
+        if self.check is not None:
+            root, base = driver.container_root(record.id), driver.diff_base(list(chain), record.id)
+            if base is not None and self.check.unchanged(root, base):
+                self.same[root] = base
+                return 0
+        diff = changes(store, record, chain, self.bases)
+        size = diff.size()
+        if isinstance(diff, TreeDiff) and self.bases is not None:
+            self.walked[os.path.realpath(diff.root)] = (diff.allocated or 0, diff.linked)
+        return size
+
+    def on_disk(self, store: Store) -> int:
+        """``allocated_bytes`` of the store, without walking a container twice: one
+        walked for its size counts what that walk saw it allocate, an unchanged one
+        what its base does."""
+        below: Dict[str, int] = {}
+        known: Dict[str, Tuple[int, Set[Tuple[int, int]]]] = {}
+        linked: Set[Tuple[int, int]] = set()
+        for root, (allocated, inodes) in self.walked.items():
+            if not inodes & linked:  # else an inode linked into two copies: walk this one
+                known[root] = (allocated, inodes)
+                linked |= inodes
+        for root, base in self.same.items():
+            if base not in below:
+                below[base] = allocated_bytes(base)
+            # a snapshot's inodes have its own st_dev: none is linked from elsewhere
+            known[os.path.realpath(root)] = (below[base], set())
+        return allocated_bytes(store.root, known)
 
 
 def container_row(store: Store, record: ContainerRecord,
                   layers: Optional[Dict[ChainID, LayerRecord]] = None,
-                  sizes: bool = True, bases: Optional[Dict[str, BaseTree]] = None
+                  sizes: bool = True, sizing: Optional[Sizing] = None
                   ) -> Dict[str, Any]:
     try:
         chain = image_chain(store, store.images.get(record.image_id))
@@ -168,7 +218,8 @@ def container_row(store: Store, record: ContainerRecord,
     image_size = sum(layers[c].size for c in chain if c in layers)
     size: Optional[int] = None
     if sizes:
-        size = changes(store, record, chain, bases).size() if store.driver_name else 0
+        sizing = sizing if sizing is not None else Sizing(store, shared=False)
+        size = sizing.size(store, record, chain) if store.driver_name else 0
     mounted = record.mount_point is not None and mount_at(record.mount_point) is not None
     return {"id": record.id, "name": record.name, "image_id": record.image_id,
             "status": status(store, record),

@@ -212,17 +212,26 @@ def free_bytes(path: str) -> int:
     return st.f_bavail * st.f_frsize
 
 
-def allocated_bytes(root: str) -> int:
+def allocated_bytes(root: str,
+                    known: Optional[Dict[str, Tuple[int, Set[Tuple[int, int]]]]] = None) -> int:
     """Bytes allocated under ``root`` (hardlinks once; mounts below it skipped).
 
     Mount points are skipped by path, not by device number: btrfs subvolumes each have
-    their own st_dev but are part of the store.
+    their own st_dev but are part of the store.  ``known``: directories (real paths)
+    whose contents the caller already measured, with the inodes of several links among
+    them: their bytes are taken as given and those inodes are not counted again if
+    linked elsewhere too; such a directory with something mounted below it is walked.
     """
     total = 0
     seen: Set[Tuple[int, int]] = set()
     if not os.path.lexists(root):
         return 0
     skip = {m.mount_point for m in mounts_below(root)}
+    sizes: Dict[str, int] = {}
+    for path, (size, linked) in (known or {}).items():
+        if not any(m == path or m.startswith(path + "/") for m in skip):
+            sizes[path] = size
+            seen |= linked
     stack = [os.path.realpath(root)]
     while stack:
         path = stack.pop()
@@ -243,6 +252,8 @@ def allocated_bytes(root: str) -> int:
                     continue
                 seen.add(key)
             total += st.st_blocks * 512
-            if stat.S_ISDIR(st.st_mode):
+            if entry.path in sizes:
+                total += sizes[entry.path]
+            elif stat.S_ISDIR(st.st_mode):
                 stack.append(entry.path)
     return total

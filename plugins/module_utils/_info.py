@@ -13,10 +13,11 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, List, Optional
 
-from ansible_collections.strata.layers.plugins.module_utils._containers import container_facts
+from ansible_collections.strata.layers.plugins.module_utils._containers import (
+    Sizing, container_facts)
 from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import (
-    allocated_bytes, fs_type, supports_d_type)
+    fs_type, supports_d_type)
 from ansible_collections.strata.layers.plugins.module_utils._imagerecords import ImageRecord
 from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord
 from ansible_collections.strata.layers.plugins.module_utils._probe import nearest_existing
@@ -70,8 +71,9 @@ def describe(store: Store, containers: Optional[List[Dict[str, Any]]] = None,
     for image in images:
         for chain in image.chain:
             users.setdefault(ChainID(chain), []).append(image.id)
+    sizing = Sizing(store)
     if containers is None:
-        containers = container_facts(store, layers, sizes=sizes)
+        containers = container_facts(store, layers, sizes=sizes, sizing=sizing)
     result["images"] = [_image_row(image, layers, users, tags) for image in images]
     result["layers"] = [{"diff_id": r.diff_id, "chain_id": r.chain_id, "size": r.size,
                          "parent": r.parent, "depth": r.depth,
@@ -84,7 +86,7 @@ def describe(store: Store, containers: Optional[List[Dict[str, Any]]] = None,
         "containers": sum(c["size"] for c in containers) if sizes else None,
         "layers": sum(r.size for r in layers.values()),
         "reclaimable": sum(layers[c].size for c in prune_plan(store)[1] if c in layers),
-        "on_disk": allocated_bytes(store.root) if sizes else None,
+        "on_disk": sizing.on_disk(store) if sizes else None,
     }
     return result
 

@@ -62,6 +62,14 @@ class Staged:
     path: str
 
 
+class UnchangedCheck:
+    """Whether a container's root is still exactly its diff base, known without a walk."""
+
+    def unchanged(self, root: str, base: str) -> bool:
+        """True only when ``root`` is ``base`` exactly (False: unknown, walk it)."""
+        return False
+
+
 # fills a container's init layer, given the directory that receives it (see _initlayer)
 InitFiller = Callable[[str], object]
 
@@ -215,6 +223,12 @@ class Driver(ABC):
 
     def is_mounted(self, target: str) -> bool:
         return mount_at(target) is not None
+
+    def snapshot_check(self) -> Optional[UnchangedCheck]:
+        """For ``store_info``, one per call: a test that tells, without walking it, that
+        a container's root is still exactly its diff base (size 0); None: no such test
+        on this driver (every container is walked)."""
+        return None
 
     def diff_base(self, chain: Sequence[ChainID], cid: Optional[str] = None) -> Optional[str]:
         """For full-copy drivers: the root to compare container ``cid`` against: its

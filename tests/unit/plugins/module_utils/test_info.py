@@ -3,15 +3,19 @@ changes nothing else."""
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 
+from ansible_collections.strata.layers.plugins.module_utils._changes import _Emitter
 from ansible_collections.strata.layers.plugins.module_utils._containers import (
     ContainerDB, changes, container_layer, image_chain)
+from ansible_collections.strata.layers.plugins.module_utils._fsinfo import allocated_bytes
 from ansible_collections.strata.layers.plugins.module_utils._info import store_info
 from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
 from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
+from ansible_collections.strata.layers.plugins.module_utils.drivers.btrfs import subvolume_info
 
 
 @pytest.mark.parametrize("driver", ["overlay2", "vfs"])
@@ -61,15 +65,105 @@ def test_containers_on_one_image_sized_as_each_alone(store_root, busybox_tar):
             edit(mounted["mount_point"])
         finally:
             container_layer({"data_root": store_root, "name": name, "state": "unmounted"})
-    sizes = {c["name"]: c["size"] for c in store_info({"data_root": store_root})["containers"]}
+    full = store_info({"data_root": store_root})
+    sizes = {c["name"]: c["size"] for c in full["containers"]}
     assert sizes == {"same": 0, "added": 5000, "modified": len(passwd), "deleted": 0}
+    # the size walks also gave what the copies allocate: on_disk did not walk them again
+    assert full["disk_usage"]["on_disk"] == allocated_bytes(store_root)
     store = Store(store_root)
     with store.read():
         for record in ContainerDB(store_root).all():
             alone = changes(store, record, image_chain(store, store.images.get(record.image_id)))
-            assert alone.size() == sizes[record.name]
+            assert alone.size() == sizes[record.name] == _ordered_size(alone)
 
 
 def _write(path: str, data: bytes) -> None:
     with open(path, "wb") as handle:
         handle.write(data)
+
+
+def test_btrfs_unchanged_containers_are_known_without_a_walk(make_fs, busybox_tar):
+    """btrfs: a container whose subvolume is still its base's snapshot (reads, which set
+    atimes, included) is size 0 from the tree search, and allocates what its base does;
+    every other edit is found changed and walked. Each size and ``on_disk`` is the one
+    the walk gives (each container alone, and ``allocated_bytes`` of the whole store)."""
+    root = os.path.join(make_fs("btrfs").mountpoint, "store")
+    storage_driver({"data_root": root, "driver": "btrfs"})
+    layer_import({"data_root": root, "src": busybox_tar, "tag": ["base:1"]})
+    passwd = b"root:x:0:0:changed:/root:/bin/sh\n"
+    edits = {
+        "same": lambda top: None,
+        "read": lambda top: [open(os.path.join(d, f), "rb").read() for d, _s, fs in
+                             os.walk(top) for f in fs if os.path.isfile(os.path.join(d, f))],
+        "added": lambda top: _write(os.path.join(top, "tmp", "new-file"), b"x" * 5000),
+        "modified": lambda top: _write(os.path.join(top, "etc", "passwd"), passwd),
+        "chmod": lambda top: os.chmod(os.path.join(top, "etc", "passwd"), 0o600),
+        "xattr": lambda top: os.setxattr(os.path.join(top, "etc", "passwd"), "user.k", b"v"),
+        "deleted": lambda top: os.unlink(os.path.join(top, "etc", "group")),
+        "renamed": lambda top: os.rename(os.path.join(top, "etc", "group"),
+                                         os.path.join(top, "etc", "group2")),
+    }
+    for name in edits:
+        container_layer({"data_root": root, "name": name, "image": "base:1"})
+    store = Store(root)
+    with store.read():
+        for record in ContainerDB(root).all():  # written directly: nothing is mounted
+            edits[record.name](store.driver.container_root(record.id))
+    full = store_info({"data_root": root})
+    sizes = {c["name"]: c["size"] for c in full["containers"]}
+    assert sizes["same"] == sizes["read"] == sizes["deleted"] == 0
+    assert sizes["added"] == 5000 and sizes["modified"] == len(passwd) and sizes["renamed"] > 0
+    with store.read():
+        check = store.driver.snapshot_check()
+        for record in ContainerDB(root).all():
+            chain = image_chain(store, store.images.get(record.image_id))
+            alone = changes(store, record, chain)
+            assert alone.size() == sizes[record.name] == _ordered_size(alone), record.name
+            known = check.unchanged(store.driver.container_root(record.id),
+                                    store.driver.diff_base(chain, record.id))
+            assert known == (record.name in ("same", "read")), record.name
+            if record.name == "read":  # the reads did change its tree: the search ran
+                info = subvolume_info(store.driver.container_root(record.id))
+                assert info.generation > info.otransid
+    assert full["disk_usage"]["on_disk"] == allocated_bytes(root)
+
+
+def _ordered_size(diff) -> int:
+    """The size as the tar's walk counts it (sorted, pre-order): ``size()`` must agree."""
+    emitter = _Emitter(diff.root)
+    for _chunk in diff._changes(emitter, count_only=True):
+        pass
+    return emitter.size
+
+
+def test_on_disk_takes_each_walked_container_once(store_root, busybox_tar, tmp_path):
+    """vfs: ``on_disk`` counts a walked container as its size walk saw it: a file with a
+    second link inside it once, one also linked from outside it or from another copy
+    once in all, and a container with something mounted below it walked again (the
+    mount left out)."""
+    storage_driver({"data_root": store_root, "driver": "vfs"})
+    layer_import({"data_root": store_root, "src": busybox_tar, "tag": ["base:1"]})
+    for name in ("linked", "mounted", "sharing"):
+        container_layer({"data_root": store_root, "name": name, "image": "base:1"})
+    store = Store(store_root)
+    with store.read():
+        roots = {r.name: store.driver.container_root(r.id) for r in ContainerDB(store_root).all()}
+    data = os.path.join(roots["linked"], "tmp", "data")
+    _write(data, b"d" * 70000)
+    os.link(data, os.path.join(roots["linked"], "tmp", "again"))
+    os.link(data, os.path.join(store_root, "outside"))
+    os.link(data, os.path.join(roots["sharing"], "tmp", "data"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    _write(str(elsewhere / "big"), b"b" * 90000)
+    target = os.path.join(roots["mounted"], "mount-point")
+    os.mkdir(target)
+    subprocess.run(["mount", "--bind", str(elsewhere), target], check=True)
+    try:
+        full = store_info({"data_root": store_root})
+        sizes = {c["name"]: c["size"] for c in full["containers"]}
+        # the walk sees the mount's file; each copy counts the shared file as its own
+        assert sizes == {"linked": 70000, "mounted": 90000, "sharing": 70000}
+        assert full["disk_usage"]["on_disk"] == allocated_bytes(store_root)
+    finally:
+        subprocess.run(["umount", target], check=True)
