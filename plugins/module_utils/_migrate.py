@@ -33,6 +33,7 @@ carried again).
 """
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
@@ -112,18 +113,28 @@ def finish_previous(store: Store, keep: Optional[bool] = None) -> bool:
         return False
     state = store.state()
     parked = park_home(store, previous)
+    if parked is None:  # the home cannot be moved (a mount point of its own): removed here
+        remove_home(store, previous)
     if state.get("keep_previous"):
         store.initialize(str(state["driver"]), previous=str(previous), keep_previous=False)
-    remove_in_background(store, parked, previous)
+    if parked is not None:
+        remove_in_background(store, parked, previous)
     return True
 
 
-def park_home(store: Store, name: str) -> str:
+def park_home(store: Store, name: str) -> Optional[str]:
     """Rename a driver's home into ``tmp/``, where nothing reads it and the next open for
     writing sweeps it; return the directory that holds it (its data root, so that the
-    driver's own removal still applies: subvolumes deleted, not emptied)."""
+    driver's own removal still applies: subvolumes deleted, not emptied).  None when the
+    home cannot be renamed (a filesystem mounted there: EBUSY, EXDEV)."""
     parked = store.staging("removed-previous-%s" % name)
-    os.rename(store.driver_named(name).home, os.path.join(parked, name))
+    try:
+        os.rename(store.driver_named(name).home, os.path.join(parked, name))
+    except OSError as exc:
+        if exc.errno not in (errno.EBUSY, errno.EXDEV):
+            raise
+        os.rmdir(parked)
+        return None
     fsync_dir(store.root)
     crash_point("migrate.previous-parked")
     return parked
