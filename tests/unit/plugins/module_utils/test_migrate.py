@@ -185,8 +185,8 @@ def parked(root: str) -> list:
     return [n for n in os.listdir(os.path.join(root, "tmp")) if "removed-previous" in n]
 
 
-def test_the_previous_home_is_parked_then_removed_by_a_detached_process(btrfs_root, tmp_path,
-                                                                       busybox_tar):
+def test_the_previous_home_is_parked_then_removed_by_a_detached_process(
+        btrfs_root, tmp_path, busybox_tar):
     """keep_previous false: the old home leaves its place at once (renamed into tmp/) and
     a detached process removes it; store_check calls the parked tree no debris; a run
     that opens the store for writing first sweeps it itself."""
@@ -198,7 +198,7 @@ def test_the_previous_home_is_parked_then_removed_by_a_detached_process(btrfs_ro
     storage_driver({"data_root": root, "driver": "overlay2", "migrate": True})
     assert not os.path.exists(os.path.join(root, "vfs"))
     assert store_check({"data_root": root})["ok"]
-    for _ in range(6000):  # the remover's work, not its speed: wait until it is done
+    for _attempt in range(6000):  # the remover's work, not its speed: wait until it is done
         if not parked(root):
             break
         time.sleep(0.05)
