@@ -92,7 +92,7 @@ def _cloning(tree: Beneath, split: Sequence[Tuple[int, bytes, int]], chunk: int,
         if kind == SEGMENT:
             after = split[index + 1] if index + 1 < len(split) else None
             if after is not None and after[0] == FILE and after[2] and clones.enabled:
-                clones.offer(_clean(after[1]), _open_old(tree, _clean(after[1]), after[2]))
+                clones.offer(_clean(after[1]), open_old(tree, _clean(after[1]), after[2]))
             if value:
                 yield value
         elif size:
@@ -101,10 +101,10 @@ def _cloning(tree: Beneath, split: Sequence[Tuple[int, bytes, int]], chunk: int,
                 clones.drop(_clean(value))
                 yield from _file_chunks(tree, _clean(value), size, chunk)
             else:
-                yield from _read_new(fd, _clean(value), size, chunk)
+                yield from read_new(fd, _clean(value), size, chunk)
 
 
-def _open_old(tree: Beneath, name: bytes, size: int) -> int:
+def open_old(tree: Beneath, name: bytes, size: int) -> int:
     shown = name.decode("utf-8", "backslashreplace")
     try:
         src = tree.open_file(name)
@@ -119,7 +119,7 @@ def _open_old(tree: Beneath, name: bytes, size: int) -> int:
     return src
 
 
-def _read_new(fd: int, name: bytes, size: int, chunk: int) -> Iterator[bytes]:
+def read_new(fd: int, name: bytes, size: int, chunk: int) -> Iterator[bytes]:
     shown = name.decode("utf-8", "backslashreplace")
     try:
         left, offset = size, 0
