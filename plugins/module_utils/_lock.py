@@ -33,6 +33,7 @@ class StoreLock:
         self.timeout = timeout
         self.operation = operation
         self._fd: Optional[int] = None
+        self._handed_over = False
 
     def __enter__(self) -> "StoreLock":
         self.acquire()
@@ -96,11 +97,22 @@ class StoreLock:
         held = os.fstat(self._fd)
         return (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino)
 
+    def descriptor(self) -> Optional[int]:
+        """The locked descriptor (None when not held)."""
+        return self._fd
+
+    def hand_over(self) -> None:
+        """Another process holds a copy of the locked descriptor (fork shares the open file
+        description, and with it the flock): ``release`` only closes ours, and the lock is
+        held until that process closes its copy or exits."""
+        self._handed_over = True
+
     def release(self) -> None:
         if self._fd is not None:
-            if self.exclusive:
-                os.ftruncate(self._fd, 0)
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            if not self._handed_over:
+                if self.exclusive:
+                    os.ftruncate(self._fd, 0)
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
 

@@ -145,49 +145,69 @@ def remove_parked(store: Store, parked: str, name: str) -> None:
     ``tmp/`` by another run never overlaps it); nothing when a sweep came first."""
     with StoreLock(os.path.join(store.root, "lock"), True, 24 * 3600.0,
                    "removing the previous driver's data"):
-        if not os.path.isdir(parked):
-            return
-        driver = type(store.driver_named(name))(parked)
-        if os.path.isdir(driver.home):
-            for chain in driver.layer_hexes():
-                driver.remove_path(driver.layer_dir(ChainID("sha256:" + chain)))
-            for cid in driver.container_ids():
-                driver.remove_container(cid)
-        remove_tree(parked)
-        fsync_dir(store.tmp)
+        _remove_parked(store, parked, name)
+
+
+def _remove_parked(store: Store, parked: str, name: str) -> None:
+    if not os.path.isdir(parked):
+        return
+    driver = type(store.driver_named(name))(parked)
+    if os.path.isdir(driver.home):
+        for chain in driver.layer_hexes():
+            driver.remove_path(driver.layer_dir(ChainID("sha256:" + chain)))
+        for cid in driver.container_ids():
+            driver.remove_container(cid)
+    remove_tree(parked)
+    fsync_dir(store.tmp)
 
 
 def remove_in_background(store: Store, parked: str, name: str) -> None:
-    """``remove_parked`` in a detached process (its own session, no standard streams, no
-    descriptor of ours): Ansible's connection ends when the module does, the process
-    goes on.  It waits for this run's lock, so a later run either waits for it or, if
-    it takes the lock first, sweeps the parked home itself.  Where fork is refused the
-    removal happens here."""
+    """``_remove_parked`` in a detached process (its own session, no standard streams, no
+    descriptor of ours but the lock): Ansible's connection ends when the module does, the
+    process goes on.  The exclusive lock is handed over, not released: the process keeps a
+    copy of this run's locked descriptor (one open file description, one flock), so the
+    lock is held from this run to the end of the removal with no gap, and the next run on
+    the store waits for the removal as it would for this run.  Where fork is refused, or
+    the store is not held (a caller outside ``Store.write``), the removal happens here."""
+    lock = store.held_lock
+    fd = lock.descriptor() if lock is not None else None
+    if lock is None or fd is None:
+        remove_parked(store, parked, name)
+        return
     try:
         pid = os.fork()
     except OSError:
-        remove_parked(store, parked, name)
+        _remove_parked(store, parked, name)
         return
     if pid:
         os.waitpid(pid, 0)
+        lock.hand_over()
         return
     status = 0
     try:  # the intermediate child: only os-level calls, then os._exit
         os.setsid()
         if os.fork() == 0:
-            _detach()
-            remove_parked(store, parked, name)
+            _detach(fd)
+            note = "pid %d: removing the previous driver's data\n" % os.getpid()
+            os.ftruncate(LOCK_FD, 0)
+            os.pwrite(LOCK_FD, note.encode(), 0)
+            _remove_parked(store, parked, name)
     except BaseException:  # pylint: disable=broad-except
         status = 1  # nothing to report to: what is left is swept on the next open
     finally:
         os._exit(status)
 
 
-def _detach() -> None:
+LOCK_FD = 3   # where the detached remover keeps its copy of the locked descriptor
+
+
+def _detach(lock_fd: int) -> None:
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
-    os.closerange(3, _max_fd())
+    if lock_fd != LOCK_FD:
+        os.dup2(lock_fd, LOCK_FD)   # the same open file description: the flock goes with it
+    os.closerange(LOCK_FD + 1, _max_fd())
     os.chdir("/")
 
 

@@ -93,6 +93,7 @@ class Store:
         self._driver: Optional[Driver] = None
         self.recovered: List[str] = []
         self.writable = False
+        self.held_lock: Optional[StoreLock] = None   # the exclusive lock while write() runs
 
     @classmethod
     def from_params(cls, params: Dict[str, Any]) -> "Store":
@@ -120,6 +121,7 @@ class Store:
         made_root = not os.path.lexists(self.root)
         had = set() if made_root else set(os.listdir(self.root))
         lock = self._lock_exclusive(operation)
+        self.held_lock = lock
         try:
             fresh = not self.exists()
             self.writable = True
@@ -135,6 +137,7 @@ class Store:
             finally:
                 self.writable = False
         finally:
+            self.held_lock = None
             lock.release()
 
     def _lock_exclusive(self, operation: str) -> StoreLock:

@@ -224,8 +224,15 @@ def settle(root: str) -> List[str]:
 
 def debris(root: str) -> List[str]:
     """What must not exist once the store was opened for writing: marks, staging names,
-    tmp/ entries, driver directories without a record, mounts nobody recorded."""
+    tmp/ entries, driver directories without a record, mounts nobody recorded.  Read
+    under the shared lock, as any reader does: a run still holding the store (the
+    detached remover of a migration's previous driver) is waited for."""
     store = _mu("_store").Store(root)
+    with store.read():
+        return _debris(store, root)
+
+
+def _debris(store, root: str) -> List[str]:
     found = ["mark " + m for m in store.marks.pending()]
     for sub in ("", "layers", "images", "containers", "distribution", "sources", "incomplete",
                 "pulls", os.path.join("cache", "build")):

@@ -11,7 +11,6 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -188,8 +187,8 @@ def parked(root: str) -> list:
 def test_the_previous_home_is_parked_then_removed_by_a_detached_process(
         btrfs_root, tmp_path, busybox_tar):
     """keep_previous false: the old home leaves its place at once (renamed into tmp/) and
-    a detached process removes it; store_check calls the parked tree no debris; a run
-    that opens the store for writing first sweeps it itself."""
+    a detached process removes it, holding the run's exclusive lock, handed over with no
+    gap: the next run (store_check's shared lock, a write) waits for the removal."""
     from ansible_collections.strata.layers.plugins.module_utils._check import store_check
     root = btrfs_root
     storage_driver({"data_root": root, "driver": "vfs"})
@@ -197,18 +196,30 @@ def test_the_previous_home_is_parked_then_removed_by_a_detached_process(
     before = observe(root)
     storage_driver({"data_root": root, "driver": "overlay2", "migrate": True})
     assert not os.path.exists(os.path.join(root, "vfs"))
-    assert store_check({"data_root": root})["ok"]
-    for _attempt in range(6000):  # the remover's work, not its speed: wait until it is done
-        if not parked(root):
-            break
-        time.sleep(0.05)
+    assert store_check({"data_root": root})["ok"]   # waited for the remover's lock
     assert parked(root) == []
     assert observe(root) == before
     storage_driver({"data_root": root, "driver": "vfs", "migrate": True})
     storage_driver({"data_root": root, "driver": "overlay2", "migrate": True})
-    # a write right after: it sweeps the parked home, or waits for the remover's lock
+    # a write right after waits for the remover's lock as well
     layer_import({"data_root": root, "src": busybox_tar, "tag": ["again:1"]})
     assert parked(root) == [] and not os.path.exists(os.path.join(root, "vfs"))
+
+
+def test_the_remover_holds_the_runs_lock_until_it_is_done(btrfs_root, tmp_path, busybox_tar):
+    """The lock is handed over, not released: once the migration has returned, the
+    parked home is gone by the time anyone gets the lock."""
+    import fcntl
+    root = btrfs_root
+    storage_driver({"data_root": root, "driver": "vfs"})
+    build(root, tmp_path, busybox_tar)
+    storage_driver({"data_root": root, "driver": "overlay2", "migrate": True})
+    fd = os.open(os.path.join(root, "lock"), os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)   # at once, or when the remover is done
+        assert parked(root) == []
+    finally:
+        os.close(fd)
 
 
 def largest_file(top: str) -> str:
