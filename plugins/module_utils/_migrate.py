@@ -43,7 +43,7 @@ from ansible_collections.strata.layers.plugins.module_utils import _containers a
 from ansible_collections.strata.layers.plugins.module_utils import _files as files
 from ansible_collections.strata.layers.plugins.module_utils._apply import Applier
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
-    fsync_dir, remove_tree, syncfs)
+    fsync_dir, remove_tree, rename_durable, syncfs)
 from ansible_collections.strata.layers.plugins.module_utils._changes import chunk_reader
 from ansible_collections.strata.layers.plugins.module_utils._crash import crash_point
 from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID
@@ -129,13 +129,12 @@ def park_home(store: Store, name: str) -> Optional[str]:
     home cannot be renamed (a filesystem mounted there: EBUSY, EXDEV)."""
     parked = store.staging("removed-previous-%s" % name)
     try:
-        os.rename(store.driver_named(name).home, os.path.join(parked, name))
+        rename_durable(store.driver_named(name).home, os.path.join(parked, name))
     except OSError as exc:
         if exc.errno not in (errno.EBUSY, errno.EXDEV):
             raise
         os.rmdir(parked)
         return None
-    fsync_dir(store.root)
     crash_point("migrate.previous-parked")
     return parked
 

@@ -190,6 +190,9 @@ WRITERS_ALLOWED: Dict[str, str] = {
         "again before every mount (lowerdirs) and by repair",
     "module_utils/drivers/overlay2.py:probe_overlay_mount":
         "probe files in a scratch directory removed after the probe",
+    "module_utils/_migrate.py:_detach":
+        "/dev/null opened as the standard streams of the detached remover of a previous "
+        "driver's data",
     "module_utils/_lock.py":
         "the store's lock file: an flock target never renamed; its content a note of the "
         "holder",
