@@ -39,7 +39,7 @@ def entry_point(op: str) -> Callable[..., Dict[str, Any]]:
     module, name = {
         "import": ("_ingest", "layer_import"), "archive": ("_ingest", "layer_import"),
         "container": ("_containers", "container_layer"),
-        "commit": ("_commit", "container_commit"), "build": ("_builder", "image_build"),
+        "commit": ("_ops.container_commit", "container_commit"), "build": ("_builder", "image_build"),
         "migrate": ("_switch", "storage_driver"), "prune": ("_prune", "store_prune"),
         "image": ("_imageops", "image"), "check": ("_check", "store_check"),
         "info": ("_info", "store_info"), "run": ("_ops.container", "container")}[op]

@@ -99,7 +99,7 @@ def test_writes_land_in_the_writable_layer_only_and_a_silent_run_has_size_0(stor
 
 
 def test_a_commit_after_a_run_holds_only_the_process_changes(store):
-    from ansible_collections.strata.layers.plugins.module_utils._commit import container_commit  # noqa: E501
+    from ansible_collections.strata.layers.plugins.module_utils._ops.container_commit import container_commit  # noqa: E501
     result = run(store, user="0", command=["sh", "-c", "mkdir -p /data && echo 1 > /data/one"])
     assert result["rc"] == 0
     committed = container_commit({"data_root": store.root, "name": "c1", "tag": ["out:1"]})
