@@ -14,7 +14,7 @@ from ansible_collections.strata.layers.plugins.module_utils._ops.container_commi
 from ansible_collections.strata.layers.plugins.module_utils._containers import container_layer
 from ansible_collections.strata.layers.plugins.module_utils._errors import AlreadyExists
 from ansible_collections.strata.layers.plugins.module_utils._export import image_export
-from ansible_collections.strata.layers.plugins.module_utils._imageops import image
+from ansible_collections.strata.layers.plugins.module_utils._ops.image import image
 from ansible_collections.strata.layers.plugins.module_utils._info import store_info
 from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
 from ansible_collections.strata.layers.plugins.module_utils._prune import store_prune

@@ -300,7 +300,7 @@ def test_crun_runs_or_fails_clearly_leaving_nothing(store):
 
 def test_a_running_containers_image_and_mount_are_kept(store):
     from ansible_collections.strata.layers.plugins.module_utils._containers import container_layer
-    from ansible_collections.strata.layers.plugins.module_utils._imageops import image
+    from ansible_collections.strata.layers.plugins.module_utils._ops.image import image
     run(store, detach=True, interactive=True)
     with pytest.raises(Busy, match="c1 is running"):
         image({"data_root": store.root, "name": "app:1", "state": "absent", "force": True})

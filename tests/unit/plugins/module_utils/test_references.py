@@ -12,7 +12,7 @@ from ansible_collections.strata.layers.plugins.module_utils._atomic import remov
 from ansible_collections.strata.layers.plugins.module_utils._check import store_check
 from ansible_collections.strata.layers.plugins.module_utils._containers import container_layer
 from ansible_collections.strata.layers.plugins.module_utils._errors import Corrupt
-from ansible_collections.strata.layers.plugins.module_utils._imageops import image
+from ansible_collections.strata.layers.plugins.module_utils._ops.image import image
 from ansible_collections.strata.layers.plugins.module_utils._info import store_info
 from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
 from ansible_collections.strata.layers.plugins.module_utils._prune import store_prune
