@@ -60,7 +60,7 @@ from ansible_collections.strata.layers.plugins.module_utils._errors import (
 from ansible_collections.strata.layers.plugins.module_utils._images import (
     ImageRecord, host_platform, parse_config, validate_tags)
 from ansible_collections.strata.layers.plugins.module_utils._imageview import ImageView
-from ansible_collections.strata.layers.plugins.module_utils._info import history_of
+from ansible_collections.strata.layers.plugins.module_utils._history import history_of
 from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord, now_iso
 from ansible_collections.strata.layers.plugins.module_utils import _passwd as passwd
 from ansible_collections.strata.layers.plugins.module_utils._remote import RemoteError, RemoteFetch

@@ -40,9 +40,9 @@ def entry_point(op: str) -> Callable[..., Dict[str, Any]]:
         "import": ("_ingest", "layer_import"), "archive": ("_ingest", "layer_import"),
         "container": ("_containers", "container_layer"),
         "commit": ("_ops.container_commit", "container_commit"), "build": ("_builder", "image_build"),
-        "migrate": ("_switch", "storage_driver"), "prune": ("_prune", "store_prune"),
+        "migrate": ("_switch", "storage_driver"), "prune": ("_ops.store_prune", "store_prune"),
         "image": ("_ops.image", "image"), "check": ("_check", "store_check"),
-        "info": ("_info", "store_info"), "run": ("_ops.container", "container")}[op]
+        "info": ("_ops.store_info", "store_info"), "run": ("_ops.container", "container")}[op]
     return getattr(__import__(base + module, fromlist=[name]), name)
 
 

@@ -18,7 +18,7 @@ from ansible_collections.strata.layers.plugins.module_utils._builder import imag
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     InvalidInput, StoreError)
 from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
-from ansible_collections.strata.layers.plugins.module_utils._prune import store_prune
+from ansible_collections.strata.layers.plugins.module_utils._ops.store_prune import store_prune
 from ansible_collections.strata.layers.plugins.module_utils._runsetup import cache_path
 from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
 

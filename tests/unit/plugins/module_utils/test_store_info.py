@@ -8,7 +8,7 @@ import pytest
 
 from ansible_collections.strata.layers.plugins.module_utils._containers import (
     ContainerDB, changes, container_layer, image_chain)
-from ansible_collections.strata.layers.plugins.module_utils._info import store_info
+from ansible_collections.strata.layers.plugins.module_utils._ops.store_info import store_info
 from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
 from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
