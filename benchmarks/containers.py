@@ -93,7 +93,7 @@ class Ours:
         for index in range(count):
             params = {"data_root": self.root, "name": "m%d" % index, "image": IMAGE,
                       "state": "present"}
-            times.append(timed(lambda: self.mod.container_layer(params)))
+            times.append(timed(lambda: engine("_ops.container_layer").container_layer(params)))
         return times
 
     def disk_per_container(self) -> List[int]:
@@ -110,7 +110,7 @@ class Ours:
         return sizes
 
     def store_info(self, sizes: bool = True) -> float:
-        info = engine("_info")
+        info = engine("_ops.store_info")
         return min(timed(lambda: info.store_info({"data_root": self.root, "sizes": sizes}))
                    for _run in range(3))
 

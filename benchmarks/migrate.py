@@ -83,7 +83,7 @@ def source_store(root: str, driver: str, archives: List[str], images: List[str])
     wipe(root)
     engine("_switch").storage_driver({"data_root": root, "driver": driver})
     import_all(root, archives)
-    layer = engine("_containers").container_layer
+    layer = engine("_ops.container_layer").container_layer
     for index, ref in enumerate((images[-2], images[-1])):
         mount = os.path.join(root, "..", "mnt-%d" % index)
         params = {"data_root": root, "name": "c%d" % index, "image": ref,

@@ -38,7 +38,7 @@ def entry_point(op: str) -> Callable[..., Dict[str, Any]]:
     base = "ansible_collections.strata.layers.plugins.module_utils."
     module, name = {
         "import": ("_ingest", "layer_import"), "archive": ("_ingest", "layer_import"),
-        "container": ("_containers", "container_layer"),
+        "container": ("_ops.container_layer", "container_layer"),
         "commit": ("_ops.container_commit", "container_commit"), "build": ("_builder", "image_build"),
         "migrate": ("_switch", "storage_driver"), "prune": ("_ops.store_prune", "store_prune"),
         "image": ("_ops.image", "image"), "check": ("_check", "store_check"),

@@ -12,7 +12,7 @@ import stat
 import pytest
 
 from ansible_collections.strata.layers.plugins.module_utils._builder import image_build
-from ansible_collections.strata.layers.plugins.module_utils._containers import container_layer
+from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer import container_layer
 from ansible_collections.strata.layers.plugins.module_utils._errors import InvalidInput, StoreError
 from ansible_collections.strata.layers.plugins.module_utils._dockerfile import DEFAULT_PATH
 from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import

@@ -9,7 +9,7 @@ import tarfile
 import pytest
 
 from ansible_collections.strata.layers.plugins.module_utils._builder import image_build
-from ansible_collections.strata.layers.plugins.module_utils._containers import container_layer
+from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer import container_layer
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     InvalidInput, NotFound, StoreError)
 from ansible_collections.strata.layers.plugins.module_utils._export import image_export

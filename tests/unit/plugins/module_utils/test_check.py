@@ -14,7 +14,7 @@ import yaml
 from ansible_collections.strata.layers.plugins.module_utils import _check
 from ansible_collections.strata.layers.plugins.module_utils._atomic import remove_tree
 from ansible_collections.strata.layers.plugins.module_utils._check import KINDS, store_check
-from ansible_collections.strata.layers.plugins.module_utils._containers import container_layer
+from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer import container_layer
 from ansible_collections.strata.layers.plugins.module_utils._ops.store_info import store_info
 from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
 from ansible_collections.strata.layers.plugins.module_utils._store import Store

@@ -18,7 +18,7 @@ import pytest
 
 from ansible_collections.strata.layers.plugins.module_utils._check import store_check
 from ansible_collections.strata.layers.plugins.module_utils._ops.container_commit import container_commit
-from ansible_collections.strata.layers.plugins.module_utils._containers import container_layer
+from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer import container_layer
 from ansible_collections.strata.layers.plugins.module_utils._copytree import Shadow
 from ansible_collections.strata.layers.plugins.module_utils._errors import InvalidInput
 from ansible_collections.strata.layers.plugins.module_utils._ops.store_info import store_info

@@ -11,7 +11,7 @@ import tempfile
 import pytest
 
 from ansible_collections.strata.layers.plugins.module_utils._ops.container_commit import container_commit
-from ansible_collections.strata.layers.plugins.module_utils._containers import container_layer
+from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer import container_layer
 from ansible_collections.strata.layers.plugins.module_utils._errors import AlreadyExists
 from ansible_collections.strata.layers.plugins.module_utils._export import image_export
 from ansible_collections.strata.layers.plugins.module_utils._ops.image import image

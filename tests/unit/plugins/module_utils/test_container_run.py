@@ -191,7 +191,7 @@ def test_running_containers_are_refused_where_they_must_be(store):
     run(store, detach=True, interactive=True)
     with pytest.raises(Busy, match="'c1' is running"):
         container({"data_root": store.root, "name": "c1", "state": "absent"})
-    from ansible_collections.strata.layers.plugins.module_utils._containers import container_layer
+    from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer import container_layer
     with pytest.raises(Busy, match="c1 is running"):
         container_layer({"data_root": store.root, "name": "c1", "state": "absent"})
     from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
@@ -262,7 +262,7 @@ def test_a_driver_switch_carries_the_init_layer(store):
 
 
 def test_a_container_without_an_init_layer_still_runs(store):
-    from ansible_collections.strata.layers.plugins.module_utils._containers import container_layer
+    from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer import container_layer
     made = container_layer({"data_root": store.root, "name": "old", "image": "plain:1"})
     assert not store.driver.has_init(made["id"])
     result = container({"data_root": store.root, "name": "old", "detach": False,
@@ -299,7 +299,7 @@ def test_crun_runs_or_fails_clearly_leaving_nothing(store):
 
 
 def test_a_running_containers_image_and_mount_are_kept(store):
-    from ansible_collections.strata.layers.plugins.module_utils._containers import container_layer
+    from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer import container_layer
     from ansible_collections.strata.layers.plugins.module_utils._ops.image import image
     run(store, detach=True, interactive=True)
     with pytest.raises(Busy, match="c1 is running"):

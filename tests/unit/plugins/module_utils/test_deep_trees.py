@@ -25,7 +25,7 @@ import pytest
 from ansible_collections.strata.layers.plugins.module_utils._atomic import remove_tree
 from ansible_collections.strata.layers.plugins.module_utils._changes import TreeDiff, UpperDiff
 from ansible_collections.strata.layers.plugins.module_utils._ops.container_commit import container_commit
-from ansible_collections.strata.layers.plugins.module_utils._containers import container_layer
+from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer import container_layer
 from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID
 from ansible_collections.strata.layers.plugins.module_utils._errors import Corrupt
 from ansible_collections.strata.layers.plugins.module_utils._imageview import ImageView

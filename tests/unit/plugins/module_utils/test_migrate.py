@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from ansible_collections.strata.layers.plugins.module_utils._containers import container_layer
+from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer import container_layer
 from ansible_collections.strata.layers.plugins.module_utils._errors import Busy, InvalidInput
 from ansible_collections.strata.layers.plugins.module_utils._ops.store_info import store_info
 from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import

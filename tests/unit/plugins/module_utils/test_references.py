@@ -10,7 +10,7 @@ import pytest
 
 from ansible_collections.strata.layers.plugins.module_utils._atomic import remove_tree
 from ansible_collections.strata.layers.plugins.module_utils._check import store_check
-from ansible_collections.strata.layers.plugins.module_utils._containers import container_layer
+from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer import container_layer
 from ansible_collections.strata.layers.plugins.module_utils._errors import Corrupt
 from ansible_collections.strata.layers.plugins.module_utils._ops.image import image
 from ansible_collections.strata.layers.plugins.module_utils._ops.store_info import store_info

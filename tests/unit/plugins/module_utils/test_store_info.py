@@ -7,7 +7,9 @@ import os
 import pytest
 
 from ansible_collections.strata.layers.plugins.module_utils._containers import (
-    ContainerDB, changes, container_layer, image_chain)
+    ContainerDB, changes, image_chain)
+from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer import (
+    container_layer)
 from ansible_collections.strata.layers.plugins.module_utils._ops.store_info import store_info
 from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
 from ansible_collections.strata.layers.plugins.module_utils._store import Store

@@ -10,7 +10,7 @@ import pytest
 
 from ansible_collections.strata.layers.plugins.module_utils._builder import image_build
 from ansible_collections.strata.layers.plugins.module_utils._ops.container_commit import container_commit
-from ansible_collections.strata.layers.plugins.module_utils._containers import container_layer
+from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer import container_layer
 from ansible_collections.strata.layers.plugins.module_utils._errors import InvalidInput
 from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
