@@ -40,10 +40,12 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
     TEMP_PREFIX, makedirs, read_json, rename_durable, write_json)
+from ansible_collections.strata.layers.plugins.module_utils._containers import (
+    ContainerRecord, read_record)
 from ansible_collections.strata.layers.plugins.module_utils._digest import (
     ChainID, ImageID, chain_id, chain_ids, hex_of, is_digest, sha256_bytes)
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
-    Corrupt, InvalidInput, InvalidReference, StoreError)
+    Corrupt, InvalidInput, InvalidReference, NotFound, StoreError)
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mounts_below
 from ansible_collections.strata.layers.plugins.module_utils._images import (
     normalize_tag, parse_config)
@@ -451,11 +453,11 @@ def _check_container(s: Survey, cid: str) -> Iterator[Finding]:
                       "container's writable layer to quarantine/" % problem,
                       "quarantine-container", cid)
         return
-    shown = "container %r" % data["name"]
-    if data["image_id"] not in s.images:
+    shown = "container %r" % data.name
+    if data.image_id not in s.images:
         yield Finding("missing-container-image", cid, "%s uses image %s, which is not in the "
                       "store (or is damaged): re-import the image, or remove the container "
-                      "(container_layer state=absent)" % (shown, data["image_id"]))
+                      "(container_layer state=absent)" % (shown, data.image_id))
     upper = s.driver.container_root(cid)
     if not os.path.isdir(upper):
         yield Finding("missing-container-data", cid, "the %s driver holds no writable layer for "
@@ -463,17 +465,13 @@ def _check_container(s: Survey, cid: str) -> Iterator[Finding]:
                       "state=absent) and create it again" % (s.driver.name, shown, s.rel(upper)))
 
 
-def _read_container(path: str, cid: str) -> Tuple[str, Optional[Dict[str, Any]]]:
+def _read_container(path: str, cid: str) -> Tuple[str, Optional[ContainerRecord]]:
     if len(cid) != 64 or any(c not in "0123456789abcdef" for c in cid):
         return "the name is not a container id", None
     try:
-        data = read_json(os.path.join(path, "container.json"))
-    except (OSError, ValueError) as exc:
-        return "container.json cannot be read (%s)" % exc, None
-    if not isinstance(data, dict) or data.get("id") != cid or \
-            not isinstance(data.get("name"), str) or not isinstance(data.get("image_id"), str):
-        return "container.json does not name this container, its name and its image", None
-    return "", data
+        return "", read_record(path, cid)
+    except (NotFound, Corrupt) as exc:
+        return str(exc.details.get("problem", exc)), None
 
 
 def check_driver_dirs(s: Survey) -> Iterator[Finding]:

@@ -45,6 +45,7 @@ from ansible_collections.strata.layers.plugins.module_utils._store import Store
 from ansible_collections.strata.layers.plugins.module_utils._trust import inside, overlaps
 from ansible_collections.strata.layers.plugins.module_utils.drivers._base import Driver, InitFiller
 
+RECORD_FILE = "container.json"
 _NAME_RE = re.compile(r"\A[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}\Z")
 
 
@@ -83,16 +84,7 @@ class ContainerDB:
             return []
 
     def get(self, cid: str) -> ContainerRecord:
-        path = os.path.join(self.path(cid), "container.json")
-        try:
-            data = read_json(path)
-            return ContainerRecord(**{k: data[k] for k in data
-                                      if k in ContainerRecord.__dataclass_fields__})
-        except FileNotFoundError as exc:
-            raise NotFound("container %s is not in the store" % cid) from exc
-        except (ValueError, TypeError) as exc:
-            raise Corrupt("container record %s is damaged: run strata.layers.store_check"
-                          % path) from exc
+        return read_record(self.path(cid), cid)
 
     def all(self) -> List[ContainerRecord]:
         out = []
@@ -110,7 +102,36 @@ class ContainerDB:
         return None
 
     def save(self, record: ContainerRecord) -> None:
-        write_json(os.path.join(self.path(record.id), "container.json"), record.to_json())
+        write_json(os.path.join(self.path(record.id), RECORD_FILE), record.to_json())
+
+
+def read_record(path: str, cid: str) -> ContainerRecord:
+    """The record in ``path`` (``containers/<cid>``), the one reader of ``container.json``
+    (the store's references, store_check and the modules all read it here).  NotFound
+    when there is none; Corrupt when it cannot be read or does not name container
+    ``cid``, its name and its image.  Both carry the ``problem`` in a few words."""
+    file = os.path.join(path, RECORD_FILE)
+    try:
+        data = read_json(file)
+    except FileNotFoundError as exc:
+        raise NotFound("container %s is not in the store" % cid,
+                       problem="%s cannot be read (%s)" % (RECORD_FILE, exc)) from exc
+    except (OSError, ValueError) as exc:
+        raise _damaged(file, "%s cannot be read (%s)" % (RECORD_FILE, exc)) from exc
+    if not isinstance(data, dict) or data.get("id") != cid or \
+            not isinstance(data.get("name"), str) or not isinstance(data.get("image_id"), str):
+        raise _damaged(file, "%s does not name this container, its name and its image"
+                       % RECORD_FILE)
+    try:
+        return ContainerRecord(**{k: data[k] for k in data
+                                  if k in ContainerRecord.__dataclass_fields__})
+    except TypeError as exc:
+        raise _damaged(file, "%s lacks a field (%s)" % (RECORD_FILE, exc)) from exc
+
+
+def _damaged(file: str, problem: str) -> Corrupt:
+    return Corrupt("container record %s is damaged (%s): run strata.layers.store_check"
+                   % (file, problem), problem=problem)
 
 
 def image_chain(store: Store, image: ImageRecord) -> List[ChainID]:
@@ -256,7 +277,7 @@ def create(store: Store, name: str, image: ImageRecord, kind: str = "container",
                                  run=run)
         makedirs(store.tmp)
         os.mkdir(staged, 0o700)
-        write_json(os.path.join(staged, "container.json"), record.to_json())
+        write_json(os.path.join(staged, RECORD_FILE), record.to_json())
         makedirs(db.dir)
         rename_durable(staged, db.path(cid))
         crash_point("container-create.recorded")
