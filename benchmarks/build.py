@@ -93,7 +93,7 @@ def sha256sum_context(path: str) -> None:
 class Ours:
     def __init__(self, out: str, base_archive: str, context: str) -> None:
         self.out, self.base, self.context = out, base_archive, context
-        self.builder = engine("_builder")
+        self.builder = engine("_ops.image_build")
 
     def fresh(self, name: str) -> str:
         root = os.path.join(self.out, name)

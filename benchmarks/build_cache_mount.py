@@ -94,7 +94,7 @@ class Ours:
         engine("_ingest").layer_import({"data_root": self.root, "src": self.base})
 
     def build(self, bust: str) -> None:
-        engine("_builder").image_build({
+        engine("_ops.image_build").image_build({
             "data_root": self.root, "spec": DOCKERFILE.format(base=BASE),
             "build_args": {"URL": self.url, "BUST": bust}, "tag": ["bench/out:1"]})
 

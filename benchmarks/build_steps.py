@@ -35,7 +35,7 @@ def ours(work: str, steps: int) -> List[float]:
     wipe(root)
     engine("_switch").storage_driver({"data_root": root, "driver": "vfs"})
     before = wchar()
-    seconds = timed(lambda: engine("_builder").image_build({"data_root": root,
+    seconds = timed(lambda: engine("_ops.image_build").image_build({"data_root": root,
                                                             "spec": spec_text(steps)}))
     return [seconds, wchar() - before, du_bytes(root)]
 

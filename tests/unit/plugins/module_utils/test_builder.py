@@ -8,7 +8,7 @@ import tarfile
 
 import pytest
 
-from ansible_collections.strata.layers.plugins.module_utils._builder import image_build
+from ansible_collections.strata.layers.plugins.module_utils._ops.image_build import image_build
 from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer import container_layer
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     InvalidInput, NotFound, StoreError)

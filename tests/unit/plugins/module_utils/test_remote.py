@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from ansible_collections.strata.layers.plugins.module_utils._builder import image_build
+from ansible_collections.strata.layers.plugins.module_utils._ops.image_build import image_build
 from ansible_collections.strata.layers.plugins.module_utils._errors import InvalidInput
 from ansible_collections.strata.layers.plugins.module_utils._export import image_export
 from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import

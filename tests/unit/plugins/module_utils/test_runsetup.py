@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from ansible_collections.strata.layers.plugins.module_utils._builder import image_build
+from ansible_collections.strata.layers.plugins.module_utils._ops.image_build import image_build
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     InvalidInput, StoreError)
 from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
