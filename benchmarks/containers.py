@@ -47,7 +47,7 @@ IMAGE = "bench/app:1"
 
 def build_image(work: str, out: str) -> Dict[str, object]:
     """The image as a docker-archive, made by our own import + image_export."""
-    ingest, export = engine("_ingest"), engine("_export")
+    ingest, export = engine("_ingest"), engine("_ops.image_export")
     base = make_rootfs_tar(os.path.join(work, "rootfs.tar"), work)
     perl = os.path.join(work, "perl.tar")
     made = make_tar(perl, ["usr/share/perl"])

@@ -111,7 +111,7 @@ def make_archives(bench: Bench, src: str, tar: str) -> Dict[str, str]:
     """docker-archive and oci-archive of a one-layer image, written by image_export."""
     root = bench.fresh_store("seed")
     bench.ingest.layer_import({"data_root": root, "src": tar, "tag": ["bench/big:1"]})
-    export = engine("_export")
+    export = engine("_ops.image_export")
     archives = {}
     for fmt in ("docker-archive", "oci-archive"):
         archives[fmt] = os.path.join(src, "image-%s.tar" % fmt)

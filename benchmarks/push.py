@@ -90,7 +90,7 @@ def prepare(work: str, outputs: str, dirs: list) -> Bench:
     engine("_switch").storage_driver({"data_root": store, "driver": "overlay2"})
     engine("_ingest").layer_import({"data_root": store, "src": tar, "tag": ["bench:1"]})
     layout = os.path.join(work, "layout")
-    engine("_export").image_export({"data_root": store, "image": "bench:1", "dest": layout,
+    engine("_ops.image_export").image_export({"data_root": store, "image": "bench:1", "dest": layout,
                                     "format": "oci-layout"})
     # skopeo names the image by the layout's ref annotation: "bench:1" -> ref "bench:1"
     with open(os.path.join(layout, "index.json")) as handle:
@@ -100,7 +100,7 @@ def prepare(work: str, outputs: str, dirs: list) -> Bench:
     with open(os.path.join(layout, "index.json"), "w") as handle:
         json.dump(index, handle)
     archive = os.path.join(work, "image.tar")
-    engine("_export").image_export({"data_root": store, "image": "bench:1", "dest": archive})
+    engine("_ops.image_export").image_export({"data_root": store, "image": "bench:1", "dest": archive})
     runroot = os.path.join("/tmp", "sbpush-%d" % os.getpid())
     podman = ["podman", "--root", os.path.join(outputs, "podman"), "--runroot", runroot,
               "--storage-driver", "overlay"]

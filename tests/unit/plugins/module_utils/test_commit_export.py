@@ -13,7 +13,7 @@ import pytest
 from ansible_collections.strata.layers.plugins.module_utils._ops.container_commit import container_commit
 from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer import container_layer
 from ansible_collections.strata.layers.plugins.module_utils._errors import AlreadyExists
-from ansible_collections.strata.layers.plugins.module_utils._export import image_export
+from ansible_collections.strata.layers.plugins.module_utils._ops.image_export import image_export
 from ansible_collections.strata.layers.plugins.module_utils._ops.image import image
 from ansible_collections.strata.layers.plugins.module_utils._ops.store_info import store_info
 from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import

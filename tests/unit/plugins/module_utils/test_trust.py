@@ -18,7 +18,7 @@ from ansible_collections.strata.layers.plugins.module_utils._check import store_
 from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer import container_layer
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, DigestMismatch, InvalidInput)
-from ansible_collections.strata.layers.plugins.module_utils._export import image_export
+from ansible_collections.strata.layers.plugins.module_utils._ops.image_export import image_export
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mount_at
 from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
