@@ -39,7 +39,7 @@ finally:
 """
 RUN_PULL = """import os, shutil, sys, tempfile
 sys.path.insert(0, sys.argv[1])
-from ansible_collections.strata.layers.plugins.module_utils._pull import image_pull
+from ansible_collections.strata.layers.plugins.module_utils._ops.image_pull import image_pull
 work = tempfile.mkdtemp(dir=sys.argv[4])
 try:
     root = os.path.join(work, "s")

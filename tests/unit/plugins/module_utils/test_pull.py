@@ -17,7 +17,7 @@ import pytest
 
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     DigestMismatch, InvalidInput, InvalidReference, NotFound, StoreError)
-from ansible_collections.strata.layers.plugins.module_utils._pull import image_pull
+from ansible_collections.strata.layers.plugins.module_utils._ops.image_pull import image_pull
 from ansible_collections.strata.layers.plugins.module_utils._registry import (
     AuthenticationRefused, TLSFailure, Unreachable)
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
@@ -253,7 +253,7 @@ def test_a_pulled_store_passes_store_check(proxy, store_root):
 # ---------------------------------------------------------------------- interrupted pulls
 def _pull_in_child(host: str, repo: str, store_root: str, env_extra: dict) -> subprocess.Popen:
     code = ("import json, sys\n"
-            "from ansible_collections.strata.layers.plugins.module_utils._pull import image_pull\n"
+            "from ansible_collections.strata.layers.plugins.module_utils._ops.image_pull import image_pull\n"
             "print(json.dumps(image_pull(json.loads(sys.argv[1]))))\n")
     params = {"name": "%s/%s" % (host, repo), "insecure": True, "data_root": store_root}
     env = dict(python_env(), **env_extra)
