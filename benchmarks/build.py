@@ -99,7 +99,7 @@ class Ours:
         root = os.path.join(self.out, name)
         wipe(root)
         engine("_switch").storage_driver({"data_root": root, "driver": "overlay2"})
-        engine("_ingest").layer_import({"data_root": root, "src": self.base})
+        engine("_ops.layer_import").layer_import({"data_root": root, "src": self.base})
         syncfs(self.out)
         return root
 
@@ -227,7 +227,7 @@ def main() -> int:
 def build_base(work: str, out: str) -> str:
     root = os.path.join(out, "seed")
     tar = make_rootfs_tar(os.path.join(work, "rootfs.tar"), os.path.join(work, "rootfs"))
-    engine("_ingest").layer_import({"data_root": root, "src": tar, "tag": [BASE]})
+    engine("_ops.layer_import").layer_import({"data_root": root, "src": tar, "tag": [BASE]})
     archive = os.path.join(work, "base.tar")
     engine("_ops.image_export").image_export({"data_root": root, "image": BASE, "dest": archive,
                                     "format": "docker-archive"})

@@ -91,7 +91,7 @@ class Ours:
         self.root = os.path.join(self.out, "store")
         wipe(self.root)
         engine("_switch").storage_driver({"data_root": self.root, "driver": "overlay2"})
-        engine("_ingest").layer_import({"data_root": self.root, "src": self.base})
+        engine("_ops.layer_import").layer_import({"data_root": self.root, "src": self.base})
 
     def build(self, bust: str) -> None:
         engine("_ops.image_build").image_build({
@@ -177,7 +177,7 @@ class Docker:
 def build_base(work: str, out: str) -> str:
     root = os.path.join(out, "seed")
     tar = make_rootfs_tar(os.path.join(work, "rootfs.tar"), os.path.join(work, "rootfs"))
-    engine("_ingest").layer_import({"data_root": root, "src": tar, "tag": [BASE]})
+    engine("_ops.layer_import").layer_import({"data_root": root, "src": tar, "tag": [BASE]})
     archive = os.path.join(work, "base.tar")
     engine("_ops.image_export").image_export({"data_root": root, "image": BASE, "dest": archive,
                                     "format": "docker-archive"})

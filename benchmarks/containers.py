@@ -47,7 +47,7 @@ IMAGE = "bench/app:1"
 
 def build_image(work: str, out: str) -> Dict[str, object]:
     """The image as a docker-archive, made by our own import + image_export."""
-    ingest, export = engine("_ingest"), engine("_ops.image_export")
+    ingest, export = engine("_ops.layer_import"), engine("_ops.image_export")
     base = make_rootfs_tar(os.path.join(work, "rootfs.tar"), work)
     perl = os.path.join(work, "perl.tar")
     made = make_tar(perl, ["usr/share/perl"])
@@ -73,7 +73,7 @@ class Ours:
     def fresh(self) -> None:
         wipe(self.root)
         engine("_switch").storage_driver({"data_root": self.root, "driver": self.driver})
-        engine("_ingest").layer_import({"data_root": self.root, "src": self.archive})
+        engine("_ops.layer_import").layer_import({"data_root": self.root, "src": self.archive})
         syncfs(self.out)
 
     def create_all(self, count: int) -> List[float]:

@@ -49,7 +49,7 @@ PAIRS = "overlay2:vfs,vfs:overlay2,overlay2:btrfs"
 def build_archives(work: str, out: str, images: List[Tuple[str, List[str]]]
                    ) -> Dict[str, object]:
     """One docker-archive per image, written by image_export; layer tars counted once."""
-    ingest, export = engine("_ingest"), engine("_ops.image_export")
+    ingest, export = engine("_ops.layer_import"), engine("_ops.image_export")
     root = os.path.join(out, "seed")
     tars: Dict[str, Dict[str, int]] = {}
     archives = []
@@ -74,7 +74,7 @@ def build_archives(work: str, out: str, images: List[Tuple[str, List[str]]]
 
 
 def import_all(root: str, archives: List[str]) -> None:
-    ingest = engine("_ingest")
+    ingest = engine("_ops.layer_import")
     for path in archives:
         ingest.layer_import({"data_root": root, "src": path})
 

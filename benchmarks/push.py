@@ -88,7 +88,7 @@ def prepare(work: str, outputs: str, dirs: list) -> Bench:
     progress("layer: %.0f MB, %d entries" % (made["bytes"] / 1e6, made["entries"]))
     store = os.path.join(outputs, "store")
     engine("_switch").storage_driver({"data_root": store, "driver": "overlay2"})
-    engine("_ingest").layer_import({"data_root": store, "src": tar, "tag": ["bench:1"]})
+    engine("_ops.layer_import").layer_import({"data_root": store, "src": tar, "tag": ["bench:1"]})
     layout = os.path.join(work, "layout")
     engine("_ops.image_export").image_export({"data_root": store, "image": "bench:1", "dest": layout,
                                     "format": "oci-layout"})

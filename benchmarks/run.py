@@ -45,7 +45,7 @@ def image_tar(work: str) -> str:
 
 def prepare_ours(base: str, tar: str) -> list:
     root = os.path.join(base, "strata")
-    engine("_ingest").layer_import({"data_root": root, "src": tar, "format": "layer",
+    engine("_ops.layer_import").layer_import({"data_root": root, "src": tar, "format": "layer",
                                     "tag": ["bench:1"]})
     args = os.path.join(base, "args.json")
     with open(args, "w") as handle:

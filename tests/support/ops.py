@@ -37,9 +37,11 @@ def entry_point(op: str) -> Callable[..., Dict[str, Any]]:
     crash variables when ``_crash`` is first imported)."""
     base = "ansible_collections.strata.layers.plugins.module_utils."
     module, name = {
-        "import": ("_ingest", "layer_import"), "archive": ("_ingest", "layer_import"),
+        "import": ("_ops.layer_import", "layer_import"),
+        "archive": ("_ops.layer_import", "layer_import"),
         "container": ("_ops.container_layer", "container_layer"),
-        "commit": ("_ops.container_commit", "container_commit"), "build": ("_ops.image_build", "image_build"),
+        "commit": ("_ops.container_commit", "container_commit"),
+        "build": ("_ops.image_build", "image_build"),
         "migrate": ("_switch", "storage_driver"), "prune": ("_ops.store_prune", "store_prune"),
         "image": ("_ops.image", "image"), "check": ("_check", "store_check"),
         "info": ("_ops.store_info", "store_info"), "run": ("_ops.container", "container")}[op]

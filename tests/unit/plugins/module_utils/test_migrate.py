@@ -17,7 +17,7 @@ import pytest
 from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer import container_layer
 from ansible_collections.strata.layers.plugins.module_utils._errors import Busy, InvalidInput
 from ansible_collections.strata.layers.plugins.module_utils._ops.store_info import store_info
-from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
+from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
 from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
 from tests.support.paths import python_env
 from tests.support.tars import LayerTar, write

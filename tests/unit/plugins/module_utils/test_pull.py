@@ -146,7 +146,7 @@ def test_exact_blobs_plain_gzip_and_zstd(proxy, plain, images, store_root):
 
 
 def test_layers_imported_from_an_archive_are_not_downloaded(proxy, plain, images, store_root):
-    from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
+    from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
     layer_import({"src": os.path.join(images["work"], "base"), "format": "oci-layout",
                   "data_root": store_root})
     result = pull(proxy.host, "test/base:1", store_root)

@@ -17,7 +17,7 @@ import pytest
 from ansible_collections.strata.layers.plugins.module_utils._ops.image_build import image_build
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     InvalidInput, StoreError)
-from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
+from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
 from ansible_collections.strata.layers.plugins.module_utils._ops.store_prune import store_prune
 from ansible_collections.strata.layers.plugins.module_utils._runsetup import cache_path
 from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver

@@ -12,7 +12,7 @@ from ansible_collections.strata.layers.plugins.module_utils._ops.image_build imp
 from ansible_collections.strata.layers.plugins.module_utils._ops.container_commit import container_commit
 from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer import container_layer
 from ansible_collections.strata.layers.plugins.module_utils._errors import InvalidInput
-from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
+from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
 from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
 
