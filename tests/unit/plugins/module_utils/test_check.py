@@ -13,7 +13,8 @@ import yaml
 
 from ansible_collections.strata.layers.plugins.module_utils import _check
 from ansible_collections.strata.layers.plugins.module_utils._atomic import remove_tree
-from ansible_collections.strata.layers.plugins.module_utils._check import KINDS, store_check
+from ansible_collections.strata.layers.plugins.module_utils._check import KINDS
+from ansible_collections.strata.layers.plugins.module_utils._ops.store_check import store_check
 from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer import container_layer
 from ansible_collections.strata.layers.plugins.module_utils._ops.store_info import store_info
 from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import

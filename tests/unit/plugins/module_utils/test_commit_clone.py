@@ -16,7 +16,7 @@ import subprocess
 
 import pytest
 
-from ansible_collections.strata.layers.plugins.module_utils._check import store_check
+from ansible_collections.strata.layers.plugins.module_utils._ops.store_check import store_check
 from ansible_collections.strata.layers.plugins.module_utils._ops.container_commit import container_commit
 from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer import container_layer
 from ansible_collections.strata.layers.plugins.module_utils._copytree import Shadow

@@ -193,7 +193,7 @@ def test_a_later_run_with_keep_previous_false_drops_the_kept_data(btrfs_root, tm
 def test_removing_a_container_removes_the_kept_drivers_copy(btrfs_root, tmp_path, busybox_tar):
     """Found by review: after a keep_previous migration, container removal left the old
     driver's copy behind (an orphan store_check reported at once)."""
-    from ansible_collections.strata.layers.plugins.module_utils._check import store_check
+    from ansible_collections.strata.layers.plugins.module_utils._ops.store_check import store_check
     root = btrfs_root
     storage_driver({"data_root": root, "driver": "overlay2"})
     build(root, tmp_path, busybox_tar)

@@ -243,7 +243,7 @@ def test_max_size_refuses_a_layer_and_keeps_nothing_of_it(proxy, store_root):
 
 
 def test_a_pulled_store_passes_store_check(proxy, store_root):
-    from ansible_collections.strata.layers.plugins.module_utils._check import store_check
+    from ansible_collections.strata.layers.plugins.module_utils._ops.store_check import store_check
     pull(proxy.host, "test/child:1", store_root)
     pull(proxy.host, "test/multi:1", store_root, platform="linux/arm64")
     result = store_check({"data_root": store_root})

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from ansible_collections.strata.layers.plugins.module_utils._atomic import remove_tree
-from ansible_collections.strata.layers.plugins.module_utils._check import store_check
+from ansible_collections.strata.layers.plugins.module_utils._ops.store_check import store_check
 from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer import container_layer
 from ansible_collections.strata.layers.plugins.module_utils._errors import Corrupt
 from ansible_collections.strata.layers.plugins.module_utils._ops.image import image

@@ -14,7 +14,7 @@ import tempfile
 import pytest
 
 from ansible_collections.strata.layers.plugins.module_utils import _trust
-from ansible_collections.strata.layers.plugins.module_utils._check import store_check
+from ansible_collections.strata.layers.plugins.module_utils._ops.store_check import store_check
 from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer import container_layer
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, DigestMismatch, InvalidInput)
