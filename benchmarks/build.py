@@ -98,7 +98,7 @@ class Ours:
     def fresh(self, name: str) -> str:
         root = os.path.join(self.out, name)
         wipe(root)
-        engine("_switch").storage_driver({"data_root": root, "driver": "overlay2"})
+        engine("_ops.storage_driver").storage_driver({"data_root": root, "driver": "overlay2"})
         engine("_ops.layer_import").layer_import({"data_root": root, "src": self.base})
         syncfs(self.out)
         return root

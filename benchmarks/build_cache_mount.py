@@ -90,7 +90,7 @@ class Ours:
     def fresh(self) -> None:
         self.root = os.path.join(self.out, "store")
         wipe(self.root)
-        engine("_switch").storage_driver({"data_root": self.root, "driver": "overlay2"})
+        engine("_ops.storage_driver").storage_driver({"data_root": self.root, "driver": "overlay2"})
         engine("_ops.layer_import").layer_import({"data_root": self.root, "src": self.base})
 
     def build(self, bust: str) -> None:

@@ -48,7 +48,7 @@ def used_bytes(mount: str, fs: str) -> int:
 def prepare(mount: str, driver: str, base_tar: str, dirs: List[str], big_mb: int) -> Tuple[str, str]:
     """A store with one container full of changes; returns (data_root, its upper/root)."""
     root = os.path.join(mount, "store")
-    engine("_switch").storage_driver({"data_root": root, "driver": driver})
+    engine("_ops.storage_driver").storage_driver({"data_root": root, "driver": driver})
     engine("_ops.layer_import").layer_import({"data_root": root, "src": base_tar, "tag": ["base:1"]})
     made = engine("_ops.container_layer").container_layer(
         {"data_root": root, "name": "c", "image": "base:1", "state": "mounted"})

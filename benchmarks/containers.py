@@ -72,7 +72,7 @@ class Ours:
 
     def fresh(self) -> None:
         wipe(self.root)
-        engine("_switch").storage_driver({"data_root": self.root, "driver": self.driver})
+        engine("_ops.storage_driver").storage_driver({"data_root": self.root, "driver": self.driver})
         engine("_ops.layer_import").layer_import({"data_root": self.root, "src": self.archive})
         syncfs(self.out)
 

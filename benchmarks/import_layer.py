@@ -50,7 +50,7 @@ TAR_FLAGS = {"plain": [], "gzip": ["-z"], "zstd": ["--zstd"]}
 RSS_CODE = r"""
 import json, os, resource, sys
 from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
-from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
+from ansible_collections.strata.layers.plugins.module_utils._ops.storage_driver import storage_driver
 
 def hwm():
     with open("/proc/self/status") as handle:
@@ -70,7 +70,7 @@ class Bench:
     def __init__(self, out: str) -> None:
         self.out = out
         self.ingest = engine("_ops.layer_import")
-        self.switch = engine("_switch")
+        self.switch = engine("_ops.storage_driver")
 
     def fresh_store(self, name: str) -> str:
         root = os.path.join(self.out, name)

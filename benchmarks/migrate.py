@@ -81,7 +81,7 @@ def import_all(root: str, archives: List[str]) -> None:
 
 def source_store(root: str, driver: str, archives: List[str], images: List[str]) -> None:
     wipe(root)
-    engine("_switch").storage_driver({"data_root": root, "driver": driver})
+    engine("_ops.storage_driver").storage_driver({"data_root": root, "driver": driver})
     import_all(root, archives)
     layer = engine("_ops.container_layer").container_layer
     for index, ref in enumerate((images[-2], images[-1])):
@@ -117,7 +117,7 @@ def one_pair(out: str, old: str, new: str, made: Dict[str, object], refs: List[s
     archives = list(made["archives"])  # type: ignore[call-overload]
     root = os.path.join(out, "store")
     source_store(root, old, archives, refs)
-    switch = engine("_switch").storage_driver
+    switch = engine("_ops.storage_driver").storage_driver
     moved: Dict[str, object] = {}
     label = "%s -> %s" % (old, new)
     results.add("migrate " + label, timed(lambda: moved.update(switch(

@@ -87,7 +87,7 @@ def prepare(work: str, outputs: str, dirs: list) -> Bench:
     made = make_tar(tar, dirs)
     progress("layer: %.0f MB, %d entries" % (made["bytes"] / 1e6, made["entries"]))
     store = os.path.join(outputs, "store")
-    engine("_switch").storage_driver({"data_root": store, "driver": "overlay2"})
+    engine("_ops.storage_driver").storage_driver({"data_root": store, "driver": "overlay2"})
     engine("_ops.layer_import").layer_import({"data_root": store, "src": tar, "tag": ["bench:1"]})
     layout = os.path.join(work, "layout")
     engine("_ops.image_export").image_export({"data_root": store, "image": "bench:1", "dest": layout,

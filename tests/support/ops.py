@@ -42,7 +42,7 @@ def entry_point(op: str) -> Callable[..., Dict[str, Any]]:
         "container": ("_ops.container_layer", "container_layer"),
         "commit": ("_ops.container_commit", "container_commit"),
         "build": ("_ops.image_build", "image_build"),
-        "migrate": ("_switch", "storage_driver"), "prune": ("_ops.store_prune", "store_prune"),
+        "migrate": ("_ops.storage_driver", "storage_driver"), "prune": ("_ops.store_prune", "store_prune"),
         "image": ("_ops.image", "image"), "check": ("_ops.store_check", "store_check"),
         "info": ("_ops.store_info", "store_info"), "run": ("_ops.container", "container")}[op]
     return getattr(__import__(base + module, fromlist=[name]), name)

@@ -17,7 +17,7 @@ from ansible_collections.strata.layers.plugins.module_utils._errors import Inval
 from ansible_collections.strata.layers.plugins.module_utils._dockerfile import DEFAULT_PATH
 from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
-from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
+from ansible_collections.strata.layers.plugins.module_utils._ops.storage_driver import storage_driver
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer
 from ansible_collections.strata.layers.plugins.module_utils._ops.store_info import store_info
 from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
-from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
+from ansible_collections.strata.layers.plugins.module_utils._ops.storage_driver import storage_driver
 from ansible_collections.strata.layers.plugins.modules import store_check as module
 from tests.support.paths import python_env
 from tests.support.tars import LayerTar, write

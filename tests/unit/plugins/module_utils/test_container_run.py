@@ -194,7 +194,7 @@ def test_running_containers_are_refused_where_they_must_be(store):
     from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer import container_layer
     with pytest.raises(Busy, match="c1 is running"):
         container_layer({"data_root": store.root, "name": "c1", "state": "absent"})
-    from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
+    from ansible_collections.strata.layers.plugins.module_utils._ops.storage_driver import storage_driver
     with pytest.raises(Busy, match="c1 is running"):
         storage_driver({"data_root": store.root, "driver": "vfs", "migrate": True})
     with pytest.raises(AlreadyExists, match="another args"):
@@ -248,7 +248,7 @@ def _layer_names(store, chain):
 
 
 def test_a_driver_switch_carries_the_init_layer(store):
-    from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
+    from ansible_collections.strata.layers.plugins.module_utils._ops.storage_driver import storage_driver
     ran = run(store, user="0", command=["sh", "-c", "echo kept > /tmp/kept"])
     assert ran["rc"] == 0
     moved = storage_driver({"data_root": store.root, "driver": "vfs", "migrate": True})

@@ -33,7 +33,7 @@ from ansible_collections.strata.layers.plugins.module_utils._ops.store_info impo
 from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
 from ansible_collections.strata.layers.plugins.module_utils._migrate import _same
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
-from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
+from ansible_collections.strata.layers.plugins.module_utils._ops.storage_driver import storage_driver
 from tests.support import loopfs
 from tests.support.tars import LayerTar, write
 

@@ -18,7 +18,7 @@ from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer
 from ansible_collections.strata.layers.plugins.module_utils._errors import Busy, InvalidInput
 from ansible_collections.strata.layers.plugins.module_utils._ops.store_info import store_info
 from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
-from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
+from ansible_collections.strata.layers.plugins.module_utils._ops.storage_driver import storage_driver
 from tests.support.paths import python_env
 from tests.support.tars import LayerTar, write
 
@@ -147,7 +147,7 @@ def migrate_in_subprocess(root: str, target: str, crash_at: str, skip: int = 0):
     env = python_env()
     env.update(STRATA_CRASH_AT=crash_at, STRATA_CRASH_SKIP=str(skip))
     code = ("import json, sys\n"
-            "from ansible_collections.strata.layers.plugins.module_utils._switch import "
+            "from ansible_collections.strata.layers.plugins.module_utils._ops.storage_driver import "
             "storage_driver\n"
             "print(json.dumps(storage_driver({'data_root': %r, 'driver': %r, "
             "'migrate': True})))\n" % (root, target))

@@ -18,7 +18,7 @@ from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import im
 from ansible_collections.strata.layers.plugins.module_utils._ops.store_prune import store_prune
 from ansible_collections.strata.layers.plugins.module_utils._runsetup import CACHE_DIR
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
-from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
+from ansible_collections.strata.layers.plugins.module_utils._ops.storage_driver import storage_driver
 from tests.support.tars import LayerTar, write
 
 

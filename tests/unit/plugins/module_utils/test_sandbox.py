@@ -22,7 +22,7 @@ from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer
 from ansible_collections.strata.layers.plugins.module_utils._errors import StoreError
 from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
 from ansible_collections.strata.layers.plugins.module_utils._sandbox import Sandbox, StepFailed
-from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
+from ansible_collections.strata.layers.plugins.module_utils._ops.storage_driver import storage_driver
 from tests.support import rootfs
 
 # Docker's default capability set less CAP_MKNOD: CHOWN DAC_OVERRIDE FOWNER FSETID KILL

@@ -14,7 +14,7 @@ from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer
 from ansible_collections.strata.layers.plugins.module_utils._errors import InvalidInput
 from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
-from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
+from ansible_collections.strata.layers.plugins.module_utils._ops.storage_driver import storage_driver
 
 
 @pytest.fixture(params=["overlay2", "vfs"])
