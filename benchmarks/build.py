@@ -229,8 +229,8 @@ def build_base(work: str, out: str) -> str:
     tar = make_rootfs_tar(os.path.join(work, "rootfs.tar"), os.path.join(work, "rootfs"))
     engine("_ops.layer_import").layer_import({"data_root": root, "src": tar, "tag": [BASE]})
     archive = os.path.join(work, "base.tar")
-    engine("_ops.image_export").image_export({"data_root": root, "image": BASE, "dest": archive,
-                                    "format": "docker-archive"})
+    engine("_ops.image_export").image_export({"data_root": root, "image": BASE,
+                                              "dest": archive, "format": "docker-archive"})
     wipe(root)
     return archive
 

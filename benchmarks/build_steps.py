@@ -35,8 +35,8 @@ def ours(work: str, steps: int) -> List[float]:
     wipe(root)
     engine("_ops.storage_driver").storage_driver({"data_root": root, "driver": "vfs"})
     before = wchar()
-    seconds = timed(lambda: engine("_ops.image_build").image_build({"data_root": root,
-                                                            "spec": spec_text(steps)}))
+    build = engine("_ops.image_build").image_build
+    seconds = timed(lambda: build({"data_root": root, "spec": spec_text(steps)}))
     return [seconds, wchar() - before, du_bytes(root)]
 
 

@@ -90,8 +90,8 @@ def prepare(work: str, outputs: str, dirs: list) -> Bench:
     engine("_ops.storage_driver").storage_driver({"data_root": store, "driver": "overlay2"})
     engine("_ops.layer_import").layer_import({"data_root": store, "src": tar, "tag": ["bench:1"]})
     layout = os.path.join(work, "layout")
-    engine("_ops.image_export").image_export({"data_root": store, "image": "bench:1", "dest": layout,
-                                    "format": "oci-layout"})
+    engine("_ops.image_export").image_export({"data_root": store, "image": "bench:1",
+                                              "dest": layout, "format": "oci-layout"})
     # skopeo names the image by the layout's ref annotation: "bench:1" -> ref "bench:1"
     with open(os.path.join(layout, "index.json")) as handle:
         index = json.load(handle)
