@@ -30,7 +30,7 @@ sys.path[:0] = [os.path.join(REPO, ".collections"), REPO, HERE]
 
 RUN_IMPORT = """import os, shutil, sys, tempfile
 sys.path.insert(0, sys.argv[1])
-from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
+from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
 work = tempfile.mkdtemp(dir=sys.argv[3])
 try:
     layer_import({"data_root": os.path.join(work, "s"), "src": sys.argv[2], "format": "layer"})
@@ -39,7 +39,7 @@ finally:
 """
 RUN_PULL = """import os, shutil, sys, tempfile
 sys.path.insert(0, sys.argv[1])
-from ansible_collections.strata.layers.plugins.module_utils._pull import image_pull
+from ansible_collections.strata.layers.plugins.module_utils._ops.image_pull import image_pull
 work = tempfile.mkdtemp(dir=sys.argv[4])
 try:
     root = os.path.join(work, "s")
@@ -79,7 +79,7 @@ def bench_pull(runs: int, base: str, work: str) -> str:
     from pull import build_layout
     from tests.support.registry import Registry
     from tests.support.tars import LayerTar, write
-    from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
+    from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
     info = build_layout(work, ["usr/include", "usr/lib/gcc", "usr/share/perl"])
     template = os.path.join(work, "template")
     layer_import({"data_root": template, "src": write(os.path.join(work, "x.tar"),

@@ -93,13 +93,13 @@ def sha256sum_context(path: str) -> None:
 class Ours:
     def __init__(self, out: str, base_archive: str, context: str) -> None:
         self.out, self.base, self.context = out, base_archive, context
-        self.builder = engine("_builder")
+        self.builder = engine("_ops.image_build")
 
     def fresh(self, name: str) -> str:
         root = os.path.join(self.out, name)
         wipe(root)
-        engine("_switch").storage_driver({"data_root": root, "driver": "overlay2"})
-        engine("_ingest").layer_import({"data_root": root, "src": self.base})
+        engine("_ops.storage_driver").storage_driver({"data_root": root, "driver": "overlay2"})
+        engine("_ops.layer_import").layer_import({"data_root": root, "src": self.base})
         syncfs(self.out)
         return root
 
@@ -227,10 +227,10 @@ def main() -> int:
 def build_base(work: str, out: str) -> str:
     root = os.path.join(out, "seed")
     tar = make_rootfs_tar(os.path.join(work, "rootfs.tar"), os.path.join(work, "rootfs"))
-    engine("_ingest").layer_import({"data_root": root, "src": tar, "tag": [BASE]})
+    engine("_ops.layer_import").layer_import({"data_root": root, "src": tar, "tag": [BASE]})
     archive = os.path.join(work, "base.tar")
-    engine("_export").image_export({"data_root": root, "image": BASE, "dest": archive,
-                                    "format": "docker-archive"})
+    engine("_ops.image_export").image_export({"data_root": root, "image": BASE,
+                                              "dest": archive, "format": "docker-archive"})
     wipe(root)
     return archive
 

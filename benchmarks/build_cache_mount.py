@@ -90,11 +90,11 @@ class Ours:
     def fresh(self) -> None:
         self.root = os.path.join(self.out, "store")
         wipe(self.root)
-        engine("_switch").storage_driver({"data_root": self.root, "driver": "overlay2"})
-        engine("_ingest").layer_import({"data_root": self.root, "src": self.base})
+        engine("_ops.storage_driver").storage_driver({"data_root": self.root, "driver": "overlay2"})
+        engine("_ops.layer_import").layer_import({"data_root": self.root, "src": self.base})
 
     def build(self, bust: str) -> None:
-        engine("_builder").image_build({
+        engine("_ops.image_build").image_build({
             "data_root": self.root, "spec": DOCKERFILE.format(base=BASE),
             "build_args": {"URL": self.url, "BUST": bust}, "tag": ["bench/out:1"]})
 
@@ -177,10 +177,10 @@ class Docker:
 def build_base(work: str, out: str) -> str:
     root = os.path.join(out, "seed")
     tar = make_rootfs_tar(os.path.join(work, "rootfs.tar"), os.path.join(work, "rootfs"))
-    engine("_ingest").layer_import({"data_root": root, "src": tar, "tag": [BASE]})
+    engine("_ops.layer_import").layer_import({"data_root": root, "src": tar, "tag": [BASE]})
     archive = os.path.join(work, "base.tar")
-    engine("_export").image_export({"data_root": root, "image": BASE, "dest": archive,
-                                    "format": "docker-archive"})
+    engine("_ops.image_export").image_export({"data_root": root, "image": BASE,
+                                              "dest": archive, "format": "docker-archive"})
     wipe(root)
     return archive
 

@@ -33,10 +33,10 @@ def wchar() -> int:
 def ours(work: str, steps: int) -> List[float]:
     root = os.path.join(work, "store")
     wipe(root)
-    engine("_switch").storage_driver({"data_root": root, "driver": "vfs"})
+    engine("_ops.storage_driver").storage_driver({"data_root": root, "driver": "vfs"})
     before = wchar()
-    seconds = timed(lambda: engine("_builder").image_build({"data_root": root,
-                                                            "spec": spec_text(steps)}))
+    build = engine("_ops.image_build").image_build
+    seconds = timed(lambda: build({"data_root": root, "spec": spec_text(steps)}))
     return [seconds, wchar() - before, du_bytes(root)]
 
 

@@ -48,9 +48,9 @@ def used_bytes(mount: str, fs: str) -> int:
 def prepare(mount: str, driver: str, base_tar: str, dirs: List[str], big_mb: int) -> Tuple[str, str]:
     """A store with one container full of changes; returns (data_root, its upper/root)."""
     root = os.path.join(mount, "store")
-    engine("_switch").storage_driver({"data_root": root, "driver": driver})
-    engine("_ingest").layer_import({"data_root": root, "src": base_tar, "tag": ["base:1"]})
-    made = engine("_containers").container_layer(
+    engine("_ops.storage_driver").storage_driver({"data_root": root, "driver": driver})
+    engine("_ops.layer_import").layer_import({"data_root": root, "src": base_tar, "tag": ["base:1"]})
+    made = engine("_ops.container_layer").container_layer(
         {"data_root": root, "name": "c", "image": "base:1", "state": "mounted"})
     target = made["mount_point"]
     for rel in dirs:
@@ -60,7 +60,7 @@ def prepare(mount: str, driver: str, base_tar: str, dirs: List[str], big_mb: int
         block = os.urandom(1 << 20)
         for _mb in range(big_mb):
             handle.write(block)
-    engine("_containers").container_layer({"data_root": root, "name": "c", "state": "unmounted"})
+    engine("_ops.container_layer").container_layer({"data_root": root, "name": "c", "state": "unmounted"})
     store = engine("_store").Store(root)
     return root, store.driver.container_root(made["id"])
 
@@ -71,7 +71,7 @@ def commit(root: str, clone: bool) -> None:
     try:
         if not clone:
             shadow.open = lambda self, directory: None      # never clones: data written
-        engine("_commit").container_commit({"data_root": root, "name": "c", "tag": ["out:1"]})
+        engine("_ops.container_commit").container_commit({"data_root": root, "name": "c", "tag": ["out:1"]})
     finally:
         shadow.open = saved
 

@@ -47,7 +47,7 @@ IMAGE = "bench/app:1"
 
 def build_image(work: str, out: str) -> Dict[str, object]:
     """The image as a docker-archive, made by our own import + image_export."""
-    ingest, export = engine("_ingest"), engine("_export")
+    ingest, export = engine("_ops.layer_import"), engine("_ops.image_export")
     base = make_rootfs_tar(os.path.join(work, "rootfs.tar"), work)
     perl = os.path.join(work, "perl.tar")
     made = make_tar(perl, ["usr/share/perl"])
@@ -72,8 +72,8 @@ class Ours:
 
     def fresh(self) -> None:
         wipe(self.root)
-        engine("_switch").storage_driver({"data_root": self.root, "driver": self.driver})
-        engine("_ingest").layer_import({"data_root": self.root, "src": self.archive})
+        engine("_ops.storage_driver").storage_driver({"data_root": self.root, "driver": self.driver})
+        engine("_ops.layer_import").layer_import({"data_root": self.root, "src": self.archive})
         syncfs(self.out)
 
     def create_all(self, count: int) -> List[float]:
@@ -93,7 +93,7 @@ class Ours:
         for index in range(count):
             params = {"data_root": self.root, "name": "m%d" % index, "image": IMAGE,
                       "state": "present"}
-            times.append(timed(lambda: self.mod.container_layer(params)))
+            times.append(timed(lambda: engine("_ops.container_layer").container_layer(params)))
         return times
 
     def disk_per_container(self) -> List[int]:
@@ -110,7 +110,7 @@ class Ours:
         return sizes
 
     def store_info(self, sizes: bool = True) -> float:
-        info = engine("_info")
+        info = engine("_ops.store_info")
         return min(timed(lambda: info.store_info({"data_root": self.root, "sizes": sizes}))
                    for _run in range(3))
 

@@ -133,7 +133,7 @@ def run_save_load(dockerd: Dockerd, target: str, archive: str, results: Results)
 def run_import(work: str, target: str, archive: str, results: Results) -> None:
     store = os.path.join(work, "strata-store")
     wipe(store)
-    switch, ingest = engine("_switch"), engine("_ingest")
+    switch, ingest = engine("_ops.storage_driver"), engine("_ops.layer_import")
     switch.storage_driver({"data_root": store, "driver": target, "lock_timeout": 60})
     start = time.perf_counter()
     ingest.layer_import({"data_root": store, "src": archive, "format": "docker-archive",

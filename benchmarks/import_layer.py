@@ -13,7 +13,7 @@ are interleaved (layer_import, tar, layer_import, tar...).  Medians of ``--runs`
     sudo .venv/bin/python benchmarks/import_layer.py [--runs 5] [--quick] [--fs ext4]
 
 What each column includes:
-  layer_import      in-process call of the module's engine (plugins/module_utils/_ingest):
+  layer_import      in-process call of the module's entry point (_ops/layer_import.py):
                     lock, decompress, safe apply (overlay2 layout), diff_id and compressed
                     digest, header record (tar-split), syncfs of the store's filesystem,
                     layer record written durably
@@ -49,8 +49,8 @@ TAR_FLAGS = {"plain": [], "gzip": ["-z"], "zstd": ["--zstd"]}
 
 RSS_CODE = r"""
 import json, os, resource, sys
-from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
-from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
+from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
+from ansible_collections.strata.layers.plugins.module_utils._ops.storage_driver import storage_driver
 
 def hwm():
     with open("/proc/self/status") as handle:
@@ -69,8 +69,8 @@ print(json.dumps({"before": before, "hwm": hwm(),
 class Bench:
     def __init__(self, out: str) -> None:
         self.out = out
-        self.ingest = engine("_ingest")
-        self.switch = engine("_switch")
+        self.ingest = engine("_ops.layer_import")
+        self.switch = engine("_ops.storage_driver")
 
     def fresh_store(self, name: str) -> str:
         root = os.path.join(self.out, name)
@@ -111,7 +111,7 @@ def make_archives(bench: Bench, src: str, tar: str) -> Dict[str, str]:
     """docker-archive and oci-archive of a one-layer image, written by image_export."""
     root = bench.fresh_store("seed")
     bench.ingest.layer_import({"data_root": root, "src": tar, "tag": ["bench/big:1"]})
-    export = engine("_export")
+    export = engine("_ops.image_export")
     archives = {}
     for fmt in ("docker-archive", "oci-archive"):
         archives[fmt] = os.path.join(src, "image-%s.tar" % fmt)

@@ -84,7 +84,7 @@ class Round:
         self.out, self.sources, self.daemon = out, sources, daemon
         self.programs, self.podman, self.results = programs, podman, results
         self.cpu = cpu
-        self.switch = engine("_switch")
+        self.switch = engine("_ops.storage_driver")
         self.store = os.path.join(out, "store")
         self.rss: List[float] = []
 

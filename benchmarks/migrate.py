@@ -60,7 +60,7 @@ PAIRS = "overlay2:vfs,vfs:overlay2,overlay2:btrfs"
 def build_archives(work: str, out: str, images: List[Tuple[str, List[str]]]
                    ) -> Dict[str, object]:
     """One docker-archive per image, written by image_export; layer tars counted once."""
-    ingest, export = engine("_ingest"), engine("_export")
+    ingest, export = engine("_ops.layer_import"), engine("_ops.image_export")
     root = os.path.join(out, "seed")
     tars: Dict[str, Dict[str, int]] = {}
     archives = []
@@ -101,7 +101,7 @@ def call(module: str, function: str, params: Dict[str, object]) -> Dict[str, obj
 
 def import_all(root: str, archives: List[str]) -> None:
     for path in archives:
-        call("_ingest", "layer_import", {"data_root": root, "src": path})
+        call("_ops.layer_import", "layer_import", {"data_root": root, "src": path})
 
 
 def wait_removed(root: str) -> None:
@@ -113,9 +113,9 @@ def wait_removed(root: str) -> None:
 
 def source_store(root: str, driver: str, archives: List[str], images: List[str]) -> None:
     wipe(root)
-    engine("_switch").storage_driver({"data_root": root, "driver": driver})
+    engine("_ops.storage_driver").storage_driver({"data_root": root, "driver": driver})
     import_all(root, archives)
-    layer = engine("_containers").container_layer
+    layer = engine("_ops.container_layer").container_layer
     for index, ref in enumerate((images[-2], images[-1])):
         mount = os.path.join(root, "..", "mnt-%d" % index)
         params = {"data_root": root, "name": "c%d" % index, "image": ref,
@@ -152,7 +152,7 @@ def one_pair(out: str, old: str, new: str, made: Dict[str, object], refs: List[s
     moved: Dict[str, object] = {}
     label = "%s -> %s" % (old, new)
     start = time.perf_counter()
-    moved.update(call("_switch", "storage_driver",
+    moved.update(call("_ops.storage_driver", "storage_driver",
                       {"data_root": root, "driver": new, "migrate": True}))
     results.add("migrate " + label, time.perf_counter() - start)
     wait_removed(root)
@@ -162,7 +162,7 @@ def one_pair(out: str, old: str, new: str, made: Dict[str, object], refs: List[s
     wipe(root)
     root = os.path.join(out, "plain")
     wipe(root)
-    engine("_switch").storage_driver({"data_root": root, "driver": new})
+    engine("_ops.storage_driver").storage_driver({"data_root": root, "driver": new})
     syncfs(out)
     results.add("plain import into %s (for %s)" % (new, label),
                 timed(lambda: import_all(root, archives)))

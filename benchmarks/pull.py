@@ -36,7 +36,7 @@ from tests.support.registry import Registry, missing_tools
 
 DEFAULT_DIRS = "usr/include,usr/lib/gcc,usr/lib/python3.11,usr/libexec,usr/share/perl"
 PULL_CODE = ("import json, sys\n"
-             "from ansible_collections.strata.layers.plugins.module_utils._pull import image_pull\n"
+             "from ansible_collections.strata.layers.plugins.module_utils._ops.image_pull import image_pull\n"
              "r = image_pull(json.loads(sys.argv[1]))\n"
              "print(json.dumps({'image_id': r['image_id'], 'n': len(r['layers'])}))\n")
 

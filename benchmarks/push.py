@@ -87,11 +87,11 @@ def prepare(work: str, outputs: str, dirs: list) -> Bench:
     made = make_tar(tar, dirs)
     progress("layer: %.0f MB, %d entries" % (made["bytes"] / 1e6, made["entries"]))
     store = os.path.join(outputs, "store")
-    engine("_switch").storage_driver({"data_root": store, "driver": "overlay2"})
-    engine("_ingest").layer_import({"data_root": store, "src": tar, "tag": ["bench:1"]})
+    engine("_ops.storage_driver").storage_driver({"data_root": store, "driver": "overlay2"})
+    engine("_ops.layer_import").layer_import({"data_root": store, "src": tar, "tag": ["bench:1"]})
     layout = os.path.join(work, "layout")
-    engine("_export").image_export({"data_root": store, "image": "bench:1", "dest": layout,
-                                    "format": "oci-layout"})
+    engine("_ops.image_export").image_export({"data_root": store, "image": "bench:1",
+                                              "dest": layout, "format": "oci-layout"})
     # skopeo names the image by the layout's ref annotation: "bench:1" -> ref "bench:1"
     with open(os.path.join(layout, "index.json")) as handle:
         index = json.load(handle)
@@ -100,7 +100,7 @@ def prepare(work: str, outputs: str, dirs: list) -> Bench:
     with open(os.path.join(layout, "index.json"), "w") as handle:
         json.dump(index, handle)
     archive = os.path.join(work, "image.tar")
-    engine("_export").image_export({"data_root": store, "image": "bench:1", "dest": archive})
+    engine("_ops.image_export").image_export({"data_root": store, "image": "bench:1", "dest": archive})
     runroot = os.path.join("/tmp", "sbpush-%d" % os.getpid())
     podman = ["podman", "--root", os.path.join(outputs, "podman"), "--runroot", runroot,
               "--storage-driver", "overlay"]

@@ -45,8 +45,8 @@ def image_tar(work: str) -> str:
 
 def prepare_ours(base: str, tar: str) -> list:
     root = os.path.join(base, "strata")
-    engine("_ingest").layer_import({"data_root": root, "src": tar, "format": "layer",
-                                    "tag": ["bench:1"]})
+    engine("_ops.layer_import").layer_import({"data_root": root, "src": tar, "format": "layer",
+                                              "tag": ["bench:1"]})
     args = os.path.join(base, "args.json")
     with open(args, "w") as handle:
         json.dump({"ANSIBLE_MODULE_ARGS": {

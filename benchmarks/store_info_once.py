@@ -29,7 +29,7 @@ def make(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> None:
     sys.path.insert(0, os.path.join(os.path.abspath(args.tree), ".collections"))
-    from ansible_collections.strata.layers.plugins.module_utils._info import store_info
+    from ansible_collections.strata.layers.plugins.module_utils._ops.store_info import store_info
     result = store_info({"data_root": args.store, "sizes": not args.no_sizes})
     print(len(result["containers"]), result["disk_usage"]["containers"],
           result["disk_usage"]["on_disk"])

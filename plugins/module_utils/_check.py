@@ -1,6 +1,7 @@
 # Copyright: strata.layers contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""``store_check``: verify a whole store, and repair what can be repaired safely.
+"""Verifying a whole store, and repairing what can be repaired safely (``store_check``'s
+entry point is ``_ops/store_check.py``).
 
 The check is a driver (``Check.run``) over one small function per kind of finding.
 It reads every record once, one at a time, and verifies every layer's content by
@@ -40,10 +41,12 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
     TEMP_PREFIX, makedirs, read_json, rename_durable, write_json)
+from ansible_collections.strata.layers.plugins.module_utils._containers import (
+    ContainerRecord, read_record)
 from ansible_collections.strata.layers.plugins.module_utils._digest import (
     ChainID, ImageID, chain_id, chain_ids, hex_of, is_digest, sha256_bytes)
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
-    Corrupt, InvalidInput, InvalidReference, StoreError)
+    Corrupt, InvalidInput, InvalidReference, NotFound, StoreError)
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mounts_below
 from ansible_collections.strata.layers.plugins.module_utils._imageconfig import parse_config
 from ansible_collections.strata.layers.plugins.module_utils._imageref import normalize_tag
@@ -145,51 +148,6 @@ class Survey:
     def quarantined(self, name: str) -> Optional[str]:
         found = [n for n in self.listdir(QUARANTINE) if n.startswith(name + "-")]
         return os.path.join(QUARANTINE, found[-1]) if found else None
-
-
-# ---------------------------------------------------------------------- the module
-
-def store_check(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, Any]:
-    """Entry point of the module: returns the result dict (raises StoreError)."""
-    store = Store.from_params(params)
-    repair = bool(params.get("repair"))
-    with store.read():
-        survey, findings = check(store) if store.exists() else (None, [])
-    verified = _verified(survey)
-    fixable = [f for f in findings if f.fix]
-    if not repair or check_mode or not fixable:
-        plan = [_planned(f) for f in fixable] if repair else []
-        return _result(findings, findings, plan, verified, changed=bool(check_mode and plan))
-    # only these need their content re-verified under the exclusive lock
-    flagged = {ChainID(f.object) for f in findings
-               if f.kind in ("corrupt-layer", "bad-layer-record") and is_digest(f.object)}
-    with store.write("store_check repair", init=False):
-        repaired = recovered_items(store.root, store.recovered)
-        failures: Dict[Tuple[str, str], str] = {}
-        repaired += repair_rounds(store, flagged, failures)
-        remaining = check(store, verify=flagged)[1]
-    for finding in remaining:
-        if finding.key in failures:
-            finding.detail += " (repair failed: %s)" % failures[finding.key]
-    return _result(findings, remaining, repaired, verified, changed=bool(repaired))
-
-
-def _result(findings: List[Finding], remaining: List[Finding], repaired: List[Dict[str, str]],
-            verified: Dict[str, int], changed: bool) -> Dict[str, Any]:
-    return {"changed": changed, "ok": not remaining,
-            "findings": [f.as_dict() for f in findings],
-            "remaining": [f.as_dict() for f in remaining],
-            "repaired": repaired, "verified": verified}
-
-
-def _verified(survey: Optional[Survey]) -> Dict[str, int]:
-    if survey is None:
-        return {"layers": 0, "bytes": 0, "images": 0, "containers": 0}
-    return dict(survey.verified, images=len(survey.images), containers=len(survey.containers))
-
-
-def _planned(finding: Finding) -> Dict[str, str]:
-    return {"kind": finding.kind, "object": finding.object, "action": _PLANS[finding.fix or ""]}
 
 
 # ---------------------------------------------------------------------- the check
@@ -451,11 +409,11 @@ def _check_container(s: Survey, cid: str) -> Iterator[Finding]:
                       "container's writable layer to quarantine/" % problem,
                       "quarantine-container", cid)
         return
-    shown = "container %r" % data["name"]
-    if data["image_id"] not in s.images:
+    shown = "container %r" % data.name
+    if data.image_id not in s.images:
         yield Finding("missing-container-image", cid, "%s uses image %s, which is not in the "
                       "store (or is damaged): re-import the image, or remove the container "
-                      "(container_layer state=absent)" % (shown, data["image_id"]))
+                      "(container_layer state=absent)" % (shown, data.image_id))
     upper = s.driver.container_root(cid)
     if not os.path.isdir(upper):
         yield Finding("missing-container-data", cid, "the %s driver holds no writable layer for "
@@ -463,17 +421,13 @@ def _check_container(s: Survey, cid: str) -> Iterator[Finding]:
                       "state=absent) and create it again" % (s.driver.name, shown, s.rel(upper)))
 
 
-def _read_container(path: str, cid: str) -> Tuple[str, Optional[Dict[str, Any]]]:
+def _read_container(path: str, cid: str) -> Tuple[str, Optional[ContainerRecord]]:
     if len(cid) != 64 or any(c not in "0123456789abcdef" for c in cid):
         return "the name is not a container id", None
     try:
-        data = read_json(os.path.join(path, "container.json"))
-    except (OSError, ValueError) as exc:
-        return "container.json cannot be read (%s)" % exc, None
-    if not isinstance(data, dict) or data.get("id") != cid or \
-            not isinstance(data.get("name"), str) or not isinstance(data.get("image_id"), str):
-        return "container.json does not name this container, its name and its image", None
-    return "", data
+        return "", read_record(path, cid)
+    except (NotFound, Corrupt) as exc:
+        return str(exc.details.get("problem", exc)), None
 
 
 def check_driver_dirs(s: Survey) -> Iterator[Finding]:

@@ -1,6 +1,7 @@
 # Copyright: strata.layers contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""``container_commit``: a container's writable layer becomes a new image layer.
+"""A commit: a container's writable layer becomes a new image layer (the module's entry
+point is ``_ops/container_commit.py``).
 
 The changes are read as a tar (overlay: the upper directory, whiteout devices turned
 back into ``.wh.`` entries and opaque directories into ``.wh..wh..opq``; full copies:
@@ -17,46 +18,15 @@ written to while it is committed gives whatever the walk saw.
 """
 from __future__ import annotations
 
-import hashlib
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
-from ansible_collections.strata.layers.plugins.module_utils._containers import (
-    ContainerDB, ContainerRecord, changes, commit_changes)
-from ansible_collections.strata.layers.plugins.module_utils._crash import crash_point
-from ansible_collections.strata.layers.plugins.module_utils._digest import (
-    ChainID, DiffID, chain_id)
-from ansible_collections.strata.layers.plugins.module_utils._errors import InvalidInput, NotFound
+from ansible_collections.strata.layers.plugins.module_utils._digest import DiffID
 from ansible_collections.strata.layers.plugins.module_utils._imageconfig import (
     ImageConfig, derive_config, parse_config)
 from ansible_collections.strata.layers.plugins.module_utils._imagerecords import ImageRecord
-from ansible_collections.strata.layers.plugins.module_utils._imageref import validate_tags
 from ansible_collections.strata.layers.plugins.module_utils._layers import iso
-from ansible_collections.strata.layers.plugins.module_utils._store import Store
 
 CREATED_BY = "strata.layers.container_commit"
-
-
-def container_commit(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, Any]:
-    name = params.get("name")
-    if not name:
-        raise InvalidInput("name (the container to commit) is required")
-    tags = validate_tags(params.get("tag") or [])
-    message = params.get("comment") or ""
-    changes_ = params.get("changes") or {}
-    store = Store.from_params(params)
-    if check_mode:
-        with store.read():
-            return _plan(store, name, tags, message, changes_)
-    with store.write("container_commit of %s" % name):
-        return _commit(store, name, tags, message, changes_)
-
-
-def _container(store: Store, name: str) -> ContainerRecord:
-    record = ContainerDB(store.root).by_name(name) if store.exists() else None
-    if record is None:
-        raise NotFound("container %r is not in the store %s (create it with "
-                       "strata.layers.container_layer)" % (name, store.root))
-    return record
 
 
 def commit_config(image: ImageRecord, diff_id: DiffID, mtime_max: int, message: str,
@@ -66,38 +36,3 @@ def commit_config(image: ImageRecord, diff_id: DiffID, mtime_max: int, message: 
     raw = derive_config(image.config, diff_id, created, created_by, comment=message,
                         changes=changes_ or None)
     return parse_config(raw, "commit config")
-
-
-def _plan(store: Store, name: str, tags: List[str], message: str,
-          changes_: Dict[str, Any]) -> Dict[str, Any]:
-    record = _container(store, name)
-    image = store.images.get(record.image_id)
-    hasher = hashlib.sha256()
-    mtime_max = 0
-    for chunk in changes(store, record, [ChainID(c) for c in image.chain]).tar():
-        hasher.update(chunk)
-    diff_id = DiffID("sha256:" + hasher.hexdigest())
-    layer = store.layers.find(chain_id(ChainID(image.top) if image.top else None, diff_id))
-    if layer is not None:
-        mtime_max = layer.mtime_max
-    config = commit_config(image, diff_id, mtime_max, message, changes_=changes_)
-    present = layer is not None and store.images.exists(config.id)
-    current = store.images.tags()
-    changed = not present or any(current.get(t) != config.id for t in tags)
-    return {"changed": changed, "image_id": config.id if present else None,
-            "layers": list(image.config.diff_ids) + [diff_id], "tags": tags}
-
-
-def _commit(store: Store, name: str, tags: List[str], message: str,
-            changes_: Dict[str, Any]) -> Dict[str, Any]:
-    record = _container(store, name)
-    image = store.images.get(record.image_id)
-    chain = [ChainID(c) for c in image.chain]
-    layer, imported = commit_changes(store, record, chain, "the changes of container %s" % name)
-    crash_point("commit.layer")
-    config = commit_config(image, layer.diff_id, layer.mtime_max, message, changes_=changes_)
-    new, added = store.put_image(config, {"source": "commit:" + name, "parent": image.id,
-                                          "container": record.id})
-    moved = store.tag(new.id, tags)
-    return {"changed": imported or added or bool(moved), "image_id": new.id,
-            "layers": list(new.config.diff_ids), "tags": tags}

@@ -1,6 +1,7 @@
 # Copyright: strata.layers contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Container records and ``container_layer``: thin writable layers on images.
+"""Container records: thin writable layers on images (``container_layer``'s entry point
+is ``_ops/container_layer.py``; the ``container`` module's ``_ops/container.py``).
 
 A container's record is ``ContainerRecord`` (``container.json``); the writable layer
 itself is the driver's (an overlay upper + work dir, or a full copy).  Whether a
@@ -39,8 +40,8 @@ from ansible_collections.strata.layers.plugins.module_utils._store import Store
 from ansible_collections.strata.layers.plugins.module_utils._trust import inside, overlaps
 from ansible_collections.strata.layers.plugins.module_utils.drivers._base import Driver, InitFiller
 
+RECORD_FILE = "container.json"
 _NAME_RE = re.compile(r"\A[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}\Z")
-STATES = ("present", "mounted", "unmounted", "absent")
 
 
 @dataclass
@@ -78,16 +79,7 @@ class ContainerDB:
             return []
 
     def get(self, cid: str) -> ContainerRecord:
-        path = os.path.join(self.path(cid), "container.json")
-        try:
-            data = read_json(path)
-            return ContainerRecord(**{k: data[k] for k in data
-                                      if k in ContainerRecord.__dataclass_fields__})
-        except FileNotFoundError as exc:
-            raise NotFound("container %s is not in the store" % cid) from exc
-        except (ValueError, TypeError) as exc:
-            raise Corrupt("container record %s is damaged: run strata.layers.store_check"
-                          % path) from exc
+        return read_record(self.path(cid), cid)
 
     def all(self) -> List[ContainerRecord]:
         out = []
@@ -105,7 +97,36 @@ class ContainerDB:
         return None
 
     def save(self, record: ContainerRecord) -> None:
-        write_json(os.path.join(self.path(record.id), "container.json"), record.to_json())
+        write_json(os.path.join(self.path(record.id), RECORD_FILE), record.to_json())
+
+
+def read_record(path: str, cid: str) -> ContainerRecord:
+    """The record in ``path`` (``containers/<cid>``), the one reader of ``container.json``
+    (the store's references, store_check and the modules all read it here).  NotFound
+    when there is none; Corrupt when it cannot be read or does not name container
+    ``cid``, its name and its image.  Both carry the ``problem`` in a few words."""
+    file = os.path.join(path, RECORD_FILE)
+    try:
+        data = read_json(file)
+    except FileNotFoundError as exc:
+        raise NotFound("container %s is not in the store" % cid,
+                       problem="%s cannot be read (%s)" % (RECORD_FILE, exc)) from exc
+    except (OSError, ValueError) as exc:
+        raise _damaged(file, "%s cannot be read (%s)" % (RECORD_FILE, exc)) from exc
+    if not isinstance(data, dict) or data.get("id") != cid or \
+            not isinstance(data.get("name"), str) or not isinstance(data.get("image_id"), str):
+        raise _damaged(file, "%s does not name this container, its name and its image"
+                       % RECORD_FILE)
+    try:
+        return ContainerRecord(**{k: data[k] for k in data
+                                  if k in ContainerRecord.__dataclass_fields__})
+    except TypeError as exc:
+        raise _damaged(file, "%s lacks a field (%s)" % (RECORD_FILE, exc)) from exc
+
+
+def _damaged(file: str, problem: str) -> Corrupt:
+    return Corrupt("container record %s is damaged (%s): run strata.layers.store_check"
+                   % (file, problem), problem=problem)
 
 
 def image_chain(store: Store, image: ImageRecord) -> List[ChainID]:
@@ -302,7 +323,7 @@ def create(store: Store, name: str, image: ImageRecord, kind: str = "container",
                                  run=run)
         makedirs(store.tmp)
         os.mkdir(staged, 0o700)
-        write_json(os.path.join(staged, "container.json"), record.to_json())
+        write_json(os.path.join(staged, RECORD_FILE), record.to_json())
         makedirs(db.dir)
         rename_durable(staged, db.path(cid))
         crash_point("container-create.recorded")
@@ -410,97 +431,3 @@ def unmount(store: Store, record: ContainerRecord) -> bool:
     record.mount_point = None
     ContainerDB(store.root).save(record)
     return was
-
-
-# ---------------------------------------------------------------------- the module
-
-def _reason(store: Store, record: Optional[ContainerRecord], image_id: Optional[str],
-            state: str, target: Optional[str]) -> Optional[str]:
-    if state == "absent":
-        if record is not None:
-            refuse_running(store, [record], "removing its layer")
-        return "remove" if record is not None else None
-    if record is None:
-        return "create"
-    if image_id is not None and record.image_id != image_id:
-        raise AlreadyExists(
-            "container %r already exists on image %s, not on %s; remove it first (state: "
-            "absent) or choose another name" % (record.name, record.image_id[7:19], image_id[7:19]))
-    if state == "mounted":
-        if record.mount_point == target and mount_at(target) is not None:
-            return None
-        return "mount"
-    if state == "unmounted":
-        if record.mount_point and mount_at(record.mount_point):
-            refuse_running(store, [record], "unmounting its root filesystem")
-            return "unmount"
-        return None
-    return None
-
-
-def container_layer(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, Any]:
-    name = params["name"]
-    state = params.get("state") or "present"
-    if state not in STATES:
-        raise InvalidInput("state %r is not one of %s" % (state, ", ".join(STATES)))
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise InvalidInput("container name %r is not valid: letters, digits, _ . - (not first), "
-                           "at most 128" % (name,))
-    if state in ("present", "mounted") and not params.get("image"):
-        raise InvalidInput("image is required for state %s" % state)
-    store = Store.from_params(params)
-    if store.exists() or check_mode or state in ("absent", "unmounted"):
-        # decide under the shared lock: a run with nothing to do (the common case in a
-        # playbook run again) neither waits for writers' turn nor sweeps the store
-        with store.read():
-            planned = _run(store, params, state, dry=True)
-        if check_mode or not planned["changed"]:
-            return planned
-    with store.write("container_layer %s (%s)" % (name, state)):
-        return _run(store, params, state, dry=False)
-
-
-def _run(store: Store, params: Dict[str, Any], state: str, dry: bool) -> Dict[str, Any]:
-    name = params["name"]
-    exists = store.exists()
-    db = ContainerDB(store.root)
-    record = db.by_name(name) if exists else None
-    image_id = None
-    if params.get("image") and state != "absent":
-        if not exists:
-            raise NotFound("image %r is not in the store (the store is empty)" % params["image"])
-        image_id = store.images.resolve(params["image"])
-    target = None
-    if state == "mounted":
-        wanted = params.get("mount_point")
-        target = check_mount_point(store, wanted) if wanted else None
-        if target is None:
-            target = record.mount_point if record and record.mount_point else None
-    reason = _reason(store, record, image_id, state,
-                     target or (default_mount_point(store, record.id) if record else None))
-    if dry or reason is None:
-        return _result(store, record, reason is not None, state, reason)
-    if reason == "remove" and record is not None:
-        remove(store, record)
-        return {"changed": True, "id": record.id, "name": name, "image_id": record.image_id,
-                "state": "absent", "action": "removed"}
-    if record is None:
-        if state == "mounted" and target is not None:
-            refuse_busy_target(target)
-        record = create(store, name, store.images.get(image_id))
-    if state == "mounted":
-        mount(store, record, target or default_mount_point(store, record.id))
-    elif state == "unmounted":
-        unmount(store, record)
-    return _result(store, db.get(record.id), True, state, reason)
-
-
-def _result(store: Store, record: Optional[ContainerRecord], changed: bool, state: str,
-            reason: Optional[str]) -> Dict[str, Any]:
-    if record is None:
-        return {"changed": changed, "id": None, "name": None, "image_id": None,
-                "size": 0, "virtual_size": 0, "mounted": False, "action": reason}
-    row = container_row(store, record)
-    row.pop("chain")
-    row.update(changed=changed, action=reason)
-    return row

@@ -1,6 +1,7 @@
 # Copyright: strata.layers contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""``image_export``: write an image as ``docker-archive``, ``oci-archive`` or ``oci-layout``.
+"""Writing images as ``docker-archive``, ``oci-archive`` or ``oci-layout`` (``image_export``'s
+entry point is ``_ops/image_export.py``).
 
 Layers are re-emitted from their header records and the driver's files, byte for byte
 as they were imported (the original tar is never kept): every blob is hashed while it
@@ -14,30 +15,26 @@ gives the same bytes.  Archives are written to a temp file beside ``dest`` and r
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils import _files as files
-from ansible_collections.strata.layers.plugins.module_utils._archive import (
-    MAX_JSON, DirIndex, TarIndex)
+from ansible_collections.strata.layers.plugins.module_utils._archive import MAX_JSON
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
     dumps, wrap_os_error, write_file, write_stream)
 from ansible_collections.strata.layers.plugins.module_utils._compression import open_regular
 from ansible_collections.strata.layers.plugins.module_utils._digest import (
     ChainID, chain_ids, hex_of, sha256_bytes)
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
-    Corrupt, InvalidInput, StoreError)
+    Corrupt, StoreError)
 from ansible_collections.strata.layers.plugins.module_utils._imagerecords import ImageRecord
-from ansible_collections.strata.layers.plugins.module_utils._imageref import (
-    normalize_tag, split_reference)
+from ansible_collections.strata.layers.plugins.module_utils._imageref import split_reference
 from ansible_collections.strata.layers.plugins.module_utils._jsondoc import loads
 from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord
 from ansible_collections.strata.layers.plugins.module_utils._sparse import SparseWriter
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
-from ansible_collections.strata.layers.plugins.module_utils._trust import overlaps
 from ansible_collections.strata.layers.plugins.module_utils._tarformat import (
     DIRTYPE, REGTYPE, encode_header, end_of_archive, padding)
 from ansible_collections.strata.layers.plugins.module_utils._tarsplit import emit
@@ -256,120 +253,6 @@ def _existing_entries(path: str) -> List[Dict[str, Any]]:
     return [m for m in entries if isinstance(m, dict)] if isinstance(entries, list) else []
 
 
-def _same_export(dest: str, fmt: str, plan: Export) -> bool:
-    """The reason idiom: does ``dest`` already hold exactly this export?"""
-    if not os.path.exists(dest):
-        return False
-    index: Any = None
-    try:
-        index = DirIndex(dest) if fmt == "oci-layout" else TarIndex(dest)
-        if fmt == "docker-archive":
-            if index.read("manifest.json") != plan.docker_manifest():
-                return False
-        elif fmt == "oci-archive" and index.read("index.json") != plan.index():
-            return False
-        elif fmt == "oci-layout":
-            entries = _existing_entries(os.path.join(dest, "index.json"))
-            present = {m.get("digest") for m in entries}
-            if any(p.manifest.digest not in present for p in plan.plans):
-                return False
-        return all(_blob_present(index, blob) for blob in plan.blobs())
-    except (StoreError, OSError, ValueError):
-        return False
-    finally:
-        if index is not None:
-            index.close()
-
-
-def _blob_present(index: Any, blob: Blob) -> bool:
-    """The blob is there with its size *and* its digest: a damaged or tampered output
-    of the same sizes must be written again, not declared unchanged."""
-    if isinstance(index, TarIndex):
-        if not index.has(blob.name) or index.resolve(blob.name).size != blob.size:
-            return False
-        read, _size = index.opener(blob.name)
-        digest = hashlib.sha256()
-        while True:
-            data = read(1 << 20)
-            if not data:
-                return "sha256:" + digest.hexdigest() == blob.digest
-            digest.update(data)
-    return _layout_blob_ok(os.path.join(index.path, blob.name), blob)
-
-
 def _layout_blob_ok(path: str, blob: Blob) -> bool:
     return os.path.isfile(path) and os.path.getsize(path) == blob.size and \
         "sha256:" + files.sha256(os.fsencode(path)) == blob.digest
-
-
-def image_export(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, Any]:
-    fmt = params.get("format") or "docker-archive"
-    if fmt not in FORMATS:
-        raise InvalidInput("format %r is not one of %s" % (fmt, ", ".join(FORMATS)))
-    dest = params.get("dest")
-    if not dest or not os.path.isabs(dest):
-        raise InvalidInput("dest %r must be an absolute path" % (dest,))
-    if fmt != "oci-layout" and os.path.isdir(dest):
-        raise InvalidInput("dest %s is a directory; format %s writes a file" % (dest, fmt))
-    if fmt == "oci-layout" and os.path.exists(dest) and not os.path.isdir(dest):
-        raise InvalidInput("dest %s exists and is not a directory (oci-layout)" % dest)
-    parent = os.path.dirname(dest)
-    if not os.path.isdir(parent):
-        raise InvalidInput("the directory of dest (%s) does not exist" % parent)
-    store = Store.from_params(params)
-    clash = overlaps(store.root, dest, holding=False)
-    if clash:
-        raise InvalidInput("dest %s is refused: %s, whose records an export would overwrite; "
-                           "write the export outside data_root" % (dest, clash))
-    with store.read():
-        omit = set(params.get("omit_layers") or [])
-        export = Export(_plans(store, _references(params.get("image")), omit))
-        changed = not _same_export(dest, fmt, export)
-        if changed and not check_mode:
-            if fmt == "oci-layout":
-                write_layout(store, export, dest)
-            else:
-                write_archive(store, export, fmt, dest)
-    first = export.plans[0]
-    return {"changed": changed, "image_id": first.image.id, "dest": dest, "format": fmt,
-            "layers": first.layer_digests, "tags": [t for p in export.plans for t in p.tags],
-            "image_ids": [p.image.id for p in export.plans],
-            "images": [{"image_id": p.image.id, "tags": p.tags, "layers": p.layer_digests}
-                       for p in export.plans],
-            "omitted": sorted({c for p in export.plans for c in p.omitted}),
-            "size": sum(b.size for b in export.blobs())}
-
-
-def _references(value: Any) -> List[str]:
-    refs = [value] if isinstance(value, str) else list(value or [])
-    if not refs or not all(isinstance(r, str) and r for r in refs):
-        raise InvalidInput("image must name at least one image (a reference or a list of "
-                           "references)")
-    return refs
-
-
-def _plans(store: Store, refs: List[str], omit: Set[str]) -> List[Plan]:
-    """One plan per image, in the order first named; an image named twice (two tags)
-    is one entry carrying both tags, as ``docker save`` writes it."""
-    tags: Dict[str, List[str]] = {}
-    images: Dict[str, ImageRecord] = {}
-    for ref in refs:
-        image = store.images.get(store.images.resolve(ref))
-        images.setdefault(image.id, image)
-        for tag in _tags_for(ref, image.id):
-            if tag not in tags.setdefault(image.id, []):
-                tags[image.id].append(tag)
-    return [Plan(store, image, tags.get(image_id, []), omit)
-            for image_id, image in images.items()]
-
-
-def _tags_for(ref: str, image_id: str) -> List[str]:
-    """As ``docker save``: an image saved by tag carries that tag; by id, none."""
-    try:
-        tag = normalize_tag(ref)
-    except StoreError:
-        return []
-    if ref.startswith("sha256:") or (len(ref) >= 12 and all(c in "0123456789abcdef" for c in ref)
-                                     and image_id[7:].startswith(ref)):
-        return []
-    return [tag]

@@ -1,6 +1,8 @@
 # Copyright: strata.layers contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""``image_pull``: an image from a registry, layer by layer, skipping what the store holds.
+"""Pulling an image from a registry, layer by layer, skipping what the store holds
+(``image_pull``'s entry point is ``_ops/image_pull.py``; the reason idiom is
+``PullJob.run``'s, as each question needs the answers of the registry before it).
 
 The reason idiom, cheapest question first:
 
@@ -58,11 +60,9 @@ from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, DigestMismatch, InvalidInput, NotFound, StoreError)
 from ansible_collections.strata.layers.plugins.module_utils._imageconfig import (
     ImageConfig, parse_config)
-from ansible_collections.strata.layers.plugins.module_utils._imageref import validate_tags
 from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord
 from ansible_collections.strata.layers.plugins.module_utils._registry import (
-    BlobStream, Descriptor, Manifest, Platform, Reference, Registry, parse_platform,
-    parse_reference)
+    BlobStream, Descriptor, Manifest, Platform, Reference, Registry)
 from ansible_collections.strata.layers.plugins.module_utils._regsettings import RegistrySettings
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
 
@@ -74,25 +74,6 @@ PARALLEL = 3
 RECORDS = "pulls"
 # Blobs downloaded before the store lock is taken (see Downloads).
 DOWNLOADS = "downloads"
-
-
-def image_pull(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, Any]:
-    """Entry point of the module: returns the result dict (raises StoreError)."""
-    reference = parse_reference(params["name"])
-    wanted = parse_platform(params.get("platform"))
-    tags: List[str] = []
-    for tag in ([reference.tag_name()] if reference.tag_name() else []) + \
-            validate_tags(params.get("tag") or []):
-        if tag not in tags:
-            tags.append(tag)
-    max_size = params.get("max_size")
-    if max_size is not None and int(max_size) <= 0:
-        raise InvalidInput("max_size must be a positive number of bytes")
-    settings = RegistrySettings.from_params(params, mirrors=True)
-    store = Store.from_params(params)
-    registry = Sources(reference, settings)
-    job = PullJob(store, registry, wanted, bool(params.get("platform")), tags, max_size)
-    return job.run(check_mode)
 
 
 def layer_entry(record: LayerRecord, imported: bool) -> Dict[str, Any]:

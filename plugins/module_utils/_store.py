@@ -54,6 +54,7 @@ DEFAULT_ROOT = "/var/lib/strata"
 if TYPE_CHECKING:  # the ingest machinery is imported on first ingest (module start-up time)
     from ansible_collections.strata.layers.plugins.module_utils._compression import (
         DecodedStream)
+    from ansible_collections.strata.layers.plugins.module_utils._containers import ContainerDB
     from ansible_collections.strata.layers.plugins.module_utils._copytree import Shadow
 
 StreamOpener = Callable[[], "DecodedStream"]
@@ -263,12 +264,16 @@ class Store:
     def has_content(self) -> bool:
         return bool(self.layers.chains()) or bool(self.container_ids())
 
+    @property
+    def containers(self) -> "ContainerDB":
+        """The container records (``_containers``, imported on first use: it brings the
+        change and runtime machinery, which most modules never need)."""
+        from ansible_collections.strata.layers.plugins.module_utils._containers import (
+            ContainerDB)
+        return ContainerDB(self.root)
+
     def container_ids(self) -> List[str]:
-        try:
-            return sorted(n for n in os.listdir(os.path.join(self.root, "containers"))
-                          if not n.startswith(TEMP_PREFIX))
-        except FileNotFoundError:
-            return []
+        return self.containers.ids()
 
     # ------------------------------------------------------------------ recovery
     def remove_path(self, driver: Optional[str], path: str) -> None:
@@ -521,13 +526,13 @@ class Store:
         return refs
 
     def _container_references(self, cid: str, refs: "References") -> None:
-        path = os.path.join(self.root, "containers", cid, "container.json")
         try:
-            data = read_json(path)
-            image_id = data["image_id"]
-            refs.container_images[cid] = str(image_id)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            refs.unreadable.append("container record %s cannot be read (%s)" % (path, exc))
+            image_id = self.containers.get(cid).image_id
+            refs.container_images[cid] = image_id
+        except StoreError as exc:
+            path = os.path.join(self.root, "containers", cid, "container.json")
+            refs.unreadable.append("container record %s cannot be read (%s)"
+                                   % (path, exc.details.get("problem", exc)))
             refs.unreadable_containers.append(cid)
             return
         try:

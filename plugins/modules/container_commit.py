@@ -80,7 +80,7 @@ tags:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.strata.layers.plugins.module_utils._argspec import run, store_spec
-from ansible_collections.strata.layers.plugins.module_utils._commit import container_commit
+from ansible_collections.strata.layers.plugins.module_utils._ops.container_commit import container_commit
 
 
 def main() -> None:

@@ -83,7 +83,7 @@ removed:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.strata.layers.plugins.module_utils._argspec import run, store_spec
-from ansible_collections.strata.layers.plugins.module_utils._imageops import image
+from ansible_collections.strata.layers.plugins.module_utils._ops.image import image
 
 
 def main() -> None:

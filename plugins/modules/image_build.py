@@ -240,7 +240,7 @@ history:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.strata.layers.plugins.module_utils._argspec import run, store_spec
-from ansible_collections.strata.layers.plugins.module_utils._builder import image_build
+from ansible_collections.strata.layers.plugins.module_utils._ops.image_build import image_build
 
 
 def main() -> None:

@@ -107,7 +107,8 @@ tags:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.strata.layers.plugins.module_utils._argspec import run, store_spec
-from ansible_collections.strata.layers.plugins.module_utils._export import FORMATS, image_export
+from ansible_collections.strata.layers.plugins.module_utils._ops.image_export import (
+    FORMATS, image_export)
 
 
 def main() -> None:

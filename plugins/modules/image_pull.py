@@ -166,7 +166,7 @@ platform:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.strata.layers.plugins.module_utils._argspec import run, registry_spec
-from ansible_collections.strata.layers.plugins.module_utils._pull import image_pull
+from ansible_collections.strata.layers.plugins.module_utils._ops.image_pull import image_pull
 
 
 def main() -> None:

@@ -155,7 +155,8 @@ tags:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.strata.layers.plugins.module_utils._argspec import run, store_spec
-from ansible_collections.strata.layers.plugins.module_utils._ingest import FORMATS, layer_import
+from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import (
+    FORMATS, layer_import)
 
 
 def main() -> None:

@@ -178,7 +178,7 @@ verified:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.strata.layers.plugins.module_utils._argspec import run, store_spec
-from ansible_collections.strata.layers.plugins.module_utils._check import store_check
+from ansible_collections.strata.layers.plugins.module_utils._ops.store_check import store_check
 
 
 def main() -> None:

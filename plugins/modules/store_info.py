@@ -119,7 +119,7 @@ disk_usage:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.strata.layers.plugins.module_utils._argspec import run, store_spec
-from ansible_collections.strata.layers.plugins.module_utils._info import store_info
+from ansible_collections.strata.layers.plugins.module_utils._ops.store_info import store_info
 
 
 def main() -> None:

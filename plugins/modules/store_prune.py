@@ -72,7 +72,7 @@ unreadable:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.strata.layers.plugins.module_utils._argspec import run, store_spec
-from ansible_collections.strata.layers.plugins.module_utils._prune import store_prune
+from ansible_collections.strata.layers.plugins.module_utils._ops.store_prune import store_prune
 
 
 def main() -> None:

@@ -99,7 +99,7 @@ def test_each_host_receives_only_what_it_lacks(tmp_path):
     # again, now from one host's store (h0), with a fifth store that holds the bottom two
     # layers: it alone receives something (through fetch to the controller)
     layers_two = dict(HELD, h5=2)
-    from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
+    from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
     layer_import({"src": os.path.join(work, "p2.tar"),
                   "data_root": os.path.join(work, "stores", "h5")})
     source = _play(work, _inventory(work, layers_two), "source")

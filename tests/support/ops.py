@@ -37,12 +37,14 @@ def entry_point(op: str) -> Callable[..., Dict[str, Any]]:
     crash variables when ``_crash`` is first imported)."""
     base = "ansible_collections.strata.layers.plugins.module_utils."
     module, name = {
-        "import": ("_ingest", "layer_import"), "archive": ("_ingest", "layer_import"),
-        "container": ("_containers", "container_layer"),
-        "commit": ("_commit", "container_commit"), "build": ("_builder", "image_build"),
-        "migrate": ("_switch", "storage_driver"), "prune": ("_prune", "store_prune"),
-        "image": ("_imageops", "image"), "check": ("_check", "store_check"),
-        "info": ("_info", "store_info"), "run": ("_ops.container", "container")}[op]
+        "import": ("_ops.layer_import", "layer_import"),
+        "archive": ("_ops.layer_import", "layer_import"),
+        "container": ("_ops.container_layer", "container_layer"),
+        "commit": ("_ops.container_commit", "container_commit"),
+        "build": ("_ops.image_build", "image_build"),
+        "migrate": ("_ops.storage_driver", "storage_driver"), "prune": ("_ops.store_prune", "store_prune"),
+        "image": ("_ops.image", "image"), "check": ("_ops.store_check", "store_check"),
+        "info": ("_ops.store_info", "store_info"), "run": ("_ops.container", "container")}[op]
     return getattr(__import__(base + module, fromlist=[name]), name)
 
 

@@ -161,3 +161,42 @@ def test_docstring_pointers_name_sections_design_md_has():
                 if not any(h.startswith(title) for h in headings):
                     wrong.append("%s:%d: %r" % (rel, line, title))
     assert not wrong, "pointers to sections docs/design.md does not have: %s" % wrong
+
+
+# ------------------------------------------------------------------- the module map
+
+GROUP_HEADS = ("ops:", "engine:", "formats:", "primitives:")
+
+
+def _module_map() -> Dict[str, List[str]]:
+    """The files the map lists under each group (``_docker/layout.py``, ``_store.py``)."""
+    block = _code_block(_section(_design(), "The engine, file by file"))
+    listed: Dict[str, List[str]] = {}
+    group = None
+    for line in block.splitlines():
+        if line.startswith(GROUP_HEADS):
+            group = line.split(":")[0]
+            continue
+        if group is None or not line.startswith("  "):
+            continue
+        for name in re.findall(r"(?<![\w/.])((?:_ops/|_docker/|drivers/)?[\w]+\.py)\b", line):
+            listed.setdefault(name, []).append(group)
+    return listed
+
+
+def test_the_module_map_lists_every_module_utils_file_once_under_its_group():
+    from tests.unit.test_source import group_of
+    top = os.path.join(REPO, "plugins", "module_utils")
+    files = sorted(os.path.relpath(os.path.join(d, f), top)
+                   for d, _dirs, names in os.walk(top) for f in names
+                   if f.endswith(".py") and f != "__init__.py" and "__pycache__" not in d)
+    listed = _module_map()
+    missing = [f for f in files if f not in listed]
+    assert not missing, "docs/design.md's module map does not list %s" % missing
+    stale = sorted(set(listed) - set(files))
+    assert not stale, "docs/design.md's module map lists files that are gone: %s" % stale
+    twice = {f: g for f, g in listed.items() if len(g) > 1}
+    assert not twice, "listed more than once: %s" % twice
+    misplaced = {f: (listed[f][0], group_of("module_utils/" + f)) for f in files
+                 if listed[f][0] != group_of("module_utils/" + f)}
+    assert not misplaced, "map group != test_source group: %s" % misplaced

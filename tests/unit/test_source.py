@@ -426,8 +426,8 @@ MEMBERS: Dict[str, Tuple[str, ...]] = {
         "_docker/candidates", "_docker/tarsplit", "_docker/daemon"),
     "engine": (
         "_store", "_layers", "_imagerecords", "_recovery", "_blobrecords", "_containers",
-        "_commit", "_check", "_prune", "_info", "_ingest", "_export", "_pull", "_builder",
-        "_migrate", "_switch", "_imageops", "_docker/migrate"),
+        "_commit", "_check", "_prune", "_history", "_ingest", "_export", "_pull", "_builder",
+        "_migrate", "_docker/migrate"),
     "ops": ("_ops/*", "_argspec"),
 }
 

@@ -10,7 +10,7 @@ import pytest
 
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, DigestMismatch, NotFound)
-from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
+from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
 from tests.support.images import config_for, make_oci_layout, skopeo
 from tests.support.tars import LayerTar

@@ -17,8 +17,9 @@ import pytest
 
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, DigestMismatch, NoSpace)
-from ansible_collections.strata.layers.plugins.module_utils._ingest import (
-    layer_import, stat_key)
+from ansible_collections.strata.layers.plugins.module_utils._ingest import stat_key
+from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import (
+    layer_import)
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
 from tests.support import ops
 from tests.support.images import config_for, make_oci_layout

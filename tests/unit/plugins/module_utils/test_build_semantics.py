@@ -11,13 +11,13 @@ import stat
 
 import pytest
 
-from ansible_collections.strata.layers.plugins.module_utils._builder import image_build
-from ansible_collections.strata.layers.plugins.module_utils._containers import container_layer
+from ansible_collections.strata.layers.plugins.module_utils._ops.image_build import image_build
+from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer import container_layer
 from ansible_collections.strata.layers.plugins.module_utils._errors import InvalidInput, NotFound, Unsupported
 from ansible_collections.strata.layers.plugins.module_utils._dockerfile import DEFAULT_PATH
-from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
+from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
-from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
+from ansible_collections.strata.layers.plugins.module_utils._ops.storage_driver import storage_driver
 
 
 @pytest.fixture(scope="module")

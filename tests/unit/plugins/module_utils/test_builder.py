@@ -8,15 +8,15 @@ import tarfile
 
 import pytest
 
-from ansible_collections.strata.layers.plugins.module_utils._builder import image_build
-from ansible_collections.strata.layers.plugins.module_utils._containers import container_layer
+from ansible_collections.strata.layers.plugins.module_utils._ops.image_build import image_build
+from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer import container_layer
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     InvalidInput, NotFound)
-from ansible_collections.strata.layers.plugins.module_utils._export import image_export
-from ansible_collections.strata.layers.plugins.module_utils._info import store_info
-from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
+from ansible_collections.strata.layers.plugins.module_utils._ops.image_export import image_export
+from ansible_collections.strata.layers.plugins.module_utils._ops.store_info import store_info
+from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
 from ansible_collections.strata.layers.plugins.module_utils._sandbox import StepFailed
-from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
+from ansible_collections.strata.layers.plugins.module_utils._ops.storage_driver import storage_driver
 
 
 @pytest.fixture(params=["overlay2", "vfs"])

@@ -13,12 +13,13 @@ import yaml
 
 from ansible_collections.strata.layers.plugins.module_utils import _check
 from ansible_collections.strata.layers.plugins.module_utils._atomic import remove_tree
-from ansible_collections.strata.layers.plugins.module_utils._check import KINDS, store_check
-from ansible_collections.strata.layers.plugins.module_utils._containers import container_layer
-from ansible_collections.strata.layers.plugins.module_utils._info import store_info
-from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
+from ansible_collections.strata.layers.plugins.module_utils._check import KINDS
+from ansible_collections.strata.layers.plugins.module_utils._ops.store_check import store_check
+from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer import container_layer
+from ansible_collections.strata.layers.plugins.module_utils._ops.store_info import store_info
+from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
-from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
+from ansible_collections.strata.layers.plugins.module_utils._ops.storage_driver import storage_driver
 from ansible_collections.strata.layers.plugins.modules import store_check as module
 from tests.support.paths import python_env
 from tests.support.tars import LayerTar, write
@@ -418,8 +419,9 @@ def test_overlay2_links_are_found_and_re_made_then_a_container_mounts(root, tmp_
 
 def test_a_crash_mark_is_reported_read_only_and_settled_by_repair(root, tmp_path):
     layer = write(tmp_path / "crash.tar", LayerTar().file("crashed", b"x" * 5000).bytes())
-    code = ("import sys; from ansible_collections.strata.layers.plugins.module_utils._ingest "
-            "import layer_import; layer_import({'data_root': sys.argv[1], 'src': sys.argv[2]})")
+    code = ("import sys; from ansible_collections.strata.layers.plugins.module_utils._ops."
+            "layer_import import layer_import; "
+            "layer_import({'data_root': sys.argv[1], 'src': sys.argv[2]})")
     env = dict(python_env(), STRATA_CRASH_AT="import.committed")
     proc = subprocess.run([sys.executable, "-c", code, root, layer], env=env, check=False,
                           capture_output=True)

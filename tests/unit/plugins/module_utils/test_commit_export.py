@@ -10,15 +10,15 @@ import tempfile
 
 import pytest
 
-from ansible_collections.strata.layers.plugins.module_utils._commit import container_commit
-from ansible_collections.strata.layers.plugins.module_utils._containers import container_layer
+from ansible_collections.strata.layers.plugins.module_utils._ops.container_commit import container_commit
+from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer import container_layer
 from ansible_collections.strata.layers.plugins.module_utils._errors import AlreadyExists
-from ansible_collections.strata.layers.plugins.module_utils._export import image_export
-from ansible_collections.strata.layers.plugins.module_utils._imageops import image
-from ansible_collections.strata.layers.plugins.module_utils._info import store_info
-from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
-from ansible_collections.strata.layers.plugins.module_utils._prune import store_prune
-from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
+from ansible_collections.strata.layers.plugins.module_utils._ops.image_export import image_export
+from ansible_collections.strata.layers.plugins.module_utils._ops.image import image
+from ansible_collections.strata.layers.plugins.module_utils._ops.store_info import store_info
+from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
+from ansible_collections.strata.layers.plugins.module_utils._ops.store_prune import store_prune
+from ansible_collections.strata.layers.plugins.module_utils._ops.storage_driver import storage_driver
 from tests.support.images import skopeo
 from tests.support.tars import LayerTar, write
 

@@ -99,7 +99,7 @@ def test_writes_land_in_the_writable_layer_only_and_a_silent_run_has_size_0(stor
 
 
 def test_a_commit_after_a_run_holds_only_the_process_changes(store):
-    from ansible_collections.strata.layers.plugins.module_utils._commit import container_commit  # noqa: E501
+    from ansible_collections.strata.layers.plugins.module_utils._ops.container_commit import container_commit  # noqa: E501
     result = run(store, user="0", command=["sh", "-c", "mkdir -p /data && echo 1 > /data/one"])
     assert result["rc"] == 0
     committed = container_commit({"data_root": store.root, "name": "c1", "tag": ["out:1"]})
@@ -191,10 +191,10 @@ def test_running_containers_are_refused_where_they_must_be(store):
     run(store, detach=True, interactive=True)
     with pytest.raises(Busy, match="'c1' is running"):
         container({"data_root": store.root, "name": "c1", "state": "absent"})
-    from ansible_collections.strata.layers.plugins.module_utils._containers import container_layer
+    from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer import container_layer
     with pytest.raises(Busy, match="c1 is running"):
         container_layer({"data_root": store.root, "name": "c1", "state": "absent"})
-    from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
+    from ansible_collections.strata.layers.plugins.module_utils._ops.storage_driver import storage_driver
     with pytest.raises(Busy, match="c1 is running"):
         storage_driver({"data_root": store.root, "driver": "vfs", "migrate": True})
     with pytest.raises(AlreadyExists, match="another args"):
@@ -248,7 +248,7 @@ def _layer_names(store, chain):
 
 
 def test_a_driver_switch_carries_the_init_layer(store):
-    from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
+    from ansible_collections.strata.layers.plugins.module_utils._ops.storage_driver import storage_driver
     ran = run(store, user="0", command=["sh", "-c", "echo kept > /tmp/kept"])
     assert ran["rc"] == 0
     moved = storage_driver({"data_root": store.root, "driver": "vfs", "migrate": True})
@@ -262,7 +262,7 @@ def test_a_driver_switch_carries_the_init_layer(store):
 
 
 def test_a_container_without_an_init_layer_still_runs(store):
-    from ansible_collections.strata.layers.plugins.module_utils._containers import container_layer
+    from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer import container_layer
     made = container_layer({"data_root": store.root, "name": "old", "image": "plain:1"})
     assert not store.driver.has_init(made["id"])
     result = container({"data_root": store.root, "name": "old", "detach": False,
@@ -299,8 +299,8 @@ def test_crun_runs_or_fails_clearly_leaving_nothing(store):
 
 
 def test_a_running_containers_image_and_mount_are_kept(store):
-    from ansible_collections.strata.layers.plugins.module_utils._containers import container_layer
-    from ansible_collections.strata.layers.plugins.module_utils._imageops import image
+    from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer import container_layer
+    from ansible_collections.strata.layers.plugins.module_utils._ops.image import image
     run(store, detach=True, interactive=True)
     with pytest.raises(Busy, match="c1 is running"):
         image({"data_root": store.root, "name": "app:1", "state": "absent", "force": True})

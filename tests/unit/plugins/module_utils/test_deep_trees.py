@@ -24,16 +24,16 @@ import pytest
 
 from ansible_collections.strata.layers.plugins.module_utils._atomic import remove_tree
 from ansible_collections.strata.layers.plugins.module_utils._changes import TreeDiff, UpperDiff
-from ansible_collections.strata.layers.plugins.module_utils._commit import container_commit
-from ansible_collections.strata.layers.plugins.module_utils._containers import container_layer
+from ansible_collections.strata.layers.plugins.module_utils._ops.container_commit import container_commit
+from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer import container_layer
 from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID
 from ansible_collections.strata.layers.plugins.module_utils._errors import Corrupt
 from ansible_collections.strata.layers.plugins.module_utils._imageview import ImageView
-from ansible_collections.strata.layers.plugins.module_utils._info import store_info
-from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
+from ansible_collections.strata.layers.plugins.module_utils._ops.store_info import store_info
+from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
 from ansible_collections.strata.layers.plugins.module_utils._migrate import _same
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
-from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
+from ansible_collections.strata.layers.plugins.module_utils._ops.storage_driver import storage_driver
 from tests.support import loopfs
 from tests.support.tars import LayerTar, write
 

@@ -12,8 +12,8 @@ import tempfile
 import pytest
 
 from ansible_collections.strata.layers.plugins.module_utils._errors import NotFound
-from ansible_collections.strata.layers.plugins.module_utils._export import image_export
-from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
+from ansible_collections.strata.layers.plugins.module_utils._ops.image_export import image_export
+from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
 from tests.support.registry import image_layout, layer_tar
 
 

@@ -26,7 +26,7 @@ import pytest
 from ansible_collections.strata.layers.plugins.module_utils import _errors
 from ansible_collections.strata.layers.plugins.module_utils._atomic import TEMP_PREFIX, remove_tree
 from ansible_collections.strata.layers.plugins.module_utils._errors import StoreError
-from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
+from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
 from ansible_collections.strata.layers.plugins.module_utils._tarsplit import emit
 from tests.support import hostile
@@ -256,7 +256,7 @@ _RUNNER = """
 import json, resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (%d, %d))  # fail with MemoryError, not the OOM killer
 from ansible_collections.strata.layers.plugins.module_utils._errors import StoreError
-from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
+from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
 out = {}
 try:
     out["result"] = layer_import(json.loads(sys.argv[1]))

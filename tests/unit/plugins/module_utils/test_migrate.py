@@ -14,11 +14,11 @@ import sys
 
 import pytest
 
-from ansible_collections.strata.layers.plugins.module_utils._containers import container_layer
+from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer import container_layer
 from ansible_collections.strata.layers.plugins.module_utils._errors import Busy, InvalidInput
-from ansible_collections.strata.layers.plugins.module_utils._info import store_info
-from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
-from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
+from ansible_collections.strata.layers.plugins.module_utils._ops.store_info import store_info
+from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
+from ansible_collections.strata.layers.plugins.module_utils._ops.storage_driver import storage_driver
 from tests.support.paths import python_env
 from tests.support.tars import LayerTar, write
 
@@ -147,7 +147,7 @@ def migrate_in_subprocess(root: str, target: str, crash_at: str, skip: int = 0):
     env = python_env()
     env.update(STRATA_CRASH_AT=crash_at, STRATA_CRASH_SKIP=str(skip))
     code = ("import json, sys\n"
-            "from ansible_collections.strata.layers.plugins.module_utils._switch import "
+            "from ansible_collections.strata.layers.plugins.module_utils._ops.storage_driver import "
             "storage_driver\n"
             "print(json.dumps(storage_driver({'data_root': %r, 'driver': %r, "
             "'migrate': True})))\n" % (root, target))
@@ -270,7 +270,7 @@ def test_a_later_run_with_keep_previous_false_drops_the_kept_data(btrfs_root, tm
 def test_removing_a_container_removes_the_kept_drivers_copy(btrfs_root, tmp_path, busybox_tar):
     """Found by review: after a keep_previous migration, container removal left the old
     driver's copy behind (an orphan store_check reported at once)."""
-    from ansible_collections.strata.layers.plugins.module_utils._check import store_check
+    from ansible_collections.strata.layers.plugins.module_utils._ops.store_check import store_check
     root = btrfs_root
     storage_driver({"data_root": root, "driver": "overlay2"})
     build(root, tmp_path, busybox_tar)

@@ -17,7 +17,7 @@ import pytest
 
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     DigestMismatch, InvalidInput, InvalidReference, NotFound, StoreError)
-from ansible_collections.strata.layers.plugins.module_utils._pull import image_pull
+from ansible_collections.strata.layers.plugins.module_utils._ops.image_pull import image_pull
 from ansible_collections.strata.layers.plugins.module_utils._registry import (
     AuthenticationRefused, TLSFailure, Unreachable)
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
@@ -146,7 +146,7 @@ def test_exact_blobs_plain_gzip_and_zstd(proxy, plain, images, store_root):
 
 
 def test_layers_imported_from_an_archive_are_not_downloaded(proxy, plain, images, store_root):
-    from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
+    from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
     layer_import({"src": os.path.join(images["work"], "base"), "format": "oci-layout",
                   "data_root": store_root})
     result = pull(proxy.host, "test/base:1", store_root)
@@ -243,7 +243,7 @@ def test_max_size_refuses_a_layer_and_keeps_nothing_of_it(proxy, store_root):
 
 
 def test_a_pulled_store_passes_store_check(proxy, store_root):
-    from ansible_collections.strata.layers.plugins.module_utils._check import store_check
+    from ansible_collections.strata.layers.plugins.module_utils._ops.store_check import store_check
     pull(proxy.host, "test/child:1", store_root)
     pull(proxy.host, "test/multi:1", store_root, platform="linux/arm64")
     result = store_check({"data_root": store_root})
@@ -253,7 +253,7 @@ def test_a_pulled_store_passes_store_check(proxy, store_root):
 # ---------------------------------------------------------------------- interrupted pulls
 def _pull_in_child(host: str, repo: str, store_root: str, env_extra: dict) -> subprocess.Popen:
     code = ("import json, sys\n"
-            "from ansible_collections.strata.layers.plugins.module_utils._pull import image_pull\n"
+            "from ansible_collections.strata.layers.plugins.module_utils._ops.image_pull import image_pull\n"
             "print(json.dumps(image_pull(json.loads(sys.argv[1]))))\n")
     params = {"name": "%s/%s" % (host, repo), "insecure": True, "data_root": store_root}
     env = dict(python_env(), **env_extra)

@@ -18,9 +18,9 @@ import pytest
 
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     DigestMismatch, InvalidInput, InvalidReference, NotFound)
-from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
+from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
 from ansible_collections.strata.layers.plugins.module_utils._ops.image_push import image_push
-from ansible_collections.strata.layers.plugins.module_utils._pull import image_pull
+from ansible_collections.strata.layers.plugins.module_utils._ops.image_pull import image_pull
 from ansible_collections.strata.layers.plugins.module_utils._registry import (
     AuthenticationRefused)
 from tests.support import registry as reg_support

@@ -9,16 +9,16 @@ import os
 import pytest
 
 from ansible_collections.strata.layers.plugins.module_utils._atomic import remove_tree
-from ansible_collections.strata.layers.plugins.module_utils._check import store_check
-from ansible_collections.strata.layers.plugins.module_utils._containers import container_layer
+from ansible_collections.strata.layers.plugins.module_utils._ops.store_check import store_check
+from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer import container_layer
 from ansible_collections.strata.layers.plugins.module_utils._errors import Corrupt
-from ansible_collections.strata.layers.plugins.module_utils._imageops import image
-from ansible_collections.strata.layers.plugins.module_utils._info import store_info
-from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
-from ansible_collections.strata.layers.plugins.module_utils._prune import store_prune
+from ansible_collections.strata.layers.plugins.module_utils._ops.image import image
+from ansible_collections.strata.layers.plugins.module_utils._ops.store_info import store_info
+from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
+from ansible_collections.strata.layers.plugins.module_utils._ops.store_prune import store_prune
 from ansible_collections.strata.layers.plugins.module_utils._runsetup import CACHE_DIR
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
-from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
+from ansible_collections.strata.layers.plugins.module_utils._ops.storage_driver import storage_driver
 from tests.support.tars import LayerTar, write
 
 

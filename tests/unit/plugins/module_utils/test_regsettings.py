@@ -16,9 +16,9 @@ import threading
 import pytest
 
 from ansible_collections.strata.layers.plugins.module_utils._errors import InvalidInput
-from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
+from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
 from ansible_collections.strata.layers.plugins.module_utils._ops.image_push import image_push
-from ansible_collections.strata.layers.plugins.module_utils._pull import image_pull
+from ansible_collections.strata.layers.plugins.module_utils._ops.image_pull import image_pull
 from ansible_collections.strata.layers.plugins.module_utils._registry import (
     AuthenticationRefused, RegistryError)
 from ansible_collections.strata.layers.plugins.module_utils._regsettings import (

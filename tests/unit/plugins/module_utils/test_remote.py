@@ -13,11 +13,11 @@ import threading
 
 import pytest
 
-from ansible_collections.strata.layers.plugins.module_utils._builder import image_build
+from ansible_collections.strata.layers.plugins.module_utils._ops.image_build import image_build
 from ansible_collections.strata.layers.plugins.module_utils._errors import InvalidInput
-from ansible_collections.strata.layers.plugins.module_utils._export import image_export
-from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
-from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
+from ansible_collections.strata.layers.plugins.module_utils._ops.image_export import image_export
+from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
+from ansible_collections.strata.layers.plugins.module_utils._ops.storage_driver import storage_driver
 
 from tests.unit.plugins.module_utils.test_builder import files_of
 from tests.unit.plugins.module_utils.test_runsetup import snapshot

@@ -14,14 +14,14 @@ import time
 
 import pytest
 
-from ansible_collections.strata.layers.plugins.module_utils._builder import image_build
+from ansible_collections.strata.layers.plugins.module_utils._ops.image_build import image_build
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     InvalidInput)
-from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
-from ansible_collections.strata.layers.plugins.module_utils._prune import store_prune
+from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
+from ansible_collections.strata.layers.plugins.module_utils._ops.store_prune import store_prune
 from ansible_collections.strata.layers.plugins.module_utils._runsetup import cache_path
 from ansible_collections.strata.layers.plugins.module_utils._sandbox import StepFailed
-from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
+from ansible_collections.strata.layers.plugins.module_utils._ops.storage_driver import storage_driver
 
 from tests.support import ops
 from tests.unit.plugins.module_utils.test_builder import files_of, last_layer_names

@@ -17,11 +17,11 @@ import time
 
 import pytest
 
-from ansible_collections.strata.layers.plugins.module_utils._builder import image_build
-from ansible_collections.strata.layers.plugins.module_utils._containers import container_layer
-from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
+from ansible_collections.strata.layers.plugins.module_utils._ops.image_build import image_build
+from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer import container_layer
+from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
 from ansible_collections.strata.layers.plugins.module_utils._sandbox import Sandbox, StepFailed
-from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
+from ansible_collections.strata.layers.plugins.module_utils._ops.storage_driver import storage_driver
 from tests.support import rootfs
 
 # Docker's default capability set less CAP_MKNOD: CHOWN DAC_OVERRIDE FOWNER FSETID KILL

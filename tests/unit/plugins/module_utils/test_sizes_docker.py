@@ -16,10 +16,10 @@ import time
 
 import pytest
 
-from ansible_collections.strata.layers.plugins.module_utils._containers import container_layer
-from ansible_collections.strata.layers.plugins.module_utils._info import store_info
-from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
-from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
+from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer import container_layer
+from ansible_collections.strata.layers.plugins.module_utils._ops.store_info import store_info
+from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
+from ansible_collections.strata.layers.plugins.module_utils._ops.storage_driver import storage_driver
 
 DOCKERD = "/usr/sbin/dockerd"
 DOCKER = "/usr/bin/docker"

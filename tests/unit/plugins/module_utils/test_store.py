@@ -11,8 +11,8 @@ import pytest
 
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, DigestMismatch, InvalidInput, Locked, NotFound)
-from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
-from ansible_collections.strata.layers.plugins.module_utils._info import store_info
+from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
+from ansible_collections.strata.layers.plugins.module_utils._ops.store_info import store_info
 from ansible_collections.strata.layers.plugins.module_utils._lock import StoreLock
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
 from tests.support.paths import COLLECTIONS

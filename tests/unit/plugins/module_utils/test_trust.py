@@ -14,13 +14,13 @@ import tempfile
 import pytest
 
 from ansible_collections.strata.layers.plugins.module_utils import _trust
-from ansible_collections.strata.layers.plugins.module_utils._check import store_check
-from ansible_collections.strata.layers.plugins.module_utils._containers import container_layer
+from ansible_collections.strata.layers.plugins.module_utils._ops.store_check import store_check
+from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer import container_layer
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, DigestMismatch, InvalidInput)
-from ansible_collections.strata.layers.plugins.module_utils._export import image_export
+from ansible_collections.strata.layers.plugins.module_utils._ops.image_export import image_export
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mount_at
-from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
+from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
 from ansible_collections.strata.layers.plugins.module_utils._atomic import remove_tree
 from tests.support import loopfs

@@ -211,7 +211,7 @@ def test_the_init_layer_lies_between_the_image_and_the_writable_layer(store, tmp
 
 def test_a_container_runs_on_runc_and_only_its_writes_are_its_own(store, busybox_tar):
     import shutil
-    from ansible_collections.strata.layers.plugins.module_utils._commit import container_commit
+    from ansible_collections.strata.layers.plugins.module_utils._ops.container_commit import container_commit
     from ansible_collections.strata.layers.plugins.module_utils._ops.container import container
     from tests.support import runimage
     if shutil.which("runc") is None:

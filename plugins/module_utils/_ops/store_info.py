@@ -1,7 +1,8 @@
 # Copyright: strata.layers contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""``store_info``: the data behind ``docker info``, ``docker image ls``, ``docker ps -s``,
-``docker history`` and ``docker system df -v``.  Read-only (shared lock, writes nothing).
+"""``strata.layers.store_info``: the data behind ``docker info``, ``docker image ls``,
+``docker ps -s``, ``docker history`` and ``docker system df -v``.  Read-only (shared
+lock, writes nothing).
 
 Sizes follow Docker: a layer's size is the bytes of the regular files its tar adds
 (recorded at import, never re-walked); an image's size is the sum over its layers;
@@ -18,28 +19,12 @@ from ansible_collections.strata.layers.plugins.module_utils._containers import (
 from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import (
     fs_type, supports_d_type)
+from ansible_collections.strata.layers.plugins.module_utils._history import history_of
 from ansible_collections.strata.layers.plugins.module_utils._imagerecords import ImageRecord
 from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord
 from ansible_collections.strata.layers.plugins.module_utils._probe import nearest_existing
 from ansible_collections.strata.layers.plugins.module_utils._prune import plan as prune_plan
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
-
-
-def history_of(image: ImageRecord, layers: Dict[ChainID, LayerRecord]) -> List[Dict[str, Any]]:
-    """``docker history`` rows, oldest first: each non-empty entry takes the next layer."""
-    chain = [ChainID(c) for c in image.chain]
-    rows = []
-    index = 0
-    for entry in image.config.history:
-        empty = bool(entry.get("empty_layer"))
-        size = 0
-        if not empty and index < len(chain):
-            record = layers.get(chain[index])
-            size = record.size if record else 0
-            index += 1
-        rows.append({"created": entry.get("created", ""), "created_by": entry.get("created_by", ""),
-                     "comment": entry.get("comment", ""), "empty_layer": empty, "size": size})
-    return rows
 
 
 def store_info(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, Any]:

@@ -9,12 +9,14 @@ import pytest
 
 from ansible_collections.strata.layers.plugins.module_utils._changes import _Emitter
 from ansible_collections.strata.layers.plugins.module_utils._containers import (
-    ContainerDB, changes, container_layer, image_chain)
+    ContainerDB, changes, image_chain)
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import allocated_bytes
-from ansible_collections.strata.layers.plugins.module_utils._info import store_info
-from ansible_collections.strata.layers.plugins.module_utils._ingest import layer_import
+from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer import (
+    container_layer)
+from ansible_collections.strata.layers.plugins.module_utils._ops.store_info import store_info
+from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
-from ansible_collections.strata.layers.plugins.module_utils._switch import storage_driver
+from ansible_collections.strata.layers.plugins.module_utils._ops.storage_driver import storage_driver
 from ansible_collections.strata.layers.plugins.module_utils.drivers.btrfs import subvolume_info
 
 

@@ -1,6 +1,6 @@
 # Copyright: strata.layers contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""``image``: tag, untag and remove images (``docker tag`` / ``docker rmi``).
+"""``strata.layers.image``: tag, untag and remove images (``docker tag`` / ``docker rmi``).
 
 ``state: present`` points ``tag`` at the image ``name`` resolves to.  ``state: absent``
 with a tag that is not the image's last one only removes that tag (as ``docker rmi
