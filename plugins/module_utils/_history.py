@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any, Dict, List
 
 from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID
-from ansible_collections.strata.layers.plugins.module_utils._images import ImageRecord
+from ansible_collections.strata.layers.plugins.module_utils._imagerecords import ImageRecord
 from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord
 
 

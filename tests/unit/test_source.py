@@ -488,3 +488,28 @@ def test_the_direction_rule_sees_a_file_import():
     targets = {t.rel for t, _node in own_imports(ops)}
     assert "module_utils/_docker/daemon.py" in targets, sorted(targets)
     assert "module_utils/_errors.py" in targets, sorted(targets)
+
+
+def test_every_own_import_names_a_file_that_exists():
+    """``from ...module_utils._x import y``: ``_x`` is a file of ours (a module renamed or
+    split leaves no importer behind; plugins/, tests/ and benchmarks/ alike)."""
+    missing = []
+    for top in ("plugins", "tests", "benchmarks"):
+        for base, dirs, files in os.walk(os.path.join(REPO, top)):
+            dirs[:] = [d for d in dirs if d not in ("__pycache__", "output")]
+            for name in files:
+                if not name.endswith(".py"):
+                    continue
+                path = os.path.join(base, name)
+                with open(path, "rb") as handle:
+                    tree = ast.parse(handle.read(), filename=path)
+                for node in ast.walk(tree):
+                    if isinstance(node, ast.ImportFrom) and node.module and \
+                            node.module.startswith(OWN_UTILS + ".") and \
+                            source_of(node.module) is None and \
+                            not os.path.isdir(os.path.join(
+                                PLUGINS, "module_utils",
+                                *node.module[len(OWN_UTILS) + 1:].split("."))):
+                        missing.append("%s:%d %s" % (os.path.relpath(path, REPO),
+                                                     node.lineno, node.module))
+    assert not missing, "imports of files that do not exist:\n  " + "\n  ".join(missing)

@@ -19,7 +19,7 @@ from ansible_collections.strata.layers.plugins.module_utils._crash import crash_
 from ansible_collections.strata.layers.plugins.module_utils._digest import (
     ChainID, DiffID, chain_id)
 from ansible_collections.strata.layers.plugins.module_utils._errors import InvalidInput, NotFound
-from ansible_collections.strata.layers.plugins.module_utils._images import validate_tags
+from ansible_collections.strata.layers.plugins.module_utils._imageref import validate_tags
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
 
 

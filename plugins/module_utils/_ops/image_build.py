@@ -24,7 +24,7 @@ from ansible_collections.strata.layers.plugins.module_utils._dockerfile import S
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     InvalidInput, NotFound, StoreError)
 from ansible_collections.strata.layers.plugins.module_utils._history import history_of
-from ansible_collections.strata.layers.plugins.module_utils._images import validate_tags
+from ansible_collections.strata.layers.plugins.module_utils._imageref import validate_tags
 from ansible_collections.strata.layers.plugins.module_utils._runmounts import (
     MountError, network_mode, secret_sources)
 from ansible_collections.strata.layers.plugins.module_utils._runsetup import RunOptions

@@ -19,8 +19,8 @@ from ansible_collections.strata.layers.plugins.module_utils._errors import (
 from ansible_collections.strata.layers.plugins.module_utils._export import (
     FORMATS, Blob, Export, Plan, _existing_entries, _layout_blob_ok, write_archive,
     write_layout)
-from ansible_collections.strata.layers.plugins.module_utils._images import (
-    ImageRecord, normalize_tag)
+from ansible_collections.strata.layers.plugins.module_utils._imagerecords import ImageRecord
+from ansible_collections.strata.layers.plugins.module_utils._imageref import normalize_tag
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
 from ansible_collections.strata.layers.plugins.module_utils._trust import overlaps
 

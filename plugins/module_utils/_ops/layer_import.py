@@ -19,7 +19,7 @@ from ansible_collections.strata.layers.plugins.module_utils._compression import 
     STREAM_WAIT, is_stream, open_regular)
 from ansible_collections.strata.layers.plugins.module_utils._digest import validate_digest
 from ansible_collections.strata.layers.plugins.module_utils._errors import InvalidInput, NotFound
-from ansible_collections.strata.layers.plugins.module_utils._images import validate_tags
+from ansible_collections.strata.layers.plugins.module_utils._imageref import validate_tags
 from ansible_collections.strata.layers.plugins.module_utils._ingest import (
     FORMATS, ArchiveJob, LayerJob, NotAnArchive, stat_key)
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
