@@ -189,7 +189,7 @@ def test_the_previous_home_is_parked_then_removed_by_a_detached_process(
     """keep_previous false: the old home leaves its place at once (renamed into tmp/) and
     a detached process removes it, holding the run's exclusive lock, handed over with no
     gap: the next run (store_check's shared lock, a write) waits for the removal."""
-    from ansible_collections.strata.layers.plugins.module_utils._check import store_check
+    from ansible_collections.strata.layers.plugins.module_utils._ops.store_check import store_check
     root = btrfs_root
     storage_driver({"data_root": root, "driver": "vfs"})
     build(root, tmp_path, busybox_tar)
