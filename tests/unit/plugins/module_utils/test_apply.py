@@ -187,11 +187,26 @@ def test_hostile_members_are_refused_and_nothing_outside_changes(tmp_path, mode,
     (tmp_path / "outside" / "secret").write_bytes(b"safe")
     (tmp_path / "root").mkdir()
     before = outside_state(tmp_path)
+    # the host paths the cases aim at: as they were (another process may own a /tmp/x)
+    aimed = {path: host_path_state(path) for path in ("/etc/x", "/tmp/x")}
     with pytest.raises(DAMAGED.get(case, InvalidInput)) as info:
         apply(tmp_path, HOSTILE[case](), mode, split=False)
     assert "test layer" in str(info.value)
     assert outside_state(tmp_path) == before
-    assert not os.path.exists("/etc/x") and not os.path.exists("/tmp/x")
+    assert {path: host_path_state(path) for path in aimed} == aimed
+
+
+def host_path_state(path: str):
+    """None when ``path`` does not exist, else its inode, size, times and content."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    content = b""
+    if stat.S_ISREG(st.st_mode):
+        with open(path, "rb") as handle:
+            content = handle.read()
+    return (st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, content)
 
 
 def test_refusal_names_the_member(tmp_path):
