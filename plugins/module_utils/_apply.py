@@ -36,7 +36,7 @@ from ansible_collections.strata.layers.plugins.module_utils._copytree import Sha
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, InvalidInput, StoreError)
 from ansible_collections.strata.layers.plugins.module_utils._safepath import Beneath, NotBeneath
-from ansible_collections.strata.layers.plugins.module_utils._sparse import SparseWriter
+from ansible_collections.strata.layers.plugins.module_utils._sparse import HOLE, SparseWriter
 from ansible_collections.strata.layers.plugins.module_utils._tarformat import (
     CHRTYPE, DIRTYPE, FIFOTYPE, LNKTYPE, SYMTYPE, ChunkReader, HeaderParser, Member,
     Truncated)
@@ -310,8 +310,10 @@ class Applier:
             if left and self.split is not None:
                 self.split.file(path, left)
             # runs of zeros become holes: a sparse file stays sparse through a commit
-            # or a migration instead of taking its full size
-            writer = SparseWriter(fd) if write else None
+            # or a migration instead of taking its full size.  A file smaller than one
+            # hole window can have none: its data is written as it comes (most files of
+            # a layer; no seek, no copy)
+            writer = SparseWriter(fd) if write and left >= HOLE else None
             while left:
                 view = reader.read_some(left)
                 if not view:
@@ -320,6 +322,8 @@ class Applier:
                 left -= len(view)
                 if writer is not None:
                     writer.write(view)
+                elif write:
+                    _write_all(fd, view)
             if writer is not None:
                 writer.finish()
             self._file_metadata(fd, member, created=write)
@@ -519,6 +523,11 @@ def _umask() -> int:
     except (OSError, ValueError, IndexError):
         pass
     return 0o777
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _proc_path(dir_fd: int, name: bytes) -> bytes:

@@ -73,6 +73,19 @@ def _hash_pool() -> Any:
         return _POOL[0]
 
 
+class HashedSource:
+    """A chunk source that hashes (sha256) what it hands out itself, on a thread of its
+    own (``_compression.ReadAhead``): a ChunkReader over its ``chunk`` takes that hash
+    instead of hashing every chunk a second time."""
+
+    def chunk(self) -> bytes:
+        raise NotImplementedError
+
+    def hashed(self) -> "hashlib._Hash":
+        """The hash of every chunk handed out so far."""
+        raise NotImplementedError
+
+
 class ChunkReader:
     """Buffered reader over a chunk source that hashes and counts every byte it pulls.
 
@@ -90,6 +103,9 @@ class ChunkReader:
         self._pos = 0
         self._hasher = hashlib.sha256()
         self._hashing: Optional[Any] = None     # the Future of the last chunk's hash
+        owner = getattr(source, "__self__", None)
+        self._prehashed: Optional[HashedSource] = owner if isinstance(owner, HashedSource) \
+            else None
         self.total = 0
         self.limit = limit
         self.what = what
@@ -98,6 +114,8 @@ class ChunkReader:
     @property
     def hasher(self) -> "hashlib._Hash":
         """The hash of every byte pulled so far."""
+        if self._prehashed is not None:
+            return self._prehashed.hashed()
         self._hashed()
         return self._hasher
 
@@ -117,7 +135,9 @@ class ChunkReader:
             self._pos = 0
             return False
         view = memoryview(data)
-        if len(view) >= _HASH_BEHIND:
+        if self._prehashed is not None:
+            pass
+        elif len(view) >= _HASH_BEHIND:
             self._hashing = _hash_pool().submit(self._hasher.update, view)
         else:
             self._hasher.update(view)
