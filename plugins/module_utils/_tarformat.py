@@ -151,6 +151,12 @@ class ChunkReader:
         self._pos = 0
         return True
 
+    @property
+    def stable(self) -> bool:
+        """Whether the chunks handed out stay valid after the next one is pulled (a
+        HashedSource's are fresh objects, never reused): views of them may be kept."""
+        return self._prehashed is not None
+
     def available(self) -> int:
         return len(self._chunk) - self._pos
 
