@@ -147,12 +147,14 @@ class Round:
             finally:
                 release_podman_root(root, runroot)
 
-    def run(self) -> None:
+    def run(self, number: int = 0) -> None:
         for label in ("layer_import docker-archive", "layer_import plain layer"):
-            for program in sorted(p for p in self.programs if p.startswith(label + " (base")):
-                self.ours(program)
+            # the base commit and ours take turns at going first (A B, then B A)
+            turn = [p for p in sorted(self.programs) if p.startswith(label + " (base")]
             if label in self.programs:
-                self.ours(label, rerun=label.endswith("plain layer"))
+                turn = turn + [label] if number % 2 == 0 else [label] + turn
+            for program in turn:
+                self.ours(program, rerun=program == "layer_import plain layer")
             if label.endswith("docker-archive"):
                 self.tar()
         if self.daemon is not None:
@@ -254,7 +256,7 @@ def main() -> None:
                 bench = Round(out, sources, daemon, programs, podman, results, cpu)
                 for number in range(args.runs):
                     progress("run %d/%d" % (number + 1, args.runs))
-                    bench.run()
+                    bench.run(number)
                 report(results, cpu, sources, bench.rss, args, out)
                 if args.json:
                     results.dump(args.json)
