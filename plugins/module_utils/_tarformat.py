@@ -76,7 +76,8 @@ def _hash_pool() -> Any:
 class HashedSource:
     """A chunk source that hashes (sha256) what it hands out itself, on a thread of its
     own (``_compression.ReadAhead``): a ChunkReader over its ``chunk`` takes that hash
-    instead of hashing every chunk a second time."""
+    instead of hashing every chunk a second time.  Its chunks are fresh objects, never
+    reused once handed out, so views of them may be kept (``ChunkReader.stable``)."""
 
     def chunk(self) -> bytes:
         raise NotImplementedError

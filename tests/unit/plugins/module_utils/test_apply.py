@@ -298,9 +298,9 @@ def _tree(top):
             if stat.S_ISREG(st.st_mode):
                 with open(path, "rb") as handle:
                     data = hashlib.sha256(handle.read()).hexdigest()
+            holes = st.st_blocks * 512 < st.st_size
             out[os.path.relpath(path, top)] = (st.st_mode, st.st_uid, st.st_gid, st.st_size,
-                                              st.st_mtime_ns, st.st_nlink, data,
-                                              st.st_blocks * 512 < st.st_size)
+                                               st.st_mtime_ns, st.st_nlink, data, holes)
     return out
 
 
