@@ -32,13 +32,15 @@ PYTHON = os.path.join(REPO, ".venv", "bin", "python")
 
 # ---------------------------------------------------------------------- ansible-style runs
 
-def ansiballz(module: str, params: Dict[str, Any], dest: str, seed_args: str) -> str:
+def ansiballz(module: str, params: Dict[str, Any], dest: str, seed_args: str,
+              collections: Optional[str] = None) -> str:
     """An AnsiballZ program of ``strata.layers.<module>`` with ``params`` at ``dest``.
 
     ``seed_args`` are ad-hoc arguments of a cheap first run (its only purpose is to
-    leave the program behind)."""
+    leave the program behind); ``collections`` the collections path to take the
+    collection from (this tree's by default)."""
     keep = tempfile.mkdtemp(prefix="strata-bench-ansiballz-")
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(REPO, ".collections"),
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=collections or os.path.join(REPO, ".collections"),
                ANSIBLE_KEEP_REMOTE_FILES="1", ANSIBLE_REMOTE_TMP=keep,
                ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false")
     try:

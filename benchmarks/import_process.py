@@ -15,7 +15,10 @@ load from other work falls on all alike; medians of ``--runs``).  Before each ti
 command, untimed: its previous output is removed and the filesystem flushed; our store
 is set up with its driver (overlay2) and empty, as dockerd and podman's roots are.
 
-    sudo .venv/bin/python benchmarks/import_process.py [--runs 5] [--quick]
+    sudo .venv/bin/python benchmarks/import_process.py [--runs 5] [--quick] [--base REF]
+
+With ``--base REF`` the module of commit REF (its plugins from ``git archive``) also
+runs in every round, just before ours on the same input (A/B, interleaved).
 
 What each row includes:
   layer_import ...    ``python AnsiballZ_layer_import.py``: the program Ansible runs on a
@@ -45,6 +48,7 @@ from _common import (Results, dirs_arg, engine, goal, loop_fs, machine, make_tar
                      podman_cmd, progress, release_podman_root, save_goals, sh, short_runroot,
                      syncfs, timed, verdict, wipe, workspace)
 from _peers import PYTHON, Dockerd, ansiballz, dockerd, run_measured
+from apply_cpu import tree_of
 
 DEFAULT_DIRS = "usr/include,usr/lib/gcc,usr/lib/python3.11,usr/libexec,usr/share/perl"
 QUICK_DIRS = "usr/lib/python3.11,usr/share/perl"
@@ -98,7 +102,8 @@ class Round:
         got = run_measured([PYTHON, self.programs[label]])
         self.results.add(label, got["wall"])
         self.cpu.add(label, got["cpu"])
-        self.rss.append(got["maxrss"])
+        if "(base" not in label:
+            self.rss.append(got["maxrss"])
         if rerun:
             # the same module run again: nothing to import, so this is the fixed cost of
             # a module run (interpreter, Ansible's and our module_utils from the zip,
@@ -135,26 +140,39 @@ class Round:
         with short_runroot() as runroot:
             try:
                 syncfs(self.out)
-                got = run_measured(podman_cmd(root, runroot) +
-                                   ["load", "-q", "-i", self.sources.archive])
+                try:
+                    got = run_measured(podman_cmd(root, runroot) +
+                                       ["load", "-q", "-i", self.sources.archive])
+                except RuntimeError as exc:
+                    # a peer's failure (others' work on a shared machine may remove
+                    # podman's /run/libpod meanwhile) costs its sample, not the run
+                    progress("podman load failed, sample left out: %s" % str(exc)[-200:])
+                    return
                 self.results.add("podman load", got["wall"])
                 self.cpu.add("podman load", got["cpu"])
             finally:
                 release_podman_root(root, runroot)
 
-    def run(self) -> None:
-        if "layer_import docker-archive" in self.programs:
-            self.ours("layer_import docker-archive")
-        self.tar()
-        self.ours("layer_import plain layer", rerun=True)
+    def run(self, number: int = 0) -> None:
+        for label in ("layer_import docker-archive", "layer_import plain layer"):
+            # the base commit and ours take turns at going first (A B, then B A)
+            turn = [p for p in sorted(self.programs) if p.startswith(label + " (base")]
+            if label in self.programs:
+                turn = turn + [label] if number % 2 == 0 else [label] + turn
+            for program in turn:
+                self.ours(program, rerun=program == "layer_import plain layer")
+            if label.endswith("docker-archive"):
+                self.tar()
         if self.daemon is not None:
             self.docker_load()
         if self.podman:
             self.podman_load()
 
 
-def programs_for(work: str, store: str, sources: Sources) -> Dict[str, str]:
-    """The AnsiballZ programs, one per source (made once, untimed)."""
+def programs_for(work: str, store: str, sources: Sources, base: Optional[str] = None
+                 ) -> Dict[str, str]:
+    """The AnsiballZ programs, one per source (made once, untimed), and with ``base``
+    the same of that commit."""
     seed = os.path.join(work, "seed.tar")
     make_tar(seed, ["usr/share/doc/tar"])
     seed_args = "data_root=%s src=%s" % (os.path.join(work, "seed-store"), seed)
@@ -162,10 +180,14 @@ def programs_for(work: str, store: str, sources: Sources) -> Dict[str, str]:
     cases = [("layer_import plain layer", sources.layer)]
     if sources.archive is not None:
         cases.insert(0, ("layer_import docker-archive", sources.archive))
-    for label, src in cases:
-        programs[label] = ansiballz("layer_import", {"data_root": store, "src": src},
-                                    os.path.join(work, "AnsiballZ_%d.py" % len(programs)),
-                                    seed_args)
+    trees = [("", None)]
+    if base is not None:
+        trees.append((" (base %s)" % base, tree_of(base, work)))
+    for suffix, tree in trees:
+        for label, src in cases:
+            programs[label + suffix] = ansiballz(
+                "layer_import", {"data_root": store, "src": src},
+                os.path.join(work, "AnsiballZ_%d.py" % len(programs)), seed_args, tree)
     wipe(os.path.join(work, "seed-store"))
     return programs
 
@@ -193,6 +215,12 @@ def report(results: Results, cpu: Results, sources: Sources, rss: List[float],
                              % label.split(" ", 1)[1], "%.2fx" % ratio, "<= 1.0x", ratio <= 1.0))
             rows.append(goal("same, CPU seconds (not the goal: robust to load)",
                              "%.2fx" % (cpu.median(label) / cpu.median(BASE)), "-", None))
+    for label in ("layer_import docker-archive", "layer_import plain layer"):
+        base = "%s (base %s)" % (label, args.base)
+        if args.base and label in results.samples and base in results.samples:
+            rows.append(goal("%s, this tree / base %s" % (label, args.base), "%.2fx wall, %.2fx CPU"
+                             % (results.median(label) / results.median(base),
+                                cpu.median(label) / cpu.median(base)), "(A/B)", None))
     for peer in ("docker load", "podman load"):
         if peer in results.samples and "layer_import docker-archive" in results.samples:
             ratio = results.median("layer_import docker-archive") / results.median(peer)
@@ -213,6 +241,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller layer, 2 runs")
     parser.add_argument("--dirs", default=None, help="comma-separated dirs of / for the layer")
     parser.add_argument("--no-peers", action="store_true", help="leave docker and podman out")
+    parser.add_argument("--base", help="also run the module of this commit, interleaved")
     parser.add_argument("--json", help="write the samples here")
     parser.add_argument("--goals", help="append the goal rows to this JSON file")
     args = parser.parse_args()
@@ -226,14 +255,14 @@ def main() -> None:
             with dockerd(docker_root) if not args.no_peers else _none() as daemon:
                 progress("making the layer and the docker-archive...")
                 sources = Sources(work, dirs_arg(args.dirs), daemon)
-                programs = programs_for(work, os.path.join(out, "store"), sources)
+                programs = programs_for(work, os.path.join(out, "store"), sources, args.base)
                 podman = not args.no_peers and sources.archive is not None and \
                     shutil.which("podman") is not None
                 results, cpu = Results(), Results()
                 bench = Round(out, sources, daemon, programs, podman, results, cpu)
                 for number in range(args.runs):
                     progress("run %d/%d" % (number + 1, args.runs))
-                    bench.run()
+                    bench.run(number)
                 report(results, cpu, sources, bench.rss, args, out)
                 if args.json:
                     results.dump(args.json)

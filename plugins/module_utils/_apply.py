@@ -27,16 +27,18 @@ from __future__ import annotations
 
 import errno
 import os
+import queue
 import stat
+import threading
 from dataclasses import dataclass
-from typing import Dict, Optional, Set, Tuple
+from typing import Any, Dict, Optional, Set, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils._atomic import remove_tree, wrap_os_error
 from ansible_collections.strata.layers.plugins.module_utils._copytree import Shadow
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, InvalidInput, StoreError)
 from ansible_collections.strata.layers.plugins.module_utils._safepath import Beneath, NotBeneath
-from ansible_collections.strata.layers.plugins.module_utils._sparse import SparseWriter
+from ansible_collections.strata.layers.plugins.module_utils._sparse import HOLE, SparseWriter
 from ansible_collections.strata.layers.plugins.module_utils._tarformat import (
     CHRTYPE, DIRTYPE, FIFOTYPE, LNKTYPE, SYMTYPE, ChunkReader, HeaderParser, Member,
     Truncated)
@@ -104,6 +106,7 @@ class Applier:
         self._inherits = whiteouts != WHITEOUT_DEVICE or _passes_down(root)
         self._tree = Beneath(root)
         self._member: Optional[Member] = None
+        self._behind: Optional[WriteBehind] = None
 
     # ------------------------------------------------------------------ driving
     def apply(self, reader: ChunkReader) -> ApplyResult:
@@ -122,6 +125,7 @@ class Applier:
                     self.split.raw(member.raw)
                 self._apply_member(reader, member)
             self._member = None
+            self._settle_behind()
             self._trailer(reader, parser.end_block)
             self._finish_dirs()
         except NotBeneath as exc:
@@ -134,6 +138,8 @@ class Applier:
             # the kernel's types cannot hold: the tar's fault, not the store's
             raise self._refuse("has a value this system cannot take (%s)" % exc) from exc
         finally:
+            if self._behind is not None:
+                self._behind.stop()
             self._tree.close()
         return ApplyResult(diff_id="sha256:" + reader.hasher.hexdigest(), tar_size=reader.total,
                            size=self.size, entries=self.entries)
@@ -305,13 +311,18 @@ class Applier:
             # store): when the umask leaves them whole, no fchmod is needed
             fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
                          os.O_CLOEXEC, member.mode & 0o777, dir_fd=pfd)
+        if write and member.size >= HOLE and not member.xattrs and reader.stable:
+            self._write_behind(reader, fd, path, member)
+            return
         try:
             left = member.size
             if left and self.split is not None:
                 self.split.file(path, left)
             # runs of zeros become holes: a sparse file stays sparse through a commit
-            # or a migration instead of taking its full size
-            writer = SparseWriter(fd) if write else None
+            # or a migration instead of taking its full size.  A file smaller than one
+            # hole window can have none: its data is written as it comes (most files of
+            # a layer; no seek, no copy)
+            writer = SparseWriter(fd) if write and left >= HOLE else None
             while left:
                 view = reader.read_some(left)
                 if not view:
@@ -320,11 +331,16 @@ class Applier:
                 left -= len(view)
                 if writer is not None:
                     writer.write(view)
+                elif write:
+                    _write_all(fd, view)
             if writer is not None:
                 writer.finish()
             self._file_metadata(fd, member, created=write)
         finally:
             os.close(fd)
+        self._padding(reader, member)
+
+    def _padding(self, reader: ChunkReader, member: Member) -> None:
         self.size += member.size
         pad = member.padding
         if pad:
@@ -332,6 +348,48 @@ class Applier:
                 if reader.available() < pad else reader.read_exact(pad, "")
             if self.split is not None:
                 self.split.raw(data)
+
+    def _write_behind(self, reader: ChunkReader, fd: int, path: bytes, member: Member) -> None:
+        """A large file's data, owner, mode, times and close go to the WriteBehind
+        worker (``fd`` with them) while this thread parses the next members."""
+        if self._behind is None:
+            self._behind = WriteBehind(self._finish_behind)
+        behind = self._behind
+        try:
+            self._raise_behind()
+            left = member.size
+            if self.split is not None:
+                self.split.file(path, left)
+            while left:
+                view = reader.read_some(left)
+                if not view:
+                    raise Truncated("%s: the stream ends inside the data of member %r"
+                                    % (self.what, member.display()), member=member.display())
+                left -= len(view)
+                behind.write(fd, view, member)
+        except BaseException:
+            behind.abandon(fd, member)
+            raise
+        behind.finish(fd, member)
+        self._padding(reader, member)
+
+    def _finish_behind(self, fd: int, member: Member) -> None:
+        """On the worker: a file the applier created, all its data written."""
+        self._file_metadata(fd, member, created=True)
+
+    def _raise_behind(self) -> None:
+        """The worker's first error, raised here as if the member it stopped at failed."""
+        failed = self._behind.failed if self._behind is not None else None
+        if failed is not None:
+            self._member = failed[0]
+            raise failed[1]
+
+    def _settle_behind(self) -> None:
+        """Every file handed to the worker written and closed (before directory times
+        are set and before the layer is synced)."""
+        if self._behind is not None:
+            self._behind.stop()
+            self._raise_behind()
 
     def _file_metadata(self, fd: int, member: Member, created: bool) -> None:
         """Owner, mode, attributes and times of a file this applier just wrote.
@@ -495,6 +553,78 @@ class Applier:
             os.utime(fd, ns=self.dir_times[path])
 
 
+class WriteBehind:
+    """A worker thread that writes the data of large files, then gives them their
+    owner, mode and times and closes them, in the order they were handed over.
+
+    Only for files of at least one hole window (64 KiB; their writes are long stretches
+    without the GIL) from a reader whose chunks stay valid (read ahead: the views
+    queued here are never overwritten), without extended attributes (whose checks
+    name the member at fault, on the applier's thread).  The queue holds at most
+    ``DEPTH`` chunks: memory stays bounded whatever the file sizes.  After the first
+    error nothing more is written (descriptors are still closed); the applier raises
+    it at its next hand-over or at the end."""
+
+    DEPTH = 8
+
+    def __init__(self, finish: Any) -> None:
+        self._finish = finish
+        self._jobs: "queue.Queue[Any]" = queue.Queue(self.DEPTH)
+        self._writer: Optional[SparseWriter] = None
+        self.failed: Optional[Tuple[Member, BaseException]] = None
+        self._thread = threading.Thread(target=self._run, name="strata-write-behind",
+                                        daemon=True)
+        self._thread.start()
+
+    def write(self, fd: int, view: memoryview, member: Member) -> None:
+        self._jobs.put((fd, view, member, False))
+
+    def finish(self, fd: int, member: Member) -> None:
+        self._jobs.put((fd, None, member, True))
+
+    def abandon(self, fd: int, member: Member) -> None:
+        self._jobs.put((fd, None, member, False))
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._jobs.put(None)
+            self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            fd, view, member, complete = job
+            if view is not None:
+                self._data(fd, view, member)
+            else:
+                self._close(fd, member, complete)
+
+    def _data(self, fd: int, view: memoryview, member: Member) -> None:
+        if self.failed is not None:
+            return
+        try:
+            if self._writer is None:
+                self._writer = SparseWriter(fd)
+            self._writer.write(view)
+        except BaseException as exc:  # pylint: disable=broad-except  # raised by the applier
+            self._writer = None
+            self.failed = (member, exc)
+
+    def _close(self, fd: int, member: Member, complete: bool) -> None:
+        writer, self._writer = self._writer, None
+        try:
+            if complete and self.failed is None:
+                if writer is not None:
+                    writer.finish()
+                self._finish(fd, member)
+        except BaseException as exc:  # pylint: disable=broad-except  # raised by the applier
+            self.failed = (member, exc)
+        finally:
+            os.close(fd)
+
+
 def _passes_down(root: str) -> bool:
     """Whether ``root`` may give new entries a group or mode of its own (set-group-ID,
     or a default ACL; when the attribute cannot be read, assume it may)."""
@@ -519,6 +649,11 @@ def _umask() -> int:
     except (OSError, ValueError, IndexError):
         pass
     return 0o777
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _proc_path(dir_fd: int, name: bytes) -> bytes:

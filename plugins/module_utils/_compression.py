@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import queue
 import select
 import shutil
 import stat
@@ -24,9 +25,11 @@ from typing import Callable, Optional
 from ansible_collections.strata.layers.plugins.module_utils._digest import Digest, hasher_digest
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, InvalidInput, StoreError, Unsupported)
-from ansible_collections.strata.layers.plugins.module_utils._tarformat import BLOCK, checksum_ok
+from ansible_collections.strata.layers.plugins.module_utils._tarformat import (
+    BLOCK, HashedSource, checksum_ok)
 
 CHUNK = 1 << 20
+AHEAD = 4           # chunks a ReadAhead may hold: at most 4 MiB more memory
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 XZ_MAGIC = b"\xfd7zXZ\x00"
@@ -71,12 +74,74 @@ class RangeReader:
         return data
 
 
+class ReadAhead(HashedSource):
+    """The chunks of ``source`` pulled, decoded and hashed (sha256) by a worker thread up
+    to AHEAD chunks ahead of the caller.
+
+    The read, the decompression and the hash all release the GIL, so they run on the
+    second core while the applier parses and writes the previous chunks, and the applier
+    never waits for a hash of its own (on a loaded machine every such hand-off waited
+    for the worker to be scheduled).  An error of the source is raised by ``chunk``
+    where the chunk it stopped would have been handed out.  ``close`` stops the worker
+    before the caller closes what it reads from."""
+
+    def __init__(self, source: Callable[[], bytes], what: str) -> None:
+        self._source = source
+        self._queue: "queue.Queue[tuple]" = queue.Queue(AHEAD)
+        self._hasher = hashlib.sha256()
+        self._handed = self._hasher.copy()
+        self._stopping = False
+        self._ended = False
+        self._thread = threading.Thread(target=self._run, name="strata-read-ahead",
+                                        daemon=True)
+        self._thread.start()
+        self.what = what
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping:
+                data = self._source()
+                self._hasher.update(data)
+                self._queue.put((data, self._hasher.copy()))
+                if not data:
+                    return
+        except BaseException as exc:  # pylint: disable=broad-except  # raised by chunk()
+            self._queue.put((exc, None))
+
+    def chunk(self) -> bytes:
+        if self._ended:
+            return b""
+        data, hashed = self._queue.get()
+        if hashed is None:
+            self._ended = True
+            raise data
+        self._handed = hashed
+        if not data:
+            self._ended = True
+        return data
+
+    def hashed(self) -> "hashlib._Hash":
+        return self._handed
+
+    def close(self) -> None:
+        self._stopping = True
+        while self._thread.is_alive():
+            try:
+                self._queue.get_nowait()      # a worker blocked on a full queue goes on
+            except queue.Empty:
+                pass
+            self._thread.join(0.01)
+
+
 class DecodedStream:
     """Uncompressed chunks of a layer stream plus the digest of the raw bytes."""
 
     def __init__(self, raw_read: RawRead, what: str = "layer",
-                 owned_fd: Optional[int] = None) -> None:
+                 owned_fd: Optional[int] = None, read_ahead: bool = False) -> None:
+        """``read_ahead``: decode and hash on a worker thread (``ReadAhead``); only for a
+        source that never blocks (a regular file), read by nothing else meanwhile."""
         self.what = what
+        self._ahead: Optional[ReadAhead] = None
         self._owned_fd = owned_fd
         self._raw_read = raw_read
         self._raw_hasher: Optional["hashlib._Hash"] = hashlib.sha256()
@@ -105,6 +170,9 @@ class DecodedStream:
             self.chunk = self._zstd_chunk
         else:
             self.chunk = self._plain_chunk
+        if read_ahead:
+            self._ahead = ReadAhead(self.chunk, what)
+            self.chunk = self._ahead.chunk
 
     def _take_head(self, n: int) -> bytes:
         head = b""
@@ -218,6 +286,8 @@ class DecodedStream:
                           % (self.what, err or "zstd exited with %d" % rc))
 
     def close(self) -> None:
+        if self._ahead is not None:
+            self._ahead.close()
         if self._owned_fd is not None:
             os.close(self._owned_fd)
             self._owned_fd = None
@@ -232,7 +302,10 @@ class DecodedStream:
 
     def drain_raw(self) -> None:
         """Hash whatever compressed bytes are left (only a plain stream can have some)."""
-        if self.compression == "plain":
+        if self._ahead is not None:
+            while self.chunk():
+                pass
+        elif self.compression == "plain":
             while self._plain_chunk():
                 pass
 
@@ -331,8 +404,9 @@ def read_head(path: str, size: int = 16) -> bytes:
         os.close(fd)
 
 
-def open_file(path: str, what: Optional[str] = None) -> DecodedStream:
-    """A DecodedStream over a regular file (closing the stream closes the file).
+def open_file(path: str, what: Optional[str] = None, read_ahead: bool = False) -> DecodedStream:
+    """A DecodedStream over a regular file (closing the stream closes the file), read
+    ahead on a worker thread with ``read_ahead`` (see ``ReadAhead``).
 
     The content is bound to what was read: at end of file the file must still have the
     size, mtime and ctime it had when opened, or the stream fails (a file rewritten in
@@ -348,7 +422,7 @@ def open_file(path: str, what: Optional[str] = None) -> DecodedStream:
                 _refuse_changed(fd, opened, what or path)
             return data
 
-        return DecodedStream(read, what=what or path, owned_fd=fd)
+        return DecodedStream(read, what=what or path, owned_fd=fd, read_ahead=read_ahead)
     except BaseException:
         os.close(fd)
         raise

@@ -74,11 +74,12 @@ class LayerJob:
         if self.max_size is None:
             self.max_size = STREAM_MAX
 
-    def open(self) -> DecodedStream:
+    def open(self, read_ahead: bool = False) -> DecodedStream:
+        """``src`` as a stream; a file is read ahead on a worker when the import asks."""
         what = "layer %s" % self.src
         if self.wait is not None:
             return open_stream(self.src, what, self.wait)
-        return open_file(self.src, what)
+        return open_file(self.src, what, read_ahead=read_ahead)
 
     def _parent(self) -> Tuple[Optional[Any], Optional[ChainID]]:
         if not self.parent_ref:
@@ -159,7 +160,7 @@ class LayerJob:
         expect_diff, hashed = self._known(parent)
         what = "layer %s" % self.src
         record, imported, digests = store.ingest_layer(
-            self.open, parent, what,
+            lambda: self.open(read_ahead=True), parent, what,
             expect=self.digest, expect_diff=expect_diff, max_size=self.max_size)
         learned = digests if "digest" in digests else hashed
         # the digests are remembered for the file as it was before and after reading it
@@ -455,7 +456,8 @@ class ArchiveJob:
             if not self.store.layers.exists(chain_id(parent, DiffID(ref.diff_id))):
                 self._note_blobs()
             record, imported, digests = self.store.ingest_layer(
-                lambda ref=ref: DecodedStream(index.opener(ref.member)[0], what=what),
+                lambda ref=ref: DecodedStream(index.opener(ref.member)[0], what=what,
+                                              read_ahead=True),
                 parent, what, expect=ref.digest, expect_diff=DiffID(ref.diff_id),
                 max_size=self.max_size)
             entries.append(layer_entry(record, imported))

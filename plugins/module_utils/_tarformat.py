@@ -73,6 +73,20 @@ def _hash_pool() -> Any:
         return _POOL[0]
 
 
+class HashedSource:
+    """A chunk source that hashes (sha256) what it hands out itself, on a thread of its
+    own (``_compression.ReadAhead``): a ChunkReader over its ``chunk`` takes that hash
+    instead of hashing every chunk a second time.  Its chunks are fresh objects, never
+    reused once handed out, so views of them may be kept (``ChunkReader.stable``)."""
+
+    def chunk(self) -> bytes:
+        raise NotImplementedError
+
+    def hashed(self) -> "hashlib._Hash":
+        """The hash of every chunk handed out so far."""
+        raise NotImplementedError
+
+
 class ChunkReader:
     """Buffered reader over a chunk source that hashes and counts every byte it pulls.
 
@@ -90,6 +104,9 @@ class ChunkReader:
         self._pos = 0
         self._hasher = hashlib.sha256()
         self._hashing: Optional[Any] = None     # the Future of the last chunk's hash
+        owner = getattr(source, "__self__", None)
+        self._prehashed: Optional[HashedSource] = owner if isinstance(owner, HashedSource) \
+            else None
         self.total = 0
         self.limit = limit
         self.what = what
@@ -98,6 +115,8 @@ class ChunkReader:
     @property
     def hasher(self) -> "hashlib._Hash":
         """The hash of every byte pulled so far."""
+        if self._prehashed is not None:
+            return self._prehashed.hashed()
         self._hashed()
         return self._hasher
 
@@ -117,7 +136,9 @@ class ChunkReader:
             self._pos = 0
             return False
         view = memoryview(data)
-        if len(view) >= _HASH_BEHIND:
+        if self._prehashed is not None:
+            pass
+        elif len(view) >= _HASH_BEHIND:
             self._hashing = _hash_pool().submit(self._hasher.update, view)
         else:
             self._hasher.update(view)
@@ -130,6 +151,12 @@ class ChunkReader:
         self._chunk = view
         self._pos = 0
         return True
+
+    @property
+    def stable(self) -> bool:
+        """Whether the chunks handed out stay valid after the next one is pulled (a
+        HashedSource's are fresh objects, never reused): views of them may be kept."""
+        return self._prehashed is not None
 
     def available(self) -> int:
         return len(self._chunk) - self._pos
@@ -212,6 +239,7 @@ def _parse_number(field_bytes: bytes, name: str, member: str, signed: bool = Fal
 # typeflag, linkname, magic+version, uname, gname, devmajor, devminor, prefix.
 _USTAR = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s8s8s155s12x")
 _NUMERIC = (1, 2, 3, 4, 5, 12, 13)   # mode, uid, gid, size, mtime, devmajor, devminor
+_EXTENSION_TYPES = (PAX_LOCAL, PAX_GLOBAL, GNU_LONGNAME, GNU_LONGLINK)
 _NUMERIC_NAMES = ("mode", "uid", "gid", "size", "mtime", "devmajor", "devminor")
 
 
@@ -311,64 +339,71 @@ class HeaderParser:
             raise type(exc)("%s: %s" % (self.reader.what, exc.msg), **exc.details) from exc
 
     def _next(self) -> Optional[Member]:
+        # raw collects the extension headers before the member; for the common member
+        # without any (one header block), the block itself is its raw bytes
         raw = bytearray()
         pax: Dict[bytes, bytes] = {}
         longname: Optional[bytes] = None
         longlink: Optional[bytes] = None
         extensions = 0
-        start = self.reader.total - self.reader.available()
+        reader = self.reader
+        start = reader.total - reader.available()
         self.end_block = b""
         while True:
-            if self.reader.available() == 0 and not self.reader._next_chunk():
+            if reader.available() == 0 and not reader._next_chunk():
                 if raw:
                     raise Truncated("%s: the stream ends after an extension header "
-                                    "(offset %d)" % (self.reader.what, self.reader.total))
+                                    "(offset %d)" % (reader.what, reader.total))
                 return None
-            block = self.reader.read_exact(BLOCK, "a tar header")
+            block = reader.read_exact(BLOCK, "a tar header")
             if block == ZERO_BLOCK:
                 if raw:
                     raise Corrupt("%s: a zero block follows an extension header (offset %d)"
-                                  % (self.reader.what, start))
+                                  % (reader.what, start))
                 self.end_block = block
                 return None
-            hint = "entry #%d" % (self.index + 1)
             if not checksum_ok(block):
-                raise Corrupt("%s: tar header of %s at offset %d has a bad checksum (not a "
-                              "tar stream, or corrupt)" % (self.reader.what, hint,
-                                                           self.reader.total - self.reader.available() - BLOCK))
-            raw += block
+                raise Corrupt("%s: tar header of entry #%d at offset %d has a bad checksum "
+                              "(not a tar stream, or corrupt)"
+                              % (reader.what, self.index + 1,
+                                 reader.total - reader.available() - BLOCK))
             typeflag = block[156:157]
-            if typeflag in (PAX_LOCAL, PAX_GLOBAL, GNU_LONGNAME, GNU_LONGLINK):
-                extensions += 1
-                if extensions > MAX_EXTENSIONS:
-                    # each header is kept (raw) until its member comes: bound their number
-                    raise InvalidInput("%s: %s follows more than %d extension headers in a "
-                                       "row: refused" % (self.reader.what, hint, MAX_EXTENSIONS),
-                                       member=hint)
-                size = _parse_number(block[124:136], "size", hint)
-                if size > MAX_EXTENSION:
-                    raise InvalidInput("%s: extension header of %s is %d bytes (limit %d): "
-                                       "refused" % (self.reader.what, hint, size, MAX_EXTENSION),
-                                       member=hint)
-                padded = size + ((-size) % BLOCK)
-                data = self.reader.read_exact(padded, "an extension header")
-                raw += data
-                data = data[:size]
-                if typeflag == PAX_LOCAL:
-                    pax.update(parse_pax(data, hint))
-                elif typeflag == PAX_GLOBAL:
-                    self.globals.update(parse_pax(data, hint))
-                    if sum(len(k) + len(v) for k, v in self.globals.items()) > MAX_EXTENSION:
-                        raise InvalidInput("%s: the PAX global headers up to %s hold more than "
-                                           "%d bytes: refused" % (self.reader.what, hint,
-                                                                  MAX_EXTENSION), member=hint)
-                elif typeflag == GNU_LONGNAME:
-                    longname = data.split(b"\0", 1)[0]
-                else:
-                    longlink = data.split(b"\0", 1)[0]
-                continue
-            self.index += 1
-            return self._member(block, bytes(raw), pax, longname, longlink, start)
+            if typeflag not in _EXTENSION_TYPES:
+                self.index += 1
+                if raw:
+                    raw += block
+                    return self._member(block, bytes(raw), pax, longname, longlink, start)
+                return self._member(block, block, pax, longname, longlink, start)
+            raw += block
+            hint = "entry #%d" % (self.index + 1)
+            # an extension header: its data, then the next header
+            extensions += 1
+            if extensions > MAX_EXTENSIONS:
+                # each header is kept (raw) until its member comes: bound their number
+                raise InvalidInput("%s: %s follows more than %d extension headers in a "
+                                   "row: refused" % (self.reader.what, hint, MAX_EXTENSIONS),
+                                   member=hint)
+            size = _parse_number(block[124:136], "size", hint)
+            if size > MAX_EXTENSION:
+                raise InvalidInput("%s: extension header of %s is %d bytes (limit %d): "
+                                   "refused" % (self.reader.what, hint, size, MAX_EXTENSION),
+                                   member=hint)
+            padded = size + ((-size) % BLOCK)
+            data = self.reader.read_exact(padded, "an extension header")
+            raw += data
+            data = data[:size]
+            if typeflag == PAX_LOCAL:
+                pax.update(parse_pax(data, hint))
+            elif typeflag == PAX_GLOBAL:
+                self.globals.update(parse_pax(data, hint))
+                if sum(len(k) + len(v) for k, v in self.globals.items()) > MAX_EXTENSION:
+                    raise InvalidInput("%s: the PAX global headers up to %s hold more than "
+                                       "%d bytes: refused" % (self.reader.what, hint,
+                                                              MAX_EXTENSION), member=hint)
+            elif typeflag == GNU_LONGNAME:
+                longname = data.split(b"\0", 1)[0]
+            else:
+                longlink = data.split(b"\0", 1)[0]
 
     def _member(self, block: bytes, raw: bytes, pax: Dict[bytes, bytes],
                 longname: Optional[bytes], longlink: Optional[bytes], offset: int) -> Member:

@@ -283,3 +283,100 @@ def test_modes_are_the_headers_below_a_default_acl(tmp_path):
           .file("d/b", b"x", mode=0o755).bytes())
     assert stat.S_IMODE(os.lstat(tmp_path / "root" / "a").st_mode) == 0o644
     assert stat.S_IMODE(os.lstat(tmp_path / "root" / "d" / "b").st_mode) == 0o755
+
+
+# ---------------------------------------------------------------------- write-behind
+# A layer read ahead (layer_import's streams) hands files of 64 KiB and more to the
+# WriteBehind worker: the tree, the diff_id and the header record must be the same as
+# when every file is written inline.
+
+def _apply_read_ahead(tmp_path, data: bytes, mode: str = "device", root: str = "ahead"):
+    from ansible_collections.strata.layers.plugins.module_utils._compression import open_file
+    src = tmp_path / (root + ".tar")
+    src.write_bytes(data)
+    target = tmp_path / root
+    target.mkdir()
+    writer = TarSplitWriter(str(tmp_path / ("%s.split" % root)))
+    stream = open_file(str(src), read_ahead=True)
+    try:
+        result = Applier(str(target), mode, writer, "test layer").apply(ChunkReader(stream.chunk))
+    finally:
+        stream.close()
+        writer.close()
+    return result
+
+
+def _tree(top):
+    out = {}
+    for base, dirs, files in os.walk(top):
+        for name in dirs + files:
+            path = os.path.join(base, name)
+            st = os.lstat(path)
+            data = None
+            if stat.S_ISREG(st.st_mode):
+                with open(path, "rb") as handle:
+                    data = hashlib.sha256(handle.read()).hexdigest()
+            holes = st.st_blocks * 512 < st.st_size
+            out[os.path.relpath(path, top)] = (st.st_mode, st.st_uid, st.st_gid, st.st_size,
+                                               st.st_mtime_ns, st.st_nlink, data, holes)
+    return out
+
+
+def _big_files_layer() -> bytes:
+    t = LayerTar()
+    t.dir("big", mode=0o750)
+    t.file("big/one-window", os.urandom(64 << 10), mode=0o600, uid=1000, gid=1000)
+    t.file("big/setuid", os.urandom(300 << 10), mode=0o4755)
+    t.file("big/sparse", b"x" * 100 + bytes(4 << 20) + b"y" * 100, mode=0o644)
+    t.file("big/chunks", os.urandom((3 << 20) + 12345), mode=0o640, uid=7, gid=8)
+    t.hardlink("big/chunks-link", "big/chunks")
+    t.file("big/small", b"small", mode=0o644)
+    t.file("big/caps", os.urandom(100 << 10), mode=0o755,
+           xattrs={"security.capability": CAP_NET_RAW})
+    return t.bytes()
+
+
+@pytest.fixture
+def handed(monkeypatch):
+    """The members handed to a WriteBehind worker."""
+    from ansible_collections.strata.layers.plugins.module_utils import _apply
+    names = []
+
+    class Counted(_apply.WriteBehind):
+        def finish(self, fd, member):
+            names.append(member.name)
+            super().finish(fd, member)
+    monkeypatch.setattr(_apply, "WriteBehind", Counted)
+    return names
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_write_behind_gives_the_tree_digest_and_record_of_inline_writes(tmp_path, mode, handed):
+    data = _big_files_layer()
+    inline = apply(tmp_path, data, mode)
+    ahead = _apply_read_ahead(tmp_path, data, mode)
+    assert ahead == inline
+    assert ahead.diff_id == "sha256:" + hashlib.sha256(data).hexdigest()
+    assert _tree(tmp_path / "ahead") == _tree(tmp_path / "root")
+    assert _tree(tmp_path / "ahead")["big/sparse"][-1], "the zeros became a hole"
+    assert reemit(tmp_path, "ahead") == data
+    # files of a window or more, without attributes (their checks stay on the applier)
+    assert sorted(handed) == [b"big/chunks", b"big/one-window", b"big/setuid", b"big/sparse"]
+
+
+def test_a_stream_ending_inside_a_file_written_behind_names_it(tmp_path):
+    data = _big_files_layer()
+    cut = data.index(b"y" * 100)            # inside big/sparse's data
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(Corrupt, match="big/sparse") as caught:
+        _apply_read_ahead(tmp_path, data[:cut])
+    assert caught.value.details.get("member") == "big/sparse"
+    assert len(os.listdir("/proc/self/fd")) == before, "the worker closed what it held"
+
+
+def test_a_worker_error_is_raised_for_the_member_it_stopped_at(tmp_path):
+    t = LayerTar()
+    t.file("huge-uid", os.urandom(128 << 10), uid=1 << 40)    # chown refuses it
+    t.file("after", b"z")
+    with pytest.raises(StoreError, match="huge-uid"):
+        _apply_read_ahead(tmp_path, t.bytes())
