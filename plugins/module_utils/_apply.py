@@ -31,7 +31,7 @@ import queue
 import stat
 import threading
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Set, Tuple
+from typing import Any, Dict, Iterator, Optional, Set, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils._atomic import remove_tree, wrap_os_error
 from ansible_collections.strata.layers.plugins.module_utils._copytree import Shadow
@@ -315,20 +315,12 @@ class Applier:
             self._write_behind(reader, fd, path, member)
             return
         try:
-            left = member.size
-            if left and self.split is not None:
-                self.split.file(path, left)
             # runs of zeros become holes: a sparse file stays sparse through a commit
             # or a migration instead of taking its full size.  A file smaller than one
             # hole window can have none: its data is written as it comes (most files of
             # a layer; no seek, no copy)
-            writer = SparseWriter(fd) if write and left >= HOLE else None
-            while left:
-                view = reader.read_some(left)
-                if not view:
-                    raise Truncated("%s: the stream ends inside the data of member %r"
-                                    % (self.what, member.display()), member=member.display())
-                left -= len(view)
+            writer = SparseWriter(fd) if write and member.size >= HOLE else None
+            for view in self._data(reader, path, member):
                 if writer is not None:
                     writer.write(view)
                 elif write:
@@ -339,6 +331,20 @@ class Applier:
         finally:
             os.close(fd)
         self._padding(reader, member)
+
+    def _data(self, reader: ChunkReader, path: bytes, member: Member) -> Iterator[memoryview]:
+        """The member's data as the stream gives it (its place noted in the header
+        record); Truncated when the stream ends inside it."""
+        left = member.size
+        if left and self.split is not None:
+            self.split.file(path, left)
+        while left:
+            view = reader.read_some(left)
+            if not view:
+                raise Truncated("%s: the stream ends inside the data of member %r"
+                                % (self.what, member.display()), member=member.display())
+            left -= len(view)
+            yield view
 
     def _padding(self, reader: ChunkReader, member: Member) -> None:
         self.size += member.size
@@ -357,15 +363,7 @@ class Applier:
         behind = self._behind
         try:
             self._raise_behind()
-            left = member.size
-            if self.split is not None:
-                self.split.file(path, left)
-            while left:
-                view = reader.read_some(left)
-                if not view:
-                    raise Truncated("%s: the stream ends inside the data of member %r"
-                                    % (self.what, member.display()), member=member.display())
-                left -= len(view)
+            for view in self._data(reader, path, member):
                 behind.write(fd, view, member)
         except BaseException:
             behind.abandon(fd, member)

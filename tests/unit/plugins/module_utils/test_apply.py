@@ -378,5 +378,5 @@ def test_a_worker_error_is_raised_for_the_member_it_stopped_at(tmp_path):
     t = LayerTar()
     t.file("huge-uid", os.urandom(128 << 10), uid=1 << 40)    # chown refuses it
     t.file("after", b"z")
-    with pytest.raises(StoreError, match="huge-uid"):
+    with pytest.raises(InvalidInput, match="huge-uid"):
         _apply_read_ahead(tmp_path, t.bytes())
