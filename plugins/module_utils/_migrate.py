@@ -56,8 +56,7 @@ from ansible_collections.strata.layers.plugins.module_utils._tarformat import Ch
 from ansible_collections.strata.layers.plugins.module_utils import _tarsplit as tarsplit
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mount_at
 from ansible_collections.strata.layers.plugins.module_utils._safepath import Beneath
-from ansible_collections.strata.layers.plugins.module_utils._docker.tarsplit import (
-    Clones, open_old)
+from ansible_collections.strata.layers.plugins.module_utils._docker.tarsplit import Clones
 from ansible_collections.strata.layers.plugins.module_utils.drivers._base import Driver
 
 
@@ -322,7 +321,7 @@ def _cloned_chunks(split_path: str, files: str, clones: Clones,
                 if kind == "S":
                     if ahead is not None and ahead[0] == "F" and clones.enabled:
                         name, size = ahead[1]  # type: ignore[misc]
-                        clones.offer(name, open_old(tree, name, size))
+                        clones.offer(name, tarsplit.open_recorded(tree, name, size))
                     yield value  # type: ignore[misc]
                     continue
                 name, size = value  # type: ignore[misc]

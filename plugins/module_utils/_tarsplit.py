@@ -180,18 +180,27 @@ def emit(split_path: str, layer_root: str, sink: Sink,
     return "sha256:" + hasher.hexdigest(), total
 
 
-def _file_chunks(tree: Beneath, name: bytes, size: int, chunk: int) -> Iterator[bytes]:
+def open_recorded(tree: Beneath, name: bytes, size: int) -> int:
+    """A descriptor of layer file ``name``, still the regular file of ``size`` bytes its
+    header record names (Corrupt when it is missing, replaced or resized)."""
     shown = name.decode("utf-8", "backslashreplace")
     try:
         fd = tree.open_file(name)
     except (OSError, NotBeneath) as exc:
         raise Corrupt("layer file %s is missing or unreadable (%s)" % (shown, exc),
                       member=shown) from exc
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+        os.close(fd)
+        raise Corrupt("layer file %s changed on disk (%d bytes, %d recorded)"
+                      % (shown, st.st_size, size), member=shown)
+    return fd
+
+
+def _file_chunks(tree: Beneath, name: bytes, size: int, chunk: int) -> Iterator[bytes]:
+    shown = name.decode("utf-8", "backslashreplace")
+    fd = open_recorded(tree, name, size)
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size != size:
-            raise Corrupt("layer file %s changed on disk (%d bytes, %d recorded)"
-                          % (shown, st.st_size, size), member=shown)
         left = size
         while left:
             data = os.read(fd, min(chunk, left))

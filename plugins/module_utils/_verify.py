@@ -211,10 +211,7 @@ def _ancestors(paths: Iterator[bytes]) -> Set[bytes]:
 def _own_layer(root_str: str, headers: Headers) -> Iterator[str]:
     """An overlay layer directory: exactly the layer's entries (and what they need)."""
     root = os.fsencode(root_str)
-    if b"" in headers.entries:
-        problem = _differs(root, b"", os.lstat(root), headers.entries[b""], headers)
-        if problem:
-            yield "the layer's root directory %s" % problem
+    yield from _root_dir(root, headers)
     needed = _ancestors(iter(list(headers.entries) + list(headers.whiteouts) +
                              [o + b"/x" for o in headers.opaque if o]))
     for rel, st in _walk(root):
@@ -238,6 +235,14 @@ def _own_layer(root_str: str, headers: Headers) -> Iterator[str]:
             yield "%s lost its opaque mark" % _show(rel)
 
 
+def _root_dir(root: bytes, headers: Headers) -> Iterator[str]:
+    """The layer's root directory as its header (if the tar had one) says."""
+    if b"" in headers.entries:
+        problem = _differs(root, b"", os.lstat(root), headers.entries[b""], headers)
+        if problem:
+            yield "the layer's root directory %s" % problem
+
+
 def _is_opaque(path: bytes) -> bool:
     for name in OPAQUE_XATTRS:
         try:
@@ -254,10 +259,7 @@ def _full_root(root_str: str, headers: Headers, parent_str: Optional[str],
     everything else as the parent layer has it."""
     root = os.fsencode(root_str)
     parent = os.fsencode(parent_str) if parent_str else None
-    if b"" in headers.entries:
-        problem = _differs(root, b"", os.lstat(root), headers.entries[b""], headers)
-        if problem:
-            yield "the layer's root directory %s" % problem
+    yield from _root_dir(root, headers)
     for rel, st in _walk(root):
         want = headers.entries.get(rel)
         if want is not None:

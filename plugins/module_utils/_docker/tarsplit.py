@@ -29,7 +29,8 @@ from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
 from ansible_collections.strata.layers.plugins.module_utils._errors import Corrupt
 from ansible_collections.strata.layers.plugins.module_utils._copytree import FICLONE
 from ansible_collections.strata.layers.plugins.module_utils._safepath import Beneath, NotBeneath
-from ansible_collections.strata.layers.plugins.module_utils._tarsplit import _file_chunks
+from ansible_collections.strata.layers.plugins.module_utils._tarsplit import (
+    _file_chunks, open_recorded)
 
 FILE, SEGMENT = 1, 2
 
@@ -92,7 +93,7 @@ def _cloning(tree: Beneath, split: Sequence[Tuple[int, bytes, int]], chunk: int,
         if kind == SEGMENT:
             after = split[index + 1] if index + 1 < len(split) else None
             if after is not None and after[0] == FILE and after[2] and clones.enabled:
-                clones.offer(_clean(after[1]), open_old(tree, _clean(after[1]), after[2]))
+                clones.offer(_clean(after[1]), open_recorded(tree, _clean(after[1]), after[2]))
             if value:
                 yield value
         elif size:
@@ -102,21 +103,6 @@ def _cloning(tree: Beneath, split: Sequence[Tuple[int, bytes, int]], chunk: int,
                 yield from _file_chunks(tree, _clean(value), size, chunk)
             else:
                 yield from read_new(fd, _clean(value), size, chunk)
-
-
-def open_old(tree: Beneath, name: bytes, size: int) -> int:
-    shown = name.decode("utf-8", "backslashreplace")
-    try:
-        src = tree.open_file(name)
-    except (OSError, NotBeneath) as exc:
-        raise Corrupt("layer file %s is missing or unreadable (%s)" % (shown, exc),
-                      member=shown) from exc
-    st = os.fstat(src)
-    if not stat.S_ISREG(st.st_mode) or st.st_size != size:
-        os.close(src)
-        raise Corrupt("layer file %s changed on disk (%d bytes, %d recorded)"
-                      % (shown, st.st_size, size), member=shown)
-    return src
 
 
 def read_new(fd: int, name: bytes, size: int, chunk: int) -> Iterator[bytes]:
