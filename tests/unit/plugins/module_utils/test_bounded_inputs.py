@@ -506,10 +506,9 @@ def test_export_into_a_layout_with_a_hostile_index(existing, tmp_path):
     assert answer["changed"] and not answer.get("failed"), answer
 
 
-def test_a_pull_downloads_without_holding_the_store_lock(fake_registry, tmp_path):
-    """While the layers download (held back by the registry), another change to the
-    store goes through with a 1 s lock timeout; then the pull completes."""
-    reg = fake_registry(layers=2, behaviour="slow")
+def start_pull(reg, tmp_path):
+    """A store holding one image, and image_pull from ``reg`` into it started as a module
+    process (not waited for)."""
     root = str(tmp_path / "store")
     ops.run_here("import", {"data_root": root, "src": write(
         tmp_path / "a.tar", LayerTar().file("a", b"a").bytes()), "tag": ["a:1"]})
@@ -518,6 +517,14 @@ def test_a_pull_downloads_without_holding_the_store_lock(fake_registry, tmp_path
     puller = subprocess.Popen([sys.executable, os.path.join(MODULES, "image_pull.py"),
                                str(argfile)], env=python_env(), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
+    return root, puller
+
+
+def test_a_pull_downloads_without_holding_the_store_lock(fake_registry, tmp_path):
+    """While the layers download (held back by the registry), another change to the
+    store goes through with a 1 s lock timeout; then the pull completes."""
+    reg = fake_registry(layers=2, behaviour="slow")
+    root, puller = start_pull(reg, tmp_path)
     try:
         deadline = time.monotonic() + 60
         while len(reg.blob_requests) < 2 and time.monotonic() < deadline:
@@ -636,14 +643,7 @@ def test_a_layer_pruned_between_turns_is_applied_again(fake_registry, tmp_path):
     """The lock is taken per layer: store_prune may remove layer 1 (no image uses it yet)
     while layer 2 downloads; the pull applies it again from its file and completes."""
     reg = fake_registry(layers=2, behaviour="slow-last")
-    root = str(tmp_path / "store")
-    ops.run_here("import", {"data_root": root, "src": write(
-        tmp_path / "a.tar", LayerTar().file("a", b"a").bytes()), "tag": ["a:1"]})
-    argfile = tmp_path / "pull.json"
-    argfile.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": pull_args(reg, root)}))
-    puller = subprocess.Popen([sys.executable, os.path.join(MODULES, "image_pull.py"),
-                               str(argfile)], env=python_env(), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    root, puller = start_pull(reg, tmp_path)
     try:
         deadline = time.monotonic() + 60
         while len(ops.facts(root)["layers"]) < 2 and time.monotonic() < deadline:
