@@ -85,9 +85,9 @@ options:
       - V(false) removes it; on a run without a migration, that drops data an earlier
         migration kept (once the switch has been verified, say).
       - Removed data leaves its place at once (it is moved into the store's C(tmp/)) and its
-        files are deleted by a detached process that holds the store's lock, so the task
-        does not wait for them; the next task on the store waits for that process, or
-        deletes what is left itself.
+        files are deleted by a detached process to which the task hands the store's lock,
+        so the task does not wait for them; the next task on the store waits for that
+        process (if it was killed, the next change to the store deletes what is left).
       - Unset, a migration removes it, and a run without a migration leaves data an
         earlier migration kept where it is.
     type: bool
