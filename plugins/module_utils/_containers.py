@@ -221,6 +221,8 @@ class Sizing:
         for root, base in self.same.items():
             if base not in below:
                 below[base] = allocated_bytes(base)
+                # the base is walked once: the store's walk takes this figure too
+                known[os.path.realpath(base)] = (below[base], set())
             # a snapshot's inodes have its own st_dev: none is linked from elsewhere
             known[os.path.realpath(root)] = (below[base], set())
         return allocated_bytes(store.root, known)
