@@ -89,7 +89,7 @@ KINDS: Dict[str, str] = {
 # The order repairs run in: moving things aside first, derived things re-made last.
 _FIX_ORDER = ("quarantine-layer", "quarantine-image", "quarantine-container",
               "quarantine-tags", "untag", "remove", "relayout")
-_PLANS = {
+PLANS = {
     "quarantine-layer": "would move the record and the driver data to quarantine/",
     "quarantine-image": "would move the image record to quarantine/",
     "quarantine-container": "would move the record and the writable layer to quarantine/",

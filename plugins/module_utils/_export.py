@@ -209,7 +209,7 @@ def write_layout(store: Store, plan: Export, dest: str) -> None:
     os.makedirs(blobs_dir, mode=0o755, exist_ok=True)
     for blob in plan.blobs():
         path = os.path.join(dest, blob.name)
-        if _layout_blob_ok(path, blob):
+        if layout_blob_ok(path, blob):
             continue
         with write_stream(path) as out:
             sink = _FileSink(out.fileno())
@@ -224,7 +224,7 @@ def write_layout(store: Store, plan: Export, dest: str) -> None:
 def _merged_index(path: str, plan: Export) -> bytes:
     """Our manifests replace entries of the same name (or digest); other images stay."""
     mine = json.loads(plan.index())["manifests"]
-    current = _existing_entries(path)
+    current = existing_entries(path)
     digests = {m["digest"] for m in mine}
     names = {(m.get("annotations") or {}).get("org.opencontainers.image.ref.name")
              for m in mine} - {None}
@@ -233,7 +233,7 @@ def _merged_index(path: str, plan: Export) -> bytes:
     return dumps({"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": others + mine})
 
 
-def _existing_entries(path: str) -> List[Dict[str, Any]]:
+def existing_entries(path: str) -> List[Dict[str, Any]]:
     """The manifest descriptors of the index.json already at ``path`` (a regular file,
     bounded like any index read from outside); none when it is not a readable index."""
     try:
@@ -253,6 +253,6 @@ def _existing_entries(path: str) -> List[Dict[str, Any]]:
     return [m for m in entries if isinstance(m, dict)] if isinstance(entries, list) else []
 
 
-def _layout_blob_ok(path: str, blob: Blob) -> bool:
+def layout_blob_ok(path: str, blob: Blob) -> bool:
     return os.path.isfile(path) and os.path.getsize(path) == blob.size and \
         "sha256:" + files.sha256(os.fsencode(path)) == blob.digest

@@ -130,7 +130,7 @@ def read_only_error(exc: OSError, root: str, operation: str = "") -> StoreError:
     return StoreError("cannot open the store lock in %s: %s" % (root, exc.strerror or exc))
 
 
-def _holder_pids(fd: int) -> List[int]:
+def holder_pids(fd: int) -> List[int]:
     st = os.fstat(fd)
     want_dev = "%02x:%02x:%d" % (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
     pids = []
@@ -149,7 +149,7 @@ def _holder_pids(fd: int) -> List[int]:
 
 
 def describe_holders(fd: int) -> str:
-    pids = [p for p in _holder_pids(fd) if p != os.getpid()]
+    pids = [p for p in holder_pids(fd) if p != os.getpid()]
     note = os.pread(fd, 512, 0).decode("utf-8", "replace").strip()
     parts = []
     for pid in pids:

@@ -17,7 +17,7 @@ from ansible_collections.strata.layers.plugins.module_utils._archive import DirI
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     InvalidInput, StoreError)
 from ansible_collections.strata.layers.plugins.module_utils._export import (
-    FORMATS, Blob, Export, Plan, _existing_entries, _layout_blob_ok, write_archive,
+    FORMATS, Blob, Export, Plan, existing_entries, layout_blob_ok, write_archive,
     write_layout)
 from ansible_collections.strata.layers.plugins.module_utils._imagerecords import ImageRecord
 from ansible_collections.strata.layers.plugins.module_utils._imageref import normalize_tag
@@ -38,7 +38,7 @@ def _same_export(dest: str, fmt: str, plan: Export) -> bool:
         elif fmt == "oci-archive" and index.read("index.json") != plan.index():
             return False
         elif fmt == "oci-layout":
-            entries = _existing_entries(os.path.join(dest, "index.json"))
+            entries = existing_entries(os.path.join(dest, "index.json"))
             present = {m.get("digest") for m in entries}
             if any(p.manifest.digest not in present for p in plan.plans):
                 return False
@@ -63,7 +63,7 @@ def _blob_present(index: Any, blob: Blob) -> bool:
             if not data:
                 return "sha256:" + digest.hexdigest() == blob.digest
             digest.update(data)
-    return _layout_blob_ok(os.path.join(index.path, blob.name), blob)
+    return layout_blob_ok(os.path.join(index.path, blob.name), blob)
 
 
 def image_export(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, Any]:

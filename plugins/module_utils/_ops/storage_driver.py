@@ -35,7 +35,7 @@ from ansible_collections.strata.layers.plugins.module_utils._crash import crash_
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Busy, InvalidInput, Locked, Unsupported)
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mounts_below, umount
-from ansible_collections.strata.layers.plugins.module_utils._lock import _holder_pids
+from ansible_collections.strata.layers.plugins.module_utils._lock import holder_pids
 from ansible_collections.strata.layers.plugins.module_utils._probe import PRIORITY, select
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
 from ansible_collections.strata.layers.plugins.module_utils._docker import daemon as engine
@@ -164,7 +164,7 @@ def _lock(root: str, params: Dict[str, Any], check_mode: bool) -> Iterator[None]
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    holders = ", ".join("pid %d" % p for p in _holder_pids(fd)) or "unknown"
+                    holders = ", ".join("pid %d" % p for p in holder_pids(fd)) or "unknown"
                     raise Locked("another storage_driver run holds %s (%s); gave up after %gs: "
                                  "wait for it to finish and run again" % (root, holders, timeout)
                                  ) from None

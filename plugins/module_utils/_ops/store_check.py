@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils._check import (
-    _PLANS, Finding, Survey, check, recovered_items, repair_rounds)
+    PLANS, Finding, Survey, check, recovered_items, repair_rounds)
 from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID, is_digest
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
 
@@ -58,4 +58,4 @@ def _verified(survey: Optional[Survey]) -> Dict[str, int]:
 
 
 def _planned(finding: Finding) -> Dict[str, str]:
-    return {"kind": finding.kind, "object": finding.object, "action": _PLANS[finding.fix or ""]}
+    return {"kind": finding.kind, "object": finding.object, "action": PLANS[finding.fix or ""]}

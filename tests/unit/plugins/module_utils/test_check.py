@@ -469,4 +469,4 @@ def test_the_module_documents_every_finding_kind():
     doc = yaml.safe_load(module.DOCUMENTATION)
     text = " ".join(doc["description"])
     assert [k for k in KINDS if "C(%s)" % k not in text] == []
-    assert set(_check._PLANS) >= set(_check._FIX_ORDER)
+    assert set(_check.PLANS) >= set(_check._FIX_ORDER)
