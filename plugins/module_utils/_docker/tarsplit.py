@@ -102,10 +102,10 @@ def _cloning(tree: Beneath, split: Sequence[Tuple[int, bytes, int]], chunk: int,
                 clones.drop(_clean(value))
                 yield from _file_chunks(tree, _clean(value), size, chunk)
             else:
-                yield from read_new(fd, _clean(value), size, chunk)
+                yield from _read_new(fd, _clean(value), size, chunk)
 
 
-def read_new(fd: int, name: bytes, size: int, chunk: int) -> Iterator[bytes]:
+def _read_new(fd: int, name: bytes, size: int, chunk: int) -> Iterator[bytes]:
     shown = name.decode("utf-8", "backslashreplace")
     try:
         left, offset = size, 0
