@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 
 import pytest
 
@@ -21,6 +20,7 @@ from ansible_collections.strata.layers.plugins.module_utils._ops.store_prune imp
 from ansible_collections.strata.layers.plugins.module_utils._ops.storage_driver import storage_driver
 from tests.support.images import skopeo
 from tests.support.tars import LayerTar, write
+from tests.support.podman import private_podman
 
 
 @pytest.fixture(params=["overlay2", "vfs"])
@@ -84,10 +84,7 @@ def test_exported_archives_load_in_podman_and_skopeo(root, tmp_path):
         pytest.skip("podman is not installed")
     dest = str(tmp_path / "bb.tar")
     out = call(image_export, root, image="bb:1", dest=dest)
-    runroot = tempfile.mkdtemp(prefix="strata-prr-")  # podman wants a runroot under 50 chars
-    pod = ["podman", "--root", str(tmp_path / "pr"), "--runroot", runroot,
-           "--storage-driver", "vfs"]
-    try:
+    with private_podman(str(tmp_path / "pr")) as pod:
         loaded = subprocess.run(pod + ["load", "-i", dest], check=False, capture_output=True,
                                 text=True, timeout=120)
         assert loaded.returncode == 0, loaded.stderr
@@ -96,10 +93,6 @@ def test_exported_archives_load_in_podman_and_skopeo(root, tmp_path):
         data = json.loads(inspect.stdout)[0]
         assert data["RootFS"]["Layers"] == out["layers"]
         assert "sha256:" + data["Id"] == out["image_id"] or data["Id"] == out["image_id"][7:]
-    finally:
-        subprocess.run(pod + ["system", "reset", "--force"], capture_output=True, check=False,
-                       timeout=120)
-        shutil.rmtree(runroot, ignore_errors=True)
     layout = str(tmp_path / "copied")
     skopeo("copy", "docker-archive:" + dest, "oci:" + layout + ":copied")
     copied = layer_import({"data_root": str(tmp_path / "s2"), "src": layout, "tag": ["c:1"]})

@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import tarfile
-import tempfile
 
 import pytest
 
@@ -15,6 +14,7 @@ from ansible_collections.strata.layers.plugins.module_utils._errors import NotFo
 from ansible_collections.strata.layers.plugins.module_utils._ops.image_export import image_export
 from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
 from tests.support.registry import image_layout, layer_tar
+from tests.support.podman import private_podman
 
 
 @pytest.fixture(scope="module")
@@ -96,10 +96,7 @@ def test_podman_loads_every_image(three, tmp_path):
     root, descs, _work = three
     dest = str(tmp_path / "all.tar")
     image_export({"data_root": root, "image": ["a:1", "b:1", "c:1"], "dest": dest})
-    runroot = tempfile.mkdtemp(prefix="strata-prr-")
-    pod = ["podman", "--root", str(tmp_path / "pr"), "--runroot", runroot,
-           "--storage-driver", "vfs"]
-    try:
+    with private_podman(str(tmp_path / "pr")) as pod:
         loaded = subprocess.run(pod + ["load", "-i", dest], check=False, capture_output=True,
                                 text=True, timeout=120)
         assert loaded.returncode == 0, loaded.stderr
@@ -107,10 +104,6 @@ def test_podman_loads_every_image(three, tmp_path):
                              capture_output=True, text=True).stdout.split()
         assert sorted(i.replace("sha256:", "") for i in ids) == sorted(
             descs[n]["image_id"][7:] for n in "abc")
-    finally:
-        subprocess.run(pod + ["system", "reset", "--force"], capture_output=True, check=False,
-                       timeout=120)
-        shutil.rmtree(runroot, ignore_errors=True)
 
 
 def test_omit_layers_leaves_out_what_the_receiver_holds(three, tmp_path):

@@ -9,10 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
@@ -25,6 +23,7 @@ from ansible_collections.strata.layers.plugins.module_utils._registry import (
     AuthenticationRefused)
 from tests.support import registry as reg_support
 from tests.support.paths import COLLECTIONS
+from tests.support.podman import private_podman
 from tests.support.registry import (
     PASSWORD, USER, counting_proxy, image_layout, layer_tar, registry)
 
@@ -116,10 +115,7 @@ def test_push_then_pull_by_skopeo_podman_and_image_pull(secure, layouts, source_
                     "--src-creds", "%s:%s" % (USER, PASSWORD), "docker://" + dest,
                     "oci:%s:x" % (tmp_path / "skopeo")], check=True, capture_output=True)
     # podman (in a private root, vfs: nothing mounted) gives it the same id
-    runroot = tempfile.mkdtemp(prefix="strata-prun-")   # podman wants it under 50 chars
-    podman = ["podman", "--root", str(tmp_path / "podman-root"), "--runroot", runroot,
-              "--storage-driver", "vfs"]
-    try:
+    with private_podman(str(tmp_path / "podman-root")) as podman:
         proc = subprocess.run(podman + ["pull", "-q", "--tls-verify=false", "--creds",
                                         "%s:%s" % (USER, PASSWORD), dest], check=False,
                               capture_output=True, text=True)
@@ -127,10 +123,6 @@ def test_push_then_pull_by_skopeo_podman_and_image_pull(secure, layouts, source_
         ident = subprocess.run(podman + ["image", "inspect", "--format", "{{.Id}}", dest],
                                check=True, capture_output=True, text=True).stdout.strip()
         assert "sha256:" + ident == expected
-    finally:
-        subprocess.run(podman + ["rmi", "-a", "-f"], capture_output=True, check=False)
-        shutil.rmtree(str(tmp_path / "podman-root"), ignore_errors=True)
-        shutil.rmtree(runroot, ignore_errors=True)
     # and our own pull, into another store
     pulled = image_pull({"name": dest, "data_root": str(tmp_path / "other"), "lock_timeout": 30,
                          "timeout": 20, **secure_opts(secure)})
