@@ -16,8 +16,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -25,8 +23,8 @@ from typing import Any, Dict, Iterator, List, Optional
 
 from _common import REPO, progress, sh, wipe
 
-DOCKERD = "/usr/sbin/dockerd"
-DOCKER = "/usr/bin/docker"          # the client that matches dockerd 20.10
+from tests.support.dockerd import Dockerd, available, running
+
 PYTHON = os.path.join(REPO, ".venv", "bin", "python")
 
 
@@ -87,83 +85,21 @@ def run_measured(cmd: List[str]) -> Dict[str, float]:
 
 # ---------------------------------------------------------------------- dockerd
 
-def _free_name(base: str) -> str:
-    return tempfile.mkdtemp(prefix=base, dir="/tmp")
-
-
-class Dockerd:
-    """A private dockerd 20.10 (overlay2) whose data root is on the benchmark's
-    filesystem; stopped by its pid."""
-
-    def __init__(self, data_root: str) -> None:
-        self.run_dir = _free_name("sbd-")
-        self.sock = os.path.join(self.run_dir, "docker.sock")
-        self.pidfile = os.path.join(self.run_dir, "docker.pid")
-        self.data_root = data_root
-        self.proc: Optional[subprocess.Popen] = None
-        self.log = open(os.path.join(self.run_dir, "dockerd.log"), "wb")
-
-    def start(self) -> "Dockerd":
-        cmd = [DOCKERD, "--data-root", self.data_root,
-               "--exec-root", os.path.join(self.run_dir, "exec"), "-H", "unix://" + self.sock,
-               "--pidfile", self.pidfile, "--storage-driver", "overlay2",
-               "--iptables=false", "--ip-forward=false", "--ip-masq=false", "--bridge=none"]
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("dockerd exited: see %s" % self.log.name)
-            if os.path.exists(self.sock) and self._answers():
-                return self
-            time.sleep(0.2)
-        raise RuntimeError("dockerd did not answer within 60 s")
-
-    def _answers(self) -> bool:
-        with contextlib.suppress(OSError):
-            with socket.socket(socket.AF_UNIX) as conn:
-                conn.connect(self.sock)
-                return subprocess.run(self.cmd(["version"]), capture_output=True,
-                                      check=False).returncode == 0
-        return False
-
-    def cmd(self, args: List[str]) -> List[str]:
-        return [DOCKER, "-H", "unix://" + self.sock] + args
-
-    def docker(self, args: List[str]) -> str:
-        return sh(self.cmd(args), text=True).stdout
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        from tests.support.loopfs import unmount_below  # pylint: disable=import-outside-toplevel
-        unmount_below(self.run_dir)
-        unmount_below(self.data_root)
-        shutil.rmtree(self.run_dir, ignore_errors=True)
-
-
 @contextlib.contextmanager
 def dockerd(data_root: str) -> Iterator[Optional[Dockerd]]:
-    """A running private dockerd, or None (said on stderr) when this host has none."""
-    if not (os.access(DOCKERD, os.X_OK) and os.access(DOCKER, os.X_OK)):
-        progress("dockerd or its client is not installed: docker load is left out")
+    """A running private dockerd 20.10 (overlay2, tests.support.dockerd's) whose data root
+    is on the benchmark's filesystem, or None (said on stderr) when this host has none
+    or it does not start; stopped by its pid and its data root wiped at the end."""
+    missing = available()
+    if missing is not None:
+        progress("no dockerd (%s): docker load is left out" % missing)
         yield None
         return
-    daemon = Dockerd(data_root)
-    try:
-        daemon.start()
-    except RuntimeError as exc:
-        progress("dockerd did not start (%s): docker load is left out" % exc)
-        daemon.stop()
-        yield None
-        return
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(wipe, data_root)     # after the daemon has stopped
+        try:
+            daemon: Optional[Dockerd] = stack.enter_context(running(data_root))
+        except RuntimeError as exc:
+            progress("dockerd did not start (%s): docker load is left out" % exc)
+            daemon = None
         yield daemon
-    finally:
-        daemon.stop()
-        wipe(data_root)

@@ -20,15 +20,14 @@ import http.server
 import os
 import random
 import shutil
-import subprocess
 import tempfile
 import threading
-import time
-from typing import Iterator, List, Optional
+from typing import Iterator, Optional
 
 from _common import (Results, engine, loop_fs, machine, podman_cmd, progress,
                      release_podman_root, sh, short_runroot, timed, wipe, workspace)
 
+from tests.support.dockerd import Dockerd, running
 from tests.support.rootfs import make_rootfs_tar
 
 BASE = "bench/base:1"
@@ -125,53 +124,20 @@ class Buildah:
 
 
 class Docker:
-    """A private dockerd 20.10 (own data root, exec root, socket; no bridge, no iptables)."""
+    """docker build against a private dockerd 20.10 (tests.support.dockerd's: own data
+    root, exec root, socket; no bridge, no iptables; the driver dockerd picks)."""
 
-    def __init__(self, work: str, base: str, url: str, context: str) -> None:
-        self.dir = tempfile.mkdtemp(prefix="sbd-", dir="/tmp")
-        self.work, self.base, self.url, self.context = work, base, url, context
-        self.proc: Optional[subprocess.Popen] = None
-        self.sock = "unix://%s/docker.sock" % self.dir
-
-    def start(self) -> None:
-        log = open(os.path.join(self.dir, "dockerd.log"), "wb")
-        self.proc = subprocess.Popen([
-            "/usr/sbin/dockerd", "--data-root", os.path.join(self.work, "docker-data"),
-            "--exec-root", os.path.join(self.dir, "exec"), "-H", self.sock,
-            "--pidfile", os.path.join(self.dir, "dockerd.pid"), "--iptables=false",
-            "--ip-forward=false", "--ip-masq=false", "--bridge=none"],
-            stdout=log, stderr=log)
-        for _attempt in range(300):
-            if subprocess.run(self.cmd() + ["info"], capture_output=True,
-                              check=False).returncode == 0:
-                break
-            time.sleep(0.1)
-        else:
-            raise RuntimeError("dockerd did not start: see %s/dockerd.log" % self.dir)
-        sh(self.cmd() + ["load", "-q", "-i", self.base])
-
-    def cmd(self) -> List[str]:
-        return ["/usr/bin/docker", "-H", self.sock]
+    def __init__(self, daemon: Dockerd, base: str, url: str, context: str) -> None:
+        self.daemon, self.url, self.context = daemon, url, context
+        sh(self.daemon.cmd("load", "-q", "-i", base))
 
     def fresh(self) -> None:
-        sh(self.cmd() + ["builder", "prune", "-af"])
+        sh(self.daemon.cmd("builder", "prune", "-af"))
 
     def build(self, bust: str) -> None:
-        sh(self.cmd() + ["build", "-q", "--network", "host", "--build-arg", "URL=" + self.url,
-                         "--build-arg", "BUST=" + bust, "-t", "bench/out:1", self.context],
+        sh(self.daemon.cmd("build", "-q", "--network", "host", "--build-arg", "URL=" + self.url,
+                           "--build-arg", "BUST=" + bust, "-t", "bench/out:1", self.context),
            env=dict(os.environ, DOCKER_BUILDKIT="1"))
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        subprocess.run(["umount", "-R", os.path.join(self.work, "docker-data")],
-                       capture_output=True, check=False)
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def build_base(work: str, out: str) -> str:
@@ -245,9 +211,9 @@ def main() -> int:
         print(machine(out))
         docker = None
         if not args.no_docker:
-            docker = Docker(out, base, url, context)
-            stack.callback(docker.stop)
-            docker.start()
+            daemon = stack.enter_context(running(os.path.join(out, "docker-data"), work,
+                                                 storage_driver=None))
+            docker = Docker(daemon, base, url, context)
         results = Results()
         rounds(Ours(out, base, url), Buildah(out, base, url, context), docker, runs, results)
         print("\n" + results.table(base="image_build, uncached", extra={

@@ -66,10 +66,10 @@ class Sources:
         self.layer = built
         if daemon is None:
             return
-        daemon.docker(["import", built, IMAGE])
+        daemon.docker("import", built, IMAGE)
         self.archive = os.path.join(work, "docker-save.tar")
-        daemon.docker(["save", "-o", self.archive, IMAGE])
-        daemon.docker(["rmi", IMAGE])
+        daemon.docker("save", "-o", self.archive, IMAGE)
+        daemon.docker("rmi", IMAGE)
         manifest = json.loads(sh(["tar", "-xOf", self.archive, "manifest.json"]).stdout)
         member = manifest[0]["Layers"][0]
         self.layer = os.path.join(work, "layer.tar")
@@ -130,8 +130,8 @@ class Round:
         assert self.daemon is not None and self.sources.archive is not None
         syncfs(self.out)
         self.results.add("docker load", timed(lambda: self.daemon.docker(
-            ["load", "-q", "-i", self.sources.archive])))
-        self.daemon.docker(["rmi", IMAGE])
+            "load", "-q", "-i", self.sources.archive)))
+        self.daemon.docker("rmi", IMAGE)
         syncfs(self.out)
 
     def podman_load(self) -> None:

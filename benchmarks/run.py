@@ -24,17 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (REPO, Results, engine, loop_fs, machine, podman_cmd,  # noqa: E402
                      progress, release_podman_root, sh, short_runroot, timed, workspace)
+from tests.support.dockerd import running  # noqa: E402
 
-DOCKERD = "/usr/sbin/dockerd"
-DOCKER = "/usr/bin/docker"      # the client matching dockerd 20.10 (not the newer one on PATH)
 PYTHON = os.path.join(REPO, ".venv", "bin", "python")
 
 
@@ -53,41 +49,6 @@ def prepare_ours(base: str, tar: str) -> list:
             "data_root": root, "name": "bench", "image": "bench:1", "command": ["true"],
             "detach": False, "auto_remove": True}}, handle)
     return [PYTHON, os.path.join(REPO, "plugins", "modules", "container.py"), args]
-
-
-class Dockerd:
-    """A private dockerd, as the brief says tests start one; stopped by its pid."""
-
-    def __init__(self, base: str, runroot: str) -> None:
-        self.sock = os.path.join(runroot, "docker.sock")
-        self.pidfile = os.path.join(runroot, "docker.pid")
-        self.log = open(os.path.join(base, "dockerd.log"), "wb")
-        self.proc = subprocess.Popen(
-            [DOCKERD, "--data-root", os.path.join(base, "docker"), "--exec-root",
-             os.path.join(runroot, "exec"), "-H", "unix://" + self.sock, "--pidfile",
-             self.pidfile, "--iptables=false", "--ip-forward=false", "--ip-masq=false",
-             "--bridge=none", "--storage-driver", "overlay2"],
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 60
-        while subprocess.run(self.client("version"), capture_output=True,
-                             check=False).returncode != 0:
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                self.stop()
-                raise RuntimeError("dockerd did not start (see %s)" % self.log.name)
-            time.sleep(0.2)
-
-    def client(self, *args: str) -> list:
-        return [DOCKER, "-H", "unix://" + self.sock] + list(args)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
 
 
 IN_PROCESS = "ours, the engine call alone (in-process)"
@@ -112,18 +73,18 @@ def main() -> None:
     runs = 3 if opts.quick else opts.runs
     results = Results()
     with workspace("run") as work, loop_fs("ext4", work, 1024) as base, \
-            short_runroot("sbd-") as docker_run, short_runroot("sbp-") as podman_run:
+            running(os.path.join(base, "docker"), work) as dockerd, \
+            short_runroot("sbp-") as podman_run:
         tar = image_tar(work)
         ours = prepare_ours(base, tar)
-        dockerd = Dockerd(base, docker_run)
         podman_root = os.path.join(base, "podman")
         try:
-            sh(dockerd.client("import", tar, "bench:1"))
+            sh(dockerd.cmd("import", tar, "bench:1"))
             podman = podman_cmd(podman_root, podman_run)
             sh(podman + ["import", tar, "bench:1"])
             commands = {
                 "ours (container module, runc)": ours,
-                "docker run --rm --network none": dockerd.client(
+                "docker run --rm --network none": dockerd.cmd(
                     "run", "--rm", "--network", "none", "bench:1", "true"),
                 "podman run --rm --runtime runc": podman + [
                     "run", "--rm", "--runtime", "runc", "--network", "none", "--ulimit", "nofile=1024:1024",
@@ -146,7 +107,6 @@ def main() -> None:
                 results.add(IN_PROCESS, timed(in_process))
                 results.add(FLOOR, timed(lambda: sh(floor, env=env)))
         finally:
-            dockerd.stop()
             release_podman_root(podman_root, podman_run)
     print("create + mount + run `true` + remove, busybox image (%d runs, turns taken)" % runs)
     print(machine())

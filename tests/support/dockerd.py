@@ -6,6 +6,7 @@ real host, so the module under test can switch it there.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -13,7 +14,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 from tests.support import loopfs
 
@@ -89,8 +90,12 @@ class Dockerd:
         except OSError:
             return ""
 
+    def cmd(self, *args: str) -> List[str]:
+        """The client's command line for ``args`` against this daemon."""
+        return [DOCKER, "-H", self.host] + list(args)
+
     def docker_ok(self, args: List[str]) -> bool:
-        return subprocess.run([DOCKER, "-H", self.host] + args, capture_output=True,
+        return subprocess.run(self.cmd(*args), capture_output=True,
                               check=False).returncode == 0
 
     def docker(self, *args: str, check: bool = True, input: Optional[bytes] = None,
@@ -173,3 +178,22 @@ class Dockerd:
         diffs = {cid: sorted(self.docker("diff", cid).splitlines()) for cid in ids}
         return {"images": images, "containers": [" ".join(p.split()[:3]) for p in ps],
                 "diffs": diffs}
+
+
+@contextlib.contextmanager
+def running(data_root: str, work: Optional[str] = None,
+            storage_driver: Optional[str] = "overlay2", **settings: Any) -> Iterator[Dockerd]:
+    """A started daemon over ``data_root``, its daemon.json in ``work`` (in its own run
+    directory when None) with ``settings`` added; ``storage_driver`` None leaves the
+    choice to dockerd. Stopped by its pid, its mounts undone and its run directory
+    removed on the way out, also when starting it or the body fails."""
+    daemon = Dockerd(data_root, "")
+    daemon.config = os.path.join(work or daemon.run_dir, "daemon.json")
+    if storage_driver is not None:
+        settings["storage_driver"] = storage_driver
+    try:
+        daemon.write_config(**settings)
+        daemon.start()
+        yield daemon
+    finally:
+        daemon.close()

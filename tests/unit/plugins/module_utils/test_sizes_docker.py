@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import time
 
 import pytest
 
@@ -20,57 +17,22 @@ from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer
 from ansible_collections.strata.layers.plugins.module_utils._ops.store_info import store_info
 from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
 from ansible_collections.strata.layers.plugins.module_utils._ops.storage_driver import storage_driver
+from tests.support import dockerd as daemon
 
-DOCKERD = "/usr/sbin/dockerd"
-DOCKER = "/usr/bin/docker"
-pytestmark = pytest.mark.skipif(not (os.path.exists(DOCKERD) and os.path.exists(DOCKER)),
-                                reason="dockerd 20.10 is not installed")
+pytestmark = pytest.mark.skipif(daemon.available() is not None,
+                                reason=str(daemon.available()))
 
 
 @pytest.fixture(scope="module")
 def dockerd(tmp_path_factory):
-    """A private dockerd: own data and exec roots, socket and pidfile, no networking."""
+    """A private dockerd (overlay2): own data and exec roots, socket and pidfile, no
+    networking; the client's command line against it, without BuildKit."""
     top = tmp_path_factory.mktemp("dockerd")
-    sock = str(top / "docker.sock")
-    log = open(top / "dockerd.log", "wb")
-    proc = subprocess.Popen(
-        [DOCKERD, "--data-root", str(top / "data"), "--exec-root", str(top / "exec"),
-         "-H", "unix://" + sock, "--pidfile", str(top / "dockerd.pid"),
-         "--storage-driver", "overlay2", "--iptables=false", "--ip-forward=false",
-         "--ip-masq=false", "--bridge=none"], stdout=log, stderr=subprocess.STDOUT)
     try:
-        for _attempt in range(600):
-            if proc.poll() is not None:
-                pytest.fail("dockerd exited: %s" % open(top / "dockerd.log").read()[-2000:])
-            if os.path.exists(sock) and _answers(sock):
-                break
-            time.sleep(0.1)
-        else:
-            pytest.fail("dockerd did not answer on %s" % sock)
-        yield ["env", "DOCKER_BUILDKIT=0", DOCKER, "-H", "unix://" + sock]
+        with daemon.running(str(top / "data"), str(top)) as started:
+            yield ["env", "DOCKER_BUILDKIT=0"] + started.cmd()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        subprocess.run(["umount", "-R", str(top / "data")], stderr=subprocess.DEVNULL,
-                       check=False)
         shutil.rmtree(top, ignore_errors=True)
-
-
-def _answers(sock: str) -> bool:
-    client = socket.socket(socket.AF_UNIX)
-    try:
-        client.connect(sock)
-        client.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
-        return b"OK" in client.recv(4096)
-    except OSError:
-        return False
-    finally:
-        client.close()
 
 
 def docker(cli, *args, **kw):
