@@ -30,7 +30,7 @@ from ansible_collections.strata.layers.plugins.module_utils._digest import (
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, DigestMismatch, InvalidInput, NotFound, StoreError, Unsupported)
 from ansible_collections.strata.layers.plugins.module_utils._imageconfig import (
-    ImageConfig, host_platform, json_object, parse_config)
+    ImageConfig, Platform, host_platform, json_object, parse_config, pick_platform)
 from ansible_collections.strata.layers.plugins.module_utils._imageref import normalize_tag
 from ansible_collections.strata.layers.plugins.module_utils._jsondoc import Bounds, loads
 from ansible_collections.strata.layers.plugins.module_utils._tarformat import (
@@ -510,7 +510,7 @@ def _docker_ref(index: Any, member: Any, diff_id: str, sources: Any) -> LayerRef
                     size=descriptor_size(source, "layer", index.path))
 
 
-def read_oci(index: Any, platform: Optional[Tuple[str, str]] = None,
+def read_oci(index: Any, platform: Optional[Platform] = None,
              limits: Limits = Limits()) -> List[ArchiveImage]:
     index = Metadata(index, limits)
     if not index.has("oci-layout"):
@@ -551,7 +551,7 @@ def _ref_name(desc: Dict[str, Any]) -> Optional[str]:
     return None
 
 
-def _pick(index: Any, desc: Dict[str, Any], platform: Tuple[str, str]) -> Dict[str, Any]:
+def _pick(index: Any, desc: Dict[str, Any], platform: Platform) -> Dict[str, Any]:
     depth = 0
     while desc.get("mediaType") in INDEX_TYPES:
         nested = _verified_json(index, desc, "index")
@@ -560,17 +560,9 @@ def _pick(index: Any, desc: Dict[str, Any], platform: Tuple[str, str]) -> Dict[s
             raise Corrupt("index %s in %s has no list of manifest descriptors"
                           % (desc.get("digest"), index.path))
         _count(options, index.limits.images, "index %s in %s" % (desc.get("digest"), index.path))
-        wanted = [m for m in options if (m.get("platform") or {}).get("os") == platform[0]
-                  and (m.get("platform") or {}).get("architecture") == platform[1]]
-        if not wanted and len(options) == 1:
-            wanted = options
-        if not wanted:
-            offered = sorted("%s/%s" % ((m.get("platform") or {}).get("os"),
-                                        (m.get("platform") or {}).get("architecture"))
-                             for m in options)
-            raise NotFound("%s offers no image for %s/%s (it offers: %s)"
-                           % (index.path, platform[0], platform[1], ", ".join(offered)))
-        desc = wanted[0]
+        # the only image is loaded whatever its platform, as docker load does
+        desc = options[0] if len(options) == 1 else pick_platform(
+            options, platform, "index %s in %s" % (desc.get("digest"), index.path))
         depth += 1
         if depth > 4:
             raise Corrupt("%s: indexes nested too deeply" % index.path)

@@ -59,7 +59,7 @@ from ansible_collections.strata.layers.plugins.module_utils._dockerfile import (
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     InvalidInput, NotFound, StoreError, Unsupported)
 from ansible_collections.strata.layers.plugins.module_utils._imageconfig import (
-    host_platform, parse_config)
+    host_platform, parse_config, platform_config)
 from ansible_collections.strata.layers.plugins.module_utils._imagerecords import ImageRecord
 from ansible_collections.strata.layers.plugins.module_utils._imageview import ImageView
 from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord, now_iso
@@ -116,9 +116,7 @@ class BuildResult:
 
 
 def scratch_config() -> Dict[str, Any]:
-    osname, arch = host_platform()
-    return {"architecture": arch, "os": osname, "config": {},
-            "rootfs": {"type": "layers", "diff_ids": []}, "history": []}
+    return platform_config(host_platform())
 
 
 class Builder:

@@ -1111,13 +1111,13 @@ def _command(logical: _Logical) -> _Command:
 
 
 def _platform_args() -> Dict[str, Optional[str]]:
-    os_name, arch = host_platform()
+    host = host_platform()
     values: Dict[str, Optional[str]] = {}
     for prefix in ("TARGET", "BUILD"):
-        values[prefix + "PLATFORM"] = "%s/%s" % (os_name, arch)
-        values[prefix + "OS"] = os_name
-        values[prefix + "ARCH"] = arch
-        values[prefix + "VARIANT"] = ""
+        values[prefix + "PLATFORM"] = str(host)
+        values[prefix + "OS"] = host.os
+        values[prefix + "ARCH"] = host.architecture
+        values[prefix + "VARIANT"] = host.variant or ""
     return values
 
 

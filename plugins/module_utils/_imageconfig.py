@@ -12,13 +12,15 @@ from __future__ import annotations
 import functools
 import json
 import platform
+import re
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 from ansible_collections.strata.layers.plugins.module_utils._atomic import dumps
 from ansible_collections.strata.layers.plugins.module_utils._digest import (
     DiffID, ImageID, sha256_bytes, validate_digest)
-from ansible_collections.strata.layers.plugins.module_utils._errors import Corrupt
+from ansible_collections.strata.layers.plugins.module_utils._errors import (
+    Corrupt, InvalidInput, NotFound)
 from ansible_collections.strata.layers.plugins.module_utils._jsondoc import DEFAULT, Bounds, load_object
 
 GOARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "armv6l": "arm",
@@ -26,9 +28,97 @@ GOARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "armv6l": "arm
           "riscv64": "riscv64"}
 
 
-def host_platform() -> Tuple[str, str]:
+ARM_VARIANTS = {"armv5tel": "v5", "armv6l": "v6", "armv7l": "v7"}
+
+
+# ---------------------------------------------------------------------- platforms
+@dataclass(frozen=True)
+class Platform:
+    """An image's platform in the image-spec's terms (``architecture`` a GOARCH name)."""
+
+    os: str
+    architecture: str
+    variant: Optional[str] = None
+
+    def __str__(self) -> str:
+        base = "%s/%s" % (self.os, self.architecture)
+        return base + "/" + self.variant if self.variant else base
+
+
+def host_platform() -> Platform:
     machine = platform.machine()
-    return "linux", GOARCH.get(machine, machine)
+    return Platform("linux", GOARCH.get(machine, machine), ARM_VARIANTS.get(machine))
+
+
+def parse_platform(value: Optional[str]) -> Platform:
+    """``os/arch[/variant]`` (e.g. ``linux/arm64``, ``linux/arm/v7``); None: this host's."""
+    if not value:
+        return host_platform()
+    parts = value.strip().lower().split("/")
+    if len(parts) not in (2, 3) or not all(re.match(r"\A[a-z0-9_.-]+\Z", p) for p in parts):
+        raise InvalidInput("platform %r is not OS/ARCH[/VARIANT] (e.g. linux/amd64, "
+                           "linux/arm64, linux/arm/v7)" % value)
+    arch = GOARCH.get(parts[1], parts[1])
+    return Platform(parts[0], arch, parts[2] if len(parts) == 3 else None)
+
+
+def _normal_variant(arch: str, variant: Optional[str]) -> Optional[str]:
+    if arch == "arm64" and variant in (None, "", "v8"):
+        return None
+    return variant or None
+
+
+def platform_of(desc: Dict[str, Any]) -> Optional[Platform]:
+    """The platform a descriptor of an index names (None: it names none)."""
+    value = desc.get("platform")
+    if not isinstance(value, dict) or not value.get("os") or not value.get("architecture"):
+        return None
+    arch = GOARCH.get(str(value["architecture"]), str(value["architecture"]))
+    return Platform(str(value["os"]), arch, _normal_variant(arch, value.get("variant")))
+
+
+def _variant_rank(wanted: Platform, offered: Platform) -> Optional[int]:
+    """0 for the best match; None when ``offered`` cannot run as ``wanted``."""
+    if offered.os != wanted.os or offered.architecture != wanted.architecture:
+        return None
+    want = _normal_variant(wanted.architecture, wanted.variant)
+    if want is None or offered.variant == want:
+        return 0
+    # An ARM v7 host runs v6 and v5 images (as containerd's matcher allows), worse first.
+    if wanted.architecture == "arm" and offered.variant and offered.variant < want:
+        return 1 + ord(want[-1]) - ord(offered.variant[-1])
+    return None
+
+
+def pick_platform(manifests: List[Dict[str, Any]], wanted: Platform, where: str,
+                  advice: str = "") -> Dict[str, Any]:
+    """The descriptor of ``manifests`` (an index's) that best suits ``wanted``: the
+    registry client's and the OCI archive reader's one choice.  ``advice``: appended to
+    the error when none suits (what the caller's user can do about it)."""
+    ranked = []
+    for position, desc in enumerate(manifests):
+        offered = platform_of(desc)
+        rank = _variant_rank(wanted, offered) if offered is not None else None
+        if rank is not None:
+            ranked.append((rank, position, desc))
+    if ranked:
+        return min(ranked, key=lambda item: (item[0], item[1]))[2]
+    if len(manifests) == 1 and platform_of(manifests[0]) is None:
+        return manifests[0]
+    offered_names = sorted({str(p) for p in map(platform_of, manifests)
+                            if p is not None and p.os != "unknown"})
+    raise NotFound("%s offers no image for platform %s (it offers: %s)%s"
+                   % (where, wanted, ", ".join(offered_names) or "no platforms", advice),
+                   offered=offered_names)
+
+
+def platform_config(where: Platform) -> Dict[str, Any]:
+    """A config with no layers yet for ``where`` (``scratch``; an imported layer's)."""
+    data: Dict[str, Any] = {"architecture": where.architecture, "os": where.os}
+    if where.variant:
+        data["variant"] = where.variant
+    data.update({"config": {}, "rootfs": {"type": "layers", "diff_ids": []}, "history": []})
+    return data
 
 
 @dataclass
@@ -76,10 +166,7 @@ def derive_config(base: Optional[ImageConfig], diff_id: Optional[DiffID], create
                   created_by: str, comment: str = "",
                   changes: Optional[Dict[str, Any]] = None) -> bytes:
     """A child config: ``base`` (or a new one) plus one layer (or an empty layer)."""
-    osname, arch = host_platform()
-    data: Dict[str, Any] = json.loads(base.raw) if base else {
-        "architecture": arch, "os": osname, "config": {},
-        "rootfs": {"type": "layers", "diff_ids": []}, "history": []}
+    data: Dict[str, Any] = json.loads(base.raw) if base else platform_config(host_platform())
     data.pop("id", None)
     data.pop("parent", None)
     data.pop("container", None)

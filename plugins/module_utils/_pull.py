@@ -59,10 +59,10 @@ from ansible_collections.strata.layers.plugins.module_utils._digest import (
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, DigestMismatch, InvalidInput, NotFound, StoreError)
 from ansible_collections.strata.layers.plugins.module_utils._imageconfig import (
-    ImageConfig, parse_config)
+    ImageConfig, Platform, parse_config)
 from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord
 from ansible_collections.strata.layers.plugins.module_utils._registry import (
-    BlobStream, Descriptor, Manifest, Platform, Reference, Registry)
+    BlobStream, Descriptor, Manifest, Reference, Registry)
 from ansible_collections.strata.layers.plugins.module_utils._regsettings import RegistrySettings
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
 

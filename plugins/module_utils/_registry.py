@@ -32,7 +32,6 @@ import base64
 import hashlib
 import http.client
 import os
-import platform as platform_mod
 import re
 import socket
 import ssl
@@ -50,7 +49,8 @@ from ansible_collections.strata.layers.plugins.module_utils._digest import (
     Digest, is_digest, sha256_bytes)
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, DigestMismatch, InvalidInput, InvalidReference, NotFound, StoreError, Unsupported)
-from ansible_collections.strata.layers.plugins.module_utils._imageconfig import GOARCH, json_object
+from ansible_collections.strata.layers.plugins.module_utils._imageconfig import (
+    Platform, json_object, pick_platform, platform_of)
 from ansible_collections.strata.layers.plugins.module_utils._imageref import (
     normalize_tag, split_reference)
 from ansible_collections.strata.layers.plugins.module_utils._jsondoc import loads
@@ -179,84 +179,6 @@ def _reference_digest(raw: str, name: str) -> Digest:
         raise InvalidReference("digest %r of %s is not sha256: followed by 64 lowercase hex "
                                "digits" % (raw, name))
     return Digest(raw)
-
-
-# ---------------------------------------------------------------------- platforms
-@dataclass(frozen=True)
-class Platform:
-    os: str
-    architecture: str
-    variant: Optional[str] = None
-
-    def __str__(self) -> str:
-        base = "%s/%s" % (self.os, self.architecture)
-        return base + "/" + self.variant if self.variant else base
-
-
-ARM_VARIANTS = {"armv5tel": "v5", "armv6l": "v6", "armv7l": "v7"}
-
-
-def host_platform() -> Platform:
-    machine = platform_mod.machine()
-    return Platform("linux", GOARCH.get(machine, machine), ARM_VARIANTS.get(machine))
-
-
-def parse_platform(value: Optional[str]) -> Platform:
-    """``os/arch[/variant]`` (e.g. ``linux/arm64``, ``linux/arm/v7``); None: this host's."""
-    if not value:
-        return host_platform()
-    parts = value.strip().lower().split("/")
-    if len(parts) not in (2, 3) or not all(re.match(r"\A[a-z0-9_.-]+\Z", p) for p in parts):
-        raise InvalidInput("platform %r is not OS/ARCH[/VARIANT] (e.g. linux/amd64, "
-                           "linux/arm64, linux/arm/v7)" % value)
-    arch = GOARCH.get(parts[1], parts[1])
-    return Platform(parts[0], arch, parts[2] if len(parts) == 3 else None)
-
-
-def _normal_variant(arch: str, variant: Optional[str]) -> Optional[str]:
-    if arch == "arm64" and variant in (None, "", "v8"):
-        return None
-    return variant or None
-
-
-def platform_of(desc: Dict[str, Any]) -> Optional[Platform]:
-    value = desc.get("platform")
-    if not isinstance(value, dict) or not value.get("os") or not value.get("architecture"):
-        return None
-    arch = GOARCH.get(str(value["architecture"]), str(value["architecture"]))
-    return Platform(str(value["os"]), arch, _normal_variant(arch, value.get("variant")))
-
-
-def _variant_rank(wanted: Platform, offered: Platform) -> Optional[int]:
-    """0 for the best match; None when ``offered`` cannot run as ``wanted``."""
-    if offered.os != wanted.os or offered.architecture != wanted.architecture:
-        return None
-    want = _normal_variant(wanted.architecture, wanted.variant)
-    if want is None or offered.variant == want:
-        return 0
-    # An ARM v7 host runs v6 and v5 images (as containerd's matcher allows), worse first.
-    if wanted.architecture == "arm" and offered.variant and offered.variant < want:
-        return 1 + ord(want[-1]) - ord(offered.variant[-1])
-    return None
-
-
-def pick_platform(manifests: List[Dict[str, Any]], wanted: Platform, where: str) -> Dict[str, Any]:
-    """The descriptor of ``manifests`` (an index's) that best suits ``wanted``."""
-    ranked = []
-    for position, desc in enumerate(manifests):
-        offered = platform_of(desc)
-        rank = _variant_rank(wanted, offered) if offered is not None else None
-        if rank is not None:
-            ranked.append((rank, position, desc))
-    if ranked:
-        return min(ranked, key=lambda item: (item[0], item[1]))[2]
-    if len(manifests) == 1 and platform_of(manifests[0]) is None:
-        return manifests[0]
-    offered_names = sorted({str(p) for p in map(platform_of, manifests)
-                            if p is not None and p.os != "unknown"})
-    raise NotFound("%s offers no image for platform %s (it offers: %s); set platform to one "
-                   "of those" % (where, wanted, ", ".join(offered_names) or "no platforms"),
-                   offered=offered_names)
 
 
 # ---------------------------------------------------------------------- manifests
@@ -816,7 +738,7 @@ class Registry:
                 break
             index = json_object(raw, "index %s of %s" % (digest, ref))
             desc = pick_platform([m for m in index.get("manifests") or [] if isinstance(m, dict)],
-                                 wanted, str(ref))
+                                 wanted, str(ref), "; set platform to one of those")
             chosen = platform_of(desc) or chosen
             target = _descriptor(desc, "a manifest of index %s" % digest)
             raw, media_type, digest = self.manifest(target.digest, target.digest, target.size)

@@ -11,10 +11,10 @@ from __future__ import annotations
 from typing import Any, Dict, List
 
 from ansible_collections.strata.layers.plugins.module_utils._errors import InvalidInput
+from ansible_collections.strata.layers.plugins.module_utils._imageconfig import parse_platform
 from ansible_collections.strata.layers.plugins.module_utils._imageref import validate_tags
 from ansible_collections.strata.layers.plugins.module_utils._pull import PullJob, Sources
-from ansible_collections.strata.layers.plugins.module_utils._registry import (
-    parse_platform, parse_reference)
+from ansible_collections.strata.layers.plugins.module_utils._registry import parse_reference
 from ansible_collections.strata.layers.plugins.module_utils._regsettings import RegistrySettings
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
 

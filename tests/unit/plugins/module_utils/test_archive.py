@@ -1,6 +1,7 @@
 """Image archives: OCI layouts, and docker-archive / oci-archive written by skopeo."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import pytest
 
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, DigestMismatch, NotFound)
+from ansible_collections.strata.layers.plugins.module_utils._imageconfig import Platform, host_platform
 from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
 from tests.support.images import config_for, make_oci_layout, skopeo
@@ -37,6 +39,55 @@ def test_oci_layout_imports_once(tmp_path, store_root):
     assert [l["imported"] for l in first["layers"]] == [True, True]
     again = imp(store_root, layout)
     assert not again["changed"] and [l["imported"] for l in again["layers"]] == [False, False]
+
+
+def _multi_platform_layout(layout, platforms):
+    """A layout whose index.json names one nested index of an image per platform
+    (``(arch, variant)``); returns each platform's image id."""
+    ids = {}
+    for arch, variant in platforms:
+        ids[(arch, variant)] = make_oci_layout(
+            layout, layers(), ref=None, config=config_for(layers(), arch=arch))["image_id"]
+    index_path = os.path.join(layout, "index.json")
+    with open(index_path) as handle:
+        descs = json.load(handle)["manifests"]
+    for desc, (arch, variant) in zip(descs, platforms):
+        desc["platform"] = dict({"os": "linux", "architecture": arch},
+                                **({"variant": variant} if variant else {}))
+    nested = json.dumps({"schemaVersion": 2, "manifests": descs}).encode()
+    digest = "sha256:" + hashlib.sha256(nested).hexdigest()
+    with open(os.path.join(layout, "blobs", "sha256", digest[7:]), "wb") as handle:
+        handle.write(nested)
+    with open(index_path, "w") as handle:
+        json.dump({"schemaVersion": 2, "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json", "digest": digest,
+            "size": len(nested),
+            "annotations": {"org.opencontainers.image.ref.name": "acme/multi:1"}}]}, handle)
+    return ids
+
+
+@pytest.mark.skipif(host_platform() != Platform("linux", "amd64"),
+                    reason="the index offers the amd64 image as this host's")
+def test_a_multi_platform_layout_imports_this_hosts_image(tmp_path, store_root):
+    layout = str(tmp_path / "layout")
+    ids = _multi_platform_layout(layout, [("arm64", "v8"), ("amd64", None), ("arm", "v7")])
+    assert imp(store_root, layout)["image_id"] == ids[("amd64", None)]
+
+
+def test_the_only_image_of_a_nested_index_is_imported_whatever_its_platform(
+        tmp_path, store_root):
+    layout = str(tmp_path / "layout")
+    ids = _multi_platform_layout(layout, [("s390x", None)])
+    assert imp(store_root, layout)["image_id"] == ids[("s390x", None)]
+
+
+def test_a_multi_platform_layout_without_this_hosts_image_names_what_it_offers(
+        tmp_path, store_root):
+    layout = str(tmp_path / "layout")
+    _multi_platform_layout(layout, [("s390x", None), ("riscv64", None)])
+    with pytest.raises(NotFound, match="offers no image for platform %s .it offers: "
+                       "linux/riscv64, linux/s390x.$" % host_platform()):
+        imp(store_root, layout)
 
 
 def test_oci_layout_with_a_tampered_blob_keeps_nothing(tmp_path, store_root):

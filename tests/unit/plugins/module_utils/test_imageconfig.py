@@ -1,4 +1,4 @@
-"""Image configs (``_imageconfig.py``): parsing, a child's derived config, the host platform."""
+"""Image configs (``_imageconfig.py``): parsing, a child's derived config, platforms."""
 from __future__ import annotations
 
 import hashlib
@@ -8,12 +8,14 @@ import platform
 import pytest
 
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
-    Corrupt, InvalidReference)
+    Corrupt, InvalidInput, InvalidReference, NotFound)
 from ansible_collections.strata.layers.plugins.module_utils._imageconfig import (
-    GOARCH, derive_config, host_platform, json_object, parse_config)
+    ARM_VARIANTS, GOARCH, Platform, derive_config, host_platform, json_object, parse_config,
+    parse_platform, pick_platform, platform_config)
 
 D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64
+DIGEST = "sha256:" + "ab" * 32
 
 
 def _config(**extra):
@@ -61,13 +63,16 @@ def test_json_object_is_corrupt_naming_what_for_anything_but_an_object(raw):
 
 
 def test_host_platform_is_linux_and_the_go_architecture():
-    assert host_platform() == ("linux", GOARCH.get(platform.machine(), platform.machine()))
+    machine = platform.machine()
+    assert host_platform() == Platform("linux", GOARCH.get(machine, machine),
+                                       ARM_VARIANTS.get(machine))
 
 
 def test_a_config_derived_from_nothing_has_the_host_platform_and_one_layer():
     data = json.loads(derive_config(None, D1, "2025-01-01T00:00:00Z", "import"))
-    osname, arch = host_platform()
-    assert (data["os"], data["architecture"]) == (osname, arch)
+    host = host_platform()
+    assert (data["os"], data["architecture"], data.get("variant")) == (
+        host.os, host.architecture, host.variant)
     assert data["rootfs"] == {"type": "layers", "diff_ids": [D1]}
     assert data["history"] == [{"created": "2025-01-01T00:00:00Z", "created_by": "import"}]
     assert data["created"] == "2025-01-01T00:00:00Z"
@@ -94,3 +99,53 @@ def test_an_empty_layer_step_adds_history_but_no_diff_id():
     data = json.loads(derive_config(base, None, "2025-01-01T00:00:00Z", "ENV B=2"))
     assert data["rootfs"]["diff_ids"] == [D1]
     assert data["history"][-1]["empty_layer"] is True
+
+
+# ---------------------------------------------------------------------- platforms
+@pytest.mark.parametrize("value, expected", [
+    ("linux/amd64", Platform("linux", "amd64")),
+    ("linux/arm64", Platform("linux", "arm64")),
+    ("linux/aarch64", Platform("linux", "arm64")),
+    ("linux/arm/v7", Platform("linux", "arm", "v7")),
+])
+def test_platforms(value, expected):
+    assert parse_platform(value) == expected
+
+
+def test_bad_platform():
+    with pytest.raises(InvalidInput):
+        parse_platform("amd64")
+
+
+def _entry(arch, variant=None, os_name="linux"):
+    platform = {"os": os_name, "architecture": arch}
+    if variant:
+        platform["variant"] = variant
+    return {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": DIGEST,
+            "size": 1, "platform": platform, "name": "%s/%s" % (arch, variant)}
+
+
+def test_pick_platform():
+    index = [_entry("amd64"), _entry("arm64", "v8"), _entry("arm", "v6"), _entry("arm", "v7"),
+             _entry("unknown", os_name="unknown")]
+    assert pick_platform(index, Platform("linux", "amd64"), "x")["name"] == "amd64/None"
+    assert pick_platform(index, Platform("linux", "arm64"), "x")["name"] == "arm64/v8"
+    assert pick_platform(index, Platform("linux", "arm", "v7"), "x")["name"] == "arm/v7"
+    assert pick_platform(index[:3], Platform("linux", "arm", "v7"), "x")["name"] == "arm/v6"
+    with pytest.raises(NotFound) as info:
+        pick_platform(index, Platform("linux", "s390x"), "reg/app:1")
+    assert "it offers: linux/amd64, linux/arm/v6, linux/arm/v7, linux/arm64" in str(info.value)
+
+
+def test_a_platform_config_names_the_variant_only_when_there_is_one():
+    assert platform_config(Platform("linux", "amd64")) == {
+        "architecture": "amd64", "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": []}, "history": []}
+    assert platform_config(Platform("linux", "arm", "v7"))["variant"] == "v7"
+
+
+def test_no_suitable_platform_names_the_index_and_the_callers_advice():
+    with pytest.raises(NotFound) as info:
+        pick_platform([_entry("arm64")], Platform("linux", "amd64"), "index i", "; do this")
+    assert str(info.value) == ("index i offers no image for platform linux/amd64 "
+                               "(it offers: linux/arm64); do this")

@@ -11,9 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
-    InvalidInput, InvalidReference, NotFound, Unsupported)
+    InvalidReference, Unsupported)
 from ansible_collections.strata.layers.plugins.module_utils._registry import (
-    Platform, Registry, _challenges, parse_platform, parse_reference, pick_platform)
+    Registry, _challenges, parse_reference)
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -60,41 +60,6 @@ def test_reference_parsing_never_crashes(text):
     except (InvalidReference, Unsupported):
         return
     assert str(ref).startswith(ref.registry + "/")
-
-
-@pytest.mark.parametrize("value, expected", [
-    ("linux/amd64", Platform("linux", "amd64")),
-    ("linux/arm64", Platform("linux", "arm64")),
-    ("linux/aarch64", Platform("linux", "arm64")),
-    ("linux/arm/v7", Platform("linux", "arm", "v7")),
-])
-def test_platforms(value, expected):
-    assert parse_platform(value) == expected
-
-
-def test_bad_platform():
-    with pytest.raises(InvalidInput):
-        parse_platform("amd64")
-
-
-def _entry(arch, variant=None, os_name="linux"):
-    platform = {"os": os_name, "architecture": arch}
-    if variant:
-        platform["variant"] = variant
-    return {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": DIGEST,
-            "size": 1, "platform": platform, "name": "%s/%s" % (arch, variant)}
-
-
-def test_pick_platform():
-    index = [_entry("amd64"), _entry("arm64", "v8"), _entry("arm", "v6"), _entry("arm", "v7"),
-             _entry("unknown", os_name="unknown")]
-    assert pick_platform(index, Platform("linux", "amd64"), "x")["name"] == "amd64/None"
-    assert pick_platform(index, Platform("linux", "arm64"), "x")["name"] == "arm64/v8"
-    assert pick_platform(index, Platform("linux", "arm", "v7"), "x")["name"] == "arm/v7"
-    assert pick_platform(index[:3], Platform("linux", "arm", "v7"), "x")["name"] == "arm/v6"
-    with pytest.raises(NotFound) as info:
-        pick_platform(index, Platform("linux", "s390x"), "reg/app:1")
-    assert "it offers: linux/amd64, linux/arm/v6, linux/arm/v7, linux/arm64" in str(info.value)
 
 
 def test_challenges():
