@@ -54,3 +54,16 @@ def need_program(name: str) -> None:
 
 def run(cmd, **kw):
     return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+
+
+def busybox_store(store_root: str, busybox_tar: str, driver: str = "overlay2",
+                  tag: str = "busybox:test") -> str:
+    """A store on ``driver`` holding the busybox image as ``tag``: where the build, RUN
+    and commit tests start."""
+    from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import (
+        layer_import)
+    from ansible_collections.strata.layers.plugins.module_utils._ops.storage_driver import (
+        storage_driver)
+    storage_driver({"data_root": store_root, "driver": driver})
+    layer_import({"data_root": store_root, "src": busybox_tar, "tag": [tag]})
+    return store_root

@@ -15,16 +15,15 @@ from ansible_collections.strata.layers.plugins.module_utils._ops.image_build imp
 from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer import container_layer
 from ansible_collections.strata.layers.plugins.module_utils._errors import InvalidInput, NotFound, Unsupported
 from ansible_collections.strata.layers.plugins.module_utils._dockerfile import DEFAULT_PATH
-from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
 from ansible_collections.strata.layers.plugins.module_utils._ops.storage_driver import storage_driver
+from tests.support.fixtures import busybox_store
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory, busybox_tar):
     store_root = str(tmp_path_factory.mktemp("semantics") / "store")
-    storage_driver({"data_root": store_root, "driver": "overlay2"})
-    layer_import({"data_root": store_root, "src": busybox_tar, "tag": ["busybox:test"]})
+    busybox_store(store_root, busybox_tar)
     return store_root
 
 

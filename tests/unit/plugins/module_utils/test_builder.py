@@ -14,16 +14,13 @@ from ansible_collections.strata.layers.plugins.module_utils._errors import (
     InvalidInput, NotFound)
 from ansible_collections.strata.layers.plugins.module_utils._ops.image_export import image_export
 from ansible_collections.strata.layers.plugins.module_utils._ops.store_info import store_info
-from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
 from ansible_collections.strata.layers.plugins.module_utils._sandbox import StepFailed
-from ansible_collections.strata.layers.plugins.module_utils._ops.storage_driver import storage_driver
+from tests.support.fixtures import busybox_store
 
 
 @pytest.fixture(params=["overlay2", "vfs"])
 def root(request, store_root, busybox_tar):
-    storage_driver({"data_root": store_root, "driver": request.param})
-    layer_import({"data_root": store_root, "src": busybox_tar, "tag": ["busybox:test"]})
-    return store_root
+    return busybox_store(store_root, busybox_tar, request.param)
 
 
 def build(root, **kw):

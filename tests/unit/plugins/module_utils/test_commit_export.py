@@ -17,7 +17,7 @@ from ansible_collections.strata.layers.plugins.module_utils._ops.image import im
 from ansible_collections.strata.layers.plugins.module_utils._ops.store_info import store_info
 from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
 from ansible_collections.strata.layers.plugins.module_utils._ops.store_prune import store_prune
-from ansible_collections.strata.layers.plugins.module_utils._ops.storage_driver import storage_driver
+from tests.support.fixtures import busybox_store
 from tests.support.images import skopeo
 from tests.support.tars import LayerTar, write
 from tests.support.podman import private_podman
@@ -25,9 +25,7 @@ from tests.support.podman import private_podman
 
 @pytest.fixture(params=["overlay2", "vfs"])
 def root(request, store_root, busybox_tar):
-    storage_driver({"data_root": store_root, "driver": request.param})
-    layer_import({"data_root": store_root, "src": busybox_tar, "tag": ["bb:1"]})
-    return store_root
+    return busybox_store(store_root, busybox_tar, request.param, tag="bb:1")
 
 
 def call(op, root, **kw):

@@ -16,8 +16,7 @@ import pytest
 from ansible_collections.strata.layers.plugins.module_utils._ops.image_build import image_build
 from ansible_collections.strata.layers.plugins.module_utils._errors import InvalidInput
 from ansible_collections.strata.layers.plugins.module_utils._ops.image_export import image_export
-from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
-from ansible_collections.strata.layers.plugins.module_utils._ops.storage_driver import storage_driver
+from tests.support.fixtures import busybox_store
 
 from tests.unit.plugins.module_utils.test_builder import files_of
 from tests.unit.plugins.module_utils.test_runsetup import snapshot
@@ -28,9 +27,7 @@ LAST_MODIFIED_EPOCH = 1445412480
 
 @pytest.fixture
 def root(store_root, busybox_tar):
-    storage_driver({"data_root": store_root, "driver": "overlay2"})
-    layer_import({"data_root": store_root, "src": busybox_tar, "tag": ["busybox:test"]})
-    return store_root
+    return busybox_store(store_root, busybox_tar)
 
 
 def build(root, **kw):

@@ -19,9 +19,8 @@ import pytest
 
 from ansible_collections.strata.layers.plugins.module_utils._ops.image_build import image_build
 from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer import container_layer
-from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
 from ansible_collections.strata.layers.plugins.module_utils._sandbox import Sandbox, StepFailed
-from ansible_collections.strata.layers.plugins.module_utils._ops.storage_driver import storage_driver
+from tests.support.fixtures import busybox_store
 from tests.support import rootfs
 
 # Docker's default capability set less CAP_MKNOD: CHOWN DAC_OVERRIDE FOWNER FSETID KILL
@@ -97,9 +96,7 @@ cat "/proc/1/root$1"; echo "canary=$?"
 
 @pytest.fixture(params=["overlay2", "vfs"])
 def root(request, store_root, busybox_tar):
-    storage_driver({"data_root": store_root, "driver": request.param})
-    layer_import({"data_root": store_root, "src": busybox_tar, "tag": ["busybox:test"]})
-    return store_root
+    return busybox_store(store_root, busybox_tar, request.param)
 
 
 @pytest.fixture
