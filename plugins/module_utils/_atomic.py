@@ -161,6 +161,20 @@ def rename_durable(src: str, dst: str) -> None:
         fsync_dir(src_dir)
 
 
+def exchange_durable(a: str, b: str) -> None:
+    """Swap ``a`` and ``b`` (both exist, one filesystem) in one step (renameat2 with
+    RENAME_EXCHANGE), and persist it: at every moment each name holds one of the two."""
+    swap = getattr(libc(), "renameat2", None)
+    if swap is None:
+        raise OSError(errno.ENOSYS, "renameat2 is not in this C library", a)
+    if swap(-100, os.fsencode(a), -100, os.fsencode(b), 2) != 0:  # AT_FDCWD, RENAME_EXCHANGE
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), a)
+    fsync_dir(os.path.dirname(a) or ".")
+    if os.path.realpath(os.path.dirname(a) or ".") != os.path.realpath(os.path.dirname(b) or "."):
+        fsync_dir(os.path.dirname(b) or ".")
+
+
 def makedirs(path: str, mode: int = 0o700) -> None:
     os.makedirs(path, mode=mode, exist_ok=True)
 

@@ -42,12 +42,12 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
     TEMP_PREFIX, makedirs, read_json, rename_durable, write_json)
 from ansible_collections.strata.layers.plugins.module_utils._containers import (
-    ContainerRecord, read_record)
+    ContainerRecord, read_record, status)
 from ansible_collections.strata.layers.plugins.module_utils._digest import (
     ChainID, ImageID, chain_id, chain_ids, hex_of, is_digest, sha256_bytes)
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, InvalidInput, InvalidReference, NotFound, StoreError)
-from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mounts_below
+from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mount_at, mounts_below
 from ansible_collections.strata.layers.plugins.module_utils._imageconfig import parse_config
 from ansible_collections.strata.layers.plugins.module_utils._imageref import normalize_tag
 from ansible_collections.strata.layers.plugins.module_utils._layers import RECORD, LayerRecord
@@ -84,11 +84,13 @@ KINDS: Dict[str, str] = {
     "leftover": "staging debris of an interrupted run (.tmp-* names, tmp/ entries, mounts)",
     "incomplete": "a mark of a mutation a crash interrupted",
     "bad-cache-entry": "a distribution/ or sources/ entry that is not valid",
+    "not-a-subvolume": "a btrfs layer, init or container root that is a plain directory "
+                       "(the store was copied without its subvolumes)",
 }
 
 # The order repairs run in: moving things aside first, derived things re-made last.
 _FIX_ORDER = ("quarantine-layer", "quarantine-image", "quarantine-container",
-              "quarantine-tags", "untag", "remove", "relayout")
+              "quarantine-tags", "untag", "remove", "relayout", "subvolume")
 PLANS = {
     "quarantine-layer": "would move the record and the driver data to quarantine/",
     "quarantine-image": "would move the image record to quarantine/",
@@ -97,6 +99,7 @@ PLANS = {
     "untag": "would remove the tag",
     "remove": "would remove it",
     "relayout": "would re-create or remove it (derived from the layer records)",
+    "subvolume": "would make it a subvolume with the same contents",
     "settle": "would be settled (rolled back or finished) on opening the store for writing",
 }
 
@@ -476,6 +479,18 @@ def check_layout(s: Survey) -> Iterator[Finding]:
                       "relayout", issue)
 
 
+def check_subvolumes(s: Survey) -> Iterator[Finding]:
+    """btrfs: roots that are plain directories where the driver keeps subvolumes (a store
+    copied with ``cp -a`` or rsync, as a restore from a file-level backup leaves it)."""
+    plain = getattr(s.driver, "plain_directories", None)
+    for path in plain() if plain is not None else []:
+        yield Finding("not-a-subvolume", s.rel(path), "a plain directory where the btrfs driver "
+                      "keeps a subvolume (the store was copied without its subvolumes, as cp -a "
+                      "or rsync do): it works, but each layer or container made from it is a "
+                      "copy of its files instead of a snapshot; repair makes it a subvolume "
+                      "with the same contents", "subvolume", path)
+
+
 def check_leftovers(s: Survey) -> Iterator[Finding]:
     for sub in ("", "layers", "images", "containers", "distribution", "sources", "incomplete"):
         for name in s.listdir(sub):
@@ -537,7 +552,8 @@ def _valid_source(path: str, name: str) -> bool:
 
 STEPS: List[Callable[[Survey], Iterator[Finding]]] = [
     check_marks, check_layer_records, check_parents, verify_layers, check_images, check_tags,
-    check_containers, check_driver_dirs, check_layout, check_leftovers, check_caches]
+    check_containers, check_driver_dirs, check_layout, check_subvolumes, check_leftovers,
+    check_caches]
 
 
 # ---------------------------------------------------------------------- repair
@@ -677,8 +693,24 @@ def relayout(store: Store, finding: Finding) -> Optional[str]:
     return store.driver.repair_layout(finding.target)  # type: ignore[attr-defined]
 
 
+def make_subvolume(store: Store, finding: Finding) -> str:
+    """A plain root made a subvolume in place; a container's only while nothing uses it
+    (its bind mount or its running processes would keep the plain directory)."""
+    path = finding.target
+    if os.path.dirname(path) == os.path.join(store.driver.home, store.driver.containers_dir):
+        cid = os.path.basename(path)
+        record = read_record(os.path.join(store.root, "containers", cid), cid)
+        if status(store, record) == "running" or (
+                record.mount_point is not None and mount_at(record.mount_point) is not None):
+            raise StoreError("container %r is running or mounted: stop and unmount it "
+                             "(container state=stopped, container_layer state=unmounted), "
+                             "then repair again" % record.name)
+    store.driver.make_subvolume(path)  # type: ignore[attr-defined]
+    return "made a subvolume"
+
+
 FIXES: Dict[str, Callable[[Store, Finding], Optional[str]]] = {
     "quarantine-layer": quarantine_layer, "quarantine-image": quarantine_image,
     "quarantine-container": quarantine_container, "quarantine-tags": quarantine_tags,
-    "untag": untag, "remove": remove, "relayout": relayout,
+    "untag": untag, "remove": remove, "relayout": relayout, "subvolume": make_subvolume,
 }

@@ -29,9 +29,12 @@ class TreeCopier:
         self._links: Dict[Tuple[int, int], bytes] = {}
         self._dst_root = -1
 
-    def copy(self, src: str, dst: str) -> None:
-        """Create ``dst`` (which must not exist) as a copy of directory ``src``."""
-        os.mkdir(dst, 0o700)
+    def copy(self, src: str, dst: str, into: bool = False) -> None:
+        """Create ``dst`` (which must not exist) as a copy of directory ``src``;
+        ``into``: ``dst`` is an empty directory already (a new btrfs subvolume) that
+        takes ``src``'s contents and attributes."""
+        if not into:
+            os.mkdir(dst, 0o700)
         sfd = os.open(src, _DIR_FLAGS)
         dfd = os.open(dst, _DIR_FLAGS)
         self._dst_root = dfd

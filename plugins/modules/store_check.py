@@ -76,6 +76,13 @@ description:
     writing (repair) rolls it back or finishes it."
   - "C(bad-cache-entry): a C(distribution/) or C(sources/) entry that is not valid; repair
     removes it (only speed is lost)."
+  - "C(not-a-subvolume): on the btrfs driver, a layer, init or container root that is a
+    plain directory, not a subvolume, as a store copied with C(cp -a) or C(rsync) (a restore
+    from a file-level backup) has them. The store works, but each layer or container made
+    from it is a copy of its files (reflinked) instead of a snapshot; repair makes each a
+    subvolume with the same contents (a clone swapped in with one rename), except a
+    container that is running or mounted, which it names. A restore with
+    C(btrfs send)/C(btrfs receive) keeps the subvolumes."
   - Verification checks file contents and sizes and every tar header byte. It does not
     compare file metadata on disk (modes, owners, symlink targets) with the headers,
     and for full-copy drivers (vfs) it reads only the files each layer itself added.

@@ -22,7 +22,9 @@ import struct
 from typing import Dict, Iterator, List, NamedTuple, Optional, Set, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
-    remove_tree, syncfs, temp_name)
+    TEMP_PREFIX, exchange_durable, remove_tree, syncfs, temp_name)
+from ansible_collections.strata.layers.plugins.module_utils._copytree import TreeCopier
+from ansible_collections.strata.layers.plugins.module_utils._crash import crash_point
 from ansible_collections.strata.layers.plugins.module_utils._errors import StoreError
 from ansible_collections.strata.layers.plugins.module_utils.drivers._base import (
     Candidate, FullCopyDriver, HostFacts, UnchangedCheck)
@@ -268,11 +270,53 @@ class Btrfs(FullCopyDriver):
                          "subvolume snapshots with block-level copy-on-write")
 
     def _copy_root(self, source: Optional[str], path: str) -> None:
-        if source is not None:
+        if source is not None and is_subvolume(source):
             snapshot(source, path)
-        else:
-            create_subvolume(path)
+            return
+        create_subvolume(path)
+        if source is None:
             os.chmod(path, 0o755)
+        else:
+            # a plain directory where a subvolume belongs (a home copied with cp -a or
+            # rsync): a new subvolume holding a clone of it, so the store keeps working;
+            # store_check names such directories (``plain_directories``)
+            TreeCopier().copy(source, path, into=True)
+
+    def make_subvolume(self, path: str) -> None:
+        """Turn plain directory ``path`` (one of ``plain_directories``) into a subvolume
+        with the same contents, in place: a clone is made in a new subvolume beside it
+        (under a temporary name that ``sweep`` removes after a crash), flushed, and the
+        two swapped in one step; at every moment ``path`` holds a whole root."""
+        if not os.path.isdir(path) or is_subvolume(path):
+            return
+        # the init directory is not swept: its clone is made among the containers
+        beside = os.path.dirname(path) if os.path.basename(os.path.dirname(path)) != "init" \
+            else os.path.join(self.home, self.containers_dir)
+        clone = os.path.join(beside, temp_name("subvolume"))
+        create_subvolume(clone)
+        try:
+            TreeCopier().copy(path, clone, into=True)
+            syncfs(self.home)
+            crash_point("subvolume.cloned")
+            exchange_durable(path, clone)
+            crash_point("subvolume.swapped")
+        finally:
+            self.remove_path(clone)  # the clone, or after the swap the plain directory
+
+    def plain_directories(self) -> List[str]:
+        """Layer, init and container roots of this home that are plain directories, not
+        subvolumes: each copy made from one is a clone of its files, not a snapshot."""
+        found = []
+        for base in (self.layers_dir, "init", self.containers_dir):
+            top = os.path.join(self.home, base)
+            try:
+                names = sorted(os.listdir(top))
+            except FileNotFoundError:
+                continue
+            found += [os.path.join(top, n) for n in names if not n.startswith(TEMP_PREFIX)
+                      and os.path.isdir(os.path.join(top, n))
+                      and not is_subvolume(os.path.join(top, n))]
+        return found
 
     def snapshot_check(self) -> SnapshotCheck:
         return SnapshotCheck(self.home)

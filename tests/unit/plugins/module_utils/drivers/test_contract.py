@@ -479,6 +479,8 @@ FAMILY_MEMBERS = {
     "lowerdirs": "every mount of the overlay family (this suite)",
     "check_layout": "tests/unit/plugins/module_utils/test_check.py (l/ links, lower files)",
     "repair_layout": "tests/unit/plugins/module_utils/test_check.py (repair of the layout)",
+    "plain_directories": "tests/unit/plugins/module_utils/test_check_subvolumes.py (btrfs)",
+    "make_subvolume": "tests/unit/plugins/module_utils/test_check_subvolumes.py (btrfs)",
 }
 
 
