@@ -434,3 +434,23 @@ def test_a_failed_early_flush_fails_the_apply(tmp_path, monkeypatch, flushes):
     with pytest.raises(StoreError, match="writing the layer of test layer failed: "
                                          "Input/output error"):
         _apply_read_ahead(tmp_path, _big_files_layer())
+
+
+@pytest.mark.parametrize("compression", ["plain", "gzip"])
+def test_layer_import_flushes_early_and_keeps_its_result(tmp_path, store_root, busybox_tar,
+                                                         compression, flushes, monkeypatch):
+    # the module's own path: its streams are read ahead, so they take the early flushes
+    from ansible_collections.strata.layers.plugins.module_utils import _apply
+    from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import (
+        layer_import)
+    from tests.support.tars import write
+    monkeypatch.setattr(_apply.EarlyFlush, "EVERY", 4096)
+    with open(busybox_tar, "rb") as handle:
+        data = handle.read()
+    src = write(tmp_path / "layer", data, compression)
+    result = layer_import({"data_root": store_root, "src": str(src)})
+    assert result["changed"]
+    assert result["layers"][0]["diff_id"] == "sha256:" + hashlib.sha256(data).hexdigest()
+    assert flushes, "the import flushed while it applied"
+    again = layer_import({"data_root": store_root, "src": str(src)})
+    assert not again["changed"]
