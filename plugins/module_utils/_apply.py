@@ -22,9 +22,16 @@ Whiteouts are converted to what the driver needs: ``device`` drivers (overlay2,
 fuse-overlayfs) get 0/0 character devices and ``trusted.overlay.opaque=y``;
 ``delete`` drivers (vfs, btrfs), whose layer directory starts as a copy of its
 parent, get the deletions applied.
+
+The layer's data reaches the disk while it is applied: for ``layer_import``'s streams
+(read ahead, see ``ChunkReader.stable``), an ``EarlyFlush`` worker starts a ``syncfs``
+of the layer's filesystem each time ``EarlyFlush.EVERY`` bytes of files were written,
+so the one the store makes after the apply (before the layer's record is written) has
+little left to wait for.  It changes only when the flush is done, not what is durable.
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import queue
@@ -33,7 +40,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, Optional, Set, Tuple
 
-from ansible_collections.strata.layers.plugins.module_utils._atomic import remove_tree, wrap_os_error
+from ansible_collections.strata.layers.plugins.module_utils._atomic import (
+    libc, remove_tree, wrap_os_error)
 from ansible_collections.strata.layers.plugins.module_utils._copytree import Shadow
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, InvalidInput, StoreError)
@@ -107,11 +115,15 @@ class Applier:
         self._tree = Beneath(root)
         self._member: Optional[Member] = None
         self._behind: Optional[WriteBehind] = None
+        self._flush: Optional[EarlyFlush] = None
+        self._dirtied = 0
 
     # ------------------------------------------------------------------ driving
     def apply(self, reader: ChunkReader) -> ApplyResult:
         reader.what = self.what
         parser = HeaderParser(reader)
+        # the streams read ahead are layer_import's, whose layer is synced right after
+        early = reader.stable
         try:
             while True:
                 member = parser.next()
@@ -124,8 +136,11 @@ class Applier:
                 if self.split is not None:
                     self.split.raw(member.raw)
                 self._apply_member(reader, member)
+                if early and member.is_file:
+                    self._dirty(member.size)
             self._member = None
             self._settle_behind()
+            self._settle_flush()
             self._trailer(reader, parser.end_block)
             self._finish_dirs()
         except NotBeneath as exc:
@@ -140,6 +155,8 @@ class Applier:
         finally:
             if self._behind is not None:
                 self._behind.stop()
+            if self._flush is not None:
+                self._flush.stop()
             self._tree.close()
         return ApplyResult(diff_id="sha256:" + reader.hasher.hexdigest(), tar_size=reader.total,
                            size=self.size, entries=self.entries)
@@ -389,6 +406,25 @@ class Applier:
             self._behind.stop()
             self._raise_behind()
 
+    def _dirty(self, size: int) -> None:
+        """Count a file's pages handed to the kernel; every ``EarlyFlush.EVERY`` bytes,
+        start a flush of the filesystem on the worker."""
+        self._dirtied += (size + 4095) & ~4095
+        if self._dirtied < EarlyFlush.EVERY:
+            return
+        self._dirtied = 0
+        if self._flush is None:
+            self._flush = EarlyFlush(self._tree.root_fd)
+        self._flush.start()
+
+    def _settle_flush(self) -> None:
+        """The flushes done; the first one's error raised (a failed writeback is seen once
+        by syncfs: the store's own syncfs after the apply might not see it again)."""
+        if self._flush is not None:
+            self._flush.stop()
+            if self._flush.failed is not None:
+                raise self._flush.failed
+
     def _file_metadata(self, fd: int, member: Member, created: bool) -> None:
         """Owner, mode, attributes and times of a file this applier just wrote.
 
@@ -621,6 +657,51 @@ class WriteBehind:
             self.failed = (member, exc)
         finally:
             os.close(fd)
+
+
+class EarlyFlush:
+    """A worker thread that flushes the layer's filesystem (``syncfs``) while the
+    applier goes on, each time it is started (at most one flush at a time; starts
+    during a flush make one more after it).  The kernel does the writeback in its own
+    threads and this one waits outside the GIL: the disk works while the layer is
+    still being applied, instead of in one flush at the end.  An error is kept for the
+    applier to raise; the flush is only ever earlier than the store's, never instead
+    of it."""
+
+    EVERY = 64 << 20
+
+    def __init__(self, root_fd: int) -> None:
+        self._fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=root_fd)
+        self._syncfs = libc().syncfs
+        self._wanted = threading.Event()
+        self._stopping = False
+        self.failed: Optional[OSError] = None
+        self._thread = threading.Thread(target=self._run, name="strata-early-flush",
+                                        daemon=True)
+        self._thread.start()
+
+    def start(self) -> None:
+        self._wanted.set()
+
+    def stop(self) -> None:
+        """Wait for a flush under way (none is started after it); idempotent."""
+        if self._thread.is_alive():
+            self._stopping = True
+            self._wanted.set()
+            self._thread.join()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _run(self) -> None:
+        while True:
+            self._wanted.wait()
+            self._wanted.clear()
+            if self._stopping:
+                return
+            if self._syncfs(self._fd) != 0 and self.failed is None:
+                err = ctypes.get_errno()
+                self.failed = OSError(err, os.strerror(err))
 
 
 def _passes_down(root: str) -> bool:

@@ -380,3 +380,77 @@ def test_a_worker_error_is_raised_for_the_member_it_stopped_at(tmp_path):
     t.file("after", b"z")
     with pytest.raises(InvalidInput, match="huge-uid"):
         _apply_read_ahead(tmp_path, t.bytes())
+
+
+# ---------------------------------------------------------------------- early flush
+# A layer read ahead (layer_import's) is flushed to disk while it is applied: an
+# EarlyFlush worker runs syncfs each EVERY bytes of files.  Only when the flush
+# happens changes: the tree, the digests and the record stay those of an inline apply.
+
+@pytest.fixture
+def flushes(monkeypatch):
+    """The flushes started, with EarlyFlush.EVERY at 64 KiB (a few per test layer)."""
+    from ansible_collections.strata.layers.plugins.module_utils import _apply
+    started = []
+
+    class Counted(_apply.EarlyFlush):
+        def start(self):
+            started.append(1)
+            super().start()
+    monkeypatch.setattr(Counted, "EVERY", 64 << 10)
+    monkeypatch.setattr(_apply, "EarlyFlush", Counted)
+    return started
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_early_flushes_change_nothing_but_when_data_reaches_the_disk(tmp_path, mode, flushes):
+    data = _big_files_layer()
+    inline = apply(tmp_path, data, mode)
+    assert not flushes, "a stream not read ahead is flushed by its caller only"
+    before = len(os.listdir("/proc/self/fd"))
+    ahead = _apply_read_ahead(tmp_path, data, mode)
+    assert ahead == inline
+    assert _tree(tmp_path / "ahead") == _tree(tmp_path / "root")
+    assert reemit(tmp_path, "ahead") == data
+    assert len(flushes) >= 4, "one start for each 64 KiB of files"
+    assert len(os.listdir("/proc/self/fd")) == before, "the worker's descriptor is closed"
+    assert not [t for t in __import__("threading").enumerate()
+                if t.name == "strata-early-flush"], "the worker has ended"
+
+
+def test_a_failed_early_flush_fails_the_apply(tmp_path, monkeypatch, flushes):
+    # a writeback error is reported once by syncfs: the worker's must not be lost.  The
+    # kernel cannot be made to fail a writeback here, so the call itself fails
+    import ctypes
+    import errno
+    from ansible_collections.strata.layers.plugins.module_utils import _apply
+    from ansible_collections.strata.layers.plugins.module_utils._errors import StoreError
+
+    class Failing(_apply.EarlyFlush):
+        def __init__(self, root_fd):
+            super().__init__(root_fd)
+            self._syncfs = lambda fd: (ctypes.set_errno(errno.EIO), -1)[1]
+    monkeypatch.setattr(_apply, "EarlyFlush", Failing)
+    with pytest.raises(StoreError, match="writing the layer of test layer failed: "
+                                         "Input/output error"):
+        _apply_read_ahead(tmp_path, _big_files_layer())
+
+
+@pytest.mark.parametrize("compression", ["plain", "gzip"])
+def test_layer_import_flushes_early_and_keeps_its_result(tmp_path, store_root, busybox_tar,
+                                                         compression, flushes, monkeypatch):
+    # the module's own path: its streams are read ahead, so they take the early flushes
+    from ansible_collections.strata.layers.plugins.module_utils import _apply
+    from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import (
+        layer_import)
+    from tests.support.tars import write
+    monkeypatch.setattr(_apply.EarlyFlush, "EVERY", 4096)
+    with open(busybox_tar, "rb") as handle:
+        data = handle.read()
+    src = write(tmp_path / "layer", data, compression)
+    result = layer_import({"data_root": store_root, "src": str(src)})
+    assert result["changed"]
+    assert result["layers"][0]["diff_id"] == "sha256:" + hashlib.sha256(data).hexdigest()
+    assert flushes, "the import flushed while it applied"
+    again = layer_import({"data_root": store_root, "src": str(src)})
+    assert not again["changed"]
