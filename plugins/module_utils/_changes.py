@@ -193,6 +193,20 @@ class _Listing(NamedTuple):
     there: FrozenSet[bytes] = frozenset()
 
 
+# directories the size walk keeps open at once (the deepest trees the applier accepts
+# are ~2000 levels, past a process's usual 1024 descriptors)
+_FD_DEPTH = 64
+
+
+class _Open(NamedTuple):
+    """A directory of ``TreeDiff.size``'s walk: ``fd`` (None past ``_FD_DEPTH``) and
+    its subdirectories not walked yet, each with whether the image has one there."""
+
+    rel: bytes
+    fd: Optional[int]
+    below: Iterator[Tuple[bytes, bool]]
+
+
 class UpperDiff:
     """Native diff of an overlay upper directory.
 
@@ -292,6 +306,7 @@ class BaseTree:
         self.root = None if root is None else os.fsencode(root)
         self.keep = keep
         self._dirs: Dict[bytes, Optional[Dict[bytes, os.stat_result]]] = {}
+        self._named: Dict[bytes, Optional[Dict[str, os.stat_result]]] = {}
         self._xattrs: Dict[bytes, Dict[str, bytes]] = {}
         self._links: Dict[bytes, bytes] = {}
 
@@ -307,6 +322,18 @@ class BaseTree:
         found = None if self.root is None else self._read(rel)
         if self.keep:
             self._dirs[rel] = found
+        return found
+
+    def named(self, rel: bytes) -> Optional[Dict[str, os.stat_result]]:
+        """``entries(rel)`` keyed by the names as ``os.scandir`` of a descriptor gives
+        them (str)."""
+        if rel in self._named:
+            return self._named[rel]
+        found = self.entries(rel)
+        if found is not None:
+            found = {os.fsdecode(name): st for name, st in found.items()}
+        if self.keep:
+            self._named[rel] = found
         return found
 
     def _read(self, rel: bytes) -> Optional[Dict[bytes, os.stat_result]]:
@@ -364,34 +391,86 @@ class TreeDiff:
     def size(self) -> int:
         """The bytes ``_changes`` would count, found in any order: unsorted, no parents
         kept, a directory's own attributes never compared (a directory counts 0 bytes
-        whether changed or not; only the entries below it can count)."""
+        whether changed or not; only the entries below it can count).
+
+        Walked by directory descriptors (each entry an ``fstatat`` of its name in its
+        open directory, not an ``lstat`` of a path the kernel resolves from the root
+        again): the first ``_FD_DEPTH`` levels stay open while their subdirectories are
+        walked, deeper ones are opened from the deepest open one."""
         emitter = _Emitter(self.root)
-        stack = [(b"", True)]
-        while stack:
-            rel, compare = stack.pop()
-            olds = self.base_tree.entries(rel) if compare else None
-            stack.extend(self._count_dir(emitter, rel, olds or {}))
+        stack: List[_Open] = []
+        try:
+            self._enter(emitter, stack, b"", True)
+            while stack:
+                top = stack[-1]
+                child = next(top.below, None)
+                if child is None:
+                    stack.pop()
+                    if top.fd is not None:
+                        os.close(top.fd)
+                    continue
+                self._enter(emitter, stack, _join(top.rel, child[0]), child[1])
+        finally:
+            for level in stack:
+                if level.fd is not None:
+                    os.close(level.fd)
         self.allocated, self.linked = emitter.allocated, emitter.linked
         return emitter.size
 
-    def _count_dir(self, emitter: _Emitter, rel: bytes, olds: Dict[bytes, os.stat_result]
-                   ) -> List[Tuple[bytes, bool]]:
-        """Count directory ``rel``'s changed files; its subdirectories, each with whether
-        the image has a directory there to compare with."""
+    def _enter(self, emitter: _Emitter, stack: List["_Open"], rel: bytes,
+               compare: bool) -> None:
+        """Count directory ``rel`` (its parent on top of ``stack``) and push it, open
+        while its subdirectories are walked unless ``stack`` is ``_FD_DEPTH`` deep."""
+        if stack:
+            anchor = stack[min(len(stack), _FD_DEPTH) - 1]
+            fd = os.open(rel[len(anchor.rel) + 1:] if anchor.rel else rel, _DIR_FLAGS,
+                         dir_fd=anchor.fd)
+        else:  # the container's root itself may be reached through a link, as before
+            fd = os.open(emitter.root, _DIR_FLAGS & ~os.O_NOFOLLOW)
+        try:
+            olds = self.base_tree.named(rel) if compare else None
+            below = self._count_dir(emitter, rel, fd, olds or {})
+            if len(stack) >= _FD_DEPTH:
+                os.close(fd)
+                fd = None
+        except BaseException:
+            os.close(fd)
+            raise
+        stack.append(_Open(rel, fd, iter(below)))
+
+    def _count_dir(self, emitter: _Emitter, rel: bytes, fd: int,
+                   olds: Dict[str, os.stat_result]) -> List[Tuple[bytes, bool]]:
+        """Count the changed files of directory ``rel`` (open as ``fd``); its
+        subdirectories' names, each with whether the image has a directory there to
+        compare with. (``emitter.allocate`` and ``_stat_differs`` written out: this
+        loop runs once per file of every copy.)"""
         below = []
         prefix = rel + b"/" if rel else b""
-        with os.scandir(emitter.full(rel)) as entries:
+        linked, isdir, isreg = emitter.linked, stat.S_ISDIR, stat.S_ISREG
+        blocks = 0
+        with os.scandir(fd) as entries:  # names as str: an fd has no bytes path
             for entry in entries:
-                st = entry.stat(follow_symlinks=False)
-                emitter.allocate(st)
+                st = entry.stat(follow_symlinks=False)  # fstatat(fd, name)
+                if st.st_nlink > 1:
+                    key = (st.st_dev, st.st_ino)
+                    if key not in linked:
+                        linked.add(key)
+                        blocks += st.st_blocks
+                else:
+                    blocks += st.st_blocks
                 old = olds.get(entry.name)
-                if stat.S_ISDIR(st.st_mode):
-                    below.append((prefix + entry.name,
-                                  old is not None and stat.S_ISDIR(old.st_mode)))
-                elif old is None or _stat_differs(old, st) or (
-                        not stat.S_ISREG(st.st_mode)
-                        and _differs(old, st, entry.path, self.base_tree, prefix + entry.name)):
+                if isdir(st.st_mode):
+                    below.append((os.fsencode(entry.name),
+                                  old is not None and isdir(old.st_mode)))
+                elif (old is None or old.st_mtime_ns != st.st_mtime_ns
+                      or old.st_size != st.st_size or old.st_mode != st.st_mode
+                      or old.st_uid != st.st_uid or old.st_gid != st.st_gid):
                     emitter.count(st)
+                elif not isreg(st.st_mode):
+                    name = prefix + os.fsencode(entry.name)
+                    if _differs(old, st, emitter.full(name), self.base_tree, name):
+                        emitter.count(st)
+        emitter.allocated += blocks * 512
         return below
 
     def tar(self) -> Iterator[bytes]:
