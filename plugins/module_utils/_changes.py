@@ -26,6 +26,7 @@ from ansible_collections.strata.layers.plugins.module_utils import _files as fil
 from ansible_collections.strata.layers.plugins.module_utils._copytree import Shadow
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     InvalidInput, StoreError, Unsupported)
+from ansible_collections.strata.layers.plugins.module_utils._fsinfo import walk_dirs
 from ansible_collections.strata.layers.plugins.module_utils._tarformat import (
     BLKTYPE, CHRTYPE, DIRTYPE, FIFOTYPE, LNKTYPE, REGTYPE, SYMTYPE, encode_header, end_of_archive,
     padding)
@@ -191,20 +192,6 @@ class _Listing(NamedTuple):
     names: Iterator[bytes]
     here: FrozenSet[bytes] = frozenset()
     there: FrozenSet[bytes] = frozenset()
-
-
-# directories the size walk keeps open at once (the deepest trees the applier accepts
-# are ~2000 levels, past a process's usual 1024 descriptors)
-_FD_DEPTH = 64
-
-
-class _Open(NamedTuple):
-    """A directory of ``TreeDiff.size``'s walk: ``fd`` (None past ``_FD_DEPTH``) and
-    its subdirectories not walked yet, each with whether the image has one there."""
-
-    rel: bytes
-    fd: Optional[int]
-    below: Iterator[Tuple[bytes, bool]]
 
 
 class UpperDiff:
@@ -393,50 +380,18 @@ class TreeDiff:
         kept, a directory's own attributes never compared (a directory counts 0 bytes
         whether changed or not; only the entries below it can count).
 
-        Walked by directory descriptors (each entry an ``fstatat`` of its name in its
-        open directory, not an ``lstat`` of a path the kernel resolves from the root
-        again): the first ``_FD_DEPTH`` levels stay open while their subdirectories are
-        walked, deeper ones are opened from the deepest open one."""
+        Walked by directory descriptors (``walk_dirs``): each entry an ``fstatat`` of its
+        name in its open directory, not an ``lstat`` of a path the kernel resolves from
+        the root again."""
         emitter = _Emitter(self.root)
-        stack: List[_Open] = []
-        try:
-            self._enter(emitter, stack, b"", True)
-            while stack:
-                top = stack[-1]
-                child = next(top.below, None)
-                if child is None:
-                    stack.pop()
-                    if top.fd is not None:
-                        os.close(top.fd)
-                    continue
-                self._enter(emitter, stack, _join(top.rel, child[0]), child[1])
-        finally:
-            for level in stack:
-                if level.fd is not None:
-                    os.close(level.fd)
+
+        def visit(rel: bytes, fd: int, compare: bool) -> List[Tuple[bytes, bool]]:
+            olds = self.base_tree.named(rel) if compare else None
+            return self._count_dir(emitter, rel, fd, olds or {})
+
+        walk_dirs(emitter.root, visit, data=True)
         self.allocated, self.linked = emitter.allocated, emitter.linked
         return emitter.size
-
-    def _enter(self, emitter: _Emitter, stack: List["_Open"], rel: bytes,
-               compare: bool) -> None:
-        """Count directory ``rel`` (its parent on top of ``stack``) and push it, open
-        while its subdirectories are walked unless ``stack`` is ``_FD_DEPTH`` deep."""
-        if stack:
-            anchor = stack[min(len(stack), _FD_DEPTH) - 1]
-            fd = os.open(rel[len(anchor.rel) + 1:] if anchor.rel else rel, _DIR_FLAGS,
-                         dir_fd=anchor.fd)
-        else:  # the container's root itself may be reached through a link, as before
-            fd = os.open(emitter.root, _DIR_FLAGS & ~os.O_NOFOLLOW)
-        try:
-            olds = self.base_tree.named(rel) if compare else None
-            below = self._count_dir(emitter, rel, fd, olds or {})
-            if len(stack) >= _FD_DEPTH:
-                os.close(fd)
-                fd = None
-        except BaseException:
-            os.close(fd)
-            raise
-        stack.append(_Open(rel, fd, iter(below)))
 
     def _count_dir(self, emitter: _Emitter, rel: bytes, fd: int,
                    olds: Dict[str, os.stat_result]) -> List[Tuple[bytes, bool]]:

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from ansible_collections.strata.layers.plugins.module_utils import _changes
+from ansible_collections.strata.layers.plugins.module_utils import _fsinfo
 from ansible_collections.strata.layers.plugins.module_utils._changes import (
     BaseTree, TreeDiff, _Emitter)
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import allocated_bytes
@@ -77,10 +77,10 @@ def test_size_with_a_shared_base_tree_is_the_same(trees):
 
 
 def test_size_walks_deeper_than_the_descriptors_it_keeps_open(tmp_path):
-    """Past ``_FD_DEPTH`` levels the walk opens each directory from the deepest one
+    """Past ``OPEN_LEVELS`` levels the walk opens each directory from the deepest one
     still open: at most that many descriptors, and the same count."""
     base, root = str(tmp_path / "base"), str(tmp_path / "root")
-    deep = os.path.join(*["d"] * (_changes._FD_DEPTH * 2 + 5))
+    deep = os.path.join(*["d"] * (_fsinfo.OPEN_LEVELS * 2 + 5))
     os.makedirs(os.path.join(base, deep))
     _write(os.path.join(base, deep, "old"), b"o")
     _copy(base, root)
