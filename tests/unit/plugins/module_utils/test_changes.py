@@ -72,7 +72,7 @@ def test_size_with_a_shared_base_tree_is_the_same(trees):
     """The base read once for several containers (``keep``) gives each the same size."""
     base, root = trees
     shared = BaseTree(base, keep=True)
-    assert [TreeDiff(base, root, base_tree=shared).size() for _ in range(2)] == [1093, 1093]
+    assert [TreeDiff(base, root, base_tree=shared).size() for _run in range(2)] == [1093, 1093]
     assert TreeDiff(base, base, base_tree=shared).size() == 0
 
 
