@@ -311,6 +311,26 @@ class BaseTree:
             self._dirs[rel] = found
         return found
 
+    def allocated(self) -> Optional[Tuple[int, Set[Tuple[int, int]]]]:
+        """What the base allocates below its root, as ``allocated_bytes`` counts it
+        (hardlinks once), with its inodes of several links: from the directories read,
+        when every one was (kept, the root and each subdirectory of a read directory);
+        else None. A diff base is a layer or an init layer, unchanged under the lock."""
+        if not self.keep or self._dirs.get(b"") is None:
+            return None
+        total, linked = 0, set()
+        for rel, found in self._dirs.items():
+            for name, st in (found or {}).items():
+                if stat.S_ISDIR(st.st_mode) and _join(rel, name) not in self._dirs:
+                    return None
+                if st.st_nlink > 1:
+                    key = (st.st_dev, st.st_ino)
+                    if key in linked:
+                        continue
+                    linked.add(key)
+                total += st.st_blocks * 512
+        return total, linked
+
     def named(self, rel: bytes) -> Optional[Dict[str, os.stat_result]]:
         """``entries(rel)`` keyed by the names as ``os.scandir`` of a descriptor gives
         them (str)."""
@@ -324,15 +344,25 @@ class BaseTree:
         return found
 
     def _read(self, rel: bytes) -> Optional[Dict[bytes, os.stat_result]]:
+        """One open of the directory (a link followed, as ``isdir`` would), each entry
+        an ``fstatat`` of its name in it rather than an ``lstat`` of its full path."""
         path = self.path(rel)
-        if not os.path.isdir(path):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            if os.path.isdir(path):
+                raise
             return None
         found = {}
-        for name in os.listdir(path):
-            try:
-                found[name] = os.lstat(path + b"/" + name)
-            except FileNotFoundError:
-                continue
+        try:
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    try:
+                        found[os.fsencode(entry.name)] = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+        finally:
+            os.close(fd)
         return found
 
     def xattrs(self, rel: bytes) -> Dict[str, bytes]:

@@ -112,3 +112,19 @@ def test_size_closes_every_descriptor_when_the_walk_fails(tmp_path):
     with pytest.raises(OSError, match="stand-in failure"):
         TreeDiff(base, root, base_tree=_FailingBase(base)).size()
     assert _open_fds() == before
+
+
+def test_a_base_read_whole_allocates_what_allocated_bytes_finds(trees):
+    """``BaseTree.allocated``: from the directories the size walk read, when it read them
+    all; a base with a directory the container removed (not read) has no figure."""
+    base, root = trees
+    shared = BaseTree(base, keep=True)
+    TreeDiff(base, root, base_tree=shared).size()
+    allocated, linked = shared.allocated()
+    assert allocated == allocated_bytes(base)
+    assert all(os.lstat(base).st_dev == dev for dev, _ino in linked)
+    assert BaseTree(base).allocated() is None  # nothing kept: nothing to give
+    shutil.rmtree(os.path.join(root, "dir", "sub"))
+    partial = BaseTree(base, keep=True)
+    TreeDiff(base, root, base_tree=partial).size()
+    assert partial.allocated() is None
