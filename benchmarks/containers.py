@@ -76,15 +76,16 @@ class Ours:
         engine("_ops.layer_import").layer_import({"data_root": self.root, "src": self.archive})
         syncfs(self.out)
 
-    def create_all(self, count: int) -> List[float]:
-        """``count`` creates under one exclusive store open."""
+    def create_all(self, count: int, init: Optional[List[str]] = None) -> List[float]:
+        """``count`` creates under one exclusive store open (``init``: each with an init
+        layer holding these entries, as the ``container`` module makes them)."""
         store = self.store_mod.Store(self.root)
         times = []
         with store.write("bench"):
             image = store.images.get(store.images.resolve(IMAGE))
             for index in range(count):
                 start = time.perf_counter()
-                self.mod.create(store, "c%d" % index, image)
+                self.mod.create(store, "c%d" % index, image, init=init)
                 times.append(time.perf_counter() - start)
         return times
 

@@ -6,7 +6,8 @@
 
 ``make``: a store in DIR with COUNT fresh containers on the image of
 ``benchmarks/containers.py`` (busybox + /usr/share/perl), left there for the runs (remove
-DIR afterwards).  ``run``: ``store_info`` with sizes (``--no-sizes``: ``sizes: false``), once, importing the collection from
+DIR afterwards); ``--init``: each with an init layer, as the ``container`` module creates
+one.  ``run``: ``store_info`` with sizes (``--no-sizes``: ``sizes: false``), once, importing the collection from
 ``--tree`` (a checkout with ``.collections/`` made by ``scripts/setup``; default this
 one), so two commits can be timed on one store.
 """
@@ -23,7 +24,8 @@ def make(args: argparse.Namespace) -> None:
     image = containers.build_image(args.dir, args.dir)
     ours = containers.Ours(args.dir, args.driver, str(image["archive"]))
     ours.fresh()
-    ours.create_all(args.count)
+    init = list(containers.engine("_runtime_spec").INIT_ENTRIES) if args.init else None
+    ours.create_all(args.count, init)
     print(ours.root)
 
 
@@ -42,6 +44,10 @@ def main() -> int:
     made.add_argument("dir")
     made.add_argument("--driver", default="vfs")
     made.add_argument("--count", type=int, default=100)
+    made.add_argument("--init", action="store_true",
+                      help="each container with an init layer, as the container module makes "
+                           "it (a default run's entries): vfs then compares each copy with its "
+                           "own init copy")
     ran = sub.add_parser("run")
     ran.add_argument("store")
     ran.add_argument("--no-sizes", action="store_true", help="sizes: false")

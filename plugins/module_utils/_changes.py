@@ -26,6 +26,7 @@ from ansible_collections.strata.layers.plugins.module_utils import _files as fil
 from ansible_collections.strata.layers.plugins.module_utils._copytree import Shadow
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     InvalidInput, StoreError, Unsupported)
+from ansible_collections.strata.layers.plugins.module_utils._fsinfo import walk_dirs
 from ansible_collections.strata.layers.plugins.module_utils._tarformat import (
     BLKTYPE, CHRTYPE, DIRTYPE, FIFOTYPE, LNKTYPE, REGTYPE, SYMTYPE, encode_header, end_of_archive,
     padding)
@@ -292,6 +293,7 @@ class BaseTree:
         self.root = None if root is None else os.fsencode(root)
         self.keep = keep
         self._dirs: Dict[bytes, Optional[Dict[bytes, os.stat_result]]] = {}
+        self._named: Dict[bytes, Optional[Dict[str, os.stat_result]]] = {}
         self._xattrs: Dict[bytes, Dict[str, bytes]] = {}
         self._links: Dict[bytes, bytes] = {}
 
@@ -309,16 +311,58 @@ class BaseTree:
             self._dirs[rel] = found
         return found
 
+    def allocated(self) -> Optional[Tuple[int, Set[Tuple[int, int]]]]:
+        """What the base allocates below its root, as ``allocated_bytes`` counts it
+        (hardlinks once), with its inodes of several links: from the directories read,
+        when every one was (kept, the root and each subdirectory of a read directory);
+        else None. A diff base is a layer or an init layer, unchanged under the lock."""
+        if not self.keep or self._dirs.get(b"") is None:
+            return None
+        total, linked = 0, set()
+        for rel, found in self._dirs.items():
+            for name, st in (found or {}).items():
+                if stat.S_ISDIR(st.st_mode) and _join(rel, name) not in self._dirs:
+                    return None
+                if st.st_nlink > 1:
+                    key = (st.st_dev, st.st_ino)
+                    if key in linked:
+                        continue
+                    linked.add(key)
+                total += st.st_blocks * 512
+        return total, linked
+
+    def named(self, rel: bytes) -> Optional[Dict[str, os.stat_result]]:
+        """``entries(rel)`` keyed by the names as ``os.scandir`` of a descriptor gives
+        them (str)."""
+        if rel in self._named:
+            return self._named[rel]
+        found = self.entries(rel)
+        if found is not None:
+            found = {os.fsdecode(name): st for name, st in found.items()}
+        if self.keep:
+            self._named[rel] = found
+        return found
+
     def _read(self, rel: bytes) -> Optional[Dict[bytes, os.stat_result]]:
+        """One open of the directory (a link followed, as ``isdir`` would), each entry
+        an ``fstatat`` of its name in it rather than an ``lstat`` of its full path."""
         path = self.path(rel)
-        if not os.path.isdir(path):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            if os.path.isdir(path):
+                raise
             return None
         found = {}
-        for name in os.listdir(path):
-            try:
-                found[name] = os.lstat(path + b"/" + name)
-            except FileNotFoundError:
-                continue
+        try:
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    try:
+                        found[os.fsencode(entry.name)] = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+        finally:
+            os.close(fd)
         return found
 
     def xattrs(self, rel: bytes) -> Dict[str, bytes]:
@@ -364,34 +408,54 @@ class TreeDiff:
     def size(self) -> int:
         """The bytes ``_changes`` would count, found in any order: unsorted, no parents
         kept, a directory's own attributes never compared (a directory counts 0 bytes
-        whether changed or not; only the entries below it can count)."""
+        whether changed or not; only the entries below it can count).
+
+        Walked by directory descriptors (``walk_dirs``): each entry an ``fstatat`` of its
+        name in its open directory, not an ``lstat`` of a path the kernel resolves from
+        the root again."""
         emitter = _Emitter(self.root)
-        stack = [(b"", True)]
-        while stack:
-            rel, compare = stack.pop()
-            olds = self.base_tree.entries(rel) if compare else None
-            stack.extend(self._count_dir(emitter, rel, olds or {}))
+
+        def visit(rel: bytes, fd: int, compare: bool) -> List[Tuple[bytes, bool]]:
+            olds = self.base_tree.named(rel) if compare else None
+            return self._count_dir(emitter, rel, fd, olds or {})
+
+        walk_dirs(emitter.root, visit, data=True)
         self.allocated, self.linked = emitter.allocated, emitter.linked
         return emitter.size
 
-    def _count_dir(self, emitter: _Emitter, rel: bytes, olds: Dict[bytes, os.stat_result]
-                   ) -> List[Tuple[bytes, bool]]:
-        """Count directory ``rel``'s changed files; its subdirectories, each with whether
-        the image has a directory there to compare with."""
+    def _count_dir(self, emitter: _Emitter, rel: bytes, fd: int,
+                   olds: Dict[str, os.stat_result]) -> List[Tuple[bytes, bool]]:
+        """Count the changed files of directory ``rel`` (open as ``fd``); its
+        subdirectories' names, each with whether the image has a directory there to
+        compare with. (``emitter.allocate`` and ``_stat_differs`` written out: this
+        loop runs once per file of every copy.)"""
         below = []
         prefix = rel + b"/" if rel else b""
-        with os.scandir(emitter.full(rel)) as entries:
+        linked, isdir, isreg = emitter.linked, stat.S_ISDIR, stat.S_ISREG
+        blocks = 0
+        with os.scandir(fd) as entries:  # names as str: an fd has no bytes path
             for entry in entries:
-                st = entry.stat(follow_symlinks=False)
-                emitter.allocate(st)
+                st = entry.stat(follow_symlinks=False)  # fstatat(fd, name)
+                if st.st_nlink > 1:
+                    key = (st.st_dev, st.st_ino)
+                    if key not in linked:
+                        linked.add(key)
+                        blocks += st.st_blocks
+                else:
+                    blocks += st.st_blocks
                 old = olds.get(entry.name)
-                if stat.S_ISDIR(st.st_mode):
-                    below.append((prefix + entry.name,
-                                  old is not None and stat.S_ISDIR(old.st_mode)))
-                elif old is None or _stat_differs(old, st) or (
-                        not stat.S_ISREG(st.st_mode)
-                        and _differs(old, st, entry.path, self.base_tree, prefix + entry.name)):
+                if isdir(st.st_mode):
+                    below.append((os.fsencode(entry.name),
+                                  old is not None and isdir(old.st_mode)))
+                elif (old is None or old.st_mtime_ns != st.st_mtime_ns
+                      or old.st_size != st.st_size or old.st_mode != st.st_mode
+                      or old.st_uid != st.st_uid or old.st_gid != st.st_gid):
                     emitter.count(st)
+                elif not isreg(st.st_mode):
+                    name = prefix + os.fsencode(entry.name)
+                    if _differs(old, st, emitter.full(name), self.base_tree, name):
+                        emitter.count(st)
+        emitter.allocated += blocks * 512
         return below
 
     def tar(self) -> Iterator[bytes]:

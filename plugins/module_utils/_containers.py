@@ -185,7 +185,8 @@ class Sizing:
     size 0 without a walk (btrfs); ``same``: the roots it found so, with their base,
     which ``on_disk`` counts as allocating what the base does instead of walking them;
     ``walked``: the roots walked for their size, with what the walk saw them allocate
-    (and their inodes with several links), which ``on_disk`` takes as they are."""
+    (and their inodes with several links), which ``on_disk`` takes as they are, as it
+    takes what a base read whole allocates (``BaseTree.allocated``)."""
 
     def __init__(self, store: Store, shared: bool = True) -> None:
         self.bases: Optional[Dict[str, BaseTree]] = {} if shared else None
@@ -218,6 +219,11 @@ class Sizing:
             if not inodes & linked:  # else an inode linked into two copies: walk this one
                 known[root] = (allocated, inodes)
                 linked |= inodes
+        for base, tree in (self.bases or {}).items():
+            read = tree.allocated()  # a base the size walks read whole (an init layer)
+            if read is not None and not read[1] & linked:
+                known[os.path.realpath(base)] = read
+                linked |= read[1]
         for root, base in self.same.items():
             if base not in below:
                 below[base] = allocated_bytes(base)

@@ -10,10 +10,11 @@ All of it is standard library (ctypes) so modules run on bare managed hosts.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import stat
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple, TypeVar
 
 from ansible_collections.strata.layers.plugins.module_utils._atomic import libc
 
@@ -212,6 +213,76 @@ def free_bytes(path: str) -> int:
     return st.f_bavail * st.f_frsize
 
 
+# directories a walk by descriptors keeps open at once: the deepest trees the applier
+# accepts are ~2000 levels, past a process's usual 1024 descriptors
+OPEN_LEVELS = 64
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+AnyPath = TypeVar("AnyPath", str, bytes)
+# what a walk that tolerates a tree changing under it skips, as ``os.scandir`` did: gone,
+# unreadable, no longer a directory (a symlink now: ``O_NOFOLLOW``)
+_GONE = (errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.ELOOP)
+
+
+def walk_dirs(top: AnyPath, visit: "Callable[[AnyPath, int, Any], List[Tuple[AnyPath, Any]]]",
+              data: Any = None, tolerant: bool = False) -> None:
+    """Walk the tree at ``top`` by directory descriptors: ``visit(rel, fd, data)`` reads
+    directory ``rel`` (relative to ``top``, ``fd`` open on it; ``data``: what its
+    parent's visit gave with its name, for ``top`` the argument) and returns the
+    subdirectories to walk as ``(name, data)`` pairs, names in the type of ``top``.
+    Each entry can then be read with ``fstatat`` of its name (``os.scandir(fd)``)
+    instead of an ``lstat`` of a path the kernel resolves from ``/`` again. ``top`` is
+    opened following a link; nothing below it is.
+
+    The first ``OPEN_LEVELS`` levels stay open while their subdirectories are walked,
+    deeper ones are opened from the deepest open one; every descriptor is closed, on
+    errors too. ``tolerant``: a directory that cannot be opened (gone, no longer one,
+    unreadable) is skipped, as is ``top``; else the error is raised."""
+    sep = b"/" if isinstance(top, bytes) else "/"
+    levels: List[Tuple[AnyPath, Optional[int], Iterator[Tuple[AnyPath, Any]]]] = []
+    try:
+        _walk_into(levels, top, top[:0], data, visit, tolerant)
+        while levels:
+            rel, fd, below = levels[-1]
+            child = next(below, None)
+            if child is None:
+                levels.pop()
+                if fd is not None:
+                    os.close(fd)
+                continue
+            name, given = child
+            _walk_into(levels, top, rel + sep + name if rel else name, given, visit, tolerant)
+    finally:
+        for _rel, fd, _below in levels:
+            if fd is not None:
+                os.close(fd)
+
+
+def _walk_into(levels: list, top: AnyPath, rel: AnyPath, data: Any, visit: Callable,
+               tolerant: bool) -> None:
+    """Open directory ``rel`` (below the deepest open level), visit it, and push it:
+    open while its subdirectories are walked unless ``OPEN_LEVELS`` are open already."""
+    try:
+        if levels:
+            anchor, at, _below = levels[min(len(levels), OPEN_LEVELS) - 1]
+            fd = os.open(rel[len(anchor) + 1:] if anchor else rel, _DIR_FLAGS, dir_fd=at)
+        else:
+            fd = os.open(top, _DIR_FLAGS & ~os.O_NOFOLLOW)
+    except OSError as exc:
+        if tolerant and exc.errno in _GONE:
+            return
+        raise
+    kept: Optional[int] = fd
+    try:
+        below = visit(rel, fd, data)
+        if len(levels) >= OPEN_LEVELS:
+            kept = None
+            os.close(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    levels.append((rel, kept, iter(below)))
+
+
 def allocated_bytes(root: str,
                     known: Optional[Dict[str, Tuple[int, Set[Tuple[int, int]]]]] = None) -> int:
     """Bytes allocated under ``root`` (hardlinks once; mounts below it skipped).
@@ -221,8 +292,9 @@ def allocated_bytes(root: str,
     whose contents the caller already measured, with the inodes of several links among
     them: their bytes are taken as given and those inodes are not counted again if
     linked elsewhere too; such a directory with something mounted below it is walked.
+    Walked by descriptors (``walk_dirs``); what vanishes or turns unreadable meanwhile
+    is left out.
     """
-    total = 0
     seen: Set[Tuple[int, int]] = set()
     if not os.path.lexists(root):
         return 0
@@ -232,19 +304,42 @@ def allocated_bytes(root: str,
         if not any(m == path or m.startswith(path + "/") for m in skip):
             sizes[path] = size
             seen |= linked
-    stack = [os.path.realpath(root)]
-    while stack:
-        path = stack.pop()
-        try:
-            entries = list(os.scandir(path))
-        except (FileNotFoundError, PermissionError, NotADirectoryError):
-            continue
+    top = os.path.realpath(root)
+    prefix = top.rstrip("/") + "/"
+    skipped, given = _by_parent(dict.fromkeys(skip, 0)), _by_parent(sizes)
+    total = [0]
+
+    def visit(rel: str, fd: int, _data: Any) -> List[Tuple[str, Any]]:
+        here = prefix + rel if rel else top
+        below: List[Tuple[str, Any]] = []
+        total[0] += _allocated_in(fd, seen, skipped.get(here, {}), given.get(here, {}), below)
+        return below
+
+    walk_dirs(top, visit, tolerant=True)
+    return total[0]
+
+
+def _by_parent(paths: Dict[str, int]) -> Dict[str, Dict[str, int]]:
+    """``{"/a/b": n}`` as ``{"/a": {"b": n}}``."""
+    out: Dict[str, Dict[str, int]] = {}
+    for path, value in paths.items():
+        parent, _sep, name = path.rpartition("/")
+        out.setdefault(parent or "/", {})[name] = value
+    return out
+
+
+def _allocated_in(fd: int, seen: Set[Tuple[int, int]], skipped: Dict[str, int],
+                  given: Dict[str, int], below: List[Tuple[str, Any]]) -> int:
+    """The bytes directory ``fd``'s entries allocate (a ``given`` one's contents as
+    given), its other subdirectories added to ``below``."""
+    total = 0
+    with os.scandir(fd) as entries:
         for entry in entries:
+            if entry.name in skipped:
+                continue
             try:
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
-                continue
-            if entry.path in skip:
                 continue
             if st.st_nlink > 1:
                 key = (st.st_dev, st.st_ino)
@@ -252,8 +347,8 @@ def allocated_bytes(root: str,
                     continue
                 seen.add(key)
             total += st.st_blocks * 512
-            if entry.path in sizes:
-                total += sizes[entry.path]
+            if entry.name in given:
+                total += given[entry.name]
             elif stat.S_ISDIR(st.st_mode):
-                stack.append(entry.path)
+                below.append((entry.name, None))
     return total

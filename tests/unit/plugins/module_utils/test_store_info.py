@@ -9,7 +9,7 @@ import pytest
 
 from ansible_collections.strata.layers.plugins.module_utils._changes import _Emitter
 from ansible_collections.strata.layers.plugins.module_utils._containers import (
-    ContainerDB, changes, image_chain)
+    ContainerDB, Sizing, changes, container_facts, create, image_chain)
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import allocated_bytes
 from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer import (
     container_layer)
@@ -17,6 +17,7 @@ from ansible_collections.strata.layers.plugins.module_utils._ops.store_info impo
 from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import layer_import
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
 from ansible_collections.strata.layers.plugins.module_utils._ops.storage_driver import storage_driver
+from ansible_collections.strata.layers.plugins.module_utils._runtime_spec import INIT_ENTRIES
 from ansible_collections.strata.layers.plugins.module_utils.drivers.btrfs import subvolume_info
 
 
@@ -169,3 +170,37 @@ def test_on_disk_takes_each_walked_container_once(store_root, busybox_tar, tmp_p
         assert full["disk_usage"]["on_disk"] == allocated_bytes(store_root)
     finally:
         subprocess.run(["umount", target], check=True)
+
+
+def test_on_disk_takes_each_init_layer_the_size_walk_read_whole(store_root, busybox_tar):
+    """vfs: containers as the ``container`` module makes them each compare with their own
+    init layer; ``on_disk`` takes what the size walk read of each (``BaseTree.allocated``)
+    instead of walking it again, and walks one whose container removed a directory (not
+    read whole). Sizes and ``on_disk`` are the walks' figures."""
+    storage_driver({"data_root": store_root, "driver": "vfs"})
+    layer_import({"data_root": store_root, "src": busybox_tar, "tag": ["base:1"]})
+    store = Store(store_root)
+    with store.write("test"):
+        image = store.images.get(store.images.resolve("base:1"))
+        for name in ("same", "added", "removed"):
+            create(store, name, image, init=list(INIT_ENTRIES))
+    with store.read():
+        roots = {r.name: store.driver.container_root(r.id) for r in ContainerDB(store_root).all()}
+        assert all(store.driver.has_init(r.id) for r in ContainerDB(store_root).all())
+    _write(os.path.join(roots["added"], "tmp", "new-file"), b"x" * 5000)
+    subprocess.run(["rm", "-rf", os.path.join(roots["removed"], "etc")], check=True)
+    full = store_info({"data_root": store_root})
+    sizes = {c["name"]: c["size"] for c in full["containers"]}
+    assert sizes["same"] == 0 and sizes["added"] == 5000 and sizes["removed"] == 0
+    assert full["disk_usage"]["on_disk"] == allocated_bytes(store_root)
+    with store.read():
+        sizing = Sizing(store)
+        container_facts(store, sizing=sizing)
+        read = {r.name: sizing.bases[store.driver.init_dir(r.id)].allocated()
+                for r in ContainerDB(store_root).all()}
+        for name in ("same", "added"):
+            init = store.driver.init_dir(next(r.id for r in ContainerDB(store_root).all()
+                                              if r.name == name))
+            assert read[name] is not None and read[name][0] == allocated_bytes(init), name
+        assert read["removed"] is None
+        assert sizing.on_disk(store) == allocated_bytes(store_root)

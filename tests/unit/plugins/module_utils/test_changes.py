@@ -1,0 +1,130 @@
+"""``TreeDiff.size``: the walk by directory descriptors counts what the ordered walk of the
+tar counts, allocates what ``allocated_bytes`` finds, and leaves no descriptor open."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from ansible_collections.strata.layers.plugins.module_utils import _fsinfo
+from ansible_collections.strata.layers.plugins.module_utils._changes import (
+    BaseTree, TreeDiff, _Emitter)
+from ansible_collections.strata.layers.plugins.module_utils._fsinfo import allocated_bytes
+
+
+def _write(path: str, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+
+
+def _ordered(diff: TreeDiff) -> int:
+    emitter = _Emitter(diff.root)
+    for _chunk in diff._changes(emitter, count_only=True):
+        pass
+    return emitter.size
+
+
+def _open_fds() -> set:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def _copy(base: str, root: str) -> None:
+    shutil.copytree(base, root, symlinks=True)  # copy2: times, modes and xattrs kept
+
+
+@pytest.fixture
+def trees(tmp_path):
+    """A base with names that are not UTF-8, a symlink, a link pair and a subtree; a
+    full copy of it (as vfs makes one) with some of each changed."""
+    base, root = str(tmp_path / "base"), str(tmp_path / "root")
+    os.makedirs(os.path.join(base, "dir", "sub"))
+    for name in (b"caf\xe9", b"same\xff", b"plain"):
+        _write(os.path.join(os.fsencode(base), b"dir", name), name * 10)
+    os.symlink("plain", os.path.join(base, "dir", "link"))
+    os.symlink("plain", os.path.join(base, "dir", "retargeted"))
+    _write(os.path.join(base, "dir", "sub", "kept"), b"k" * 300)
+    _copy(base, root)
+    raw = os.fsencode(root)
+    _write(os.path.join(raw, b"dir", b"caf\xe9"), b"changed, not UTF-8")       # 18 bytes
+    _write(os.path.join(raw, b"dir", b"new\xfe"), b"n" * 1000)                # 1000
+    os.unlink(os.path.join(root, "dir", "retargeted"))
+    os.symlink("other", os.path.join(root, "dir", "retargeted"))              # 5
+    st = os.lstat(os.path.join(base, "dir", "retargeted"))
+    os.utime(os.path.join(root, "dir", "retargeted"), ns=(st.st_atime_ns, st.st_mtime_ns),
+             follow_symlinks=False)  # same mtime and size: only its target differs
+    os.mkdir(os.path.join(root, "added"))
+    _write(os.path.join(root, "added", "one"), b"1" * 70)                     # 70
+    os.link(os.path.join(root, "added", "one"), os.path.join(root, "added", "two"))
+    return base, root
+
+
+def test_size_counts_what_the_ordered_walk_counts(trees):
+    base, root = trees
+    diff = TreeDiff(base, root)
+    before = _open_fds()
+    assert diff.size() == 18 + 1000 + 5 + 70 == _ordered(TreeDiff(base, root))
+    assert diff.allocated == allocated_bytes(root)
+    assert _open_fds() == before
+
+
+def test_size_with_a_shared_base_tree_is_the_same(trees):
+    """The base read once for several containers (``keep``) gives each the same size."""
+    base, root = trees
+    shared = BaseTree(base, keep=True)
+    assert [TreeDiff(base, root, base_tree=shared).size() for _run in range(2)] == [1093, 1093]
+    assert TreeDiff(base, base, base_tree=shared).size() == 0
+
+
+def test_size_walks_deeper_than_the_descriptors_it_keeps_open(tmp_path):
+    """Past ``OPEN_LEVELS`` levels the walk opens each directory from the deepest one
+    still open: at most that many descriptors, and the same count."""
+    base, root = str(tmp_path / "base"), str(tmp_path / "root")
+    deep = os.path.join(*["d"] * (_fsinfo.OPEN_LEVELS * 2 + 5))
+    os.makedirs(os.path.join(base, deep))
+    _write(os.path.join(base, deep, "old"), b"o")
+    _copy(base, root)
+    _write(os.path.join(root, deep, "new"), b"n" * 33)
+    _write(os.path.join(root, os.path.dirname(deep), "mid"), b"m" * 7)
+    before = _open_fds()
+    diff = TreeDiff(base, root)
+    assert diff.size() == 40 == _ordered(TreeDiff(base, root))
+    assert diff.allocated == allocated_bytes(root)
+    assert _open_fds() == before
+
+
+class _FailingBase(BaseTree):
+    """A stand-in base that fails at one directory: nothing on a real tree makes the walk
+    fail at a chosen depth as root (permissions do not stop it)."""
+
+    def named(self, rel):
+        if rel.count(b"/") == 20:
+            raise OSError(5, "stand-in failure", rel)
+        return super().named(rel)
+
+
+def test_size_closes_every_descriptor_when_the_walk_fails(tmp_path):
+    base, root = str(tmp_path / "base"), str(tmp_path / "root")
+    for branch in ("a", "b"):
+        os.makedirs(os.path.join(base, branch, *["d"] * 30))
+    _copy(base, root)
+    before = _open_fds()
+    with pytest.raises(OSError, match="stand-in failure"):
+        TreeDiff(base, root, base_tree=_FailingBase(base)).size()
+    assert _open_fds() == before
+
+
+def test_a_base_read_whole_allocates_what_allocated_bytes_finds(trees):
+    """``BaseTree.allocated``: from the directories the size walk read, when it read them
+    all; a base with a directory the container removed (not read) has no figure."""
+    base, root = trees
+    shared = BaseTree(base, keep=True)
+    TreeDiff(base, root, base_tree=shared).size()
+    allocated, linked = shared.allocated()
+    assert allocated == allocated_bytes(base)
+    assert all(os.lstat(base).st_dev == dev for dev, _ino in linked)
+    assert BaseTree(base).allocated() is None  # nothing kept: nothing to give
+    shutil.rmtree(os.path.join(root, "dir", "sub"))
+    partial = BaseTree(base, keep=True)
+    TreeDiff(base, root, base_tree=partial).size()
+    assert partial.allocated() is None

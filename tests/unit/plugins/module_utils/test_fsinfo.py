@@ -1,0 +1,107 @@
+"""``walk_dirs`` and ``allocated_bytes`` on it: the bytes ``du`` finds, hardlinks once, deep
+trees with a bounded number of descriptors, and every descriptor closed."""
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from ansible_collections.strata.layers.plugins.module_utils._fsinfo import (
+    OPEN_LEVELS, allocated_bytes, walk_dirs)
+
+
+def _write(path: str, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+
+
+def _open_fds() -> set:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def _du(root: str) -> int:
+    """``du``'s allocated bytes under ``root`` (its own directory left out, as
+    ``allocated_bytes`` leaves it out)."""
+    out = subprocess.run(["du", "-s", "-B1", root], check=True, capture_output=True).stdout
+    return int(out.split()[0]) - os.lstat(root).st_blocks * 512
+
+
+@pytest.fixture
+def tree(tmp_path):
+    root = str(tmp_path / "tree")
+    deep = os.path.join(root, *["d"] * (OPEN_LEVELS + 10))
+    os.makedirs(deep)
+    os.makedirs(os.path.join(root, "wide", "a"))
+    _write(os.path.join(deep, "bottom"), b"b" * 20000)
+    _write(os.path.join(root, "wide", "a", "data"), b"x" * 70000)
+    os.link(os.path.join(root, "wide", "a", "data"), os.path.join(root, "wide", "again"))
+    _write(os.fsencode(os.path.join(root, "wide")) + b"/caf\xe9", b"not UTF-8" * 1000)
+    os.symlink("a/data", os.path.join(root, "wide", "link"))
+    os.mkfifo(os.path.join(root, "wide", "fifo"))
+    return root
+
+
+def test_allocated_bytes_is_what_du_finds(tree):
+    before = _open_fds()
+    assert allocated_bytes(tree) == _du(tree) > 90000
+    assert _open_fds() == before
+
+
+def test_known_directories_are_taken_as_given(tree):
+    """A directory the caller measured counts its figure; an inode it lists is not
+    counted again elsewhere."""
+    wide = os.path.realpath(os.path.join(tree, "wide"))
+    data = os.lstat(os.path.join(wide, "a", "data"))
+    known = {os.path.join(wide, "a"): (12345, {(data.st_dev, data.st_ino)})}
+    # "wide/again" is the known inode: left out; "wide/a" counts 12345 for its contents
+    expected = _du(tree) - _du(os.path.join(wide, "a")) + 12345
+    assert allocated_bytes(tree, known) == expected
+
+
+def test_missing_or_not_a_directory_counts_nothing(tmp_path):
+    assert allocated_bytes(str(tmp_path / "absent")) == 0
+    _write(str(tmp_path / "file"), b"x" * 5000)
+    assert allocated_bytes(str(tmp_path / "file")) == 0
+
+
+def test_walk_dirs_bounds_the_descriptors_it_holds(tree):
+    """Each directory visited once, with its relative path; never more than
+    ``OPEN_LEVELS`` descriptors open (besides the one being read)."""
+    seen, most = [], [0]
+    before = len(_open_fds())
+
+    def visit(rel, fd, data):
+        seen.append((rel, data))
+        most[0] = max(most[0], len(_open_fds()) - before)
+        with os.scandir(fd) as entries:
+            return [(e.name, len(seen)) for e in entries if e.is_dir(follow_symlinks=False)]
+
+    walk_dirs(tree, visit, data="top")
+    walked = {rel for rel, _data in seen}
+    expected = {os.path.relpath(p, tree) if p != tree else ""
+                for p, _dirs, _files in os.walk(tree)}
+    assert walked == expected and len(seen) == len(expected)
+    assert seen[0] == ("", "top")
+    assert most[0] <= OPEN_LEVELS + 2  # the levels, the one visited, scandir's own
+    assert len(_open_fds()) == before
+
+
+def test_walk_dirs_closes_everything_when_a_visit_fails(tree):
+    before = _open_fds()
+
+    def visit(rel, fd, _data):
+        if rel.count("/") == OPEN_LEVELS + 3:
+            raise RuntimeError("visit failed")
+        with os.scandir(fd) as entries:
+            return [(e.name, None) for e in entries if e.is_dir(follow_symlinks=False)]
+
+    with pytest.raises(RuntimeError, match="visit failed"):
+        walk_dirs(tree, visit)
+    assert _open_fds() == before
+
+
+def test_walk_dirs_raises_for_a_missing_top_unless_tolerant(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        walk_dirs(str(tmp_path / "absent"), lambda rel, fd, data: [])
+    walk_dirs(str(tmp_path / "absent"), lambda rel, fd, data: [], tolerant=True)
