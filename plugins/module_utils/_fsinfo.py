@@ -264,7 +264,7 @@ def _walk_into(levels: list, top: AnyPath, rel: AnyPath, data: Any, visit: Calla
     try:
         if levels:
             anchor, at, _below = levels[min(len(levels), OPEN_LEVELS) - 1]
-            fd = os.open(rel[len(anchor) + 1:] if anchor else rel, _DIR_FLAGS, dir_fd=at)
+            fd = _open_below(at, rel[len(anchor) + 1:] if anchor else rel)
         else:
             fd = os.open(top, _DIR_FLAGS & ~os.O_NOFOLLOW)
     except OSError as exc:
@@ -281,6 +281,25 @@ def _walk_into(levels: list, top: AnyPath, rel: AnyPath, data: Any, visit: Calla
         os.close(fd)
         raise
     levels.append((rel, kept, iter(below)))
+
+
+def _open_below(at: int, rel: AnyPath) -> int:
+    """Open directory ``rel`` below descriptor ``at`` one component at a time, each with
+    ``O_NOFOLLOW``: a link swapped in for a directory of the path (a running container
+    can) fails the open (``ELOOP``/``ENOTDIR``) instead of leading the walk out."""
+    sep = b"/" if isinstance(rel, bytes) else "/"
+    fd = at
+    try:
+        for name in rel.split(sep):
+            opened = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            if fd != at:
+                os.close(fd)
+            fd = opened
+    except BaseException:
+        if fd != at:
+            os.close(fd)
+        raise
+    return fd
 
 
 def allocated_bytes(root: str,

@@ -2,7 +2,9 @@
 trees with a bounded number of descriptors, and every descriptor closed."""
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -105,3 +107,32 @@ def test_walk_dirs_raises_for_a_missing_top_unless_tolerant(tmp_path):
     with pytest.raises(FileNotFoundError):
         walk_dirs(str(tmp_path / "absent"), lambda rel, fd, data: [])
     walk_dirs(str(tmp_path / "absent"), lambda rel, fd, data: [], tolerant=True)
+
+
+def test_walk_dirs_never_follows_a_link_swapped_in_below_the_open_levels(tmp_path):
+    """Below ``OPEN_LEVELS`` a directory is opened from the deepest open one by a
+    relative path: a directory of that path turned into a link meanwhile (as a running
+    container can do to its own files) fails the open instead of leading outside."""
+    top = tmp_path / "top"
+    deep = os.path.join(str(top), *["d"] * (OPEN_LEVELS + 3))
+    os.makedirs(deep)
+    outside = tmp_path / "outside"
+    os.makedirs(os.path.join(str(outside), "d", "d", "d"))
+    _write(os.path.join(str(outside), "d", "d", "d", "secret"), b"s" * 9000)
+    swapped = os.path.join(str(top), *["d"] * OPEN_LEVELS)  # the first level not kept open
+    seen = []
+
+    def visit(rel, fd, _data):
+        if rel.count("/") == OPEN_LEVELS - 1:  # that level: closed once visited
+            shutil.rmtree(swapped)
+            os.symlink(str(outside / "d"), swapped)
+            return [("d", None)]
+        with os.scandir(fd) as listing:
+            entries = list(listing)
+        seen.extend(e.name for e in entries)
+        return [(e.name, None) for e in entries if e.is_dir(follow_symlinks=False)]
+
+    with pytest.raises(OSError) as info:
+        walk_dirs(str(top), visit)
+    assert info.value.errno in (errno.ELOOP, errno.ENOTDIR)
+    assert "secret" not in seen
