@@ -8,8 +8,14 @@ changed until the switch; everything new is built beside it:
 1. *materialise* every layer of ``image/<old>/layerdb``, parents first: a fresh
    cache-id in the new graph (``graph``), the layer's tar re-emitted from the old
    driver's files with its tar-split and applied by the collection's tar applier (the
-   stream must hash to the diff_id); then the tar is re-emitted again from the *new*
-   files and must hash to the diff_id.  Only then is its record (diff, parent, size,
+   stream must hash to the diff_id; where the filesystem clones, each new file is a
+   reflink clone of the old one and the stream reads the old file after the clone,
+   read ahead on a worker: ``tarsplit.Clones``, ``tarsplit.ReadAhead``); then the new
+   files must be the very clones at their recorded sizes (``tarsplit.same_files``),
+   else the tar is re-emitted again from the *new* files and must hash to the diff_id.
+   Directories the layer whites out on a full-copy or snapshot driver are moved aside
+   and deleted on a worker while it is applied (``trash``).
+   Only then is its record (diff, parent, size,
    tar-split.json.gz, the new cache-id) written to the staged layerdb
    (``<data_root>/strata-migrate/image/layerdb``) by one directory rename;
 2. every container: its ``-init`` layer and read-write layer are read as change tars
@@ -56,6 +62,8 @@ from ansible_collections.strata.layers.plugins.module_utils._errors import (
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import free_bytes
 from ansible_collections.strata.layers.plugins.module_utils._tarformat import ChunkReader
 from ansible_collections.strata.layers.plugins.module_utils._docker import tarsplit
+from ansible_collections.strata.layers.plugins.module_utils._docker.trash import (
+    Trash, layer_victims)
 from ansible_collections.strata.layers.plugins.module_utils._docker.graph import (
     Graph, graph, new_id)
 from ansible_collections.strata.layers.plugins.module_utils._docker.layout import (
@@ -64,6 +72,7 @@ from ansible_collections.strata.layers.plugins.module_utils._docker.layout impor
 WORK = "strata-migrate"
 SHADOW = "shadow-"  # Graph.shadow_dir's names in the work directory
 _METADATA_COPIED = ("imagedb", "distribution", "repositories.json")
+_READ_AHEAD = 64 << 20  # bytes of a layer's old files read ahead of the applier
 
 
 class Conversion:
@@ -78,6 +87,7 @@ class Conversion:
         self.work = os.path.join(data_root, WORK)
         self.staged = DriverMeta(self.work, "staged")  # <work>/image/staged/...
         self.journal = os.path.join(self.work, "journal.json")
+        self._trash = Trash()
 
     # ------------------------------------------------------------ plan
     def plan(self) -> Dict[str, Any]:
@@ -129,8 +139,12 @@ class Conversion:
         """Steps 1-2; returns counts.  Resumes a run of the same conversion."""
         started = time.monotonic()
         self._prepare()
-        moved, reused, nbytes = self._layers()
-        carried = self._containers()
+        self._trash = Trash()
+        try:
+            moved, reused, nbytes = self._layers()
+            carried = self._containers()
+        finally:
+            self._trash.close()
         syncfs(self.new.home)
         crash_point("docker-migrate.materialized")
         return {"layers": moved, "reused_layers": reused, "containers": carried,
@@ -252,13 +266,17 @@ class Conversion:
         self._gids[meta.chain_id] = gid
         what = "layer %s (%s to %s)" % (meta.diff_id, self.source, self.target)
         split = list(tarsplit.entries(self.old_meta.split_path(meta.chain_id)))
-        clones = tarsplit.Clones()
-        stream = tarsplit.chunks(split, self.old.files(meta.cache_id), clones=clones)
+        if meta.parent and self.new.whiteouts == "delete":
+            self._trash.move(self.new.files(gid), layer_victims(split, tarsplit.FILE), gid[:16])
+        clones = tarsplit.Clones(read_old=True)
+        stream = tarsplit.chunks(split, self.old.files(meta.cache_id), clones=clones,
+                                 read_ahead=_READ_AHEAD)
         try:
             result = Applier(self.new.files(gid), self.new.whiteouts, None, what,
                              shadow=clones).apply(ChunkReader(chunk_reader(stream), what=what))
         finally:
             stream.close()
+        self._trash.settle(self.new.files(gid))  # before a child snapshots this layer
         read_from = clones.read_from
         if result.diff_id != meta.diff_id:
             raise DigestMismatch("layer %s re-emitted from %s's files hashes to %s: its files "
@@ -270,10 +288,11 @@ class Conversion:
     def _check_new(self, meta: LayerMeta, split: List[Tuple[int, bytes, int]], gid: str,
                    read_from: Dict[bytes, Tuple[int, int]]) -> str:
         """The layer's diff_id from the new driver's files.  When every file of the layer
-        is the very (cloned) inode the applier read and hashed, that hash was already
-        computed from the new files: the tree is checked by inode and size instead of
-        being read a second time.  Otherwise (copied data) the tar is re-emitted from the
-        new files and hashed again."""
+        is the very inode the applier cloned (and whose data the stream hashed, read
+        after the clone from the file it was cloned from: ``tarsplit.Clones``), at its
+        recorded size, the tree is checked by inode and size instead of being read a
+        second time.  Otherwise (copied data) the tar is re-emitted from the new files
+        and hashed again."""
         if read_from and tarsplit.same_files(split, self.new.files(gid), read_from):
             return meta.diff_id
         return tarsplit.digest(split, self.new.files(gid))[0]
@@ -307,6 +326,10 @@ class Conversion:
             self._container(mount)
             carried += 1
             crash_point("docker-migrate.container")
+        # what the containers deleted goes on the worker while the next one is carried;
+        # a staged container whose trash is not settled is carried again by any next
+        # run (staged containers never outlive the run that made them)
+        self._trash.settle()
         return carried
 
     def _container(self, mount: MountMeta) -> None:
@@ -335,7 +358,12 @@ class Conversion:
 
     def _carry(self, mount: MountMeta, old_gid: str, old_parent: Optional[str],
                new_gid: str, new_parent: Optional[str]) -> Applier:
+        if new_parent:
+            self._trash.settle(self.new.files(new_parent))  # before it is snapshotted
         self.new.create(new_gid, new_parent)
+        if self.new.whiteouts == "delete":
+            self._trash.move(self.new.files(new_gid), self.old.whited_out(old_gid),
+                             new_gid[:16])
         what = "container %s (%s layer)" % (mount.container_id[:12],
                                             "init" if old_gid.endswith("-init") else "rw")
         with self._shadow(new_gid) as shadow:

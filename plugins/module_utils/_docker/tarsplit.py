@@ -23,8 +23,9 @@ import hashlib
 import json
 import os
 import stat
+import threading
 import zlib
-from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from ansible_collections.strata.layers.plugins.module_utils._errors import Corrupt
 from ansible_collections.strata.layers.plugins.module_utils._copytree import FICLONE
@@ -41,33 +42,65 @@ def _name(entry: dict) -> bytes:
     return str(entry.get("name") or "").encode("utf-8")
 
 
+_BATCH = 1 << 20  # bytes of JSON lines decoded by one json.loads call
+
+
 def entries(path: str) -> Iterator[Tuple[int, bytes, int]]:
     """(type, payload-or-name, size) in stream order."""
     try:
         with gzip.open(path, "rb") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                entry = json.loads(line)
-                kind = entry.get("type")
-                if kind == SEGMENT:
-                    yield SEGMENT, base64.b64decode(entry.get("payload") or b""), 0
-                elif kind == FILE:
-                    yield FILE, _name(entry), int(entry.get("size") or 0)
-                else:
-                    raise Corrupt("%s line %d: unknown tar-split entry type %r"
-                                  % (path, number, kind))
-    except (OSError, EOFError, zlib.error, ValueError, binascii.Error) as exc:
+            number = 0
+            while True:
+                lines = handle.readlines(_BATCH)
+                if not lines:
+                    return
+                for number, entry in _decoded(lines, number, path):
+                    kind = entry.get("type")
+                    if kind == SEGMENT:
+                        yield SEGMENT, binascii.a2b_base64(entry.get("payload") or b""), 0
+                    elif kind == FILE:
+                        yield FILE, _name(entry), int(entry.get("size") or 0)
+                    else:
+                        raise Corrupt("%s line %d: unknown tar-split entry type %r"
+                                      % (path, number, kind))
+    except (OSError, EOFError, zlib.error, ValueError, TypeError, binascii.Error) as exc:
         raise Corrupt("Docker's tar-split %s cannot be read (%s)" % (path, exc)) from exc
 
 
+def _decoded(lines: List[bytes], before: int, path: str) -> List[Tuple[int, dict]]:
+    """(line number, object) of a batch of lines: one ``json.loads`` for the whole batch
+    (the per-line call was a third of the parse); line by line only to name the line at
+    fault."""
+    numbered = [(before + index, line) for index, line in enumerate(lines, 1) if line.strip()]
+    try:
+        objects = json.loads(b"[" + b",".join(line for _n, line in numbered) + b"]")
+    except ValueError:
+        objects = []
+        for number, line in numbered:
+            try:
+                objects.append(json.loads(line))
+            except ValueError as exc:
+                raise Corrupt("%s line %d: not JSON (%s)" % (path, number, exc)) from exc
+    if len(objects) != len(numbered):  # a line holding two values ("1,2")
+        raise Corrupt("%s: a line holds more than one tar-split entry" % path)
+    for (number, _line), entry in zip(numbered, objects):
+        if not isinstance(entry, dict):
+            raise Corrupt("%s line %d: a tar-split entry is a JSON object, not %s"
+                          % (path, number, type(entry).__name__))
+    return [(number, entry) for (number, _line), entry in zip(numbered, objects)]
+
+
 def chunks(split: "Union[str, Sequence[Tuple[int, bytes, int]]]", files_root: str,
-           chunk: int = 1 << 20, clones: "Optional[Clones]" = None) -> Iterator[bytes]:
+           chunk: int = 1 << 20, clones: "Optional[Clones]" = None,
+           read_ahead: int = 0) -> Iterator[bytes]:
     """The layer's tar, re-emitted from ``files_root`` (a generator).  ``split`` is the
     tar-split file, or its ``entries`` already read (a second pass need not parse the
     JSON again).  With ``clones`` (given to the applier as its shadow too), each file
-    the applier creates is a reflink clone of the old one and the stream reads its data
-    from that new file: the bytes hashed are the new file's own and none are written."""
+    the applier creates is a reflink clone of the old one and none of its data is
+    written; the stream then reads the data from the new file, or with
+    ``Clones(read_old=True)`` from the old one, after the clone (see ``Clones``).
+    ``read_ahead`` (bytes, with ``clones``): a worker thread reads the old files that
+    far ahead of the stream (``ReadAhead``)."""
     with Beneath(files_root) as tree:
         if clones is None:
             for kind, value, size in (entries(split) if isinstance(split, str) else split):
@@ -77,15 +110,18 @@ def chunks(split: "Union[str, Sequence[Tuple[int, bytes, int]]]", files_root: st
                 elif size:
                     yield from _file_chunks(tree, _clean(value), size, chunk)
             return
+        split = split if not isinstance(split, str) else list(entries(split))
+        ahead = ReadAhead(files_root, split, read_ahead) if read_ahead else None
         try:
-            yield from _cloning(tree, split if not isinstance(split, str)
-                                else list(entries(split)), chunk, clones)
+            yield from _cloning(tree, split, chunk, clones, ahead)
         finally:
+            if ahead is not None:
+                ahead.stop()
             clones.close()
 
 
 def _cloning(tree: Beneath, split: Sequence[Tuple[int, bytes, int]], chunk: int,
-             clones: "Clones") -> Iterator[bytes]:
+             clones: "Clones", ahead: "Optional[ReadAhead]" = None) -> Iterator[bytes]:
     """``chunks`` through ``clones``: a file is opened (and offered to the applier)
     *before* the segment holding its header is given out, because the applier creates
     the file as soon as it has parsed the header."""
@@ -93,19 +129,24 @@ def _cloning(tree: Beneath, split: Sequence[Tuple[int, bytes, int]], chunk: int,
         if kind == SEGMENT:
             after = split[index + 1] if index + 1 < len(split) else None
             if after is not None and after[0] == FILE and after[2] and clones.enabled:
-                clones.offer(_clean(after[1]), open_recorded(tree, _clean(after[1]), after[2]))
+                clones.offer(_clean(after[1]), open_recorded(tree, _clean(after[1]), after[2]),
+                             after[2])
             if value:
                 yield value
         elif size:
+            if ahead is not None:
+                ahead.reached(size)
             fd = clones.made(_clean(value))
             if fd is None:  # not cloned: read the old file, the applier writes the data
                 clones.drop(_clean(value))
                 yield from _file_chunks(tree, _clean(value), size, chunk)
             else:
-                yield from _read_new(fd, _clean(value), size, chunk)
+                yield from _read_cloned(fd, _clean(value), size, chunk)
 
 
-def _read_new(fd: int, name: bytes, size: int, chunk: int) -> Iterator[bytes]:
+def _read_cloned(fd: int, name: bytes, size: int, chunk: int) -> Iterator[bytes]:
+    """A cloned member's data from ``fd`` (the clone, or the old file it was cloned
+    from), closed at the end."""
     shown = name.decode("utf-8", "backslashreplace")
     try:
         left, offset = size, 0
@@ -120,33 +161,112 @@ def _read_new(fd: int, name: bytes, size: int, chunk: int) -> Iterator[bytes]:
         os.close(fd)
 
 
+class ReadAhead:
+    """Reads a layer's files into the page cache on a worker thread, at most ``lead``
+    bytes ahead of the stream, so that the stream's own reads (made after each clone,
+    from the file it was cloned from) find the data cached instead of waiting for the
+    disk while the applier waits for them.  It only reads: what is hashed is still what
+    the stream reads itself, and a file it cannot open is left to the stream to report."""
+
+    def __init__(self, files_root: str, split: Sequence[Tuple[int, bytes, int]],
+                 lead: int) -> None:
+        self._root = files_root
+        self._files = [(_clean(value), size) for kind, value, size in split
+                       if kind == FILE and size]
+        self._lead = lead
+        self._reached = 0  # bytes of file data the stream has come to
+        self._stopped = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="docker-read-ahead",
+                                        daemon=True)
+        self._thread.start()
+
+    def reached(self, size: int) -> None:
+        """The stream comes to a file of ``size`` bytes."""
+        with self._cond:
+            self._reached += size
+            self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _wait(self, ahead: int) -> bool:
+        with self._cond:
+            while not self._stopped and ahead - self._reached > self._lead:
+                self._cond.wait()
+            return not self._stopped
+
+    def _run(self) -> None:
+        buf = bytearray(1 << 20)
+        ahead = 0
+        with Beneath(self._root) as tree:
+            for name, size in self._files:
+                if not self._wait(ahead):
+                    return
+                ahead += size
+                try:
+                    fd = tree.open_file(name)
+                except (OSError, NotBeneath):
+                    continue
+                try:
+                    offset = 0
+                    while offset < size:
+                        got = os.preadv(fd, [buf], offset)
+                        if got <= 0:
+                            break
+                        offset += got
+                except OSError:
+                    pass
+                finally:
+                    os.close(fd)
+
+
 class Clones:
     """The applier's shadow for a layer re-emitted from the old driver's files: the file
     the applier would create at a member's name is made as a reflink clone of the old
-    file (no data written), and the stream reads the member's data back from that new
-    file.  On a filesystem that cannot clone it turns off at the first file (the applier
-    then writes the data it reads from the old file).  ``read_from`` gets each cloned
-    file's (device, inode), for ``same_files``."""
+    file (no data written), and the stream reads the member's data after the clone.  On
+    a filesystem that cannot clone it turns off at the first file (the applier then
+    writes the data it reads from the old file).  ``read_from`` gets each cloned file's
+    (device, inode), for ``same_files``.
 
-    def __init__(self) -> None:
+    Where the data is read after the clone: from the new file by default; with
+    ``read_old`` from the old file (its pages are cached where the clone's are not:
+    reading every clone back costs a cold read of the whole layer).  ``FICLONE`` shares
+    the old file's extents as they are at that instant (dirty pages written back
+    first), the clone is private to the caller, and the read comes after it from the
+    very descriptor the clone was taken from, checked for its recorded size: the old
+    file can only differ from the clone if something changed it after the clone and put
+    back the very same bytes before the read (any change left in place hashes
+    differently)."""
+
+    def __init__(self, read_old: bool = False) -> None:
         self.enabled = True
+        self.read_old = read_old
         self.read_from: Dict[bytes, Tuple[int, int]] = {}
-        self._old: Dict[bytes, int] = {}
+        self._old: Dict[bytes, Tuple[int, Optional[int]]] = {}
         self._new: Dict[bytes, int] = {}
 
-    def offer(self, rel: bytes, src: int) -> None:
+    def offer(self, rel: bytes, src: int, size: Optional[int] = None) -> None:
+        """``src``: the old file, open; ``size``: its size as already checked (else
+        fstat'd at the clone)."""
         old = self._old.pop(rel, None)
         if old is not None:
-            os.close(old)
-        self._old[rel] = src
+            os.close(old[0])
+        self._old[rel] = (src, size)
 
     def take(self, rel: bytes, size: int, name: bytes, dir_fd: int) -> Optional[int]:
         """Called by the applier instead of creating ``name``: the clone, or None."""
-        src = self._old.pop(rel, None)
-        if src is None:
+        offered = self._old.pop(rel, None)
+        if offered is None:
             return None
+        src, known = offered
+        keep = False
         try:
-            if not self.enabled or os.fstat(src).st_size != size:
+            if not self.enabled or (known if known is not None
+                                    else os.fstat(src).st_size) != size:
                 return None
             dst = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
                           os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
@@ -161,21 +281,28 @@ class Clones:
                 raise
             st = os.fstat(dst)
             self.read_from[rel] = (st.st_dev, st.st_ino)
-            self._new[rel] = os.dup(dst)
+            if self.read_old:
+                self._new[rel] = src
+                keep = True
+            else:
+                self._new[rel] = os.dup(dst)
             return dst
         finally:
-            os.close(src)
+            if not keep:
+                os.close(src)
 
     def made(self, rel: bytes) -> Optional[int]:
+        """The descriptor to read a cloned member's data from (the caller closes it):
+        the new file, or with ``read_old`` the old one the clone was taken from."""
         return self._new.pop(rel, None)
 
     def drop(self, rel: bytes) -> None:
-        src = self._old.pop(rel, None)
-        if src is not None:
-            os.close(src)
+        offered = self._old.pop(rel, None)
+        if offered is not None:
+            os.close(offered[0])
 
     def close(self) -> None:
-        for fd in list(self._old.values()) + list(self._new.values()):
+        for fd in [src for src, _size in self._old.values()] + list(self._new.values()):
             os.close(fd)
         self._old.clear()
         self._new.clear()
