@@ -9,8 +9,8 @@ changed until the switch; everything new is built beside it:
    cache-id in the new graph (``graph``), the layer's tar re-emitted from the old
    driver's files with its tar-split and applied by the collection's tar applier (the
    stream must hash to the diff_id; where the filesystem clones, each new file is a
-   reflink clone of the old one and the stream reads the old file after the clone,
-   read ahead on a worker: ``tarsplit.Clones``, ``tarsplit.ReadAhead``); then the new
+   reflink clone of the old one and the stream reads the old file after the clone:
+   ``tarsplit.Clones``); then the new
    files must be the very clones at their recorded sizes (``tarsplit.same_files``),
    else the tar is re-emitted again from the *new* files and must hash to the diff_id.
    Directories the layer whites out on a full-copy or snapshot driver are moved aside
@@ -72,7 +72,6 @@ from ansible_collections.strata.layers.plugins.module_utils._docker.layout impor
 WORK = "strata-migrate"
 SHADOW = "shadow-"  # Graph.shadow_dir's names in the work directory
 _METADATA_COPIED = ("imagedb", "distribution", "repositories.json")
-_READ_AHEAD = 64 << 20  # bytes of a layer's old files read ahead of the applier
 
 
 class Conversion:
@@ -269,8 +268,7 @@ class Conversion:
         if meta.parent and self.new.whiteouts == "delete":
             self._trash.move(self.new.files(gid), layer_victims(split, tarsplit.FILE), gid[:16])
         clones = tarsplit.Clones(read_old=True)
-        stream = tarsplit.chunks(split, self.old.files(meta.cache_id), clones=clones,
-                                 read_ahead=_READ_AHEAD)
+        stream = tarsplit.chunks(split, self.old.files(meta.cache_id), clones=clones)
         try:
             result = Applier(self.new.files(gid), self.new.whiteouts, None, what,
                              shadow=clones).apply(ChunkReader(chunk_reader(stream), what=what))

@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import stat
-import threading
 import zlib
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -91,16 +90,13 @@ def _decoded(lines: List[bytes], before: int, path: str) -> List[Tuple[int, dict
 
 
 def chunks(split: "Union[str, Sequence[Tuple[int, bytes, int]]]", files_root: str,
-           chunk: int = 1 << 20, clones: "Optional[Clones]" = None,
-           read_ahead: int = 0) -> Iterator[bytes]:
+           chunk: int = 1 << 20, clones: "Optional[Clones]" = None) -> Iterator[bytes]:
     """The layer's tar, re-emitted from ``files_root`` (a generator).  ``split`` is the
     tar-split file, or its ``entries`` already read (a second pass need not parse the
     JSON again).  With ``clones`` (given to the applier as its shadow too), each file
     the applier creates is a reflink clone of the old one and none of its data is
     written; the stream then reads the data from the new file, or with
-    ``Clones(read_old=True)`` from the old one, after the clone (see ``Clones``).
-    ``read_ahead`` (bytes, with ``clones``): a worker thread reads the old files that
-    far ahead of the stream (``ReadAhead``)."""
+    ``Clones(read_old=True)`` from the old one, after the clone (see ``Clones``)."""
     with Beneath(files_root) as tree:
         if clones is None:
             for kind, value, size in (entries(split) if isinstance(split, str) else split):
@@ -110,18 +106,15 @@ def chunks(split: "Union[str, Sequence[Tuple[int, bytes, int]]]", files_root: st
                 elif size:
                     yield from _file_chunks(tree, _clean(value), size, chunk)
             return
-        split = split if not isinstance(split, str) else list(entries(split))
-        ahead = ReadAhead(files_root, split, read_ahead) if read_ahead else None
         try:
-            yield from _cloning(tree, split, chunk, clones, ahead)
+            yield from _cloning(tree, split if not isinstance(split, str)
+                                else list(entries(split)), chunk, clones)
         finally:
-            if ahead is not None:
-                ahead.stop()
             clones.close()
 
 
 def _cloning(tree: Beneath, split: Sequence[Tuple[int, bytes, int]], chunk: int,
-             clones: "Clones", ahead: "Optional[ReadAhead]" = None) -> Iterator[bytes]:
+             clones: "Clones") -> Iterator[bytes]:
     """``chunks`` through ``clones``: a file is opened (and offered to the applier)
     *before* the segment holding its header is given out, because the applier creates
     the file as soon as it has parsed the header."""
@@ -134,8 +127,6 @@ def _cloning(tree: Beneath, split: Sequence[Tuple[int, bytes, int]], chunk: int,
             if value:
                 yield value
         elif size:
-            if ahead is not None:
-                ahead.reached(size)
             fd = clones.made(_clean(value))
             if fd is None:  # not cloned: read the old file, the applier writes the data
                 clones.drop(_clean(value))
@@ -159,69 +150,6 @@ def _read_cloned(fd: int, name: bytes, size: int, chunk: int) -> Iterator[bytes]
             yield data
     finally:
         os.close(fd)
-
-
-class ReadAhead:
-    """Reads a layer's files into the page cache on a worker thread, at most ``lead``
-    bytes ahead of the stream, so that the stream's own reads (made after each clone,
-    from the file it was cloned from) find the data cached instead of waiting for the
-    disk while the applier waits for them.  It only reads: what is hashed is still what
-    the stream reads itself, and a file it cannot open is left to the stream to report."""
-
-    def __init__(self, files_root: str, split: Sequence[Tuple[int, bytes, int]],
-                 lead: int) -> None:
-        self._root = files_root
-        self._files = [(_clean(value), size) for kind, value, size in split
-                       if kind == FILE and size]
-        self._lead = lead
-        self._reached = 0  # bytes of file data the stream has come to
-        self._stopped = False
-        self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._run, name="docker-read-ahead",
-                                        daemon=True)
-        self._thread.start()
-
-    def reached(self, size: int) -> None:
-        """The stream comes to a file of ``size`` bytes."""
-        with self._cond:
-            self._reached += size
-            self._cond.notify()
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopped = True
-            self._cond.notify()
-        self._thread.join()
-
-    def _wait(self, ahead: int) -> bool:
-        with self._cond:
-            while not self._stopped and ahead - self._reached > self._lead:
-                self._cond.wait()
-            return not self._stopped
-
-    def _run(self) -> None:
-        buf = bytearray(1 << 20)
-        ahead = 0
-        with Beneath(self._root) as tree:
-            for name, size in self._files:
-                if not self._wait(ahead):
-                    return
-                ahead += size
-                try:
-                    fd = tree.open_file(name)
-                except (OSError, NotBeneath):
-                    continue
-                try:
-                    offset = 0
-                    while offset < size:
-                        got = os.preadv(fd, [buf], offset)
-                        if got <= 0:
-                            break
-                        offset += got
-                except OSError:
-                    pass
-                finally:
-                    os.close(fd)
 
 
 class Clones:
