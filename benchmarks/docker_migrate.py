@@ -11,6 +11,7 @@ with changes (files written, a directory deleted).  Its data root is copied asid
 put back before every timed run, on a loop filesystem of the benchmark's own.
 
     sudo .venv/bin/python benchmarks/docker_migrate.py [--runs 3] [--quick] [--pair overlay2:btrfs]
+        [--phases] [--profile FILE]
 
 Rows (interleaved: migration, save+load, migration, ...; medians of ``--runs``):
   migration          stop dockerd, storage_driver migrate (every layer re-materialised
@@ -56,6 +57,41 @@ def cpu_seconds() -> float:
     """User + system CPU of this process so far (every thread)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+PHASES = ("_layers", "_apply_layer", "_finish_layer", "_containers", "_carry", "_verify",
+          "install", "flip_containers", "finish")
+
+
+def time_phases() -> Dict[str, List[float]]:
+    """Wrap the conversion's steps: wall, CPU and system seconds of each, summed per
+    migration (CPU counts every thread of the process while the step runs)."""
+    conversion = engine("_docker.migrate").Conversion
+    spent: Dict[str, List[float]] = {}
+
+    def wrapped(name, orig):
+        def step(*args, **kwargs):
+            before = (time.perf_counter(), cpu_seconds(),
+                      resource.getrusage(resource.RUSAGE_SELF).ru_stime)
+            try:
+                return orig(*args, **kwargs)
+            finally:
+                total = spent.setdefault(name, [0.0, 0.0, 0.0])
+                total[0] += time.perf_counter() - before[0]
+                total[1] += cpu_seconds() - before[1]
+                total[2] += resource.getrusage(resource.RUSAGE_SELF).ru_stime - before[2]
+        return step
+
+    for name in PHASES:
+        setattr(conversion, name, wrapped(name, getattr(conversion, name)))
+    return spent
+
+
+def show_phases(spent: Dict[str, List[float]]) -> None:
+    print("phases (wall / CPU / system s): " + ", ".join(
+        "%s %.2f/%.2f/%.2f" % (name.strip("_"), *spent[name]) for name in PHASES
+        if name in spent), flush=True)
+    spent.clear()
 
 
 def make_base(work: str, dirs: List[str]) -> Tuple[str, int]:
@@ -162,6 +198,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--pair", default="overlay2:btrfs", help="SOURCE:TARGET")
+    parser.add_argument("--phases", action="store_true",
+                        help="print the wall, CPU and system seconds of each step of every "
+                             "migration (a wrapper per step; no profiler)")
     parser.add_argument("--profile", default="", metavar="FILE",
                         help="cProfile the module call of each migration run into FILE "
                              "(the times then include the profiler's overhead)")
@@ -169,6 +208,7 @@ def main() -> int:
     source, target = args.pair.split(":")
     runs = 1 if args.quick else args.runs
     fs = "btrfs" if "btrfs" in (source, target) else "ext4"
+    spent = time_phases() if args.phases else None
     with workspace("docker") as work, loop_fs(fs, work, 6000) as mnt:
         root = os.path.join(mnt, "docker")
         dockerd = Dockerd(root, os.path.join(work, "daemon.json"))
@@ -190,6 +230,8 @@ def main() -> int:
                     progress("run %d: %s" % (run + 1, "migration" if which == "m" else "save+load"))
                     if which == "m":
                         moved = run_migration(dockerd, target, results, args.profile)
+                        if spent is not None:
+                            show_phases(spent)
                     else:
                         run_save_load(dockerd, target, archive, results)
                 dockerd.stop()

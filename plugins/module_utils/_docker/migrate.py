@@ -8,14 +8,12 @@ changed until the switch; everything new is built beside it:
 1. *materialise* every layer of ``image/<old>/layerdb``, parents first: a fresh
    cache-id in the new graph (``graph``), the layer's tar re-emitted from the old
    driver's files with its tar-split and applied by the collection's tar applier (the
-   stream must hash to the diff_id; where the filesystem clones, each new file is a
-   reflink clone of the old one and the stream reads the old file after the clone:
-   ``tarsplit.Clones``); then the new
-   files must be the very clones at their recorded sizes (``tarsplit.same_files``),
-   else the tar is re-emitted again from the *new* files and must hash to the diff_id.
+   stream must hash to the diff_id); then the tar is re-emitted again from the *new*
+   files and must hash to the diff_id (where every file is a clone whose data the
+   stream read back, a check by inode and size stands in: ``tarsplit.same_files``).
    Directories the layer whites out on a full-copy or snapshot driver are moved aside
-   and deleted on a worker while it is applied (``trash``).
-   Only then is its record (diff, parent, size,
+   and deleted on a worker while it is applied (``trash``).  Only then is its record
+   (diff, parent, size,
    tar-split.json.gz, the new cache-id) written to the staged layerdb
    (``<data_root>/strata-migrate/image/layerdb``) by one directory rename;
 2. every container: its ``-init`` layer and read-write layer are read as change tars
@@ -267,7 +265,7 @@ class Conversion:
         split = list(tarsplit.entries(self.old_meta.split_path(meta.chain_id)))
         if meta.parent and self.new.whiteouts == "delete":
             self._trash.move(self.new.files(gid), layer_victims(split, tarsplit.FILE), gid[:16])
-        clones = tarsplit.Clones(read_old=True)
+        clones = tarsplit.Clones()
         stream = tarsplit.chunks(split, self.old.files(meta.cache_id), clones=clones)
         try:
             result = Applier(self.new.files(gid), self.new.whiteouts, None, what,
@@ -286,11 +284,10 @@ class Conversion:
     def _check_new(self, meta: LayerMeta, split: List[Tuple[int, bytes, int]], gid: str,
                    read_from: Dict[bytes, Tuple[int, int]]) -> str:
         """The layer's diff_id from the new driver's files.  When every file of the layer
-        is the very inode the applier cloned (and whose data the stream hashed, read
-        after the clone from the file it was cloned from: ``tarsplit.Clones``), at its
-        recorded size, the tree is checked by inode and size instead of being read a
-        second time.  Otherwise (copied data) the tar is re-emitted from the new files
-        and hashed again."""
+        is the very (cloned) inode the applier read and hashed, that hash was already
+        computed from the new files: the tree is checked by inode and size instead of
+        being read a second time.  Otherwise (copied data) the tar is re-emitted from the
+        new files and hashed again."""
         if read_from and tarsplit.same_files(split, self.new.files(gid), read_from):
             return meta.diff_id
         return tarsplit.digest(split, self.new.files(gid))[0]

@@ -94,9 +94,8 @@ def chunks(split: "Union[str, Sequence[Tuple[int, bytes, int]]]", files_root: st
     """The layer's tar, re-emitted from ``files_root`` (a generator).  ``split`` is the
     tar-split file, or its ``entries`` already read (a second pass need not parse the
     JSON again).  With ``clones`` (given to the applier as its shadow too), each file
-    the applier creates is a reflink clone of the old one and none of its data is
-    written; the stream then reads the data from the new file, or with
-    ``Clones(read_old=True)`` from the old one, after the clone (see ``Clones``)."""
+    the applier creates is a reflink clone of the old one and the stream reads its data
+    from that new file: the bytes hashed are the new file's own and none are written."""
     with Beneath(files_root) as tree:
         if clones is None:
             for kind, value, size in (entries(split) if isinstance(split, str) else split):
@@ -122,8 +121,7 @@ def _cloning(tree: Beneath, split: Sequence[Tuple[int, bytes, int]], chunk: int,
         if kind == SEGMENT:
             after = split[index + 1] if index + 1 < len(split) else None
             if after is not None and after[0] == FILE and after[2] and clones.enabled:
-                clones.offer(_clean(after[1]), open_recorded(tree, _clean(after[1]), after[2]),
-                             after[2])
+                clones.offer(_clean(after[1]), open_recorded(tree, _clean(after[1]), after[2]))
             if value:
                 yield value
         elif size:
@@ -132,12 +130,10 @@ def _cloning(tree: Beneath, split: Sequence[Tuple[int, bytes, int]], chunk: int,
                 clones.drop(_clean(value))
                 yield from _file_chunks(tree, _clean(value), size, chunk)
             else:
-                yield from _read_cloned(fd, _clean(value), size, chunk)
+                yield from _read_new(fd, _clean(value), size, chunk)
 
 
-def _read_cloned(fd: int, name: bytes, size: int, chunk: int) -> Iterator[bytes]:
-    """A cloned member's data from ``fd`` (the clone, or the old file it was cloned
-    from), closed at the end."""
+def _read_new(fd: int, name: bytes, size: int, chunk: int) -> Iterator[bytes]:
     shown = name.decode("utf-8", "backslashreplace")
     try:
         left, offset = size, 0
@@ -155,46 +151,30 @@ def _read_cloned(fd: int, name: bytes, size: int, chunk: int) -> Iterator[bytes]
 class Clones:
     """The applier's shadow for a layer re-emitted from the old driver's files: the file
     the applier would create at a member's name is made as a reflink clone of the old
-    file (no data written), and the stream reads the member's data after the clone.  On
-    a filesystem that cannot clone it turns off at the first file (the applier then
-    writes the data it reads from the old file).  ``read_from`` gets each cloned file's
-    (device, inode), for ``same_files``.
+    file (no data written), and the stream reads the member's data back from that new
+    file.  On a filesystem that cannot clone it turns off at the first file (the applier
+    then writes the data it reads from the old file).  ``read_from`` gets each cloned
+    file's (device, inode), for ``same_files``."""
 
-    Where the data is read after the clone: from the new file by default; with
-    ``read_old`` from the old file (its pages are cached where the clone's are not:
-    reading every clone back costs a cold read of the whole layer).  ``FICLONE`` shares
-    the old file's extents as they are at that instant (dirty pages written back
-    first), the clone is private to the caller, and the read comes after it from the
-    very descriptor the clone was taken from, checked for its recorded size: the old
-    file can only differ from the clone if something changed it after the clone and put
-    back the very same bytes before the read (any change left in place hashes
-    differently)."""
-
-    def __init__(self, read_old: bool = False) -> None:
+    def __init__(self) -> None:
         self.enabled = True
-        self.read_old = read_old
         self.read_from: Dict[bytes, Tuple[int, int]] = {}
-        self._old: Dict[bytes, Tuple[int, Optional[int]]] = {}
+        self._old: Dict[bytes, int] = {}
         self._new: Dict[bytes, int] = {}
 
-    def offer(self, rel: bytes, src: int, size: Optional[int] = None) -> None:
-        """``src``: the old file, open; ``size``: its size as already checked (else
-        fstat'd at the clone)."""
+    def offer(self, rel: bytes, src: int) -> None:
         old = self._old.pop(rel, None)
         if old is not None:
-            os.close(old[0])
-        self._old[rel] = (src, size)
+            os.close(old)
+        self._old[rel] = src
 
     def take(self, rel: bytes, size: int, name: bytes, dir_fd: int) -> Optional[int]:
         """Called by the applier instead of creating ``name``: the clone, or None."""
-        offered = self._old.pop(rel, None)
-        if offered is None:
+        src = self._old.pop(rel, None)
+        if src is None:
             return None
-        src, known = offered
-        keep = False
         try:
-            if not self.enabled or (known if known is not None
-                                    else os.fstat(src).st_size) != size:
+            if not self.enabled or os.fstat(src).st_size != size:
                 return None
             dst = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
                           os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
@@ -209,28 +189,21 @@ class Clones:
                 raise
             st = os.fstat(dst)
             self.read_from[rel] = (st.st_dev, st.st_ino)
-            if self.read_old:
-                self._new[rel] = src
-                keep = True
-            else:
-                self._new[rel] = os.dup(dst)
+            self._new[rel] = os.dup(dst)
             return dst
         finally:
-            if not keep:
-                os.close(src)
+            os.close(src)
 
     def made(self, rel: bytes) -> Optional[int]:
-        """The descriptor to read a cloned member's data from (the caller closes it):
-        the new file, or with ``read_old`` the old one the clone was taken from."""
         return self._new.pop(rel, None)
 
     def drop(self, rel: bytes) -> None:
-        offered = self._old.pop(rel, None)
-        if offered is not None:
-            os.close(offered[0])
+        src = self._old.pop(rel, None)
+        if src is not None:
+            os.close(src)
 
     def close(self) -> None:
-        for fd in [src for src, _size in self._old.values()] + list(self._new.values()):
+        for fd in list(self._old.values()) + list(self._new.values()):
             os.close(fd)
         self._old.clear()
         self._new.clear()
