@@ -11,16 +11,17 @@ changed until the switch; everything new is built beside it:
    stream must hash to the diff_id); then the tar is re-emitted again from the *new*
    files and must hash to the diff_id (where every file is a clone whose data the
    stream read back, a check by inode and size stands in: ``tarsplit.same_files``).
-   Directories the layer whites out on a full-copy or snapshot driver are moved aside
-   and deleted on a worker while it is applied (``trash``).  Only then is its record
-   (diff, parent, size,
+   Only then is its record (diff, parent, size,
    tar-split.json.gz, the new cache-id) written to the staged layerdb
    (``<data_root>/strata-migrate/image/layerdb``) by one directory rename;
 2. every container: its ``-init`` layer and read-write layer are read as change tars
    from the old driver and applied to new ones (a new mount-id); the merged views under
    both drivers are mounted read-only and must agree on every path the changes touch
    (type, mode, owner, size, mtime, content, link target, device, xattrs).  Its record
-   (mount-id, init-id, parent) is staged likewise;
+   (mount-id, init-id, parent) is staged likewise.  On a btrfs or vfs target the
+   directories a container deletes (from an overlay source's whiteouts) are moved aside
+   and deleted on a worker while the next container is carried (``trash``), all gone
+   before the ``syncfs``;
 3. ``syncfs``, then the *switch* (journal state ``switching``): imagedb,
    repositories.json and distribution are copied into the staged tree, which becomes
    ``image/<new>`` by one rename (``install``); the caller writes daemon.json (the commit
@@ -60,8 +61,7 @@ from ansible_collections.strata.layers.plugins.module_utils._errors import (
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import free_bytes
 from ansible_collections.strata.layers.plugins.module_utils._tarformat import ChunkReader
 from ansible_collections.strata.layers.plugins.module_utils._docker import tarsplit
-from ansible_collections.strata.layers.plugins.module_utils._docker.trash import (
-    Trash, layer_victims)
+from ansible_collections.strata.layers.plugins.module_utils._docker.trash import Trash
 from ansible_collections.strata.layers.plugins.module_utils._docker.graph import (
     Graph, graph, new_id)
 from ansible_collections.strata.layers.plugins.module_utils._docker.layout import (
@@ -263,8 +263,6 @@ class Conversion:
         self._gids[meta.chain_id] = gid
         what = "layer %s (%s to %s)" % (meta.diff_id, self.source, self.target)
         split = list(tarsplit.entries(self.old_meta.split_path(meta.chain_id)))
-        if meta.parent and self.new.whiteouts == "delete":
-            self._trash.move(self.new.files(gid), layer_victims(split, tarsplit.FILE), gid[:16])
         clones = tarsplit.Clones()
         stream = tarsplit.chunks(split, self.old.files(meta.cache_id), clones=clones)
         try:
@@ -272,7 +270,6 @@ class Conversion:
                              shadow=clones).apply(ChunkReader(chunk_reader(stream), what=what))
         finally:
             stream.close()
-        self._trash.settle(self.new.files(gid))  # before a child snapshots this layer
         read_from = clones.read_from
         if result.diff_id != meta.diff_id:
             raise DigestMismatch("layer %s re-emitted from %s's files hashes to %s: its files "

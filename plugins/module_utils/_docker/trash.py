@@ -5,8 +5,8 @@
 On drivers whose layer starts as a copy of its parent (btrfs snapshots, vfs copies) a
 whiteout of a directory is a deletion of everything below it: one ``unlink`` per file,
 kernel work the applier waited for (a container that removed ``/usr/include``: 8.7k
-files).  ``Trash.move`` takes the directories a layer is known to white out, before its
-stream is applied, and renames each into one directory at the layer's root (the same
+files).  ``Trash.move`` takes the directories a container layer is known to white out,
+before its change stream is applied, and renames each into one directory at the layer's root (the same
 filesystem and, on btrfs, the same subvolume: a rename, nothing copied); a worker
 thread deletes them there while the applier runs, and the applier, reaching the
 whiteout, finds nothing left to delete.  ``settle`` waits for the worker and removes the
@@ -15,8 +15,12 @@ trash directory itself, putting back the layer root's times as they were just be
 
 The list is a hint: a path that is not a directory, or that cannot be reached without
 following a symlink, is left where it is for the applier (which deletes it, or refuses
-the stream, as it would have).  A layer whose trash is not settled is never staged: a
-kill -9 leaves it announced as pending, and the next run removes it whole.
+the stream, as it would have).  Used for containers only (measured: the containers'
+carry 1.15 s -> 0.45-0.7 s; for image layers, whose deletions would run in the very
+subvolume the applier is filling and must end before the child's snapshot, no gain).
+A container whose trash is not settled is never switched to: every run carries the
+containers again (staged ones are dropped first), and ``settle`` runs before the
+final ``syncfs``.
 """
 from __future__ import annotations
 
@@ -111,18 +115,3 @@ def _drop(root: str, trash: str, before: os.stat_result, made: os.stat_result) -
         st = before
     os.utime(root, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
-
-def layer_victims(split: Iterable[Tuple[int, bytes, int]], file_kind: int) -> List[bytes]:
-    """The paths a layer's tar-split whites out (``dir/.wh.name`` -> ``dir/name``)."""
-    found = []
-    for kind, value, _size in split:
-        if kind != file_kind or b".wh." not in value:
-            continue
-        parts = [p for p in value.split(b"/") if p not in (b"", b".")]
-        if not parts or b".." in parts:
-            continue  # the applier refuses such a name
-        base = parts[-1]
-        if base.startswith(b".wh.") and not base.startswith(b".wh..wh.") \
-                and base[4:] not in (b"", b".", b".."):
-            found.append(b"/".join(parts[:-1] + [base[4:]]))
-    return found

@@ -1,10 +1,9 @@
-"""Whited-out directories moved aside and deleted on a worker (trash.Trash), and the
-whiteouts a tar-split names (trash.layer_victims)."""
+"""Whited-out directories moved aside and deleted on a worker (trash.Trash)."""
 from __future__ import annotations
 
 import os
 
-from ansible_collections.strata.layers.plugins.module_utils._docker import tarsplit, trash
+from ansible_collections.strata.layers.plugins.module_utils._docker import trash
 
 
 def _layer(root):
@@ -50,10 +49,3 @@ def test_settle_waits_per_root_and_close_without_settle(tmp_path):
         bin_.close()  # what a failed run does: the layer is removed whole later
     assert os.listdir(os.path.join(roots[1], trash.PREFIX + "1")) == []
 
-
-def test_layer_victims():
-    split = [(tarsplit.SEGMENT, b"./usr/.wh.include", 0), (tarsplit.FILE, b"a/b", 3),
-             (tarsplit.FILE, b"./usr/.wh.include", 0), (tarsplit.FILE, b".wh.etc", 0),
-             (tarsplit.FILE, b"dir/.wh..wh..opq", 0), (tarsplit.FILE, b"../.wh.x", 0),
-             (tarsplit.FILE, b"d/.wh..", 0), (tarsplit.FILE, b"d/.wh.", 0)]
-    assert trash.layer_victims(split, tarsplit.FILE) == [b"usr/include", b"etc"]
