@@ -252,8 +252,8 @@ def report(results: Results, moved: Dict[str, object], nbytes: int, entries: int
     print(results.table(base="save+restart+load (containers lost)",
                         extra={"MB/s": lambda label, _med: mbs[label]}))
     ratio = results.median("plain layer_import of the same images") / results.median("module only")
-    per_run = [p / m for p, m in zip(results.samples["plain layer_import of the same images"],
-                                      results.samples["module only"])]
+    plain_runs = results.samples["plain layer_import of the same images"]
+    per_run = [p / m for p, m in zip(plain_runs, results.samples["module only"])]
     print("\nmigration throughput / plain layer_import: %.2fx (goal >= 0.8x); median of the "
           "per-run ratios %.2fx (%s)" % (ratio, statistics.median(per_run),
                                          ", ".join("%.2f" % r for r in per_run)))

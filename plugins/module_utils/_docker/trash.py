@@ -114,4 +114,3 @@ def _drop(root: str, trash: str, before: os.stat_result, made: os.stat_result) -
     if st.st_mtime_ns == made.st_mtime_ns:
         st = before
     os.utime(root, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
-

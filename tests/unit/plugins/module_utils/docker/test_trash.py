@@ -48,4 +48,3 @@ def test_settle_waits_per_root_and_close_without_settle(tmp_path):
     finally:
         bin_.close()  # what a failed run does: the layer is removed whole later
     assert os.listdir(os.path.join(roots[1], trash.PREFIX + "1")) == []
-
