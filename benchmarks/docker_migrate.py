@@ -11,6 +11,7 @@ with changes (files written, a directory deleted).  Its data root is copied asid
 put back before every timed run, on a loop filesystem of the benchmark's own.
 
     sudo .venv/bin/python benchmarks/docker_migrate.py [--runs 3] [--quick] [--pair overlay2:btrfs]
+        [--phases] [--profile FILE]
 
 Rows (interleaved: migration, save+load, migration, ...; medians of ``--runs``):
   migration          stop dockerd, storage_driver migrate (every layer re-materialised
@@ -24,6 +25,9 @@ Rows (interleaved: migration, save+load, migration, ...; medians of ``--runs``):
   plain import       layer_import of the saved archive into an empty store of this
                      collection on the target driver (decode, apply, hash, syncfs)
 MB/s counts the images' layer tar bytes (what docker save writes, uncompressed).
+CPU seconds (user + system of this process, its worker threads included) are given for
+the two in-process rows, "module only" and "plain import": on a shared machine they move
+much less with the load than the wall times.
 """
 from __future__ import annotations
 
@@ -31,6 +35,8 @@ import argparse
 import cProfile
 import json
 import os
+import resource
+import statistics
 import subprocess
 import tarfile
 import time
@@ -44,6 +50,48 @@ from tests.support.dockerd import Dockerd
 BIG = ["usr/include", "usr/lib/python3.11", "usr/share/perl", "usr/libexec"]
 QUICK = ["usr/share/perl"]
 TAGS = ["bench/base:1", "bench/app:1", "bench/app:2"]
+CPU: Dict[str, List[float]] = {}
+
+
+def cpu_seconds() -> float:
+    """User + system CPU of this process so far (every thread)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+PHASES = ("_layers", "_apply_layer", "_finish_layer", "_containers", "_carry", "_verify",
+          "install", "flip_containers", "finish")
+
+
+def time_phases() -> Dict[str, List[float]]:
+    """Wrap the conversion's steps: wall, CPU and system seconds of each, summed per
+    migration (CPU counts every thread of the process while the step runs)."""
+    conversion = engine("_docker.migrate").Conversion
+    spent: Dict[str, List[float]] = {}
+
+    def wrapped(name, orig):
+        def step(*args, **kwargs):
+            before = (time.perf_counter(), cpu_seconds(),
+                      resource.getrusage(resource.RUSAGE_SELF).ru_stime)
+            try:
+                return orig(*args, **kwargs)
+            finally:
+                total = spent.setdefault(name, [0.0, 0.0, 0.0])
+                total[0] += time.perf_counter() - before[0]
+                total[1] += cpu_seconds() - before[1]
+                total[2] += resource.getrusage(resource.RUSAGE_SELF).ru_stime - before[2]
+        return step
+
+    for name in PHASES:
+        setattr(conversion, name, wrapped(name, getattr(conversion, name)))
+    return spent
+
+
+def show_phases(spent: Dict[str, List[float]]) -> None:
+    print("phases (wall / CPU / system s): " + ", ".join(
+        "%s %.2f/%.2f/%.2f" % (name.strip("_"), *spent[name]) for name in PHASES
+        if name in spent), flush=True)
+    spent.clear()
 
 
 def make_base(work: str, dirs: List[str]) -> Tuple[str, int]:
@@ -104,7 +152,7 @@ def run_migration(dockerd: Dockerd, target: str, results: Results,
     out: Dict[str, object] = {}
     start = time.perf_counter()
     dockerd.stop()
-    module = time.perf_counter()
+    module, cpu = time.perf_counter(), cpu_seconds()
     if profile:
         prof = cProfile.Profile()
         out.update(prof.runcall(ops.storage_driver, params)["migrated"])
@@ -112,6 +160,7 @@ def run_migration(dockerd: Dockerd, target: str, results: Results,
     else:
         out.update(ops.storage_driver(params)["migrated"])
     results.add("module only", time.perf_counter() - module)
+    CPU.setdefault("module only", []).append(cpu_seconds() - cpu)
     dockerd.start()
     results.add("migration (stop, migrate, start)", time.perf_counter() - start)
     assert dockerd.driver() == target
@@ -135,11 +184,12 @@ def run_import(work: str, target: str, archive: str, results: Results) -> None:
     wipe(store)
     switch, ingest = engine("_ops.storage_driver"), engine("_ops.layer_import")
     switch.storage_driver({"data_root": store, "driver": target, "lock_timeout": 60})
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     ingest.layer_import({"data_root": store, "src": archive, "format": "docker-archive",
                          "lock_timeout": 60, "tag": [], "digest": None, "parent": None,
                          "max_size": None})
     results.add("plain layer_import of the same images", time.perf_counter() - start)
+    CPU.setdefault("plain import", []).append(cpu_seconds() - cpu)
     wipe(store)
 
 
@@ -148,6 +198,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--pair", default="overlay2:btrfs", help="SOURCE:TARGET")
+    parser.add_argument("--phases", action="store_true",
+                        help="print the wall, CPU and system seconds of each step of every "
+                             "migration (a wrapper per step; no profiler)")
     parser.add_argument("--profile", default="", metavar="FILE",
                         help="cProfile the module call of each migration run into FILE "
                              "(the times then include the profiler's overhead)")
@@ -155,6 +208,7 @@ def main() -> int:
     source, target = args.pair.split(":")
     runs = 1 if args.quick else args.runs
     fs = "btrfs" if "btrfs" in (source, target) else "ext4"
+    spent = time_phases() if args.phases else None
     with workspace("docker") as work, loop_fs(fs, work, 6000) as mnt:
         root = os.path.join(mnt, "docker")
         dockerd = Dockerd(root, os.path.join(work, "daemon.json"))
@@ -176,6 +230,8 @@ def main() -> int:
                     progress("run %d: %s" % (run + 1, "migration" if which == "m" else "save+load"))
                     if which == "m":
                         moved = run_migration(dockerd, target, results, args.profile)
+                        if spent is not None:
+                            show_phases(spent)
                     else:
                         run_save_load(dockerd, target, archive, results)
                 dockerd.stop()
@@ -196,7 +252,14 @@ def report(results: Results, moved: Dict[str, object], nbytes: int, entries: int
     print(results.table(base="save+restart+load (containers lost)",
                         extra={"MB/s": lambda label, _med: mbs[label]}))
     ratio = results.median("plain layer_import of the same images") / results.median("module only")
-    print("\nmigration throughput / plain layer_import: %.2fx (goal >= 0.8x)" % ratio)
+    plain_runs = results.samples["plain layer_import of the same images"]
+    per_run = [p / m for p, m in zip(plain_runs, results.samples["module only"])]
+    print("\nmigration throughput / plain layer_import: %.2fx (goal >= 0.8x); median of the "
+          "per-run ratios %.2fx (%s)" % (ratio, statistics.median(per_run),
+                                         ", ".join("%.2f" % r for r in per_run)))
+    mine, plain = (statistics.median(CPU[k]) for k in ("module only", "plain import"))
+    print("CPU seconds, medians: module %.2f, plain layer_import %.2f (%.2fx); load average "
+          "now %.2f" % (mine, plain, plain / mine, os.getloadavg()[0]))
     faster = results.median("migration (stop, migrate, start)") < results.median(
         "save+restart+load (containers lost)")
     print("migration faster than save + restart + load: %s" % ("yes" if faster else "NO"))

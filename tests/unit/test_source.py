@@ -174,6 +174,9 @@ WRITERS_ALLOWED: Dict[str, str] = {
         "container before its record is renamed in",
     "module_utils/_docker/tarsplit.py":
         "layer files cloned (FICLONE) while a Docker layer is applied: the applier's files",
+    "module_utils/_docker/trash.py":
+        "whited-out directories of a layer being applied moved aside within it and "
+        "deleted: the applier's deletions, the layer synced before it is staged",
     "module_utils/_docker/migrate.py:Conversion._stage_layer":
         "a layerdb entry staged in a temp directory, published by rename_durable",
     "module_utils/_docker/migrate.py:Conversion._install_metadata":
@@ -423,7 +426,7 @@ MEMBERS: Dict[str, Tuple[str, ...]] = {
         "_dockerfile", "_remote", "_runmounts", "_runsetup", "_sandbox", "_buildcontext",
         "_imageview", "_passwd", "_runtime_spec", "_runtime", "_initlayer", "_verify",
         "_probe", "drivers/*", "_docker/__init__", "_docker/layout", "_docker/graph",
-        "_docker/candidates", "_docker/tarsplit", "_docker/daemon"),
+        "_docker/candidates", "_docker/tarsplit", "_docker/daemon", "_docker/trash"),
     "engine": (
         "_store", "_layers", "_imagerecords", "_recovery", "_blobrecords", "_containers",
         "_commit", "_check", "_prune", "_history", "_ingest", "_export", "_pull", "_builder",

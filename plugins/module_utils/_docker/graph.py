@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import os
 import secrets
-from typing import Dict, Optional, Type, Union
+import stat
+from typing import Dict, List, Optional, Type, Union
 
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
     makedirs, remove_tree, write_file)
@@ -85,6 +86,11 @@ class Graph:
                 shadow: Optional[Shadow] = None) -> Union[UpperDiff, TreeDiff]:
         return TreeDiff(self.files(parent) if parent else None, self.files(gid),
                         exact_times=True, shadow=shadow)
+
+    def whited_out(self, gid: str) -> List[bytes]:
+        """Paths layer ``gid`` deletes from the layers below it, where that is known
+        without comparing trees (a hint: the change tar remains the authority)."""
+        return []
 
     def mount(self, gid: str, target: str) -> None:
         """The layer's merged root filesystem at ``target`` (read-only use)."""
@@ -160,6 +166,29 @@ class Overlay(Graph):
     def changes(self, gid: str, parent: Optional[str],
                 shadow: Optional[Shadow] = None) -> Union[UpperDiff, TreeDiff]:
         return UpperDiff(self.files(gid), exact_times=True, shadow=shadow)
+
+    def whited_out(self, gid: str) -> List[bytes]:
+        """The whiteouts of the layer's ``diff``: 0/0 character devices (one walk of the
+        directory, ``lstat`` only for special files)."""
+        root = os.fsencode(self.files(gid))
+        found: List[bytes] = []
+        stack = [b""]
+        while stack:
+            rel = stack.pop()
+            try:
+                listing = list(os.scandir(os.path.join(root, rel) if rel else root))
+            except OSError:
+                continue
+            for entry in listing:
+                child = rel + b"/" + entry.name if rel else entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(child)
+                elif not entry.is_file(follow_symlinks=False) \
+                        and not entry.is_symlink():
+                    st = entry.stat(follow_symlinks=False)
+                    if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                        found.append(child)
+        return sorted(found)
 
     def mount(self, gid: str, target: str) -> None:
         """A read-only overlay of the layer and everything below it (no upper: nothing

@@ -9,14 +9,19 @@ changed until the switch; everything new is built beside it:
    cache-id in the new graph (``graph``), the layer's tar re-emitted from the old
    driver's files with its tar-split and applied by the collection's tar applier (the
    stream must hash to the diff_id); then the tar is re-emitted again from the *new*
-   files and must hash to the diff_id.  Only then is its record (diff, parent, size,
+   files and must hash to the diff_id (where every file is a clone whose data the
+   stream read back, a check by inode and size stands in: ``tarsplit.same_files``).
+   Only then is its record (diff, parent, size,
    tar-split.json.gz, the new cache-id) written to the staged layerdb
    (``<data_root>/strata-migrate/image/layerdb``) by one directory rename;
 2. every container: its ``-init`` layer and read-write layer are read as change tars
    from the old driver and applied to new ones (a new mount-id); the merged views under
    both drivers are mounted read-only and must agree on every path the changes touch
    (type, mode, owner, size, mtime, content, link target, device, xattrs).  Its record
-   (mount-id, init-id, parent) is staged likewise;
+   (mount-id, init-id, parent) is staged likewise.  On a btrfs or vfs target the
+   directories a container deletes (from an overlay source's whiteouts) are moved aside
+   and deleted on a worker while the next container is carried (``trash``), all gone
+   before the ``syncfs``;
 3. ``syncfs``, then the *switch* (journal state ``switching``): imagedb,
    repositories.json and distribution are copied into the staged tree, which becomes
    ``image/<new>`` by one rename (``install``); the caller writes daemon.json (the commit
@@ -56,6 +61,7 @@ from ansible_collections.strata.layers.plugins.module_utils._errors import (
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import free_bytes
 from ansible_collections.strata.layers.plugins.module_utils._tarformat import ChunkReader
 from ansible_collections.strata.layers.plugins.module_utils._docker import tarsplit
+from ansible_collections.strata.layers.plugins.module_utils._docker.trash import Trash
 from ansible_collections.strata.layers.plugins.module_utils._docker.graph import (
     Graph, graph, new_id)
 from ansible_collections.strata.layers.plugins.module_utils._docker.layout import (
@@ -78,6 +84,7 @@ class Conversion:
         self.work = os.path.join(data_root, WORK)
         self.staged = DriverMeta(self.work, "staged")  # <work>/image/staged/...
         self.journal = os.path.join(self.work, "journal.json")
+        self._trash = Trash()
 
     # ------------------------------------------------------------ plan
     def plan(self) -> Dict[str, Any]:
@@ -129,8 +136,12 @@ class Conversion:
         """Steps 1-2; returns counts.  Resumes a run of the same conversion."""
         started = time.monotonic()
         self._prepare()
-        moved, reused, nbytes = self._layers()
-        carried = self._containers()
+        self._trash = Trash()
+        try:
+            moved, reused, nbytes = self._layers()
+            carried = self._containers()
+        finally:
+            self._trash.close()
         syncfs(self.new.home)
         crash_point("docker-migrate.materialized")
         return {"layers": moved, "reused_layers": reused, "containers": carried,
@@ -307,6 +318,10 @@ class Conversion:
             self._container(mount)
             carried += 1
             crash_point("docker-migrate.container")
+        # what the containers deleted goes on the worker while the next one is carried;
+        # a staged container whose trash is not settled is carried again by any next
+        # run (staged containers never outlive the run that made them)
+        self._trash.settle()
         return carried
 
     def _container(self, mount: MountMeta) -> None:
@@ -335,7 +350,12 @@ class Conversion:
 
     def _carry(self, mount: MountMeta, old_gid: str, old_parent: Optional[str],
                new_gid: str, new_parent: Optional[str]) -> Applier:
+        if new_parent:
+            self._trash.settle(self.new.files(new_parent))  # before it is snapshotted
         self.new.create(new_gid, new_parent)
+        if self.new.whiteouts == "delete":
+            self._trash.move(self.new.files(new_gid), self.old.whited_out(old_gid),
+                             new_gid[:16])
         what = "container %s (%s layer)" % (mount.container_id[:12],
                                             "init" if old_gid.endswith("-init") else "rw")
         with self._shadow(new_gid) as shadow:

@@ -1,9 +1,17 @@
 """The check that stands in for re-reading a layer cloned into the new driver
-(tarsplit.same_files), and the shadow's fallback where nothing can be cloned."""
+(tarsplit.same_files), the shadow's fallback where nothing can be cloned, and the
+tar-split reader (one json.loads per batch of lines)."""
 from __future__ import annotations
 
+import base64
+import gzip
+import json
 import os
 import shutil
+
+import pytest
+
+from ansible_collections.strata.layers.plugins.module_utils._errors import Corrupt
 
 from ansible_collections.strata.layers.plugins.module_utils._docker import tarsplit
 
@@ -73,3 +81,43 @@ def test_cloned_stream_is_the_plain_stream(tmp_path):
     if clones.read_from:  # this filesystem clones: the files were made, not written
         assert sorted(os.listdir(new)) == ["b", "etc_a"]
         assert open(os.path.join(new, "etc_a"), "rb").read() == b"abc"
+        st = os.lstat(os.path.join(new, "b"))
+        assert clones.read_from[b"b"] == (st.st_dev, st.st_ino)
+
+
+def _split_file(tmp_path, lines):
+    path = str(tmp_path / "tar-split.json.gz")
+    with gzip.open(path, "wb") as handle:
+        handle.write(b"".join(line + b"\n" for line in lines))
+    return path
+
+
+def test_entries_in_order_across_batches(tmp_path, monkeypatch):
+    monkeypatch.setattr(tarsplit, "_BATCH", 100)  # several json.loads batches
+    lines, want = [], []
+    for index in range(50):
+        header = ("header-%d" % index).encode()
+        lines.append(json.dumps({"type": 2, "payload": base64.b64encode(header).decode(),
+                                 "position": 2 * index}).encode())
+        want.append((tarsplit.SEGMENT, header, 0))
+        name = b"dir/\xff-%d" % index  # not UTF-8: name_raw
+        lines.append(json.dumps({"type": 1, "name_raw": base64.b64encode(name).decode(),
+                                 "size": index, "position": 2 * index + 1}).encode())
+        want.append((tarsplit.FILE, name, index))
+        if index == 20:
+            lines.append(b"")  # blank lines are skipped
+    lines.append(json.dumps({"type": 1, "name": "plain", "size": 0}).encode())
+    want.append((tarsplit.FILE, b"plain", 0))
+    assert list(tarsplit.entries(_split_file(tmp_path, lines))) == want
+
+
+@pytest.mark.parametrize("bad, why", [
+    (b'{"type": 2, "payload": ', "line 2: not JSON"),
+    (b'{"type": 7}', "line 2: unknown tar-split entry type 7"),
+    (b'[1]', "line 2: a tar-split entry is a JSON object"),
+    (b'{"type": 1, "name": "a"}, {"type": 1, "name": "b"}', "more than one"),
+])
+def test_damaged_entries_name_the_line(tmp_path, bad, why):
+    path = _split_file(tmp_path, [b'{"type": 1, "name": "ok", "size": 0}', bad])
+    with pytest.raises(Corrupt, match=why):
+        list(tarsplit.entries(path))
