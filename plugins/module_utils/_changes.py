@@ -393,10 +393,10 @@ class InitBase(BaseTree):
     layer.  An entry's own attributes (xattrs, link target) come from the tree its
     parent's listing came from."""
 
-    def __init__(self, root: str, image: BaseTree, entries: Sequence[str]) -> None:
+    def __init__(self, root: str, image: BaseTree, touched: FrozenSet[bytes]) -> None:
         super().__init__(root, keep=True)
         self.image = image
-        self.touched = touched_dirs(entries)
+        self.touched = touched
 
     def _own(self, rel: bytes) -> bool:
         return rel in self.touched
@@ -420,13 +420,16 @@ class InitBase(BaseTree):
         return None  # never read whole
 
 
-def touched_dirs(entries: Sequence[str]) -> FrozenSet[bytes]:
+def touched_dirs(entries: Sequence[str]) -> Optional[FrozenSet[bytes]]:
     """The directories (relative, ``b""`` the root) the init ``entries`` (``"dir/"`` or
-    ``"file"``) can change or create: every entry's parents, and a directory entry."""
+    ``"file"``) can change or create: every entry's parents, and a directory entry
+    (None: an entry with a ``..``, which this does not follow)."""
     touched = {b""}
     for entry in entries:
-        parts = os.fsencode(entry.strip("/")).split(b"/")
-        if parts == [b""]:
+        parts = [p for p in os.fsencode(entry).split(b"/") if p not in (b"", b".")]
+        if b".." in parts:
+            return None
+        if not parts:
             continue
         upto = len(parts) if entry.endswith("/") else len(parts) - 1
         for end in range(1, upto + 1):

@@ -23,7 +23,7 @@ from ansible_collections.strata.layers.plugins.module_utils._atomic import (
     TEMP_PREFIX, fsync_dir, makedirs, read_json, remove_tree, rename_durable, temp_name,
     write_json)
 from ansible_collections.strata.layers.plugins.module_utils._changes import (
-    BaseTree, InitBase, TreeDiff, UpperDiff, chunk_reader)
+    BaseTree, InitBase, TreeDiff, UpperDiff, chunk_reader, touched_dirs)
 from ansible_collections.strata.layers.plugins.module_utils._copytree import Shadow
 from ansible_collections.strata.layers.plugins.module_utils._crash import crash_point
 from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID
@@ -149,12 +149,13 @@ def changes(store: Store, record: ContainerRecord, chain: Sequence[ChainID],
         return changes_with(driver, record, chain)
     base = driver.diff_base(list(chain), record.id)
     tree: Optional[BaseTree] = None
-    if base is not None and chain and record.init is not None and driver.has_init(record.id):
+    touched = touched_dirs(record.init) if record.init is not None else None
+    if base is not None and chain and touched is not None and driver.has_init(record.id):
         # its own init layer: read where the init entries are, the rest from the
         # image's top layer that the containers on the image share
         top = driver.layer_dir(chain[-1])
         image = bases.setdefault(top, BaseTree(top, keep=True))
-        tree = bases.setdefault(base, InitBase(base, image, record.init))
+        tree = bases.setdefault(base, InitBase(base, image, touched))
     elif base is not None:
         tree = bases.setdefault(base, BaseTree(base, keep=True))
     return TreeDiff(base, driver.container_root(record.id), base_tree=tree)
