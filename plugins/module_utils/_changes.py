@@ -20,7 +20,7 @@ import errno
 import os
 import stat
 from typing import (
-    Callable, Dict, FrozenSet, Iterator, List, NamedTuple, Optional, Set, Tuple)
+    Callable, Dict, FrozenSet, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple)
 
 from ansible_collections.strata.layers.plugins.module_utils import _files as files
 from ansible_collections.strata.layers.plugins.module_utils._copytree import Shadow
@@ -380,6 +380,61 @@ class BaseTree:
         if self.keep:
             self._links[rel] = found
         return found
+
+
+class InitBase(BaseTree):
+    """A container's init layer as its diff base, read mostly from the image's top layer.
+
+    ``populate`` only ever creates the init entries (and missing parents) in a faithful
+    copy of the top layer, so every directory that holds no init entry and is none is
+    the same, entry for entry and attribute for attribute, in both: those are read from
+    ``image`` (one ``BaseTree`` the containers on that image share) and only the few
+    ``touched`` ones (each entry's parents, each directory entry itself) from the init
+    layer.  An entry's own attributes (xattrs, link target) come from the tree its
+    parent's listing came from."""
+
+    def __init__(self, root: str, image: BaseTree, touched: FrozenSet[bytes]) -> None:
+        super().__init__(root, keep=True)
+        self.image = image
+        self.touched = touched
+
+    def _own(self, rel: bytes) -> bool:
+        return rel in self.touched
+
+    def _owner_of(self, rel: bytes) -> bool:
+        return rel.rpartition(b"/")[0] in self.touched
+
+    def entries(self, rel: bytes) -> Optional[Dict[bytes, os.stat_result]]:
+        return super().entries(rel) if self._own(rel) else self.image.entries(rel)
+
+    def named(self, rel: bytes) -> Optional[Dict[str, os.stat_result]]:
+        return super().named(rel) if self._own(rel) else self.image.named(rel)
+
+    def xattrs(self, rel: bytes) -> Dict[str, bytes]:
+        return super().xattrs(rel) if self._owner_of(rel) else self.image.xattrs(rel)
+
+    def readlink(self, rel: bytes) -> bytes:
+        return super().readlink(rel) if self._owner_of(rel) else self.image.readlink(rel)
+
+    def allocated(self) -> Optional[Tuple[int, Set[Tuple[int, int]]]]:
+        return None  # never read whole
+
+
+def touched_dirs(entries: Sequence[str]) -> Optional[FrozenSet[bytes]]:
+    """The directories (relative, ``b""`` the root) the init ``entries`` (``"dir/"`` or
+    ``"file"``) can change or create: every entry's parents, and a directory entry
+    (None: an entry with a ``..``, which this does not follow)."""
+    touched = {b""}
+    for entry in entries:
+        parts = [p for p in os.fsencode(entry).split(b"/") if p not in (b"", b".")]
+        if b".." in parts:
+            return None
+        if not parts:
+            continue
+        upto = len(parts) if entry.endswith("/") else len(parts) - 1
+        for end in range(1, upto + 1):
+            touched.add(b"/".join(parts[:end]))
+    return frozenset(touched)
 
 
 class TreeDiff:

@@ -23,7 +23,7 @@ from ansible_collections.strata.layers.plugins.module_utils._atomic import (
     TEMP_PREFIX, fsync_dir, makedirs, read_json, remove_tree, rename_durable, temp_name,
     write_json)
 from ansible_collections.strata.layers.plugins.module_utils._changes import (
-    BaseTree, TreeDiff, UpperDiff, chunk_reader)
+    BaseTree, InitBase, TreeDiff, UpperDiff, chunk_reader, touched_dirs)
 from ansible_collections.strata.layers.plugins.module_utils._copytree import Shadow
 from ansible_collections.strata.layers.plugins.module_utils._crash import crash_point
 from ansible_collections.strata.layers.plugins.module_utils._digest import ChainID
@@ -57,6 +57,10 @@ class ContainerRecord:
     # module's run config, fixed at creation as with docker create)
     init: Optional[List[str]] = None
     run: Optional[Dict[str, Any]] = None
+    # what its init layer allocates (full-copy drivers), and the init root's inode and
+    # ctime when that was counted: ``store_info``'s ``on_disk`` takes the figure while
+    # they still match (the init layer is never written after it is made)
+    init_usage: Optional[Dict[str, int]] = None
 
     def to_json(self) -> Dict[str, Any]:
         return asdict(self)
@@ -144,7 +148,16 @@ def changes(store: Store, record: ContainerRecord, chain: Sequence[ChainID],
     if bases is None or driver.whiteouts == "device":
         return changes_with(driver, record, chain)
     base = driver.diff_base(list(chain), record.id)
-    tree = bases.setdefault(base, BaseTree(base, keep=True)) if base is not None else None
+    tree: Optional[BaseTree] = None
+    touched = touched_dirs(record.init) if record.init is not None else None
+    if base is not None and chain and touched is not None and driver.has_init(record.id):
+        # its own init layer: read where the init entries are, the rest from the
+        # image's top layer that the containers on the image share
+        top = driver.layer_dir(chain[-1])
+        image = bases.setdefault(top, BaseTree(top, keep=True))
+        tree = bases.setdefault(base, InitBase(base, image, touched))
+    elif base is not None:
+        tree = bases.setdefault(base, BaseTree(base, keep=True))
     return TreeDiff(base, driver.container_root(record.id), base_tree=tree)
 
 
@@ -194,6 +207,7 @@ class Sizing:
                       else None)
         self.same: Dict[str, str] = {}
         self.walked: Dict[str, Tuple[int, Set[Tuple[int, int]]]] = {}
+        self.inits: Dict[str, int] = {}
 
     def size(self, store: Store, record: ContainerRecord, chain: Sequence[ChainID]) -> int:
         driver = store.driver
@@ -206,6 +220,9 @@ class Sizing:
         size = diff.size()
         if isinstance(diff, TreeDiff) and self.bases is not None:
             self.walked[os.path.realpath(diff.root)] = (diff.allocated or 0, diff.linked)
+            usage = recorded_init_usage(driver, record)
+            if usage is not None:
+                self.inits[os.path.realpath(driver.init_dir(record.id))] = usage
         return size
 
     def on_disk(self, store: Store) -> int:
@@ -219,6 +236,8 @@ class Sizing:
             if not inodes & linked:  # else an inode linked into two copies: walk this one
                 known[root] = (allocated, inodes)
                 linked |= inodes
+        for init, allocated in self.inits.items():  # as counted when it was made
+            known[init] = (allocated, set())
         for base, tree in (self.bases or {}).items():
             read = tree.allocated()  # a base the size walks read whole (an init layer)
             if read is not None and not read[1] & linked:
@@ -232,6 +251,34 @@ class Sizing:
             # a snapshot's inodes have its own st_dev: none is linked from elsewhere
             known[os.path.realpath(root)] = (below[base], set())
         return allocated_bytes(store.root, known)
+
+
+def init_usage(driver: Driver, cid: str) -> Optional[Dict[str, int]]:
+    """What container ``cid``'s init layer allocates, with its root's inode and ctime
+    (full-copy drivers, where it is a whole root; None elsewhere)."""
+    if driver.whiteouts != "delete" or not driver.has_init(cid):
+        return None
+    st = os.lstat(driver.init_dir(cid))
+    return {"bytes": allocated_bytes(driver.init_dir(cid)), "inode": st.st_ino,
+            "ctime_ns": st.st_ctime_ns}
+
+
+def recorded_init_usage(driver: Driver, record: ContainerRecord) -> Optional[int]:
+    """The init layer's allocated bytes as recorded, while its root is still the one
+    they were counted on (a migration or a repair makes it again: then None)."""
+    usage = record.init_usage
+    if not isinstance(usage, dict) or driver.whiteouts != "delete" \
+            or not driver.has_init(record.id):
+        return None
+    try:
+        st = os.lstat(driver.init_dir(record.id))
+    except OSError:
+        return None
+    counted = usage.get("bytes")
+    if (st.st_ino, st.st_ctime_ns) != (usage.get("inode"), usage.get("ctime_ns")) \
+            or not isinstance(counted, int) or isinstance(counted, bool) or counted < 0:
+        return None  # made again since, or a record edited by hand: walk it
+    return counted
 
 
 def container_row(store: Store, record: ContainerRecord,
@@ -328,7 +375,7 @@ def create(store: Store, name: str, image: ImageRecord, kind: str = "container",
         crash_point("container-create.driver")
         record = ContainerRecord(id=cid, name=name, image_id=image.id, created=now_iso(),
                                  kind=kind, init=list(init) if init is not None else None,
-                                 run=run)
+                                 run=run, init_usage=init_usage(driver, cid))
         makedirs(store.tmp)
         os.mkdir(staged, 0o700)
         write_json(os.path.join(staged, RECORD_FILE), record.to_json())

@@ -9,7 +9,7 @@ import pytest
 
 from ansible_collections.strata.layers.plugins.module_utils import _fsinfo
 from ansible_collections.strata.layers.plugins.module_utils._changes import (
-    BaseTree, TreeDiff, _Emitter)
+    BaseTree, TreeDiff, _Emitter, touched_dirs)
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import allocated_bytes
 
 
@@ -128,3 +128,12 @@ def test_a_base_read_whole_allocates_what_allocated_bytes_finds(trees):
     partial = BaseTree(base, keep=True)
     TreeDiff(base, root, base_tree=partial).size()
     assert partial.allocated() is None
+
+
+def test_the_directories_init_entries_touch():
+    """Each entry's parents and each directory entry, the root always; ``.`` and empty
+    components dropped; an entry with ``..`` gives None (the whole init layer is read)."""
+    assert touched_dirs(["dev/", "dev/pts/", "etc/hosts", "srv//app/./"]) == frozenset(
+        {b"", b"dev", b"dev/pts", b"etc", b"srv", b"srv/app"})
+    assert touched_dirs(["/"]) == frozenset({b""})
+    assert touched_dirs(["a/../etc/"]) is None

@@ -172,21 +172,32 @@ def test_on_disk_takes_each_walked_container_once(store_root, busybox_tar, tmp_p
         subprocess.run(["umount", target], check=True)
 
 
-def test_on_disk_takes_each_init_layer_the_size_walk_read_whole(store_root, busybox_tar):
-    """vfs: containers as the ``container`` module makes them each compare with their own
-    init layer; ``on_disk`` takes what the size walk read of each (``BaseTree.allocated``)
-    instead of walking it again, and walks one whose container removed a directory (not
-    read whole). Sizes and ``on_disk`` are the walks' figures."""
+def _init_store(store_root, busybox_tar, names, entries=None):
     storage_driver({"data_root": store_root, "driver": "vfs"})
     layer_import({"data_root": store_root, "src": busybox_tar, "tag": ["base:1"]})
     store = Store(store_root)
     with store.write("test"):
         image = store.images.get(store.images.resolve("base:1"))
-        for name in ("same", "added", "removed"):
-            create(store, name, image, init=list(INIT_ENTRIES))
+        for name in names:
+            create(store, name, image, init=list(entries or INIT_ENTRIES))
     with store.read():
-        roots = {r.name: store.driver.container_root(r.id) for r in ContainerDB(store_root).all()}
-        assert all(store.driver.has_init(r.id) for r in ContainerDB(store_root).all())
+        records = {r.name: r for r in ContainerDB(store_root).all()}
+        roots = {n: store.driver.container_root(r.id) for n, r in records.items()}
+        inits = {n: store.driver.init_dir(r.id) for n, r in records.items()}
+        assert all(store.driver.has_init(r.id) for r in records.values())
+    return store, records, roots, inits
+
+
+def test_on_disk_takes_each_init_layer_as_counted_when_it_was_made(store_root, busybox_tar):
+    """vfs: containers as the ``container`` module makes them each compare with their own
+    init layer; ``on_disk`` takes the init layer's allocated bytes recorded when it was
+    made (``init_usage``) instead of walking it, while its root is the one they were
+    counted on; an init layer changed since (another inode or ctime) is walked. Sizes and
+    ``on_disk`` are the walks' figures."""
+    store, records, roots, inits = _init_store(store_root, busybox_tar,
+                                               ("same", "added", "removed"))
+    for name, record in records.items():
+        assert record.init_usage["bytes"] == allocated_bytes(inits[name]), name
     _write(os.path.join(roots["added"], "tmp", "new-file"), b"x" * 5000)
     subprocess.run(["rm", "-rf", os.path.join(roots["removed"], "etc")], check=True)
     full = store_info({"data_root": store_root})
@@ -196,11 +207,45 @@ def test_on_disk_takes_each_init_layer_the_size_walk_read_whole(store_root, busy
     with store.read():
         sizing = Sizing(store)
         container_facts(store, sizing=sizing)
-        read = {r.name: sizing.bases[store.driver.init_dir(r.id)].allocated()
-                for r in ContainerDB(store_root).all()}
-        for name in ("same", "added"):
-            init = store.driver.init_dir(next(r.id for r in ContainerDB(store_root).all()
-                                              if r.name == name))
-            assert read[name] is not None and read[name][0] == allocated_bytes(init), name
-        assert read["removed"] is None
+        assert sorted(sizing.inits) == sorted(os.path.realpath(p) for p in inits.values())
         assert sizing.on_disk(store) == allocated_bytes(store_root)
+    _write(os.path.join(inits["same"], "grown"), b"g" * 9000)  # a new ctime: walked again
+    with store.read():
+        sizing = Sizing(store)
+        container_facts(store, sizing=sizing)
+        assert os.path.realpath(inits["same"]) not in sizing.inits
+        assert sizing.on_disk(store) == allocated_bytes(store_root)
+
+
+EDITS = {
+    "same": lambda top: None,
+    "hosts": lambda top: _write(os.path.join(top, "etc", "hosts"), b"10.0.0.1 db\n"),
+    "etc-file": lambda top: _write(os.path.join(top, "etc", "new.conf"), b"n" * 3000),
+    "dev-entry": lambda top: _write(os.path.join(top, "dev", "pts", "x"), b"p" * 100),
+    "proc-gone": lambda top: os.rmdir(os.path.join(top, "proc")),
+    "etc-xattr": lambda top: os.setxattr(os.path.join(top, "etc"), "user.k", b"v"),
+    "deep": lambda top: _write(os.path.join(top, "bin", "extra"), b"e" * 7000),
+    "chmod-bin": lambda top: os.chmod(os.path.join(top, "bin"), 0o700),
+    "workdir": lambda top: _write(os.path.join(top, "srv", "app", "f"), b"w" * 200),
+}
+
+
+def test_an_init_layer_read_mostly_from_the_image_gives_the_sizes_of_a_whole_read(
+        store_root, busybox_tar):
+    """``InitBase`` (the init entries' directories from the init layer, every other one
+    from the image's top layer) finds exactly what a whole read of the init layer finds,
+    for changes inside and outside the init entries' directories (a working directory
+    among them)."""
+    entries = list(INIT_ENTRIES) + ["srv/app/"]
+    store, records, roots, _inits = _init_store(store_root, busybox_tar, EDITS, entries)
+    for name, edit in EDITS.items():
+        edit(roots[name])
+    with store.read():
+        shared = Sizing(store)
+        for name, record in records.items():
+            chain = image_chain(store, store.images.get(record.image_id))
+            whole = changes(store, record, chain).size()  # its own BaseTree of the init layer
+            assert shared.size(store, record, chain) == whole, name
+    sizes = {c["name"]: c["size"] for c in store_info({"data_root": store_root})["containers"]}
+    assert sizes["same"] == 0 and sizes["deep"] == 7000 and sizes["etc-file"] == 3000
+    assert sizes["workdir"] == 200 and sizes["hosts"] == len(b"10.0.0.1 db\n")
