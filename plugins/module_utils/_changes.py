@@ -26,7 +26,7 @@ from ansible_collections.strata.layers.plugins.module_utils import _files as fil
 from ansible_collections.strata.layers.plugins.module_utils._copytree import Shadow
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     InvalidInput, StoreError, Unsupported)
-from ansible_collections.strata.layers.plugins.module_utils._fsinfo import walk_dirs
+from ansible_collections.strata.layers.plugins.module_utils._fsinfo import first_link, walk_dirs
 from ansible_collections.strata.layers.plugins.module_utils._tarformat import (
     BLKTYPE, CHRTYPE, DIRTYPE, FIFOTYPE, LNKTYPE, REGTYPE, SYMTYPE, encode_header, end_of_archive,
     padding)
@@ -103,24 +103,16 @@ class _Emitter:
         self.linked: Set[Tuple[int, int]] = set()
 
     def allocate(self, st: os.stat_result) -> None:
-        if st.st_nlink > 1:
-            key = (st.st_dev, st.st_ino)
-            if key in self.linked:
-                return
-            self.linked.add(key)
+        if st.st_nlink > 1 and not first_link(st, self.linked):
+            return
         self.allocated += st.st_blocks * 512
 
     def full(self, rel: bytes) -> bytes:
         return self.root + b"/" + rel if rel else self.root
 
     def count(self, st: os.stat_result) -> None:
-        if stat.S_ISDIR(st.st_mode):
+        if stat.S_ISDIR(st.st_mode) or (st.st_nlink > 1 and not first_link(st, self.sized)):
             return
-        key = (st.st_dev, st.st_ino)
-        if st.st_nlink > 1:
-            if key in self.sized:
-                return
-            self.sized.add(key)
         self.size += st.st_size
 
     def entry(self, rel: bytes, st: os.stat_result, with_data: bool = True) -> Iterator[bytes]:
@@ -323,11 +315,8 @@ class BaseTree:
             for name, st in (found or {}).items():
                 if stat.S_ISDIR(st.st_mode) and _join(rel, name) not in self._dirs:
                     return None
-                if st.st_nlink > 1:
-                    key = (st.st_dev, st.st_ino)
-                    if key in linked:
-                        continue
-                    linked.add(key)
+                if st.st_nlink > 1 and not first_link(st, linked):
+                    continue
                 total += st.st_blocks * 512
         return total, linked
 
@@ -491,12 +480,7 @@ class TreeDiff:
         with os.scandir(fd) as entries:  # names as str: an fd has no bytes path
             for entry in entries:
                 st = entry.stat(follow_symlinks=False)  # fstatat(fd, name)
-                if st.st_nlink > 1:
-                    key = (st.st_dev, st.st_ino)
-                    if key not in linked:
-                        linked.add(key)
-                        blocks += st.st_blocks
-                else:
+                if st.st_nlink == 1 or first_link(st, linked):
                     blocks += st.st_blocks
                 old = olds.get(entry.name)
                 if isdir(st.st_mode):

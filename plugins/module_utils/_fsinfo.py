@@ -338,6 +338,17 @@ def allocated_bytes(root: str,
     return total[0]
 
 
+def first_link(st: os.stat_result, seen: Set[Tuple[int, int]]) -> bool:
+    """For an inode of several links (``st_nlink > 1``, checked by the caller so that
+    the common single-link entry costs no call): whether this is the first of its links
+    met, recorded in ``seen``. What ``du`` does: a hardlinked file's blocks count once."""
+    key = (st.st_dev, st.st_ino)
+    if key in seen:
+        return False
+    seen.add(key)
+    return True
+
+
 def _by_parent(paths: Dict[str, int]) -> Dict[str, Dict[str, int]]:
     """``{"/a/b": n}`` as ``{"/a": {"b": n}}``."""
     out: Dict[str, Dict[str, int]] = {}
@@ -360,11 +371,8 @@ def _allocated_in(fd: int, seen: Set[Tuple[int, int]], skipped: Dict[str, int],
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            if st.st_nlink > 1:
-                key = (st.st_dev, st.st_ino)
-                if key in seen:
-                    continue
-                seen.add(key)
+            if st.st_nlink > 1 and not first_link(st, seen):
+                continue
             total += st.st_blocks * 512
             if entry.name in given:
                 total += given[entry.name]
