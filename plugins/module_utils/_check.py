@@ -42,12 +42,12 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
     TEMP_PREFIX, makedirs, read_json, rename_durable, write_json)
 from ansible_collections.strata.layers.plugins.module_utils._containers import (
-    ContainerRecord, read_record, status)
+    ContainerDB, ContainerRecord, is_mounted, read_record, status)
 from ansible_collections.strata.layers.plugins.module_utils._digest import (
     ChainID, ImageID, chain_id, chain_ids, hex_of, is_digest, sha256_bytes)
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
-    Corrupt, InvalidInput, InvalidReference, NotFound, StoreError)
-from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mount_at, mounts_below
+    Busy, Corrupt, InvalidInput, InvalidReference, NotFound, StoreError)
+from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mounts_below
 from ansible_collections.strata.layers.plugins.module_utils._imageconfig import parse_config
 from ansible_collections.strata.layers.plugins.module_utils._imageref import normalize_tag
 from ansible_collections.strata.layers.plugins.module_utils._layers import RECORD, LayerRecord
@@ -699,10 +699,9 @@ def make_subvolume(store: Store, finding: Finding) -> str:
     path = finding.target
     if os.path.dirname(path) == os.path.join(store.driver.home, store.driver.containers_dir):
         cid = os.path.basename(path)
-        record = read_record(os.path.join(store.root, "containers", cid), cid)
-        if status(store, record) == "running" or (
-                record.mount_point is not None and mount_at(record.mount_point) is not None):
-            raise StoreError("container %r is running or mounted: stop and unmount it "
+        record = read_record(ContainerDB(store.root).path(cid), cid)
+        if status(store, record) == "running" or is_mounted(record):
+            raise Busy("container %r is running or mounted: stop and unmount it "
                              "(container state=stopped, container_layer state=unmounted), "
                              "then repair again" % record.name)
     store.driver.make_subvolume(path)  # type: ignore[attr-defined]

@@ -296,7 +296,7 @@ def container_row(store: Store, record: ContainerRecord,
     if sizes:
         sizing = sizing if sizing is not None else Sizing(store, shared=False)
         size = sizing.size(store, record, chain) if store.driver_name else 0
-    mounted = record.mount_point is not None and mount_at(record.mount_point) is not None
+    mounted = is_mounted(record)
     return {"id": record.id, "name": record.name, "image_id": record.image_id,
             "status": status(store, record),
             "size": size, "virtual_size": None if size is None else size + image_size,
@@ -308,6 +308,11 @@ def container_row(store: Store, record: ContainerRecord,
 def status(store: Store, record: ContainerRecord) -> str:
     """``created``, ``running`` or ``exited`` (the container module's run state)."""
     return read_state(ContainerDB(store.root).path(record.id))["status"]
+
+
+def is_mounted(record: ContainerRecord) -> bool:
+    """Whether the container's root filesystem is mounted where it was last asked to be."""
+    return record.mount_point is not None and mount_at(record.mount_point) is not None
 
 
 def refuse_running(store: Store, records: Sequence[ContainerRecord], doing: str) -> None:

@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional
 
 from ansible_collections.strata.layers.plugins.module_utils._containers import (
     _NAME_RE, ContainerDB, ContainerRecord, check_mount_point, container_row, create,
-    default_mount_point, mount, refuse_busy_target, refuse_running, remove, unmount)
+    default_mount_point, is_mounted, mount, refuse_busy_target, refuse_running, remove, unmount)
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     AlreadyExists, InvalidInput, NotFound)
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mount_at
@@ -40,7 +40,7 @@ def _reason(store: Store, record: Optional[ContainerRecord], image_id: Optional[
             return None
         return "mount"
     if state == "unmounted":
-        if record.mount_point and mount_at(record.mount_point):
+        if is_mounted(record):
             refuse_running(store, [record], "unmounting its root filesystem")
             return "unmount"
         return None
