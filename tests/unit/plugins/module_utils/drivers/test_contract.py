@@ -264,6 +264,16 @@ def mounted(driver, cid, chain, target):
     return target
 
 
+def write_through_mount(driver, cid, chain, target, name):
+    """A file ``name`` written into container ``cid`` through its mount, then unmounted."""
+    mounted(driver, cid, chain, target)
+    try:
+        with open(os.path.join(target, name), "w") as handle:
+            handle.write("w")
+    finally:
+        driver.unmount(target)
+
+
 def test_probe_accepts_the_filesystem_the_store_runs_on_and_leaves_nothing(store):
     from ansible_collections.strata.layers.plugins.module_utils._probe import DRIVERS, host_facts
     driver = store.driver
@@ -415,12 +425,7 @@ def test_diff_base_is_what_a_containers_changes_are_read_against(store, tmp_path
         driver.create_container("plain", chain)
         driver.create_container("inited", chain, init=lambda root: os.mkdir(
             os.path.join(root, "proc"), 0o755))
-        target = mounted(driver, "inited", chain, str(tmp_path / "m"))
-    try:
-        with open(os.path.join(target, "written"), "w") as handle:
-            handle.write("w")
-    finally:
-        driver.unmount(target)
+        write_through_mount(driver, "inited", chain, str(tmp_path / "m"), "written")
     seen = {cid: names_of(changes_in(driver, driver.container_root(cid), chain, cid=cid))
             for cid in ("plain", "inited")}
     assert seen == {"plain": [], "inited": ["written"]}   # the init layer is no change
@@ -441,12 +446,7 @@ def test_snapshot_check_never_calls_a_changed_container_unchanged(store, tmp_pat
         chain = [put_layer(driver, "base")]
         driver.create_container("kept", chain)
         driver.create_container("written", chain)
-        target = mounted(driver, "written", chain, str(tmp_path / "m"))
-    try:
-        with open(os.path.join(target, "new"), "w") as handle:
-            handle.write("w")
-    finally:
-        driver.unmount(target)
+        write_through_mount(driver, "written", chain, str(tmp_path / "m"), "new")
     check = driver.snapshot_check()
     if check is None:   # no shortcut on this driver: store_info walks every container
         assert driver.name != "btrfs"
@@ -493,7 +493,8 @@ def test_every_public_driver_member_is_called_by_a_contract_test():
     # the tests run on every setup (they take ``store``) and the helpers they call
     runs_everywhere = [f for name, f in sorted(globals().items()) if name.startswith("test_")
                        and "store" in inspect.signature(f).parameters]
-    sources = "\n".join(inspect.getsource(f) for f in runs_everywhere + [put_layer, mounted])
+    helpers = [put_layer, mounted, write_through_mount]
+    sources = "\n".join(inspect.getsource(f) for f in runs_everywhere + helpers)
     public = {name for name in dir(Driver) if not name.startswith("_")}
     missing = sorted(n for n in public if not re.search(r"\.%s\b" % n, sources))
     assert missing == [], "Driver members no contract test calls: %s" % missing
