@@ -254,9 +254,13 @@ class Sizing:
 
 
 def init_usage(driver: Driver, cid: str) -> Optional[Dict[str, int]]:
-    """What container ``cid``'s init layer allocates, with its root's inode and ctime
-    (full-copy drivers, where it is a whole root; None elsewhere)."""
-    if driver.whiteouts != "delete" or not driver.has_init(cid):
+    """What container ``cid``'s init layer allocates, with its root's inode and ctime:
+    on full-copy drivers that walk every container for ``store_info`` (vfs), one walk of
+    the init layer when it is made instead of one per ``store_info``; None elsewhere
+    (overlay: the init layer is a few entries; btrfs: ``snapshot_check`` measures an
+    unchanged container's base once per call, and a creation stays a snapshot)."""
+    if driver.whiteouts != "delete" or driver.snapshot_check() is not None \
+            or not driver.has_init(cid):
         return None
     st = os.lstat(driver.init_dir(cid))
     return {"bytes": allocated_bytes(driver.init_dir(cid)), "inode": st.st_ino,
