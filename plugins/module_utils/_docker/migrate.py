@@ -136,7 +136,6 @@ class Conversion:
         """Steps 1-2; returns counts.  Resumes a run of the same conversion."""
         started = time.monotonic()
         self._prepare()
-        self._trash = Trash()
         try:
             moved, reused, nbytes = self._layers()
             carried = self._containers()
