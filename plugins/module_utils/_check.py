@@ -702,8 +702,8 @@ def make_subvolume(store: Store, finding: Finding) -> str:
         record = read_record(ContainerDB(store.root).path(cid), cid)
         if status(store, record) == "running" or is_mounted(record):
             raise Busy("container %r is running or mounted: stop and unmount it "
-                             "(container state=stopped, container_layer state=unmounted), "
-                             "then repair again" % record.name)
+                       "(container state=stopped, container_layer state=unmounted), "
+                       "then repair again" % record.name)
     store.driver.make_subvolume(path)  # type: ignore[attr-defined]
     return "made a subvolume"
 
