@@ -201,22 +201,29 @@ class UpperDiff:
         self.markers = FUSE_MARKERS if markers else ()
 
     def size(self) -> int:
+        """Every entry of the upper but whiteouts (and fuse-overlayfs's markers), walked
+        by directory descriptors (``walk_dirs``) as the container may be running: what
+        it removes meanwhile is left out, a directory it turns into a link is not
+        followed."""
         emitter = _Emitter(self.upper)
-        for rel, st in self._walk(emitter):
-            if not _is_whiteout(st) and os.path.basename(rel) not in self.markers:
-                emitter.count(st)
-        return emitter.size
+        markers = self.markers
 
-    def _walk(self, emitter: _Emitter) -> Iterator[Tuple[bytes, os.stat_result]]:
-        stack: List[bytes] = [b""]
-        while stack:
-            rel = stack.pop()
-            for name in reversed(_listdir(emitter.full(rel))):
-                child = rel + b"/" + name if rel else name
-                st = os.lstat(emitter.full(child))
-                yield child, st
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append(child)
+        def visit(_rel: bytes, fd: int, _data: None) -> List[Tuple[bytes, None]]:
+            below: List[Tuple[bytes, None]] = []
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    st = _live_stat(entry)
+                    if st is None:
+                        continue
+                    name = os.fsencode(entry.name)
+                    if stat.S_ISDIR(st.st_mode):
+                        below.append((name, None))
+                    if not _is_whiteout(st) and name not in markers:
+                        emitter.count(st)
+            return below
+
+        walk_dirs(emitter.root, visit, live=True)
+        return emitter.size
 
     def tar(self) -> Iterator[bytes]:
         emitter = _Emitter(self.upper, self.exact_times, self.shadow)
@@ -463,7 +470,7 @@ class TreeDiff:
             olds = self.base_tree.named(rel) if compare else None
             return self._count_dir(emitter, rel, fd, olds or {})
 
-        walk_dirs(emitter.root, visit, data=True)
+        walk_dirs(emitter.root, visit, data=True, live=True)
         self.allocated, self.linked = emitter.allocated, emitter.linked
         return emitter.size
 
@@ -479,7 +486,9 @@ class TreeDiff:
         blocks = 0
         with os.scandir(fd) as entries:  # names as str: an fd has no bytes path
             for entry in entries:
-                st = entry.stat(follow_symlinks=False)  # fstatat(fd, name)
+                st = _live_stat(entry)  # fstatat(fd, name)
+                if st is None:
+                    continue
                 if st.st_nlink == 1 or first_link(st, linked):
                     blocks += st.st_blocks
                 old = olds.get(entry.name)
@@ -492,7 +501,11 @@ class TreeDiff:
                     emitter.count(st)
                 elif not isreg(st.st_mode):
                     name = prefix + os.fsencode(entry.name)
-                    if _differs(old, st, emitter.full(name), self.base_tree, name):
+                    try:
+                        differs = _differs(old, st, emitter.full(name), self.base_tree, name)
+                    except FileNotFoundError:
+                        continue  # removed meanwhile: a deletion counts nothing
+                    if differs:
                         emitter.count(st)
         emitter.allocated += blocks * 512
         return below
@@ -568,6 +581,15 @@ def _stat_differs(old: os.stat_result, new: os.stat_result) -> bool:
     return (old.st_mtime_ns != new.st_mtime_ns or old.st_size != new.st_size
             or old.st_mode != new.st_mode or old.st_uid != new.st_uid
             or old.st_gid != new.st_gid)
+
+
+def _live_stat(entry: "os.DirEntry[str]") -> Optional[os.stat_result]:
+    """The entry's own ``lstat`` (``fstatat`` in its open directory), or None when it is
+    gone: a running container removed it since its directory was read."""
+    try:
+        return entry.stat(follow_symlinks=False)
+    except FileNotFoundError:
+        return None
 
 
 def _differs(old: os.stat_result, new: os.stat_result, new_path: bytes,

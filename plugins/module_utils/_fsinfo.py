@@ -221,10 +221,12 @@ AnyPath = TypeVar("AnyPath", str, bytes)
 # what a walk that tolerates a tree changing under it skips, as ``os.scandir`` did: gone,
 # unreadable, no longer a directory (a symlink now: ``O_NOFOLLOW``)
 _GONE = (errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.ELOOP)
+# what opening a directory of a live tree by name meets when it went or became a link
+VANISHED = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
 
 
 def walk_dirs(top: AnyPath, visit: "Callable[[AnyPath, int, Any], List[Tuple[AnyPath, Any]]]",
-              data: Any = None, tolerant: bool = False) -> None:
+              data: Any = None, tolerant: bool = False, live: bool = False) -> None:
     """Walk the tree at ``top`` by directory descriptors: ``visit(rel, fd, data)`` reads
     directory ``rel`` (relative to ``top``, ``fd`` open on it; ``data``: what its
     parent's visit gave with its name, for ``top`` the argument) and returns the
@@ -236,11 +238,14 @@ def walk_dirs(top: AnyPath, visit: "Callable[[AnyPath, int, Any], List[Tuple[Any
     The first ``OPEN_LEVELS`` levels stay open while their subdirectories are walked,
     deeper ones are opened from the deepest open one; every descriptor is closed, on
     errors too. ``tolerant``: a directory that cannot be opened (gone, no longer one,
-    unreadable) is skipped, as is ``top``; else the error is raised."""
+    unreadable) is skipped, as is ``top``; else the error is raised.  ``live``: the tree
+    may be changing (a running container's): a directory below ``top`` that is gone or
+    no longer a directory when its turn comes is skipped (never followed), as Docker's
+    size walk leaves out what disappears while it walks."""
     sep = b"/" if isinstance(top, bytes) else "/"
     levels: List[Tuple[AnyPath, Optional[int], Iterator[Tuple[AnyPath, Any]]]] = []
     try:
-        _walk_into(levels, top, top[:0], data, visit, tolerant)
+        _walk_into(levels, top, top[:0], data, visit, tolerant, live)
         while levels:
             rel, fd, below = levels[-1]
             child = next(below, None)
@@ -250,7 +255,8 @@ def walk_dirs(top: AnyPath, visit: "Callable[[AnyPath, int, Any], List[Tuple[Any
                     os.close(fd)
                 continue
             name, given = child
-            _walk_into(levels, top, rel + sep + name if rel else name, given, visit, tolerant)
+            _walk_into(levels, top, rel + sep + name if rel else name, given, visit, tolerant,
+                       live)
     finally:
         for _rel, fd, _below in levels:
             if fd is not None:
@@ -258,7 +264,7 @@ def walk_dirs(top: AnyPath, visit: "Callable[[AnyPath, int, Any], List[Tuple[Any
 
 
 def _walk_into(levels: list, top: AnyPath, rel: AnyPath, data: Any, visit: Callable,
-               tolerant: bool) -> None:
+               tolerant: bool, live: bool = False) -> None:
     """Open directory ``rel`` (below the deepest open level), visit it, and push it:
     open while its subdirectories are walked unless ``OPEN_LEVELS`` are open already."""
     try:
@@ -268,7 +274,7 @@ def _walk_into(levels: list, top: AnyPath, rel: AnyPath, data: Any, visit: Calla
         else:
             fd = os.open(top, _DIR_FLAGS & ~os.O_NOFOLLOW)
     except OSError as exc:
-        if tolerant and exc.errno in _GONE:
+        if tolerant and exc.errno in _GONE or live and levels and exc.errno in VANISHED:
             return
         raise
     kept: Optional[int] = fd

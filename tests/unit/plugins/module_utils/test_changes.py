@@ -1,5 +1,7 @@
 """``TreeDiff.size``: the walk by directory descriptors counts what the ordered walk of the
-tar counts, allocates what ``allocated_bytes`` finds, and leaves no descriptor open."""
+tar counts, allocates what ``allocated_bytes`` finds, and leaves no descriptor open; the
+size walks of a running container (``TreeDiff``, ``UpperDiff``) leave out what it
+removes meanwhile and never follow a link it swaps in."""
 from __future__ import annotations
 
 import os
@@ -7,9 +9,9 @@ import shutil
 
 import pytest
 
-from ansible_collections.strata.layers.plugins.module_utils import _fsinfo
+from ansible_collections.strata.layers.plugins.module_utils import _changes, _fsinfo
 from ansible_collections.strata.layers.plugins.module_utils._changes import (
-    BaseTree, TreeDiff, _Emitter, touched_dirs)
+    BaseTree, TreeDiff, UpperDiff, _Emitter, touched_dirs)
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import allocated_bytes
 
 
@@ -137,3 +139,65 @@ def test_the_directories_init_entries_touch():
         {b"", b"dev", b"dev/pts", b"etc", b"srv", b"srv/app"})
     assert touched_dirs(["/"]) == frozenset({b""})
     assert touched_dirs(["a/../etc/"]) is None
+
+
+def _mutating_walk(monkeypatch, change):
+    """``walk_dirs`` as ``_changes`` calls it, with ``change()`` run right after the top
+    directory's visit: what a running container does while ``store_info`` walks it."""
+    real = _changes.walk_dirs
+
+    def walk(top, visit, data=None, **kw):
+        def visit_then_change(rel, fd, given):
+            below = visit(rel, fd, given)
+            if not rel:
+                change()
+            return below
+        real(top, visit_then_change, data, **kw)
+
+    monkeypatch.setattr(_changes, "walk_dirs", walk)
+
+
+def _live_tree(top: str, outside: str) -> None:
+    for name in ("gone", "swapped", "kept"):
+        os.makedirs(os.path.join(top, name))
+        _write(os.path.join(top, name, "f"), b"x" * 100)
+    os.makedirs(outside)
+    _write(os.path.join(outside, "f"), b"secret" * 1000)
+
+
+def _gone_and_swapped(top: str, outside: str):
+    def change():
+        shutil.rmtree(os.path.join(top, "gone"))
+        shutil.rmtree(os.path.join(top, "swapped"))
+        os.symlink(outside, os.path.join(top, "swapped"))
+    return change
+
+
+def test_upper_size_of_a_running_container_leaves_out_what_goes_meanwhile(tmp_path,
+                                                                           monkeypatch):
+    """A directory removed, or swapped for a link, after its parent was read: skipped
+    (Docker's size walk ignores what disappears), the link never followed."""
+    upper, outside = str(tmp_path / "upper"), str(tmp_path / "outside")
+    _live_tree(upper, outside)
+    _mutating_walk(monkeypatch, _gone_and_swapped(upper, outside))
+    before = _open_fds()
+    assert UpperDiff(upper).size() == 100       # kept/f only: no 6000 bytes from outside
+    assert _open_fds() == before
+
+
+def test_copy_size_of_a_running_container_leaves_out_what_goes_meanwhile(tmp_path,
+                                                                         monkeypatch):
+    base, root = str(tmp_path / "base"), str(tmp_path / "root")
+    outside = str(tmp_path / "outside")
+    os.makedirs(base)
+    _live_tree(root, outside)
+    _mutating_walk(monkeypatch, _gone_and_swapped(root, outside))
+    assert TreeDiff(base, root).size() == 100
+
+
+def test_an_entry_removed_after_its_directory_was_read_counts_nothing(tmp_path):
+    _write(str(tmp_path / "f"), b"x")
+    with os.scandir(str(tmp_path)) as listing:
+        entries = list(listing)
+    os.unlink(str(tmp_path / "f"))
+    assert _changes._live_stat(entries[0]) is None
