@@ -32,11 +32,14 @@ PYTHON = os.path.join(REPO, ".venv", "bin", "python")
 
 def ansiballz(module: str, params: Dict[str, Any], dest: str, seed_args: str,
               collections: Optional[str] = None) -> str:
-    """An AnsiballZ program of ``strata.layers.<module>`` with ``params`` at ``dest``.
+    """An AnsiballZ program of ``strata.layers.<module>`` (or of ``module`` itself when
+    it is a full name, ``ansible.builtin.ping``) with ``params`` at ``dest``.
 
     ``seed_args`` are ad-hoc arguments of a cheap first run (its only purpose is to
     leave the program behind); ``collections`` the collections path to take the
     collection from (this tree's by default)."""
+    fqcn = module if module.count(".") == 2 else "strata.layers.%s" % module
+    module = fqcn.rsplit(".", 1)[1]
     keep = tempfile.mkdtemp(prefix="strata-bench-ansiballz-")
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=collections or os.path.join(REPO, ".collections"),
                ANSIBLE_KEEP_REMOTE_FILES="1", ANSIBLE_REMOTE_TMP=keep,
@@ -44,7 +47,7 @@ def ansiballz(module: str, params: Dict[str, Any], dest: str, seed_args: str,
     try:
         sh([os.path.join(REPO, ".venv", "bin", "ansible"), "localhost",
             "-e", "ansible_python_interpreter=%s" % PYTHON,
-            "-m", "strata.layers.%s" % module, "-a", seed_args], env=env)
+            "-m", fqcn, "-a", seed_args], env=env)
         found = glob.glob(os.path.join(keep, "*", "AnsiballZ_%s.py" % module))
         if not found:
             raise RuntimeError("ansible left no AnsiballZ_%s.py in %s" % (module, keep))
@@ -64,10 +67,11 @@ def ansiballz(module: str, params: Dict[str, Any], dest: str, seed_args: str,
     return dest
 
 
-def run_measured(cmd: List[str]) -> Dict[str, float]:
+def run_measured(cmd: List[str]) -> Dict[str, Any]:
     """Wall seconds, CPU seconds (user + system, its waited-for children included) and
     peak resident memory (bytes, ru_maxrss) of ``cmd`` run as a child process, from
-    wait4; a module that reports ``failed`` raises."""
+    wait4, and the last 3000 bytes it printed (``output``); a module that reports
+    ``failed`` raises."""
     with tempfile.TemporaryFile() as out:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
@@ -80,7 +84,7 @@ def run_measured(cmd: List[str]) -> Dict[str, float]:
         raise RuntimeError("%s failed (%d): %s" % (" ".join(cmd[:3]), proc.returncode,
                                                    text.decode("utf-8", "replace")))
     return {"wall": wall, "maxrss": usage.ru_maxrss * 1024.0,
-            "cpu": usage.ru_utime + usage.ru_stime}
+            "cpu": usage.ru_utime + usage.ru_stime, "output": text}
 
 
 # ---------------------------------------------------------------------- dockerd

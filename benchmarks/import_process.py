@@ -33,6 +33,14 @@ What each row includes:
   docker load         ``docker load -i`` against the running daemon (the client's start
                       included); docker's own durability, no extra sync
   podman load         ``podman load -i`` into a fresh root (its own durability)
+With ``--floor``, two more rows say how low any Python module could go here:
+  ansible.builtin.ping  the same kind of program for Ansible's own ``ping``: the fixed
+                      cost of any module run that is not ours to cut (interpreter,
+                      AnsiballZ, ``ansible.module_utils.basic`` compiled from the zip)
+  floor extraction    ``_floor_extract.py``: the least a Python program does to extract
+                      the layer durably with its sha256, on both cores (a forked writer
+                      process), checking nothing; see its docstring
+  floor of a module   the two added up, per round
 Peak RSS is the module process's ru_maxrss (wait4).
 """
 from __future__ import annotations
@@ -44,9 +52,9 @@ import shutil
 import sys
 from typing import Dict, List, Optional
 
-from _common import (Results, dirs_arg, engine, goal, loop_fs, machine, make_tar,
-                     podman_cmd, progress, release_podman_root, save_goals, sh, short_runroot,
-                     syncfs, timed, verdict, wipe, workspace)
+from _common import (Results, dirs_arg, engine, file_sha256, goal, loop_fs, machine,
+                     make_tar, podman_cmd, progress, release_podman_root, save_goals, sh,
+                     short_runroot, syncfs, timed, verdict, wipe, workspace)
 from _peers import PYTHON, Dockerd, ansiballz, dockerd, run_measured
 from apply_cpu import tree_of
 
@@ -54,6 +62,9 @@ DEFAULT_DIRS = "usr/include,usr/lib/gcc,usr/lib/python3.11,usr/libexec,usr/share
 QUICK_DIRS = "usr/lib/python3.11,usr/share/perl"
 IMAGE = "strata-bench/import:1"
 BASE = "tar -xf + sync"
+PING = "ansible.builtin.ping"
+FLOOR = "floor extraction (2 processes)"
+FLOOR_MODULE = "floor of a module (ping + floor)"
 
 
 class Sources:
@@ -62,6 +73,7 @@ class Sources:
     def __init__(self, work: str, dirs: List[str], daemon: Optional[Dockerd]) -> None:
         built = os.path.join(work, "built.tar")
         self.info = make_tar(built, dirs)
+        self.diff_id: Optional[str] = None      # the layer's, for --floor's check
         self.archive: Optional[str] = None
         self.layer = built
         if daemon is None:
@@ -126,6 +138,25 @@ class Round:
         self.cpu.add(BASE, extract["cpu"] + flush["cpu"])
         wipe(dest)
 
+    def floor(self) -> None:
+        """Ansible's fixed cost, the floor extraction, and the two added up."""
+        ping = run_measured([PYTHON, self.programs[PING]])
+        dest = os.path.join(self.out, "floor-out")
+        wipe(dest)
+        os.mkdir(dest)
+        syncfs(self.out)
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_floor_extract.py")
+        got = run_measured([PYTHON, script, self.sources.layer, dest])
+        diff_id = json.loads(got["output"].splitlines()[-1])["diff_id"]
+        if diff_id != self.sources.diff_id:
+            raise RuntimeError("the floor extraction hashed %s, the layer is %s"
+                               % (diff_id, self.sources.diff_id))
+        for results, key in ((self.results, "wall"), (self.cpu, "cpu")):
+            results.add(PING, ping[key])
+            results.add(FLOOR, got[key])
+            results.add(FLOOR_MODULE, ping[key] + got[key])
+        wipe(dest)
+
     def docker_load(self) -> None:
         assert self.daemon is not None and self.sources.archive is not None
         syncfs(self.out)
@@ -163,6 +194,8 @@ class Round:
                 self.ours(program, rerun=program == "layer_import plain layer")
             if label.endswith("docker-archive"):
                 self.tar()
+        if PING in self.programs:
+            self.floor()
         if self.daemon is not None:
             self.docker_load()
         if self.podman:
@@ -221,6 +254,16 @@ def report(results: Results, cpu: Results, sources: Sources, rss: List[float],
             rows.append(goal("%s, this tree / base %s" % (label, args.base), "%.2fx wall, %.2fx CPU"
                              % (results.median(label) / results.median(base),
                                 cpu.median(label) / cpu.median(base)), "(A/B)", None))
+    if FLOOR_MODULE in results.samples:
+        floor = results.median(FLOOR_MODULE)
+        rows.append(goal("the least any Python module could take here (%s) / tar -xf + sync -f"
+                         % FLOOR_MODULE, "%.2fx" % (floor / results.median(BASE)), "(floor)",
+                         None))
+        for label in ("layer_import docker-archive", "layer_import plain layer"):
+            if label in results.samples:
+                rows.append(goal("%s / that floor" % label, "%.2fx (%.3f s above it)"
+                                 % (results.median(label) / floor,
+                                    results.median(label) - floor), "(floor)", None))
     for peer in ("docker load", "podman load"):
         if peer in results.samples and "layer_import docker-archive" in results.samples:
             ratio = results.median("layer_import docker-archive") / results.median(peer)
@@ -242,6 +285,8 @@ def main() -> None:
     parser.add_argument("--dirs", default=None, help="comma-separated dirs of / for the layer")
     parser.add_argument("--no-peers", action="store_true", help="leave docker and podman out")
     parser.add_argument("--base", help="also run the module of this commit, interleaved")
+    parser.add_argument("--floor", action="store_true",
+                        help="also run Ansible's ping and the floor extraction (see above)")
     parser.add_argument("--json", help="write the samples here")
     parser.add_argument("--goals", help="append the goal rows to this JSON file")
     args = parser.parse_args()
@@ -256,6 +301,10 @@ def main() -> None:
                 progress("making the layer and the docker-archive...")
                 sources = Sources(work, dirs_arg(args.dirs), daemon)
                 programs = programs_for(work, os.path.join(out, "store"), sources, args.base)
+                if args.floor:
+                    programs[PING] = ansiballz(PING, {}, os.path.join(work, "AnsiballZ_ping.py"),
+                                               "")
+                    sources.diff_id = "sha256:" + file_sha256(sources.layer)
                 podman = not args.no_peers and sources.archive is not None and \
                     shutil.which("podman") is not None
                 results, cpu = Results(), Results()
