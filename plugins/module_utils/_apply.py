@@ -582,7 +582,11 @@ class Applier:
                 raise
 
     def _finish_dirs(self) -> None:
-        for path in sorted(self.dir_times, key=len, reverse=True):
+        """Directory times, once nothing more is created in them.  Setting a directory's
+        times changes nothing in its parent, so any order would do: names sorted put a
+        directory right after its parent, whose descriptor the cache still holds (one
+        open each, where deepest first reopened a deep chain from its top every time)."""
+        for path in sorted(self.dir_times):
             fd = self._tree.dir_fd(path) if path else self._tree.root_fd
             os.utime(fd, ns=self.dir_times[path])
 

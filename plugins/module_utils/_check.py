@@ -693,10 +693,13 @@ def relayout(store: Store, finding: Finding) -> Optional[str]:
     return store.driver.repair_layout(finding.target)  # type: ignore[attr-defined]
 
 
-def make_subvolume(store: Store, finding: Finding) -> str:
+def make_subvolume(store: Store, finding: Finding) -> Optional[str]:
     """A plain root made a subvolume in place; a container's only while nothing uses it
-    (its bind mount or its running processes would keep the plain directory)."""
+    (its bind mount or its running processes would keep the plain directory).  Nothing
+    when the root is gone: an earlier fix of the same repair removed or quarantined it."""
     path = finding.target
+    if not os.path.isdir(path):
+        return None
     if os.path.dirname(path) == os.path.join(store.driver.home, store.driver.containers_dir):
         cid = os.path.basename(path)
         record = read_record(ContainerDB(store.root).path(cid), cid)

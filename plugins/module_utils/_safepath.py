@@ -67,13 +67,17 @@ class Beneath:
             return fd
         # down from the nearest cached ancestor, without recursion: a layer may nest
         # directories 2000 deep within PATH_MAX, deeper than Python's stack
-        parts = rel.split(b"/")
-        depth = len(parts) - 1
-        while depth and b"/".join(parts[:depth]) not in self._cache:
-            depth -= 1
-        fd = self.dir_fd(b"/".join(parts[:depth]))
-        for level in range(depth + 1, len(parts) + 1):
-            fd = self._open_child(fd, b"/".join(parts[:level]), create, on_open)
+        cut = len(rel)
+        while cut > 0:
+            cut = rel.rfind(b"/", 0, cut)
+            if cut > 0 and rel[:cut] in self._cache:
+                break
+        fd = self.dir_fd(rel[:cut]) if cut > 0 else self._root_fd
+        while cut < len(rel):
+            end = rel.find(b"/", cut + 1)
+            end = len(rel) if end < 0 else end
+            fd = self._open_child(fd, rel[:end], create, on_open)
+            cut = end
         return fd
 
     def _open_child(self, parent_fd: int, rel: bytes, create: Optional[CreateDir],

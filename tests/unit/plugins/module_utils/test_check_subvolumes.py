@@ -124,3 +124,24 @@ def test_kill_9_while_making_a_subvolume_loses_nothing(copied, point):
     assert again.returncode == 0, again.stderr
     assert store_check({"data_root": copy})["findings"] == []
     assert _sizes(copy) == before
+
+
+
+@pytest.mark.parametrize("where", ["layers", "containers"])
+def test_a_plain_root_an_earlier_fix_removed_is_left_alone(copied, where):
+    """An orphan directory (no record) is both ``remove``d and found plain: the
+    subvolume fix, which comes after, finds it gone and does nothing.  Before, it
+    reported "made a subvolume" for a layer directory that no longer existed, and failed
+    reading a container's record."""
+    copy, _original = copied
+    orphan = os.path.join(copy, "btrfs", where, "f" * 64)
+    os.makedirs(os.path.join(orphan, "etc"))
+    kinds = {f["kind"] for f in store_check({"data_root": copy})["findings"]
+             if f["object"].endswith("f" * 64)}
+    assert "not-a-subvolume" in kinds and len(kinds) == 2
+    result = store_check({"data_root": copy, "repair": True})
+    assert [r["action"] for r in result["repaired"] if r["object"].endswith("f" * 64)] == \
+        ["removed"]
+    assert result["remaining"] == []
+    assert not os.path.exists(orphan)
+    assert store_check({"data_root": copy})["ok"]

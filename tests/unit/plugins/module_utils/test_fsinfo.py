@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 
+from ansible_collections.strata.layers.plugins.module_utils import _fsinfo
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import (
     OPEN_LEVELS, allocated_bytes, walk_dirs)
 
@@ -136,3 +137,51 @@ def test_walk_dirs_never_follows_a_link_swapped_in_below_the_open_levels(tmp_pat
         walk_dirs(str(top), visit)
     assert info.value.errno in (errno.ELOOP, errno.ENOTDIR)
     assert "secret" not in seen
+
+
+@pytest.fixture(params=["openat2", "per component"])
+def opener(request, monkeypatch):
+    """Both ways ``_open_below`` opens a deep directory: ``openat2`` (this kernel has it)
+    and the fallback of kernels without it, one ``openat`` per component."""
+    if request.param == "per component":
+        monkeypatch.setitem(_fsinfo._openat2_state, "works", False)
+    return request.param
+
+
+def test_a_link_swapped_in_below_the_open_levels_is_refused_either_way(tmp_path, opener):
+    top, outside = tmp_path / "top", tmp_path / "outside"
+    os.makedirs(os.path.join(str(top), *["d"] * (OPEN_LEVELS + 3)))
+    os.makedirs(os.path.join(str(outside), "d", "d"))
+    swapped = os.path.join(str(top), *["d"] * (OPEN_LEVELS + 1))
+    shutil.rmtree(swapped)
+    os.symlink(str(outside / "d"), swapped)
+    anchor = os.open(os.path.join(str(top), *["d"] * OPEN_LEVELS), os.O_RDONLY)
+    try:
+        for rel in ("d/d/d", b"d"):  # through the link, and the link itself
+            with pytest.raises(OSError) as info:
+                _fsinfo._open_below(anchor, rel)
+            assert info.value.errno in (errno.ELOOP, errno.ENOTDIR)
+    finally:
+        os.close(anchor)
+
+
+def test_a_directory_below_the_open_levels_is_one_call_with_openat2(tmp_path, monkeypatch):
+    """A chain deeper than ``OPEN_LEVELS``: with ``openat2`` each directory past them is
+    opened with one call from the deepest open level (not one per component, which made
+    a walk of a 2000-deep chain quadratic), and the walk sees every level."""
+    depth = OPEN_LEVELS + 40
+    os.makedirs(os.path.join(str(tmp_path), *["d"] * depth))
+    calls = []
+    real = _fsinfo._openat2
+    monkeypatch.setattr(_fsinfo, "_openat2", lambda at, rel: calls.append(rel) or real(at, rel))
+    seen = []
+
+    def visit(rel, fd, _data):
+        seen.append(rel)
+        with os.scandir(fd) as listing:
+            return [(e.name, None) for e in listing if e.is_dir(follow_symlinks=False)]
+
+    walk_dirs(str(tmp_path), visit)
+    assert len(seen) == depth + 1
+    assert len(calls) == depth  # every directory below the top: one call each
+    assert max(rel.count(b"/") for rel in calls) > 0  # past the open levels: several components
