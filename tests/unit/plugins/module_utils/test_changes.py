@@ -201,3 +201,21 @@ def test_an_entry_removed_after_its_directory_was_read_counts_nothing(tmp_path):
         entries = list(listing)
     os.unlink(str(tmp_path / "f"))
     assert _changes._live_stat(entries[0]) is None
+
+
+def test_a_link_replaced_by_a_file_while_it_is_compared_is_a_change(tmp_path, monkeypatch):
+    """``sed -i`` on a link in a running container replaces it with a file between the
+    walk's ``fstatat`` and its ``readlink``: counted as changed, not an error (and the
+    target is read in the open directory, never through a path)."""
+    base, root = str(tmp_path / "base"), str(tmp_path / "root")
+    os.makedirs(os.path.join(base, "etc"))
+    os.symlink("target", os.path.join(base, "etc", "link"))
+    _copy(base, root)
+    link = os.path.join(root, "etc", "link")
+    stale = os.lstat(link)  # what the walk saw: the image's link, unchanged
+    os.unlink(link)
+    _write(link, b"now a file")
+    real = _changes._live_stat
+    monkeypatch.setattr(_changes, "_live_stat",
+                        lambda entry: stale if entry.name == "link" else real(entry))
+    assert TreeDiff(base, root).size() == stale.st_size
