@@ -23,12 +23,13 @@ from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, InvalidInput, NotFound)
 from ansible_collections.strata.layers.plugins.module_utils._jsondoc import DEFAULT, Bounds, load_object
 
-GOARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "armv6l": "arm",
-          "i686": "386", "i386": "386", "ppc64le": "ppc64le", "s390x": "s390x",
-          "riscv64": "riscv64"}
+GOARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv8l": "arm", "armv7l": "arm",
+          "armv6l": "arm", "armv5tel": "arm", "armv5tejl": "arm", "i686": "386",
+          "i386": "386", "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}
 
 
-ARM_VARIANTS = {"armv5tel": "v5", "armv6l": "v6", "armv7l": "v7"}
+ARM_VARIANTS = {"armv5tel": "v5", "armv5tejl": "v5", "armv6l": "v6", "armv7l": "v7",
+                "armv8l": "v8"}
 
 
 # ---------------------------------------------------------------------- platforms
@@ -47,47 +48,73 @@ class Platform:
 
 def host_platform() -> Platform:
     machine = platform.machine()
-    return Platform("linux", GOARCH.get(machine, machine), ARM_VARIANTS.get(machine))
+    return normalize(Platform("linux", GOARCH.get(machine, machine), ARM_VARIANTS.get(machine)))
 
 
 def parse_platform(value: Optional[str]) -> Platform:
-    """``os/arch[/variant]`` (e.g. ``linux/arm64``, ``linux/arm/v7``); None: this host's."""
+    """``os/arch[/variant]`` (e.g. ``linux/arm64``, ``linux/arm/v7``), normalized as
+    ``normalize`` does; None: this host's."""
     if not value:
         return host_platform()
     parts = value.strip().lower().split("/")
     if len(parts) not in (2, 3) or not all(re.match(r"\A[a-z0-9_.-]+\Z", p) for p in parts):
         raise InvalidInput("platform %r is not OS/ARCH[/VARIANT] (e.g. linux/amd64, "
                            "linux/arm64, linux/arm/v7)" % value)
-    arch = GOARCH.get(parts[1], parts[1])
-    return Platform(parts[0], arch, parts[2] if len(parts) == 3 else None)
+    return normalize(Platform(parts[0], parts[1], parts[2] if len(parts) == 3 else None))
 
 
-def _normal_variant(arch: str, variant: Optional[str]) -> Optional[str]:
-    if arch == "arm64" and variant in (None, "", "v8"):
-        return None
-    return variant or None
+# architecture aliases that also say the variant (as containerd's platforms.Normalize)
+_ARCH_ALIASES = {"armhf": ("arm", "v7"), "armel": ("arm", "v6"), "x86-64": ("amd64", None)}
+
+
+def normalize(given: Platform) -> Platform:
+    """``given`` in the canonical form containerd (so Docker and Podman) compares:
+    GOARCH names; ``arm`` without a variant is ``arm/v7``; ``arm64/v8`` is ``arm64`` and
+    ``amd64/v1`` is ``amd64``; a bare variant number is ``v``-prefixed."""
+    arch = given.architecture.lower()
+    variant = (given.variant or "").lower() or None
+    if arch in _ARCH_ALIASES:
+        arch, implied = _ARCH_ALIASES[arch]
+        variant = variant or implied
+    arch = GOARCH.get(arch, arch)
+    if variant and variant.isdigit() and arch in ("arm", "arm64", "amd64"):
+        variant = "v" + variant
+    if arch == "arm" and variant is None:
+        variant = "v7"
+    elif (arch, variant) in (("arm64", "v8"), ("amd64", "v1")):
+        variant = None
+    return Platform(given.os.lower(), arch, variant)
+
+
+def _level(variant: Optional[str]) -> Optional[int]:
+    return int(variant[1:]) if variant and variant[0] == "v" and variant[1:].isdigit() else None
+
+
+def compatible(wanted: Platform) -> List[Platform]:
+    """What a host of platform ``wanted`` runs, best first (containerd's ordering):
+    ``wanted`` itself; ``arm/vN`` then the lower ARM versions down to v5; ``amd64/vN``
+    then the lower levels; ``arm64`` then 32-bit ``arm`` from v8 down."""
+    wanted = normalize(wanted)
+    out = [wanted]
+    level = _level(wanted.variant)
+    if wanted.architecture == "arm" and level is not None:
+        out += [Platform(wanted.os, "arm", "v%d" % n) for n in range(level - 1, 4, -1)]
+    elif wanted.architecture == "amd64" and level is not None:
+        out += [normalize(Platform(wanted.os, "amd64", "v%d" % n))
+                for n in range(level - 1, 0, -1)]
+    elif wanted.architecture == "arm64" and wanted.variant is None:
+        out += compatible(Platform(wanted.os, "arm", "v8"))
+    return out
 
 
 def platform_of(desc: Dict[str, Any]) -> Optional[Platform]:
-    """The platform a descriptor of an index names (None: it names none)."""
+    """The platform a descriptor of an index names, normalized (None: it names none)."""
     value = desc.get("platform")
     if not isinstance(value, dict) or not value.get("os") or not value.get("architecture"):
         return None
-    arch = GOARCH.get(str(value["architecture"]), str(value["architecture"]))
-    return Platform(str(value["os"]), arch, _normal_variant(arch, value.get("variant")))
-
-
-def _variant_rank(wanted: Platform, offered: Platform) -> Optional[int]:
-    """0 for the best match; None when ``offered`` cannot run as ``wanted``."""
-    if offered.os != wanted.os or offered.architecture != wanted.architecture:
-        return None
-    want = _normal_variant(wanted.architecture, wanted.variant)
-    if want is None or offered.variant == want:
-        return 0
-    # An ARM v7 host runs v6 and v5 images (as containerd's matcher allows), worse first.
-    if wanted.architecture == "arm" and offered.variant and offered.variant < want:
-        return 1 + ord(want[-1]) - ord(offered.variant[-1])
-    return None
+    variant = value.get("variant")
+    return normalize(Platform(str(value["os"]), str(value["architecture"]),
+                              str(variant) if variant else None))
 
 
 def pick_platform(manifests: List[Dict[str, Any]], wanted: Platform, where: str,
@@ -95,12 +122,12 @@ def pick_platform(manifests: List[Dict[str, Any]], wanted: Platform, where: str,
     """The descriptor of ``manifests`` (an index's) that best suits ``wanted``: the
     registry client's and the OCI archive reader's one choice.  ``advice``: appended to
     the error when none suits (what the caller's user can do about it)."""
+    runs = compatible(wanted)
     ranked = []
     for position, desc in enumerate(manifests):
         offered = platform_of(desc)
-        rank = _variant_rank(wanted, offered) if offered is not None else None
-        if rank is not None:
-            ranked.append((rank, position, desc))
+        if offered in runs:
+            ranked.append((runs.index(offered), position, desc))
     if ranked:
         return min(ranked, key=lambda item: (item[0], item[1]))[2]
     if len(manifests) == 1 and platform_of(manifests[0]) is None:

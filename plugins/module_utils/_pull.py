@@ -59,7 +59,7 @@ from ansible_collections.strata.layers.plugins.module_utils._digest import (
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, DigestMismatch, InvalidInput, NotFound, StoreError)
 from ansible_collections.strata.layers.plugins.module_utils._imageconfig import (
-    ImageConfig, Platform, parse_config)
+    ImageConfig, Platform, normalize, parse_config)
 from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord
 from ansible_collections.strata.layers.plugins.module_utils._registry import (
     BlobStream, Descriptor, Manifest, Reference, Registry)
@@ -246,7 +246,9 @@ class PullJob:
     def _check_platform(self, config: ImageConfig) -> None:
         """A single-platform image asked for by platform must be that platform's."""
         osname, arch = config.data.get("os"), config.data.get("architecture")
-        if osname and arch and (osname, arch) != (self.wanted.os, self.wanted.architecture):
+        got = normalize(Platform(str(osname), str(arch))) if osname and arch else None
+        if got is not None and (got.os, got.architecture) != (self.wanted.os,
+                                                               self.wanted.architecture):
             raise NotFound("%s is an image for %s/%s only (not an index), not for platform %s"
                            % (self.reference, osname, arch, self.wanted), offered=[
                                "%s/%s" % (osname, arch)])

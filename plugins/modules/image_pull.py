@@ -55,6 +55,12 @@ options:
         (C(linux/amd64), C(linux/arm64), C(linux/arm/v7)).
       - Defaults to the managed host's platform. When the image is a single-platform image
         and this option is set, the image must be for that platform.
+      - Compared as Docker and Podman compare it (containerd's rules), best match first,
+        then in the index's order. C(linux/arm) is C(linux/arm/v7), C(armhf) and
+        C(armel) are C(arm/v7) and C(arm/v6), and C(linux/arm64/v8) is C(linux/arm64).
+        An C(arm/v7) host also takes C(v6) and C(v5) images. An C(arm64) host also takes
+        32-bit C(arm) images (C(v8) down to C(v5)). An C(amd64/vN) host also takes lower
+        levels. A higher level or variant than asked for is never taken.
     type: str
   mirrors:
     description:

@@ -9,9 +9,10 @@ import pytest
 
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     Corrupt, InvalidInput, InvalidReference, NotFound)
+from ansible_collections.strata.layers.plugins.module_utils import _imageconfig as imageconfig
 from ansible_collections.strata.layers.plugins.module_utils._imageconfig import (
-    ARM_VARIANTS, GOARCH, Platform, derive_config, host_platform, json_object, parse_config,
-    parse_platform, pick_platform, platform_config)
+    ARM_VARIANTS, GOARCH, Platform, compatible, derive_config, host_platform, json_object,
+    parse_config, parse_platform, pick_platform, platform_config)
 
 D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64
@@ -107,9 +108,41 @@ def test_an_empty_layer_step_adds_history_but_no_diff_id():
     ("linux/arm64", Platform("linux", "arm64")),
     ("linux/aarch64", Platform("linux", "arm64")),
     ("linux/arm/v7", Platform("linux", "arm", "v7")),
+    # containerd's normalization (what docker pull --platform compares)
+    ("linux/arm", Platform("linux", "arm", "v7")),
+    ("linux/armhf", Platform("linux", "arm", "v7")),
+    ("linux/armel", Platform("linux", "arm", "v6")),
+    ("linux/arm/7", Platform("linux", "arm", "v7")),
+    ("linux/arm64/v8", Platform("linux", "arm64")),
+    ("linux/amd64/v1", Platform("linux", "amd64")),
+    ("linux/x86_64/v3", Platform("linux", "amd64", "v3")),
+    ("Linux/AMD64", Platform("linux", "amd64")),
 ])
 def test_platforms(value, expected):
     assert parse_platform(value) == expected
+
+
+@pytest.mark.parametrize("machine, expected", [
+    ("x86_64", Platform("linux", "amd64")), ("aarch64", Platform("linux", "arm64")),
+    ("armv7l", Platform("linux", "arm", "v7")), ("armv8l", Platform("linux", "arm", "v8")),
+    ("armv5tel", Platform("linux", "arm", "v5")), ("riscv64", Platform("linux", "riscv64")),
+])
+def test_the_host_platform_from_the_machine_name(monkeypatch, machine, expected):
+    monkeypatch.setattr(imageconfig.platform, "machine", lambda: machine)
+    assert host_platform() == expected
+
+
+@pytest.mark.parametrize("wanted, expected", [
+    ("linux/arm/v7", ["linux/arm/v7", "linux/arm/v6", "linux/arm/v5"]),
+    ("linux/arm/v5", ["linux/arm/v5"]),
+    ("linux/arm64", ["linux/arm64", "linux/arm/v8", "linux/arm/v7", "linux/arm/v6",
+                     "linux/arm/v5"]),
+    ("linux/amd64/v3", ["linux/amd64/v3", "linux/amd64/v2", "linux/amd64"]),
+    ("linux/amd64", ["linux/amd64"]),
+    ("linux/s390x", ["linux/s390x"]),
+])
+def test_what_a_platform_runs_best_first(wanted, expected):
+    assert [str(p) for p in compatible(parse_platform(wanted))] == expected
 
 
 def test_bad_platform():
@@ -132,6 +165,17 @@ def test_pick_platform():
     assert pick_platform(index, Platform("linux", "arm64"), "x")["name"] == "arm64/v8"
     assert pick_platform(index, Platform("linux", "arm", "v7"), "x")["name"] == "arm/v7"
     assert pick_platform(index[:3], Platform("linux", "arm", "v7"), "x")["name"] == "arm/v6"
+    # as docker pull: an index's bare "arm" is arm/v7, "linux/arm" asked for prefers v7
+    # whatever the index's order, an arm64 host takes 32-bit arm, amd64/v2 takes amd64
+    assert pick_platform([_entry("arm")], Platform("linux", "arm", "v7"), "x")["name"] == \
+        "arm/None"
+    arms = [_entry("arm", "v6"), _entry("arm", "v8"), _entry("arm", "v7")]
+    assert pick_platform(arms, parse_platform("linux/arm"), "x")["name"] == "arm/v7"
+    assert pick_platform(arms, Platform("linux", "arm64"), "x")["name"] == "arm/v8"
+    assert pick_platform([_entry("amd64")], parse_platform("linux/amd64/v2"), "x")["name"] == \
+        "amd64/None"
+    with pytest.raises(NotFound):  # a higher level than the host's is not taken
+        pick_platform([_entry("amd64", "v3")], Platform("linux", "amd64"), "x")
     with pytest.raises(NotFound) as info:
         pick_platform(index, Platform("linux", "s390x"), "reg/app:1")
     assert "it offers: linux/amd64, linux/arm/v6, linux/arm/v7, linux/arm64" in str(info.value)
