@@ -302,6 +302,7 @@ _OPENAT2_MACHINES = ("x86_64", "i386", "i686", "aarch64", "armv5tel", "armv5tejl
                      "armv7l", "armv8l", "ppc64le", "ppc64", "s390x", "riscv64",
                      "loongarch64")
 _RESOLVE_NO_SYMLINKS, _RESOLVE_BENEATH = 0x04, 0x08
+_PATH_MAX = 4096
 # None: not tried yet; False: not here (fall back to one openat per component)
 _openat2_state: Dict[str, Optional[bool]] = {
     "works": None if platform.machine() in _OPENAT2_MACHINES else False}
@@ -310,8 +311,9 @@ _openat2_state: Dict[str, Optional[bool]] = {
 def _openat2(at: int, rel: bytes) -> Optional[int]:
     """``openat2(at, rel)`` of a directory with no symlink anywhere on the path and never
     outside ``at``; None where the kernel has no such call (before 5.6, or a seccomp
-    filter refuses it: the first call tells)."""
-    if _openat2_state["works"] is False:
+    filter refuses it: the first call tells) or the path is too long for one call (a
+    container's long names: one component at a time has no such limit)."""
+    if _openat2_state["works"] is False or len(rel) >= _PATH_MAX:
         return None
     how = _OpenHow(_DIR_FLAGS, 0, _RESOLVE_NO_SYMLINKS | _RESOLVE_BENEATH)
     for _attempt in range(3):
@@ -323,6 +325,8 @@ def _openat2(at: int, rel: bytes) -> Optional[int]:
         err = ctypes.get_errno()
         if err == errno.EAGAIN:  # a rename or mount raced the lookup: the kernel asks again
             continue
+        if err == errno.ENAMETOOLONG:
+            return None
         if _openat2_state["works"] is None and err in (errno.ENOSYS, errno.EPERM):
             _openat2_state["works"] = False
             return None

@@ -185,3 +185,31 @@ def test_a_directory_below_the_open_levels_is_one_call_with_openat2(tmp_path, mo
     assert len(seen) == depth + 1
     assert len(calls) == depth  # every directory below the top: one call each
     assert max(rel.count(b"/") for rel in calls) > 0  # past the open levels: several components
+
+
+def test_a_path_below_the_open_levels_longer_than_path_max_is_walked(tmp_path):
+    """A container can nest long names past PATH_MAX below the open levels: one
+    ``openat2`` of that path would fail (ENAMETOOLONG); those directories are opened one
+    component at a time instead, and every byte is counted."""
+    fd = os.open(str(tmp_path), os.O_RDONLY)
+    try:  # made by descriptors: the whole path is longer than PATH_MAX
+        for _level in range(OPEN_LEVELS + 30):  # 30 * 201 bytes below the open levels
+            os.mkdir("n" * 200, dir_fd=fd)
+            below = os.open("n" * 200, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = below
+        data = os.open("f", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(data, b"x" * 5000)
+        os.close(data)
+    finally:
+        os.close(fd)
+    seen = []
+
+    def visit(rel, fd, _data):
+        seen.append(rel)
+        with os.scandir(fd) as listing:
+            return [(e.name, None) for e in listing if e.is_dir(follow_symlinks=False)]
+
+    walk_dirs(str(tmp_path), visit, live=True)
+    assert len(seen) == OPEN_LEVELS + 31
+    assert allocated_bytes(str(tmp_path)) >= 5000
