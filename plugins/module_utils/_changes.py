@@ -501,16 +501,9 @@ class TreeDiff:
                     emitter.count(st)
                 elif not isreg(st.st_mode):
                     name = prefix + os.fsencode(entry.name)
-                    try:
-                        differs = _differs(old, st, emitter.full(name), self.base_tree, name,
-                                           at=(fd, entry.name))
-                    except (FileNotFoundError, NotADirectoryError):
-                        continue  # removed meanwhile: a deletion counts nothing
-                    except OSError as exc:
-                        if exc.errno != errno.EINVAL:
-                            raise
-                        differs = True  # no longer a link: replaced meanwhile, a change
-                    if differs:
+                    # None: removed meanwhile, a deletion counts nothing
+                    if _differs(old, st, emitter.full(name), self.base_tree, name,
+                                at=(fd, entry.name)):
                         emitter.count(st)
         emitter.allocated += blocks * 512
         return below
@@ -598,10 +591,12 @@ def _live_stat(entry: "os.DirEntry[str]") -> Optional[os.stat_result]:
 
 
 def _differs(old: os.stat_result, new: os.stat_result, new_path: bytes,
-             base: BaseTree, rel: bytes, at: Optional[Tuple[int, str]] = None) -> bool:
+             base: BaseTree, rel: bytes, at: Optional[Tuple[int, str]] = None
+             ) -> Optional[bool]:
     """Whether the entry at ``new_path`` (its lstat ``new``) differs from the image's
     (``old``).  ``at``: the entry's open directory and name, for a tree that may change
-    while it is read (a link's target is read there, never through a path)."""
+    while it is read: a link's target is read there, never through a path; None when
+    the link is gone meanwhile, and a link replaced by another kind of entry differs."""
     # st_mode holds the type too: a different type is a different mode
     if (old.st_mode, old.st_uid, old.st_gid) != (new.st_mode, new.st_uid, new.st_gid):
         return True
@@ -612,7 +607,16 @@ def _differs(old: os.stat_result, new: os.stat_result, new_path: bytes,
     if stat.S_ISREG(new.st_mode):
         return False
     if stat.S_ISLNK(new.st_mode):
-        target = os.fsencode(os.readlink(at[1], dir_fd=at[0])) if at else os.readlink(new_path)
+        if at is None:
+            return os.readlink(new_path) != base.readlink(rel)
+        try:
+            target = os.fsencode(os.readlink(at[1], dir_fd=at[0]))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:  # EINVAL: no longer a link
+                raise
+            return True
         return target != base.readlink(rel)
     if stat.S_ISCHR(new.st_mode) or stat.S_ISBLK(new.st_mode):
         return old.st_rdev != new.st_rdev
