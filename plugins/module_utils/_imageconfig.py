@@ -14,7 +14,7 @@ import json
 import platform
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from ansible_collections.strata.layers.plugins.module_utils._atomic import dumps
 from ansible_collections.strata.layers.plugins.module_utils._digest import (
@@ -63,46 +63,68 @@ def parse_platform(value: Optional[str]) -> Platform:
     return normalize(Platform(parts[0], parts[1], parts[2] if len(parts) == 3 else None))
 
 
-# architecture aliases that also say the variant (as containerd's platforms.Normalize)
-_ARCH_ALIASES = {"armhf": ("arm", "v7"), "armel": ("arm", "v6"), "x86-64": ("amd64", None)}
-
-
 def normalize(given: Platform) -> Platform:
-    """``given`` in the canonical form containerd (so Docker and Podman) compares:
-    GOARCH names; ``arm`` without a variant is ``arm/v7``; ``arm64/v8`` is ``arm64`` and
-    ``amd64/v1`` is ``amd64``; a bare variant number is ``v``-prefixed."""
+    """``given`` in the canonical form containerd (so Docker) compares: lower case; GOARCH
+    names (``i386`` is ``386``, ``armhf`` ``arm/v7``, ``armel`` ``arm/v6``); ``arm``
+    without a variant (or ``7``) is ``arm/v7``; ``arm64/v8`` (``8``, ``v8.0``) is
+    ``arm64`` and ``9``/``v9.0`` ``v9``; ``amd64/v1`` is ``amd64``."""
     arch = given.architecture.lower()
-    variant = (given.variant or "").lower() or None
-    if arch in _ARCH_ALIASES:
-        arch, implied = _ARCH_ALIASES[arch]
-        variant = variant or implied
-    arch = GOARCH.get(arch, arch)
-    if variant and variant.isdigit() and arch in ("arm", "arm64", "amd64"):
-        variant = "v" + variant
-    if arch == "arm" and variant is None:
-        variant = "v7"
-    elif (arch, variant) in (("arm64", "v8"), ("amd64", "v1")):
-        variant = None
-    return Platform(given.os.lower(), arch, variant)
+    variant = (given.variant or "").lower()
+    if arch == "armhf":
+        arch, variant = "arm", "v7"
+    elif arch == "armel":
+        arch, variant = "arm", "v6"
+    arch = GOARCH.get(arch, "amd64" if arch == "x86-64" else arch)
+    if arch == "386":
+        variant = ""
+    elif arch == "amd64" and variant == "v1":
+        variant = ""
+    elif arch == "arm64":
+        variant = {"8": "", "v8": "", "v8.0": "", "9": "v9", "9.0": "v9", "v9.0": "v9"}.get(
+            variant, variant)
+    elif arch == "arm":
+        variant = {"": "v7", "7": "v7", "5": "v5", "6": "v6", "8": "v8"}.get(variant, variant)
+    return Platform(given.os.lower(), arch, variant or None)
 
 
-def _level(variant: Optional[str]) -> Optional[int]:
-    return int(variant[1:]) if variant and variant[0] == "v" and variant[1:].isdigit() else None
+def _number(variant: Optional[str]) -> Optional[int]:
+    digits = (variant or "")[1:]
+    return int(digits) if (variant or "").startswith("v") and digits.isdigit() else None
+
+
+def _arm64_ladder(variant: Optional[str]) -> List[Tuple[int, int]]:
+    """(major, minor) versions an arm64 host of ``variant`` runs, best first: the lower
+    minors of its major; a v9.x host also v8.(x+5) down (v9.0 is v8.5's feature set)."""
+    major, _dot, minor = (variant or "v8")[1:].partition(".")
+    if major not in ("8", "9") or not (minor or "0").isdigit() or int(minor or 0) > 9:
+        return []
+    minor_number = int(minor or 0)
+    ladder = [(int(major), m) for m in range(minor_number, -1, -1)]
+    if major == "9":
+        ladder += [(8, m) for m in range(min(minor_number + 5, 9), -1, -1)]
+    return ladder
 
 
 def compatible(wanted: Platform) -> List[Platform]:
-    """What a host of platform ``wanted`` runs, best first (containerd's ordering):
-    ``wanted`` itself; ``arm/vN`` then the lower ARM versions down to v5; ``amd64/vN``
-    then the lower levels; ``arm64`` then 32-bit ``arm`` from v8 down."""
+    """What a host of platform ``wanted`` runs, best first (containerd's ``Only``):
+    ``wanted`` itself; ``amd64/vN`` then the lower levels, then ``386``; ``arm/vN`` then
+    the lower versions down to v5; ``arm64[/vX.Y]`` its lower versions, then 32-bit
+    ``arm`` from v8 down."""
     wanted = normalize(wanted)
     out = [wanted]
-    level = _level(wanted.variant)
-    if wanted.architecture == "arm" and level is not None:
-        out += [Platform(wanted.os, "arm", "v%d" % n) for n in range(level - 1, 4, -1)]
-    elif wanted.architecture == "amd64" and level is not None:
+    level = _number(wanted.variant)
+    if wanted.architecture == "amd64":
         out += [normalize(Platform(wanted.os, "amd64", "v%d" % n))
-                for n in range(level - 1, 0, -1)]
-    elif wanted.architecture == "arm64" and wanted.variant is None:
+                for n in range((level or 1) - 1, 0, -1)]
+        out.append(Platform(wanted.os, "386"))
+    elif wanted.architecture == "arm" and level is not None:
+        out += [Platform(wanted.os, "arm", "v%d" % n) for n in range(level - 1, 4, -1)]
+    elif wanted.architecture == "arm64":
+        for major, minor in _arm64_ladder(wanted.variant):
+            one = normalize(Platform(wanted.os, "arm64",
+                                     "v%d.%d" % (major, minor) if minor else "v%d" % major))
+            if one not in out:
+                out.append(one)
         out += compatible(Platform(wanted.os, "arm", "v8"))
     return out
 
@@ -126,12 +148,12 @@ def pick_platform(manifests: List[Dict[str, Any]], wanted: Platform, where: str,
     ranked = []
     for position, desc in enumerate(manifests):
         offered = platform_of(desc)
-        if offered in runs:
+        if offered is None:  # names no platform: taken after every match, as dockerd does
+            ranked.append((len(runs), position, desc))
+        elif offered in runs:
             ranked.append((runs.index(offered), position, desc))
     if ranked:
         return min(ranked, key=lambda item: (item[0], item[1]))[2]
-    if len(manifests) == 1 and platform_of(manifests[0]) is None:
-        return manifests[0]
     offered_names = sorted({str(p) for p in map(platform_of, manifests)
                             if p is not None and p.os != "unknown"})
     raise NotFound("%s offers no image for platform %s (it offers: %s)%s"

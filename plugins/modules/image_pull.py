@@ -60,7 +60,9 @@ options:
         C(armel) are C(arm/v7) and C(arm/v6), and C(linux/arm64/v8) is C(linux/arm64).
         An C(arm/v7) host also takes C(v6) and C(v5) images. An C(arm64) host also takes
         32-bit C(arm) images (C(v8) down to C(v5)). An C(amd64/vN) host also takes lower
-        levels. A higher level or variant than asked for is never taken.
+        levels, then C(386). A higher level or variant than asked for is never taken
+        (the managed host's own platform is plain C(amd64), with no level read from its
+        CPU). An index entry that names no platform is taken only when nothing matches.
     type: str
   mirrors:
     description:

@@ -117,6 +117,10 @@ def test_an_empty_layer_step_adds_history_but_no_diff_id():
     ("linux/amd64/v1", Platform("linux", "amd64")),
     ("linux/x86_64/v3", Platform("linux", "amd64", "v3")),
     ("Linux/AMD64", Platform("linux", "amd64")),
+    ("linux/i386", Platform("linux", "386")),
+    ("linux/armhf/v6", Platform("linux", "arm", "v7")),   # the alias says the variant
+    ("linux/arm64/v8.0", Platform("linux", "arm64")),
+    ("linux/arm64/9.0", Platform("linux", "arm64", "v9")),
 ])
 def test_platforms(value, expected):
     assert parse_platform(value) == expected
@@ -137,9 +141,14 @@ def test_the_host_platform_from_the_machine_name(monkeypatch, machine, expected)
     ("linux/arm/v5", ["linux/arm/v5"]),
     ("linux/arm64", ["linux/arm64", "linux/arm/v8", "linux/arm/v7", "linux/arm/v6",
                      "linux/arm/v5"]),
-    ("linux/amd64/v3", ["linux/amd64/v3", "linux/amd64/v2", "linux/amd64"]),
-    ("linux/amd64", ["linux/amd64"]),
+    ("linux/amd64/v3", ["linux/amd64/v3", "linux/amd64/v2", "linux/amd64", "linux/386"]),
+    ("linux/amd64", ["linux/amd64", "linux/386"]),
     ("linux/s390x", ["linux/s390x"]),
+    ("linux/arm64/v8.2", ["linux/arm64/v8.2", "linux/arm64/v8.1", "linux/arm64",
+                          "linux/arm/v8", "linux/arm/v7", "linux/arm/v6", "linux/arm/v5"]),
+    ("linux/arm64/v9.1", ["linux/arm64/v9.1", "linux/arm64/v9"] +
+     ["linux/arm64/v8.%d" % n for n in range(6, 0, -1)] +
+     ["linux/arm64", "linux/arm/v8", "linux/arm/v7", "linux/arm/v6", "linux/arm/v5"]),
 ])
 def test_what_a_platform_runs_best_first(wanted, expected):
     assert [str(p) for p in compatible(parse_platform(wanted))] == expected
@@ -176,9 +185,25 @@ def test_pick_platform():
         "amd64/None"
     with pytest.raises(NotFound):  # a higher level than the host's is not taken
         pick_platform([_entry("amd64", "v3")], Platform("linux", "amd64"), "x")
+    assert pick_platform([_entry("386"), _entry("s390x")], Platform("linux", "amd64"),
+                         "x")["name"] == "386/None"
+    assert pick_platform([_entry("arm64", "v8.0")], Platform("linux", "arm64"),
+                         "x")["name"] == "arm64/v8.0"
     with pytest.raises(NotFound) as info:
         pick_platform(index, Platform("linux", "s390x"), "reg/app:1")
     assert "it offers: linux/amd64, linux/arm/v6, linux/arm/v7, linux/arm64" in str(info.value)
+
+
+def test_a_descriptor_without_a_platform_comes_after_every_match():
+    """As dockerd's pull: taken when nothing names a platform this host runs, in an
+    index of any size, and never before one that does."""
+    bare = dict(_entry("amd64"), name="bare")
+    del bare["platform"]
+    assert pick_platform([bare, _entry("amd64")], Platform("linux", "amd64"),
+                         "x")["name"] == "amd64/None"
+    assert pick_platform([_entry("s390x"), bare, dict(bare, name="second")],
+                         Platform("linux", "amd64"), "x")["name"] == "bare"
+
 
 
 def test_a_platform_config_names_the_variant_only_when_there_is_one():
