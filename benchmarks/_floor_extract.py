@@ -13,8 +13,8 @@ at the end.  Hardlinks come after the writer is done, directory times last.
 It checks nothing: no confinement (names are trusted), no owners (the benchmark's
 layer is root's, as this process), no attributes, no header record, no durable record.
 Everything the store keeps is extra work on top of this.  Prints one JSON line: the
-diff_id, and the counts of files and data bytes written (the benchmark compares them with
-the tar's own)."""
+diff_id, and the counts of files and data bytes written; it fails (status 1) unless the
+writer wrote every file and byte the headers name."""
 from __future__ import annotations
 
 import ctypes
@@ -25,6 +25,7 @@ import pickle
 import struct
 import sys
 import threading
+import traceback
 
 BLOCK = 512
 CHUNK = 1 << 20
@@ -82,15 +83,17 @@ def members(fd: int):
         pax, longname, longlink = {}, None, None
 
 
-def writer(src: str, jobs: int) -> None:
-    """The forked writer: creates each file and copies its data from the tar."""
+def writer(src: str, jobs: int, report: int) -> None:
+    """The forked writer: creates each file and copies its data from the tar; at the end
+    it reports how many files and bytes it wrote (the parent checks them)."""
     fd = os.open(src, os.O_RDONLY)
+    files = written = 0
     with os.fdopen(jobs, "rb", buffering=1 << 16) as pipe:
         while True:
             try:
                 batch = pickle.load(pipe)
             except EOFError:
-                return
+                break
             for name, mode, size, offset, mtime in batch:
                 out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
                 done = 0
@@ -98,6 +101,9 @@ def writer(src: str, jobs: int) -> None:
                     done += os.write(out, os.pread(fd, min(size - done, CHUNK), offset + done))
                 os.utime(out, ns=(mtime, mtime))
                 os.close(out)
+                files += 1
+                written += done
+    os.write(report, json.dumps({"files": files, "bytes": written}).encode())
 
 
 def hash_all(src: str, result: list) -> None:
@@ -124,14 +130,21 @@ def main() -> None:
     os.umask(0)
     os.chdir(dest)
     read, write = os.pipe()
+    report_read, report_write = os.pipe()
     child = os.fork()           # before any thread starts
     if child == 0:
         os.close(write)
+        os.close(report_read)
+        status = 1
         try:
-            writer(src, read)
+            writer(src, read, report_write)
+            status = 0
+        except BaseException:  # pylint: disable=broad-except  # said, then the exit status
+            traceback.print_exc()
         finally:
-            os._exit(0)
+            os._exit(status)
     os.close(read)
+    os.close(report_write)
     jobs = os.fdopen(write, "wb", buffering=1 << 16)
     digest: list = []
     hashing = threading.Thread(target=hash_all, args=(src, digest))
@@ -167,8 +180,11 @@ def main() -> None:
     pickle.dump(batch, jobs)
     jobs.close()
     _pid, status = os.waitpid(child, 0)
-    if status:
-        sys.exit("the writer failed (%d)" % status)
+    with os.fdopen(report_read, "rb") as report:
+        wrote = report.read()
+    if status or json.loads(wrote or b"{}") != {"files": files, "bytes": written}:
+        sys.exit("the writer failed (status %d, wrote %s of %d files, %d bytes)"
+                 % (status, wrote.decode() or "nothing", files, written))
     for target, name in links:
         os.link(target.lstrip(b"/"), name)
     for name, mtime in sorted(dirs, key=lambda d: len(d[0]), reverse=True):
