@@ -47,7 +47,7 @@ def _pax(data: bytes) -> dict:
     while pos < len(data):
         space = data.index(b" ", pos)
         length = int(data[pos:space])
-        key, _, value = data[space + 1:pos + length - 1].partition(b"=")
+        key, _sep, value = data[space + 1:pos + length - 1].partition(b"=")
         out[key] = value
         pos += length
     return out

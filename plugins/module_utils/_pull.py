@@ -247,8 +247,8 @@ class PullJob:
         """A single-platform image asked for by platform must be that platform's."""
         osname, arch = config.data.get("os"), config.data.get("architecture")
         got = normalize(Platform(str(osname), str(arch))) if osname and arch else None
-        if got is not None and (got.os, got.architecture) != (self.wanted.os,
-                                                               self.wanted.architecture):
+        wanted = (self.wanted.os, self.wanted.architecture)
+        if got is not None and (got.os, got.architecture) != wanted:
             raise NotFound("%s is an image for %s/%s only (not an index), not for platform %s"
                            % (self.reference, osname, arch, self.wanted), offered=[
                                "%s/%s" % (osname, arch)])

@@ -173,8 +173,8 @@ def _gone_and_swapped(top: str, outside: str):
     return change
 
 
-def test_upper_size_of_a_running_container_leaves_out_what_goes_meanwhile(tmp_path,
-                                                                           monkeypatch):
+def test_upper_size_of_a_running_container_leaves_out_what_goes_meanwhile(
+        tmp_path, monkeypatch):
     """A directory removed, or swapped for a link, after its parent was read: skipped
     (Docker's size walk ignores what disappears), the link never followed."""
     upper, outside = str(tmp_path / "upper"), str(tmp_path / "outside")

@@ -126,7 +126,6 @@ def test_kill_9_while_making_a_subvolume_loses_nothing(copied, point):
     assert _sizes(copy) == before
 
 
-
 @pytest.mark.parametrize("where", ["layers", "containers"])
 def test_a_plain_root_an_earlier_fix_removed_is_left_alone(copied, where):
     """An orphan directory (no record) is both ``remove``d and found plain: the

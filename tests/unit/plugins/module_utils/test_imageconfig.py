@@ -205,7 +205,6 @@ def test_a_descriptor_without_a_platform_comes_after_every_match():
                          Platform("linux", "amd64"), "x")["name"] == "bare"
 
 
-
 def test_a_platform_config_names_the_variant_only_when_there_is_one():
     assert platform_config(Platform("linux", "amd64")) == {
         "architecture": "amd64", "os": "linux", "config": {},
