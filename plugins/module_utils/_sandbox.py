@@ -56,6 +56,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -63,6 +64,7 @@ from ansible_collections.strata.layers.plugins.module_utils._errors import (
     InvalidInput, StoreError, Unsupported)
 from ansible_collections.strata.layers.plugins.module_utils._atomic import libc
 from ansible_collections.strata.layers.plugins.module_utils._fsinfo import mount, mount_at, umount
+from ansible_collections.strata.layers.plugins.module_utils._safepath import Beneath, NotBeneath
 
 DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
            ("urandom", 1, 9), ("tty", 5, 0))
@@ -71,7 +73,6 @@ TAIL_LINES = 30
 MS_NOSUID = 2
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PR_SET_PDEATHSIG = 1
-STAGING = ".strata-files"   # under the step's /dev tmpfs: where memory files are made
 
 # The init program, run by the host's interpreter inside the new namespaces.  It must
 # run on Python 3.9+, import everything before pivot_root (after it, a module path names
@@ -158,40 +159,105 @@ def read_config():
         chunks.append(chunk)
 
 
-def memory_file(staging, index, spec):
-    """A secret or generated file, on a tmpfs of this namespace only (never on disk)."""
-    path = os.path.join(staging, str(index))
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+def memory_file(staging_fd, index, spec):
+    """A secret or generated file, on a tmpfs of this namespace only (never on disk);
+    its descriptor (the bind's source, by /proc/self/fd)."""
+    fd = os.open(str(index), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600,
+                 dir_fd=staging_fd)
+    data = base64.b64decode(spec["content"])
+    while data:
+        data = data[os.write(fd, data):]
+    os.fchown(fd, spec["uid"], spec["gid"])
+    os.fchmod(fd, spec["mode"])
+    return fd
+
+
+def open_target(root_fd, spec, make):
+    """An O_PATH descriptor of the mount target, opened from the root one component at
+    a time with O_NOFOLLOW, after the mounts above it are made: a symlink met on the
+    way (an earlier mount's content brought it: the caller resolved the image's) is
+    refused, never followed to the host.  ``make``: a point missing inside an earlier
+    mount (a nested target) is made there."""
+    parts = [p for p in spec["target"].split("/") if p]
+    fd = os.dup(root_fd)
     try:
-        data = base64.b64decode(spec["content"])
-        while data:
-            data = data[os.write(fd, data):]
-        os.fchown(fd, spec["uid"], spec["gid"])
-        os.fchmod(fd, spec["mode"])
-    finally:
+        for index, name in enumerate(parts):
+            last = index == len(parts) - 1
+            directory = not last or spec["directory"]
+            flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_DIRECTORY if directory else 0)
+            try:
+                try:
+                    below = os.open(name, flags, dir_fd=fd)
+                except FileNotFoundError:
+                    if not make:
+                        raise
+                    if directory:
+                        os.mkdir(name, 0o755, dir_fd=fd)
+                    else:
+                        os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                                         | os.O_NOFOLLOW, 0o644, dir_fd=fd))
+                    below = os.open(name, flags, dir_fd=fd)
+            except OSError as exc:
+                raise SetupError("RUN --mount target %s: /%s is %s" % (
+                    spec["shown"], "/".join(parts[:index + 1]),
+                    "a symlink or not a directory" if exc.errno in (20, 40)
+                    else exc.strerror)) from None
+            os.close(fd)
+            fd = below
+            # the point a file is bound on (after the bind it is the source's kind)
+            if make and last and not directory and not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise SetupError("RUN --mount target %s is not a regular file" % spec["shown"])
+        return fd
+    except BaseException:
         os.close(fd)
-    return path
+        raise
 
 
-def apply_mounts(mounts, staging):
-    # done before pivot_root: the sources are host paths; the targets, made by the
-    # caller, are inside the new root (rbound above), so they move with it
+def at_fd(fd):
+    return "/proc/self/fd/%d" % fd
+
+
+def apply_mounts(root, mounts, staging):
+    # done before pivot_root: the sources are host paths (or descriptors); each target
+    # is opened inside the new root (rbound above) as the mounts before it left it
+    staging_fd = None
     if any(m["kind"] == "file" for m in mounts):
         mount("tmpfs", staging, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=700")
-    for index, spec in enumerate(mounts):
-        target = spec["target"]
-        if spec["kind"] == "tmpfs":
-            mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, spec.get("data"))
-            continue
-        source = memory_file(staging, index, spec) if spec["kind"] == "file" else spec["source"]
-        mount(source, target, None, MS_BIND | MS_REC)
-        mount(None, target, None, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV
-              | (MS_RDONLY if spec.get("readonly") else 0))
-    if any(m["kind"] == "file" for m in mounts):
+        staging_fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY)
+    try:
+        for index, spec in enumerate(mounts):
+            target = open_target(root_fd, spec, make=True)
+            try:
+                if spec["kind"] == "tmpfs":
+                    mount("tmpfs", at_fd(target), "tmpfs", MS_NOSUID | MS_NODEV, spec.get("data"))
+                    continue
+                source = memory_file(staging_fd, index, spec) if spec["kind"] == "file" \
+                    else None
+                try:
+                    # not recursive: mounts inside a source (the context's) stay out,
+                    # so read-only cannot be escaped through one
+                    mount(at_fd(source) if source is not None else spec["source"],
+                          at_fd(target), None, MS_BIND)
+                finally:
+                    if source is not None:
+                        os.close(source)
+            finally:
+                os.close(target)
+            # the new mount, opened again the same way, gets its flags
+            target = open_target(root_fd, spec, make=False)
+            try:
+                mount(None, at_fd(target), None, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV
+                      | (MS_RDONLY if spec.get("readonly") else 0))
+            finally:
+                os.close(target)
+    finally:
+        os.close(root_fd)
+        if staging_fd is not None:
+            os.close(staging_fd)
+    if staging_fd is not None:
         # the binds keep the files; the staging tmpfs itself goes out of sight
         check(LIBC.umount2(os.fsencode(staging), MNT_DETACH), "unmount the file staging")
-    if os.path.isdir(staging):
-        os.rmdir(staging)
 
 
 def enter_root(root, mounts, staging):
@@ -200,7 +266,7 @@ def enter_root(root, mounts, staging):
     mount(root, root, None, MS_BIND | MS_REC)
     kept = os.statvfs(root).f_flag & (MS_RDONLY | MS_NOSUID | MS_NOEXEC)
     mount(None, root, None, MS_BIND | MS_REMOUNT | MS_NODEV | kept)
-    apply_mounts(mounts, staging)
+    apply_mounts(root, mounts, staging)
     os.chdir(root)
     number = PIVOT_ROOT.get(os.uname().machine)
     if number is None:
@@ -475,12 +541,16 @@ class Sandbox:
         self.hostname = hostname or secrets.token_hex(6)
         self.network = network
         self.user_namespaces = user_namespaces
-        self._created: List[str] = []
-        # directories of the image a mount point was made in: (path, atime, mtime before,
-        # mtime once every mount point was made), so their times can be put back
-        self._touched: Dict[str, List[int]] = {}
+        # what was made only to mount on: (path relative to the root, its device and
+        # inode), removed after the step only while it is still that very entry
+        self._created: List[Tuple[bytes, Tuple[int, int]]] = []
+        # directories of the image a mount point was made in: (relative path -> atime,
+        # mtime before, mtime once every mount point was made), so their times can be
+        # put back
+        self._touched: Dict[bytes, List[int]] = {}
         self._dev: Optional[str] = None
         self._mounts: List[Dict[str, Any]] = []
+        self._staging: Optional[str] = None
 
     def __enter__(self) -> "Sandbox":
         for name in ("proc", "dev"):
@@ -489,9 +559,9 @@ class Sandbox:
                 raise InvalidInput("/%s in the image is not a directory; RUN cannot mount it"
                                    % name)
             if not os.path.exists(path):
-                self._touch(self.root)
+                self._touch(b"")
                 os.mkdir(path, 0o755)
-                self._created.append(path)
+                self._made(path)
         self._dev = os.path.join(self.root, "dev")
         mount("tmpfs", self._dev, "tmpfs", MS_NOSUID, "mode=755,size=65536k")
         self._populate_dev(self._dev)
@@ -500,30 +570,45 @@ class Sandbox:
     def __exit__(self, *exc: object) -> None:
         if self._dev and mount_at(self._dev) is not None:
             umount(self._dev)
-        untouched = [p for p, times in self._touched.items() if _mtime(p) == times[2]]
-        for path in reversed(self._created):
-            try:
-                if os.path.isdir(path) and not os.path.islink(path):
-                    os.rmdir(path)
-                elif os.path.getsize(path) == 0:
-                    os.unlink(path)
-            except OSError:
-                pass  # the step put something there: it is the step's to keep
-        # a directory only our mount points changed gets its times back, so the step's
-        # layer is the same bytes on every run (the step's own changes keep theirs)
-        for path in untouched:
-            atime, mtime = self._touched[path][:2]
-            os.utime(path, ns=(atime, mtime), follow_symlinks=False)
+        if self._staging is not None:
+            os.rmdir(self._staging)
+            self._staging = None
+        # the step ran as root in this tree and may have swapped any directory for a
+        # symlink to the host: every path below is opened from the root one component
+        # at a time, never through a symlink (Beneath), and an entry is removed only
+        # while it is still the one made here (device and inode)
+        with Beneath(self.root) as tree:
+            made = {rel for rel, _identity in self._created}
+            untouched = [rel for rel, times in self._touched.items()
+                         if rel not in made and _mtime(tree, rel) == times[2]]
+            for rel, identity in reversed(self._created):
+                _remove_made(tree, rel, identity)
+            # a directory only our mount points changed gets its times back, so the
+            # step's layer is the same bytes on every run (its own changes keep theirs)
+            for rel in untouched:
+                try:
+                    os.utime(tree.dir_fd(rel), ns=tuple(self._touched[rel][:2]))
+                except (OSError, NotBeneath):
+                    pass  # changed or gone since: the step's
 
-    def _touch(self, directory: str) -> None:
-        if directory not in self._touched:
-            st = os.lstat(directory)
-            self._touched[directory] = [st.st_atime_ns, st.st_mtime_ns, st.st_mtime_ns]
+    def _rel(self, path: str) -> bytes:
+        rel = os.path.relpath(path, self.root)
+        return b"" if rel == "." else os.fsencode(rel)
+
+    def _made(self, path: str) -> None:
+        st = os.lstat(path)
+        self._created.append((self._rel(path), (st.st_dev, st.st_ino)))
+
+    def _touch(self, rel: bytes) -> None:
+        if rel not in self._touched:
+            st = os.lstat(os.path.join(self.root, os.fsdecode(rel)) if rel else self.root)
+            self._touched[rel] = [st.st_atime_ns, st.st_mtime_ns, st.st_mtime_ns]
 
     def _settle(self) -> None:
         """Just before the step: the times our mount points left on the directories."""
-        for path, times in self._touched.items():
-            times[2] = _mtime(path)
+        with Beneath(self.root) as tree:
+            for rel, times in self._touched.items():
+                times[2] = _mtime(tree, rel)
 
     @staticmethod
     def _populate_dev(dev: str) -> None:
@@ -536,7 +621,6 @@ class Sandbox:
         os.mkdir(os.path.join(dev, "shm"), 0o1777)
         os.chmod(os.path.join(dev, "shm"), 0o1777)
         os.mkdir(os.path.join(dev, "pipes"), 0o755)
-        os.mkdir(os.path.join(dev, STAGING), 0o700)
 
     def add_files(self, files: Dict[str, str]) -> None:
         """Heredoc scripts a RUN executes, read-only under /dev/pipes (not in the layer)."""
@@ -557,45 +641,61 @@ class Sandbox:
     def mountpoint(self, target: str, directory: bool) -> str:
         """``target`` (a path in the container) made to exist for a mount; what this
         creates is removed after the step when still empty, so it stays out of the
-        layer (BuildKit does the same for its mount points)."""
+        layer (BuildKit does the same for its mount points).  Returns the target's path
+        relative to the root, symlinks of the image resolved inside it: the step's init
+        opens it again after the mounts above it are made, never through a symlink."""
         path = secure_join(self.root, target)
+        rel = os.path.relpath(path, self.root)
+        if rel == "." or rel in ("dev", "proc") or rel.startswith("proc/"):
+            raise InvalidInput("RUN --mount target %s: the root, /dev and /proc are the build "
+                               "container's own" % target)
+        try:
+            self._make_mountpoint(path, directory, target)
+        except OSError as exc:
+            raise InvalidInput("RUN --mount target %s cannot be made in the image: %s"
+                               % (target, exc.strerror)) from exc
+        return rel
+
+    def _make_mountpoint(self, path: str, directory: bool, target: str) -> None:
         if os.path.lexists(path):
             if os.path.isdir(path) != directory:
                 raise InvalidInput("RUN --mount target %s is %s in the image" % (
                     target, "a file, not a directory" if directory else "a directory"))
-            return path
+            return
         parent = os.path.dirname(path)
         missing = []
         while not os.path.lexists(parent):
             missing.append(parent)
             parent = os.path.dirname(parent)
-        self._touch(parent)
+        self._touch(self._rel(parent))
         for directory_path in reversed(missing):
             os.mkdir(directory_path, 0o755)
-            self._created.append(directory_path)
+            self._made(directory_path)
         if directory:
             os.mkdir(path, 0o755)
         else:
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
-        self._created.append(path)
-        return path
+        self._made(path)
 
     def bind(self, source: str, target: str, readonly: bool) -> None:
         """A host path (a cache, the context, another root) seen at ``target``."""
-        path = self.mountpoint(target, os.path.isdir(source))
+        directory = os.path.isdir(source)
+        path = self.mountpoint(target, directory)
         self._mounts.append({"kind": "bind", "source": source, "target": path,
-                             "readonly": readonly})
+                             "directory": directory, "shown": target, "readonly": readonly})
 
     def tmpfs(self, target: str, size: Optional[int]) -> None:
         path = self.mountpoint(target, True)
-        self._mounts.append({"kind": "tmpfs", "target": path,
+        self._mounts.append({"kind": "tmpfs", "target": path, "directory": True,
+                             "shown": target,
                              "data": None if size is None else "size=%d" % size})
 
     def memory_file(self, target: str, content: bytes, mode: int, owner: Tuple[int, int],
                     readonly: bool = True) -> None:
         """A file from memory (a secret, /etc/hosts): it never touches the disk."""
         path = self.mountpoint(target, False)
-        self._mounts.append({"kind": "file", "target": path, "readonly": readonly,
+        self._mounts.append({"kind": "file", "target": path, "directory": False,
+                             "shown": target, "readonly": readonly,
                              "content": base64.b64encode(content).decode("ascii"),
                              "mode": mode, "uid": owner[0], "gid": owner[1]})
 
@@ -619,10 +719,15 @@ class Sandbox:
         # parents before children: a cache inside a bind must be mounted after it
         mounts = sorted(self._mounts, key=lambda m: m["target"].count("/"))
         self._settle()
+        if self._staging is None and any(m["kind"] == "file" for m in mounts):
+            # outside the root, so nothing a step left there (or an earlier mount
+            # brings) decides where the files are made; a tmpfs of the step's mount
+            # namespace only covers it, the host sees an empty private directory
+            self._staging = tempfile.mkdtemp(prefix="strata-run-files-")
         config = {"root": self.root, "workdir": workdir, "uid": owner[0], "gid": owner[1],
                   "groups": list(groups if groups is not None else [owner[1]]),
                   "argv": list(argv), "env": dict(env), "hostname": self.hostname,
-                  "mounts": mounts, "staging": os.path.join(self.root, "dev", STAGING),
+                  "mounts": mounts, "staging": self._staging,
                   "user_namespaces": self.user_namespaces}
         code, tail, total = _supervise(self.command(), json.dumps(config).encode("ascii"),
                                        timeout, log)
@@ -640,11 +745,28 @@ class Sandbox:
                          % (what, code, text, more), exit_code=code, output=text, log=log)
 
 
-def _mtime(path: str) -> int:
+def _mtime(tree: Beneath, rel: bytes) -> int:
     try:
-        return os.lstat(path).st_mtime_ns
-    except OSError:
+        return os.fstat(tree.dir_fd(rel)).st_mtime_ns
+    except (OSError, NotBeneath):
         return -1
+
+
+def _remove_made(tree: Beneath, rel: bytes, identity: Tuple[int, int]) -> None:
+    """Remove an empty directory or file made to mount on, if it is still that entry."""
+    parent, _sep, name = rel.rpartition(b"/")
+    try:
+        pfd = tree.dir_fd(parent)
+        st = os.lstat(name, dir_fd=pfd)
+        if (st.st_dev, st.st_ino) != identity:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            tree.invalidate(rel)
+            os.rmdir(name, dir_fd=pfd)
+        elif stat.S_ISREG(st.st_mode) and st.st_size == 0:
+            os.unlink(name, dir_fd=pfd)
+    except (OSError, NotBeneath):
+        pass  # the step put something there, or moved things: it is the step's to keep
 
 
 def _die_with_parent() -> None:

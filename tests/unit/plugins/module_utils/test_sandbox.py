@@ -19,6 +19,7 @@ import pytest
 
 from ansible_collections.strata.layers.plugins.module_utils._ops.image_build import image_build
 from ansible_collections.strata.layers.plugins.module_utils._ops.container_layer import container_layer
+from ansible_collections.strata.layers.plugins.module_utils._errors import InvalidInput
 from ansible_collections.strata.layers.plugins.module_utils._sandbox import Sandbox, StepFailed
 from tests.support.fixtures import busybox_store
 from tests.support import rootfs
@@ -266,3 +267,78 @@ def test_a_timed_out_step_of_another_user_leaves_no_process(tmp_path):
     finally:
         for pid in _host_processes_with(b"sleep\0" + marker.encode()):
             os.kill(pid, 9)
+
+
+# ---------------------------------------------------------------- mounts (a review's)
+@pytest.fixture
+def host_dir():
+    """A host directory no step may touch (with an empty directory and an empty file:
+    what the cleanup after a step removes when they are its own mount points)."""
+    path = "/tmp/strata-sandbox-victim-" + secrets.token_hex(8)
+    os.makedirs(os.path.join(path, "emptydir"))
+    open(os.path.join(path, "emptyfile"), "w").close()
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)
+
+
+def test_the_cleanup_after_a_step_never_follows_a_link_the_step_swapped_in(root, host_dir):
+    """The step makes its mount points' parent a link to the host's root: what is
+    removed afterwards is looked up from the container's root, never through a link,
+    and only while it is the very entry made to mount on."""
+    build(root, tag=["swap:1"], network="none", secrets={"s": {"env": "PATH"}},
+          spec="FROM busybox:test\n"
+               "RUN --mount=type=tmpfs,target=/zz%(d)s/emptydir "
+               "--mount=type=secret,id=s,target=/zz%(d)s/emptyfile "
+               "mv /zz /zzold && ln -s / /zz\n" % {"d": host_dir})
+    assert sorted(os.listdir(host_dir)) == ["emptydir", "emptyfile"]
+
+
+def test_a_mount_target_behind_a_link_an_earlier_mount_brings_is_refused(root, host_dir):
+    """A cache planted with a link to the host: a later step's target below it would
+    have been made (the secret written) on the host; it is refused, naming the link."""
+    spec = ("FROM busybox:test\n"
+            "RUN --mount=type=cache,target=/x,id=plant sh -c 'rm -rf /x/sub; ln -s %s /x/sub'\n"
+            "RUN --mount=type=cache,target=/x,id=plant "
+            "--mount=type=secret,id=s,target=/x/sub/secret,mode=0644 true\n" % host_dir)
+    with pytest.raises(StepFailed) as info:
+        build(root, tag=["plant:1"], network="none", secrets={"s": {"env": "PATH"}}, spec=spec)
+    assert "RUN --mount target /x/sub/secret: /x/sub is a symlink" in str(info.value)
+    assert sorted(os.listdir(host_dir)) == ["emptydir", "emptyfile"]
+    for target in ("/dev", "/proc/x"):
+        with pytest.raises(InvalidInput, match="the root, /dev and /proc are the build"):
+            build(root, spec="FROM busybox:test\nRUN --mount=type=tmpfs,target=%s true\n"
+                  % target)
+
+
+def test_a_read_only_context_bind_leaves_mounts_inside_the_context_out(root, tmp_path):
+    """Binds are not recursive: a filesystem mounted inside the context is not in the
+    step's view, so the read-only bind cannot be written through it."""
+    ctx = tmp_path / "ctx"
+    (ctx / "sub").mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(ctx / "sub")], check=True)
+    try:
+        (ctx / "sub" / "file").write_text("host")
+        build(root, context=str(ctx), tag=["ro:1"], network="none",
+              spec="FROM busybox:test\nRUN --mount=type=bind,target=/ctx "
+                   "sh -c 'echo written > /ctx/sub/file; ls /ctx/sub > /seen; true'\n")
+        assert (ctx / "sub" / "file").read_text() == "host"
+        assert files_of(root, "ro:1")["seen"] == b""
+    finally:
+        subprocess.run(["umount", str(ctx / "sub")], check=True)
+
+
+def test_nested_mount_targets_work_and_leave_nothing_in_the_layer(root):
+    build(root, tag=["nested:1"], network="none",
+          spec="FROM busybox:test\n"
+               "RUN --mount=type=tmpfs,target=/c --mount=type=tmpfs,target=/c/d "
+               "--mount=type=cache,target=/root/.cache "
+               "--mount=type=cache,target=/root/.cache/pip "
+               "sh -c 'echo 1 > /c/d/f && echo 2 > /root/.cache/pip/f && "
+               "grep -c \" /c/d \" /proc/self/mounts > /count'\n")
+    files = files_of(root, "nested:1")
+    assert files["count"] == b"1\n"
+    assert not any(name.startswith(("c/", "root/.cache")) for name in files)
+    with pytest.raises(InvalidInput, match="target /etc/passwd/x cannot be made in the image"):
+        build(root, spec="FROM busybox:test\nRUN --mount=type=tmpfs,target=/etc/passwd/x true\n")
