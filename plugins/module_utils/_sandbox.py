@@ -27,7 +27,9 @@ file of ours can be executed) that, as PID 1 of the new PID namespace:
    with ``CLONE_NEWUSER``; ``clone3`` gets ENOSYS so the C library falls back to
    ``clone``), unless asked not to: inside one, a step could mount;
 6. drops from the capability bounding set every capability outside Docker's default
-   set, and ``CAP_MKNOD`` too, clears the inheritable and ambient sets;
+   set, and ``CAP_MKNOD`` too (and ``CAP_NET_RAW`` when the step shares the host's
+   network: raw sockets there see and forge the host's traffic), clears the
+   inheritable and ambient sets;
 7. takes the USER the caller resolved (uid, gid, groups), enters its WORKDIR and
    executes the command with its ENV (looked up in the step's PATH; 127 when it is not
    found, as a shell says).
@@ -108,6 +110,7 @@ PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
 # nodes; there is no device cgroup here, so a step able to mknod the host's disk could
 # read and write it.
 KEEP = (0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 29, 31)
+CAP_NET_RAW = 13
 # Docker's masked and read-only /proc paths: uid 0 needs no capability to write
 # /proc/sys/kernel/core_pattern (a program the host's kernel runs) or sysrq-trigger
 MASKED = ("/proc/asound", "/proc/acpi", "/proc/interrupts", "/proc/kcore", "/proc/keys",
@@ -397,10 +400,10 @@ def deny_user_namespaces():
                      ctypes.c_ulong(0), ctypes.c_ulong(0)), "install the seccomp filter")
 
 
-def drop_capabilities():
+def drop_capabilities(keep):
     last = int(read_small("/proc/sys/kernel/cap_last_cap") or "63")
     for cap in range(last + 1):
-        if cap not in KEEP:
+        if cap not in keep:
             check(LIBC.prctl(PR_CAPBSET_DROP, ctypes.c_ulong(cap), ctypes.c_ulong(0),
                              ctypes.c_ulong(0), ctypes.c_ulong(0)), "drop capability %d" % cap)
     check(LIBC.prctl(PR_CAP_AMBIENT, ctypes.c_ulong(PR_CAP_AMBIENT_CLEAR_ALL),
@@ -452,7 +455,9 @@ def setup(config):
                          % (config["workdir"], exc.strerror)) from None
     if not config.get("user_namespaces"):
         deny_user_namespaces()
-    drop_capabilities()
+    # on the host's network, raw sockets would see and forge the host's traffic
+    drop_capabilities(KEEP if config.get("own_network") else
+                      tuple(cap for cap in KEEP if cap != CAP_NET_RAW))
     become(config["uid"], config["gid"], config["groups"])
 
 
@@ -728,7 +733,8 @@ class Sandbox:
                   "groups": list(groups if groups is not None else [owner[1]]),
                   "argv": list(argv), "env": dict(env), "hostname": self.hostname,
                   "mounts": mounts, "staging": self._staging,
-                  "user_namespaces": self.user_namespaces}
+                  "user_namespaces": self.user_namespaces,
+                  "own_network": self.network == "none"}
         code, tail, total = _supervise(self.command(), json.dumps(config).encode("ascii"),
                                        timeout, log)
         if code == 0:

@@ -342,3 +342,12 @@ def test_nested_mount_targets_work_and_leave_nothing_in_the_layer(root):
     assert not any(name.startswith(("c/", "root/.cache")) for name in files)
     with pytest.raises(InvalidInput, match="target /etc/passwd/x cannot be made in the image"):
         build(root, spec="FROM busybox:test\nRUN --mount=type=tmpfs,target=/etc/passwd/x true\n")
+
+
+def test_a_step_on_the_hosts_network_has_no_raw_sockets(root):
+    """``network: host`` shares the host's interfaces: without ``CAP_NET_RAW`` a step
+    cannot sniff or forge their traffic (with its own network it keeps Docker's set)."""
+    build(root, tag=["hostnet:1"], network="host",
+          spec="FROM busybox:test\nRUN grep ^CapBnd /proc/self/status > /caps\n")
+    bounding = int(files_of(root, "hostnet:1")["caps"].split()[1], 16)
+    assert bounding == CAP_MASK & ~(1 << 13)
