@@ -274,6 +274,35 @@ def _port(url: urllib.parse.SplitResult) -> Optional[int]:
         raise RegistryError("%s has a port out of range (1-65535)" % url.netloc) from exc
 
 
+def split_url(url: str, who: str) -> urllib.parse.SplitResult:
+    """``url`` split, or a RegistryError naming ``who`` sent it (an unclosed IPv6 bracket,
+    a port out of range: what ``urllib.parse`` raises ValueError for)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # pylint: disable=pointless-statement
+    except ValueError as exc:
+        raise RegistryError("%s sent a malformed URL (%s)" % (who, exc)) from exc
+    return parts
+
+
+def join_url(base: str, location: str, who: str) -> str:
+    """``location`` (a Location header) resolved against ``base``, checked by split_url."""
+    try:
+        url = urllib.parse.urljoin(base, location)
+    except ValueError as exc:
+        raise RegistryError("%s sent a malformed URL (%s)" % (who, exc)) from exc
+    split_url(url, who)
+    return url
+
+
+def origin(parts: urllib.parse.SplitResult) -> Tuple[str, str, int]:
+    """(scheme, host, port) of a split URL, the port defaulted: what credentials are
+    bound to."""
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), \
+        parts.port or (443 if scheme == "https" else 80)
+
+
 def tls_context(ca_path: Optional[str]) -> ssl.SSLContext:
     if ca_path and not os.path.exists(ca_path):
         raise NotFound("ca_path %s does not exist on this host" % ca_path)
@@ -508,26 +537,37 @@ class Registry:
             raise self._status_error(resp.status, body_read, urllib.parse.urlsplit(url).path)
         return resp
 
+    def own(self, url: str) -> bool:
+        """Whether ``url`` is on the registry's own origin (scheme, host and port of
+        ``base``): the only one its credentials and challenges are taken from."""
+        return origin(split_url(url, "registry %s" % self.address)) == \
+            origin(urllib.parse.urlsplit(self.base))
+
     def _follow(self, url: str, headers: Dict[str, str], method: str = "GET",
                 body: Optional[bytes] = None) -> Response:
-        origin = urllib.parse.urlsplit(url)[:2]
+        """``url`` requested, redirects followed; the answer's ``url`` is the last one
+        asked.  ``Authorization`` goes only to the registry's own origin, whatever host a
+        Location names (an upload location or a redirect elsewhere is asked anonymously,
+        as Docker does); a URL that would take an https registry's exchange to plain
+        HTTP is refused."""
+        who = "registry %s" % self.address
+        secure = urllib.parse.urlsplit(self.base).scheme == "https"
         for _hop in range(MAX_REDIRECTS + 1):
-            parts = urllib.parse.urlsplit(url)
-            if origin[0] == "https" and parts.scheme == "http":
+            parts = split_url(url, who)
+            if secure and parts.scheme.lower() == "http":
                 raise RegistryError("registry %s redirected to plain HTTP (%s://%s): refused, "
                                     "an https exchange is never downgraded"
                                     % (self.address, parts.scheme, parts.netloc))
-            same_host = parts[:2] == origin
             sent = dict(headers)
             authorization = self._authorization
-            if authorization and same_host:
+            if authorization and self.own(url):
                 sent["Authorization"] = authorization
             resp = self._send(method, url, sent, body)
             location = resp.headers.get("Location")
             if resp.status not in (301, 302, 303, 307, 308) or not location:
                 return resp
             resp.close()                # the body of a redirect is never read
-            url = urllib.parse.urljoin(url, location)
+            url = join_url(url, location, who)
         raise RegistryError("%s redirected more than %d times for %s"
                             % (self.address, MAX_REDIRECTS, url))
 

@@ -24,7 +24,7 @@ from ansible_collections.strata.layers.plugins.module_utils._digest import sha25
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     DigestMismatch, NotFound, StoreError)
 from ansible_collections.strata.layers.plugins.module_utils._registry import (
-    Registry, RegistryError)
+    Registry, RegistryError, join_url)
 
 OCTETS = "application/octet-stream"
 _RANGE_RE = re.compile(r"\A(?:bytes=)?0-(\d+)\Z")
@@ -42,7 +42,10 @@ class Uploader:
         if not location:
             raise RegistryError("registry %s opened an upload without a Location"
                                 % self.registry.address)
-        return urllib.parse.urljoin(self.registry.base + "/", location)
+        # an absolute location on another host is followed anonymously, one that would
+        # take an https registry's upload to plain HTTP is refused (Registry._follow)
+        return join_url(self.registry.base + "/", location,
+                        "registry %s" % self.registry.address)
 
     @staticmethod
     def _with(url: str, **query: str) -> str:
