@@ -519,6 +519,13 @@ class Registry:
         retried = False
         while True:
             resp = self._follow(url, headers, method, body)
+            if resp.status == 401 and not self.own(resp.url):
+                resp.close()
+                raise AuthenticationRefused(
+                    "%s, where registry %s sent the client for %s, asks for authentication: "
+                    "refused, the registry's credentials go only to the registry itself"
+                    % (urllib.parse.urlsplit(resp.url).netloc, self.address,
+                       urllib.parse.urlsplit(url).path), status=401)
             if resp.status != 401 or retried:
                 break
             challenges = _challenges(resp.headers)

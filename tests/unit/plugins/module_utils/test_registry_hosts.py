@@ -13,7 +13,7 @@ import shutil
 import pytest
 
 from ansible_collections.strata.layers.plugins.module_utils._registry import (
-    Registry, RegistryError, parse_reference)
+    AuthenticationRefused, Descriptor, Registry, RegistryError, parse_reference)
 from ansible_collections.strata.layers.plugins.module_utils._upload import Uploader
 from tests.support.registry import make_ca, scripted
 
@@ -82,3 +82,23 @@ def test_an_upload_location_on_the_registry_keeps_the_credentials():
         uploader.finish(uploader.start(), DIGEST, b"data")
         assert reg.authorizations() == [BASIC, BASIC]       # POST and PUT
 
+
+
+def test_a_redirect_targets_challenge_gets_no_credentials(tls):
+    def storage(handler, _body):
+        if handler.path.startswith("/token"):
+            return handler.reply(200, {"Content-Type": "application/json"}, b'{"token":"t"}')
+        return handler.reply(401, {"WWW-Authenticate": 'Bearer realm="%s/token",service="s"'
+                                   % store.url})
+
+    def route(handler, _body):
+        if handler.headers.get("Authorization") != BASIC:
+            return handler.reply(401, {"WWW-Authenticate": 'Basic realm="r"'})
+        return handler.reply(307, {"Location": "%s/blob" % store.url})
+
+    with scripted(storage, tls=tls) as store, scripted(route, tls=tls) as reg:
+        with pytest.raises(AuthenticationRefused) as info:
+            client(reg, tls).open_blob(Descriptor("", DIGEST, 4), "layer")
+        assert store.host in str(info.value) and reg.host in str(info.value)
+        assert [p for _m, p, _a in store.requests] == ["/blob"]
+        assert store.authorizations() == []
