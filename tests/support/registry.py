@@ -472,9 +472,11 @@ class CountingProxy:
     """
 
     def __init__(self, backend: str, delay: float = 0.0,
-                 redirect_to: Optional["BlobServer"] = None, mangle: bool = False) -> None:
+                 redirect_to: Optional["BlobServer"] = None, mangle: bool = False,
+                 refuse_mounts: bool = False) -> None:
         self.backend, self.delay, self.redirect_to = backend, delay, redirect_to
         self.mangle = mangle  # flip a byte of every blob upload body (PATCH, PUT ?digest=)
+        self.refuse_mounts = refuse_mounts  # 403 DENIED to every POST ?mount=&from=
         self.sent = 0         # bytes of request bodies forwarded
         self.requests: List[Tuple[str, str, bool]] = []
         self.lock = threading.Lock()
@@ -532,6 +534,15 @@ class CountingProxy:
                 with proxy.lock:
                     proxy.requests.append((method, self.path,
                                            "Authorization" in self.headers))
+                if proxy.refuse_mounts and method == "POST" and "mount=" in self.path:
+                    self._body(method)
+                    denied = b'{"errors":[{"code":"DENIED","message":"access denied"}]}'
+                    self.send_response(403)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(denied)))
+                    self.end_headers()
+                    self.wfile.write(denied)
+                    return
                 if proxy.redirect_to is not None and "/blobs/" in self.path:
                     self.send_response(307)
                     self.send_header("Location", proxy.redirect_to.url_for(self.path))
@@ -613,8 +624,8 @@ class BlobServer:
 
 @contextlib.contextmanager
 def counting_proxy(backend: str, delay: float = 0.0, redirect_to: Optional[BlobServer] = None,
-                   mangle: bool = False) -> Iterator[CountingProxy]:
-    proxy = CountingProxy(backend, delay, redirect_to, mangle)
+                   mangle: bool = False, refuse_mounts: bool = False) -> Iterator[CountingProxy]:
+    proxy = CountingProxy(backend, delay, redirect_to, mangle, refuse_mounts)
     try:
         yield proxy
     finally:
