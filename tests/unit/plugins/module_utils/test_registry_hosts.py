@@ -8,14 +8,22 @@ test_push.py.)
 from __future__ import annotations
 
 import base64
+import gzip
+import hashlib
+import json
+import os
 import shutil
 
 import pytest
 
+from ansible_collections.strata.layers.plugins.module_utils._errors import DigestMismatch
+from ansible_collections.strata.layers.plugins.module_utils._ops.image_pull import image_pull
 from ansible_collections.strata.layers.plugins.module_utils._registry import (
     AuthenticationRefused, Descriptor, Registry, RegistryError, parse_reference)
+from ansible_collections.strata.layers.plugins.module_utils._store import Store
 from ansible_collections.strata.layers.plugins.module_utils._upload import Uploader
-from tests.support.registry import make_ca, scripted
+from tests.support.registry import (
+    LAYER_TYPES, MT_CONFIG, MT_MANIFEST, compress, layer_tar, make_ca, scripted)
 
 USER, PASSWORD = "alice", "hunter2-secret"
 BASIC = "Basic " + base64.b64encode(("%s:%s" % (USER, PASSWORD)).encode()).decode()
@@ -102,3 +110,67 @@ def test_a_redirect_targets_challenge_gets_no_credentials(tls):
         assert store.host in str(info.value) and reg.host in str(info.value)
         assert [p for _m, p, _a in store.requests] == ["/blob"]
         assert store.authorizations() == []
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def image_registry(tar: bytes, blob: bytes, layer_digest: str, media_type: str):
+    """A registry serving one image app:v1: one layer whose descriptor says
+    (layer_digest, media_type) and whose blob bytes are ``blob``."""
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "rootfs": {"type": "layers", "diff_ids": [sha(tar)]}}).encode()
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": MT_MANIFEST,
+        "config": {"mediaType": MT_CONFIG, "digest": sha(config), "size": len(config)},
+        "layers": [{"mediaType": media_type, "digest": layer_digest,
+                    "size": len(blob)}]}).encode()
+    blobs = {sha(config): config, layer_digest: blob}
+
+    def route(handler, _body):
+        if "/manifests/" in handler.path:
+            return handler.reply(200, {"Content-Type": MT_MANIFEST}, manifest)
+        digest = handler.path.rsplit("/", 1)[-1]
+        if "/blobs/" in handler.path and digest in blobs:
+            return handler.reply(200, {}, blobs[digest])
+        return handler.reply(404)
+    return route
+
+
+def records(root: str) -> list:
+    where = os.path.join(root, "registry", "compressed")
+    return sorted(os.listdir(where)) if os.path.isdir(where) else []
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["streamed", "downloaded"])
+def test_a_blob_named_by_its_diff_id_is_refused(existing, tmp_path):
+    tar = layer_tar({"etc/hello": b"hi\n"})
+    route = image_registry(tar, gzip.compress(tar, mtime=0), sha(tar), LAYER_TYPES["gzip"])
+    root = str(tmp_path / "store")
+    with scripted(route) as reg:
+        args = {"name": "%s/app:v1" % reg.host, "insecure": True, "data_root": root}
+        if existing:    # a store that exists pulls ahead into files; a new one streams
+            with Store(root).write("an empty store"):
+                pass
+        with pytest.raises(DigestMismatch) as info:
+            image_pull(args)
+        assert "failed verification" in str(info.value)
+    assert records(root) == []
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["streamed", "downloaded"])
+def test_a_blob_in_another_compression_than_its_media_type_is_not_recorded(existing,
+                                                                              tmp_path):
+    tar = layer_tar({"etc/hello": b"hi\n"})
+    blob = compress(tar, "zstd")
+    route = image_registry(tar, blob, sha(blob), LAYER_TYPES["gzip"])
+    root = str(tmp_path / "store")
+    with scripted(route) as reg:
+        if existing:
+            with Store(root).write("an empty store"):
+                pass
+        result = image_pull({"name": "%s/app:v1" % reg.host, "insecure": True,
+                             "data_root": root})
+    assert result["changed"] is True and result["layers"][0]["diff_id"] == sha(tar)
+    assert records(root) == []      # no false {gzip: zstd bytes} for a push to reuse
