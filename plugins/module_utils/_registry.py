@@ -82,6 +82,7 @@ _PARAM_RE = re.compile(r'([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(?:"([^"\\]*(?:\\.[^"\\]
 _SCHEME_RE = re.compile(r'([A-Za-z][A-Za-z0-9_.+-]*)(?=\s|,|$)')
 _SKIP_RE = re.compile(r'[^,]*,?')
 _SEPARATORS_RE = re.compile(r'[\s,]*')
+_TOKEN_RE = re.compile(r"\A[\x21-\x7e]+\Z")    # visible ASCII: what a header value may carry
 MAX_CHALLENGES = 8
 MAX_HEADER = 8192
 RawRead = Callable[[int], bytes]
@@ -738,6 +739,10 @@ class Registry:
         if not isinstance(token, str) or not token:
             raise RegistryError("the token service %s of registry %s sent no token"
                                 % (realm_host, self.address))
+        if not _TOKEN_RE.match(token):      # never echoed: it is a credential
+            raise RegistryError("the token service %s of registry %s sent a token with "
+                                "characters an HTTP header cannot carry (spaces, control "
+                                "characters or non-ASCII): refused" % (realm_host, self.address))
         return token
 
     # -- manifests
@@ -784,7 +789,11 @@ class Registry:
             if media_type not in INDEX_TYPES:
                 break
             index = json_object(raw, "index %s of %s" % (digest, ref))
-            desc = pick_platform([m for m in index.get("manifests") or [] if isinstance(m, dict)],
+            entries = index.get("manifests") or []
+            if not isinstance(entries, list):
+                raise Corrupt("index %s of %s is damaged: its \"manifests\" is not a list"
+                              % (digest, ref))
+            desc = pick_platform([m for m in entries if isinstance(m, dict)],
                                  wanted, str(ref), "; set platform to one of those")
             chosen = platform_of(desc) or chosen
             target = _descriptor(desc, "a manifest of index %s" % digest)
@@ -822,7 +831,8 @@ class Registry:
     def open_blob(self, desc: Descriptor, what: str) -> "BlobStream":
         resp = self.request(self._blob_path(desc.digest))
         length = resp.headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) != desc.size:
+        if length is not None and length.isascii() and length.isdigit() \
+                and int(length) != desc.size:
             resp.close()
             raise DigestMismatch("%s %s of %s failed verification: the registry sends %s bytes "
                                  "where the manifest says %d" % (what, desc.digest,

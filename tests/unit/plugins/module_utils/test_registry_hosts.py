@@ -16,7 +16,9 @@ import shutil
 
 import pytest
 
-from ansible_collections.strata.layers.plugins.module_utils._errors import DigestMismatch
+from ansible_collections.strata.layers.plugins.module_utils._errors import (
+    DigestMismatch, StoreError)
+from ansible_collections.strata.layers.plugins.module_utils._imageconfig import parse_platform
 from ansible_collections.strata.layers.plugins.module_utils._ops.image_pull import image_pull
 from ansible_collections.strata.layers.plugins.module_utils._registry import (
     AuthenticationRefused, Descriptor, Registry, RegistryError, parse_reference)
@@ -174,3 +176,46 @@ def test_a_blob_in_another_compression_than_its_media_type_is_not_recorded(exist
                              "data_root": root})
     assert result["changed"] is True and result["layers"][0]["diff_id"] == sha(tar)
     assert records(root) == []      # no false {gzip: zstd bytes} for a push to reuse
+
+
+def hostile(handler, _body):
+    """Answers no client should crash on: a Content-Length of a non-ASCII digit, Locations
+    that are no URL, a token carrying a header of its own."""
+    if "/token" in handler.path:
+        return handler.reply(200, {}, b'{"token":"secret\\r\\nX-Evil: 1"}')
+    if "/manifests/" in handler.path and handler.headers.get("Authorization") is None:
+        return handler.reply(401, {"WWW-Authenticate": 'Bearer realm="http://%s/token"'
+                                   % handler.headers["Host"]})
+    if "/blobs/uploads/" in handler.path:
+        return handler.reply(202, {"Location": "http://[zz/x"})
+    if "/blobs/" in handler.path:
+        handler.close_connection = True         # the body ends where the connection does
+        return handler.reply(200, {"Content-Length": "\u00b2"}, b"abcd")
+    if "/redirect" in handler.path:
+        return handler.reply(302, {"Location": "http://[zz/x"})
+    return handler.reply(404)
+
+
+@pytest.mark.parametrize("ask", [
+    lambda reg: reg.blob_bytes(Descriptor("", DIGEST, 4), "config"),
+    lambda reg: reg.request("/v2/redirect"),
+    lambda reg: Uploader(reg).start(),
+    lambda reg: reg.manifest("v1"),
+], ids=["content-length", "redirect", "upload-location", "token"])
+def test_hostile_answers_are_store_errors(ask):
+    with scripted(hostile) as server:
+        reg = Registry(parse_reference("%s/app:v1" % server.host), insecure=True)
+        with pytest.raises(StoreError) as info:
+            ask(reg)
+        assert server.host in str(info.value)
+        assert "secret" not in str(info.value)
+
+
+@pytest.mark.parametrize("manifests", [5, {"a": 1}, None, "abc"])
+def test_an_index_whose_manifests_is_not_a_list_is_a_store_error(manifests):
+    raw = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                      "manifests": manifests}).encode()
+    reg = Registry(parse_reference("127.0.0.1:1/app:v1"), insecure=True)
+    with pytest.raises(StoreError):
+        reg.resolve(parse_platform(None), (raw, "application/vnd.oci.image.index.v1+json",
+                                           DIGEST))
