@@ -584,9 +584,10 @@ class Registry:
         if status == 401:
             if self.withheld_from is not None:
                 return AuthenticationRefused(
-                    "registry %s refused access to %s: its token service %s is plain HTTP on "
-                    "another host, so the credentials of %s were not sent to it (they would "
-                    "travel in clear text); serve the token realm over https"
+                    "registry %s refused access to %s: its token service %s is plain HTTP "
+                    "(on another host, or for an https registry), so the credentials of %s "
+                    "were not sent to it (they would travel in clear text); serve the token "
+                    "realm over https"
                     % (self.address, self.reference.name, self.withheld_from,
                        self.credentials), status=status)
             if self.username is None:
@@ -693,11 +694,13 @@ class Registry:
         return ["%s:%s" % (r, ",".join(actions[r])) if actions[r] else r for r in order]
 
     def realm_may_get_password(self, realm: str) -> bool:
-        """A token realm gets the credentials only over TLS, or on the registry's own host
-        (which has them anyway, under the transport the task chose for it)."""
+        """A token realm gets the credentials only over TLS, or over plain HTTP on the host
+        of a registry the task marked insecure (which has them anyway, in clear text): an
+        https registry's credentials never travel in clear text."""
         parts = urllib.parse.urlsplit(realm)
         mine = urllib.parse.urlsplit(self.base)
-        return parts.scheme == "https" or (parts.hostname or "") == (mine.hostname or "")
+        return parts.scheme == "https" or (
+            mine.scheme == "http" and (parts.hostname or "") == (mine.hostname or ""))
 
     def _token(self, challenge: Dict[str, str]) -> str:
         realm = challenge.get("realm")
@@ -722,11 +725,10 @@ class Registry:
         if resp.status in (401, 403):
             if withheld:
                 raise AuthenticationRefused(
-                    "the token service of registry %s is %s over plain HTTP on another host "
-                    "(%s): the credentials were not sent to it (they would travel in clear "
-                    "text) and it refused anonymous access to %s"
-                    % (self.address, urllib.parse.urlsplit(realm).scheme, realm_host,
-                       self.reference.name))
+                    "the token service of registry %s is plain HTTP (%s, on another host or "
+                    "for an https registry): the credentials were not sent to it (they would "
+                    "travel in clear text) and it refused anonymous access to %s"
+                    % (self.address, realm_host, self.reference.name))
             raise self._status_error(401, b"", url) if self.credentials is not None else \
                 AuthenticationRefused("the token service %s of registry %s refused anonymous "
                                       "access to %s: give username and password"

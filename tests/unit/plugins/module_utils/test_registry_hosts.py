@@ -93,7 +93,6 @@ def test_an_upload_location_on_the_registry_keeps_the_credentials():
         assert reg.authorizations() == [BASIC, BASIC]       # POST and PUT
 
 
-
 def test_a_redirect_targets_challenge_gets_no_credentials(tls):
     def storage(handler, _body):
         if handler.path.startswith("/token"):
@@ -162,8 +161,7 @@ def test_a_blob_named_by_its_diff_id_is_refused(existing, tmp_path):
 
 
 @pytest.mark.parametrize("existing", [False, True], ids=["streamed", "downloaded"])
-def test_a_blob_in_another_compression_than_its_media_type_is_not_recorded(existing,
-                                                                              tmp_path):
+def test_a_blob_compressed_unlike_its_media_type_is_not_recorded(existing, tmp_path):
     tar = layer_tar({"etc/hello": b"hi\n"})
     blob = compress(tar, "zstd")
     route = image_registry(tar, blob, sha(blob), LAYER_TYPES["gzip"])
@@ -176,6 +174,22 @@ def test_a_blob_in_another_compression_than_its_media_type_is_not_recorded(exist
                              "data_root": root})
     assert result["changed"] is True and result["layers"][0]["diff_id"] == sha(tar)
     assert records(root) == []      # no false {gzip: zstd bytes} for a push to reuse
+
+
+def test_a_plain_http_realm_of_an_https_registry_gets_no_password(tls):
+    def token(handler, _body):
+        handler.reply(200, {"Content-Type": "application/json"}, b'{"token":"anonymous"}')
+
+    with scripted(token) as realm:      # the registry's own host name, in clear text
+        def route(handler, _body):
+            if handler.headers.get("Authorization") != "Bearer anonymous":
+                return handler.reply(401, {"WWW-Authenticate": 'Bearer realm="%s/token"'
+                                           % realm.url})
+            return handler.reply(200, {}, b"{}")
+        with scripted(route, tls=tls) as reg:
+            client(reg, tls).request("/v2/").close()
+        assert len(realm.requests) == 1
+        assert realm.authorizations() == []
 
 
 def hostile(handler, _body):
