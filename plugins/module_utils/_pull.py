@@ -89,6 +89,7 @@ class PullJob:
         self.store, self.registry, self.wanted = store, registry, wanted
         self.explicit, self.tags, self.max_size = explicit, tags, max_size
         self.reference: Reference = registry.reference
+        self.detected: Dict[int, str] = {}  # layer -> compression of its bytes, if applied
 
     # -- the record of the last pull of this name and platform
     def record_path(self) -> str:
@@ -157,7 +158,7 @@ class PullJob:
             self._check_known_blobs(manifest, config)
             missing = [n for n, chain in enumerate(chains) if not self.store.layers.exists(chain)]
         prefetch = LayerFetch(self.store, self.registry, manifest.layers, config.diff_ids,
-                              self.max_size, str(self.reference))
+                              self.max_size, str(self.reference), self.detected)
         futures = prefetch.start(missing, downloads.path)
         imported: Set[int] = set()
         try:
@@ -184,7 +185,7 @@ class PullJob:
         todo = [n for n, chain in enumerate(chains) if not self.store.layers.exists(chain)]
         files = {n: futures[n].result() for n in todo if n in futures}
         fetch = LayerFetch(self.store, self.registry, manifest.layers, config.diff_ids,
-                           self.max_size, str(self.reference))
+                           self.max_size, str(self.reference), self.detected)
         return fetch.run(todo, files)
 
     def _top(self) -> Tuple[bytes, str, str]:
@@ -274,27 +275,32 @@ class PullJob:
         self._check_known_blobs(manifest, config)
         missing = [n for n, chain in enumerate(chains) if not store.layers.exists(chain)]
         fetch = LayerFetch(store, self.registry, manifest.layers, config.diff_ids, self.max_size,
-                           str(self.reference))
+                           str(self.reference), self.detected)
         imported = fetch.run(missing, files)
         record, added = store.put_image(config, {
             "source": "registry:%s@%s" % (self.reference.name, manifest.digest)})
         moved = store.tag(record.id, self.tags)
         self._write_record(manifest, record.id)
-        self._remember_blobs(manifest, config, imported)
+        self._remember_blobs(manifest, config)
         layers = [layer_entry(store.layers.get(chain), n in imported)
                   for n, chain in enumerate(chains)]
         return self._result(bool(imported) or added or bool(moved), record.id, layers,
                             manifest.digest, manifest.top_digest)
 
-    def _remember_blobs(self, manifest: Manifest, config: ImageConfig, imported: Set[int]) -> None:
-        """For pushes: which blob holds each layer (when verified: downloaded now, or
-        known to decompress to it) and that it lives in this repository (a mount source)."""
+    def _remember_blobs(self, manifest: Manifest, config: ImageConfig) -> None:
+        """For pushes: which blob holds each layer (when verified: applied now in the
+        compression its media type names, or known to decompress to it) and that it lives
+        in this repository (a mount source)."""
         records = BlobRecords(self.store.root)
         name = "%s/%s" % (self.registry.address, self.reference.repository)
         for number, (desc, diff_id) in enumerate(zip(manifest.layers, config.diff_ids)):
             kind = blob_compression(desc.media_type)
-            verified = number in imported or self.store.known_diff_id(desc.digest) == diff_id \
-                or desc.digest == diff_id
+            found = self.detected.get(number)   # what its bytes were, when applied now
+            if found is not None:
+                verified = found == kind
+            else:
+                verified = self.store.known_diff_id(desc.digest) == diff_id \
+                    or (desc.digest == diff_id and kind == "none")
             if kind is not None and verified:
                 records.remember_compressed(diff_id, kind, desc.digest, desc.size)
             records.remember_origin(desc.digest, name)
@@ -356,9 +362,13 @@ class LayerFetch:
     """The missing layers of one image: downloaded ahead in parallel, applied in order."""
 
     def __init__(self, store: Store, registry: Registry, blobs: List[Descriptor],
-                 diff_ids: List[DiffID], max_size: Optional[int], name: str) -> None:
+                 diff_ids: List[DiffID], max_size: Optional[int], name: str,
+                 detected: Optional[Dict[int, str]] = None) -> None:
         self.store, self.registry, self.blobs = store, registry, blobs
         self.diff_ids, self.max_size, self.name = diff_ids, max_size, name
+        # layer number -> compression found in the bytes of a blob applied (as
+        # blob_compression names it), for Pull._remember_blobs
+        self.detected: Dict[int, str] = {} if detected is None else detected
         self.chains = chain_ids(diff_ids)
         self._stop = threading.Event()
         self._pool: Optional[ThreadPoolExecutor] = None
@@ -442,9 +452,16 @@ class LayerFetch:
     def _ingest(self, number: int, opener: Callable[[], DecodedStream]) -> bool:
         parent = self.chains[number - 1] if number else None
         desc = self.blobs[number]
+
+        def opened() -> DecodedStream:
+            stream = opener()
+            self.detected[number] = "none" if stream.compression == "plain" \
+                else stream.compression
+            return stream
+
         try:
             _record, imported, _digests = self.store.ingest_layer(
-                opener, parent, self.what(number), expect=desc.digest,
+                opened, parent, self.what(number), expect_blob=desc.digest,
                 expect_diff=self.diff_ids[number], max_size=self.max_size)
         except (DigestMismatch, Corrupt) as exc:
             if "failed verification" in str(exc):  # the registry client said so already

@@ -82,6 +82,7 @@ _PARAM_RE = re.compile(r'([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(?:"([^"\\]*(?:\\.[^"\\]
 _SCHEME_RE = re.compile(r'([A-Za-z][A-Za-z0-9_.+-]*)(?=\s|,|$)')
 _SKIP_RE = re.compile(r'[^,]*,?')
 _SEPARATORS_RE = re.compile(r'[\s,]*')
+_TOKEN_RE = re.compile(r"\A[\x21-\x7e]+\Z")    # visible ASCII: what a header value may carry
 MAX_CHALLENGES = 8
 MAX_HEADER = 8192
 RawRead = Callable[[int], bytes]
@@ -272,6 +273,35 @@ def _port(url: urllib.parse.SplitResult) -> Optional[int]:
         return url.port
     except ValueError as exc:
         raise RegistryError("%s has a port out of range (1-65535)" % url.netloc) from exc
+
+
+def split_url(url: str, who: str) -> urllib.parse.SplitResult:
+    """``url`` split, or a RegistryError naming ``who`` sent it (an unclosed IPv6 bracket,
+    a port out of range: what ``urllib.parse`` raises ValueError for)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # pylint: disable=pointless-statement
+    except ValueError as exc:
+        raise RegistryError("%s sent a malformed URL (%s)" % (who, exc)) from exc
+    return parts
+
+
+def join_url(base: str, location: str, who: str) -> str:
+    """``location`` (a Location header) resolved against ``base``, checked by split_url."""
+    try:
+        url = urllib.parse.urljoin(base, location)
+    except ValueError as exc:
+        raise RegistryError("%s sent a malformed URL (%s)" % (who, exc)) from exc
+    split_url(url, who)
+    return url
+
+
+def origin(parts: urllib.parse.SplitResult) -> Tuple[str, str, int]:
+    """(scheme, host, port) of a split URL, the port defaulted: what credentials are
+    bound to."""
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), \
+        parts.port or (443 if scheme == "https" else 80)
 
 
 def tls_context(ca_path: Optional[str]) -> ssl.SSLContext:
@@ -490,6 +520,13 @@ class Registry:
         retried = False
         while True:
             resp = self._follow(url, headers, method, body)
+            if resp.status == 401 and not self.own(resp.url):
+                resp.close()
+                raise AuthenticationRefused(
+                    "%s, where registry %s sent the client for %s, asks for authentication: "
+                    "refused, the registry's credentials go only to the registry itself"
+                    % (urllib.parse.urlsplit(resp.url).netloc, self.address,
+                       urllib.parse.urlsplit(url).path), status=401)
             if resp.status != 401 or retried:
                 break
             challenges = _challenges(resp.headers)
@@ -508,26 +545,37 @@ class Registry:
             raise self._status_error(resp.status, body_read, urllib.parse.urlsplit(url).path)
         return resp
 
+    def own(self, url: str) -> bool:
+        """Whether ``url`` is on the registry's own origin (scheme, host and port of
+        ``base``): the only one its credentials and challenges are taken from."""
+        return origin(split_url(url, "registry %s" % self.address)) == \
+            origin(urllib.parse.urlsplit(self.base))
+
     def _follow(self, url: str, headers: Dict[str, str], method: str = "GET",
                 body: Optional[bytes] = None) -> Response:
-        origin = urllib.parse.urlsplit(url)[:2]
+        """``url`` requested, redirects followed; the answer's ``url`` is the last one
+        asked.  ``Authorization`` goes only to the registry's own origin, whatever host a
+        Location names (an upload location or a redirect elsewhere is asked anonymously,
+        as Docker does); a URL that would take an https registry's exchange to plain
+        HTTP is refused."""
+        who = "registry %s" % self.address
+        secure = urllib.parse.urlsplit(self.base).scheme == "https"
         for _hop in range(MAX_REDIRECTS + 1):
-            parts = urllib.parse.urlsplit(url)
-            if origin[0] == "https" and parts.scheme == "http":
+            parts = split_url(url, who)
+            if secure and parts.scheme.lower() == "http":
                 raise RegistryError("registry %s redirected to plain HTTP (%s://%s): refused, "
                                     "an https exchange is never downgraded"
                                     % (self.address, parts.scheme, parts.netloc))
-            same_host = parts[:2] == origin
             sent = dict(headers)
             authorization = self._authorization
-            if authorization and same_host:
+            if authorization and self.own(url):
                 sent["Authorization"] = authorization
             resp = self._send(method, url, sent, body)
             location = resp.headers.get("Location")
             if resp.status not in (301, 302, 303, 307, 308) or not location:
                 return resp
             resp.close()                # the body of a redirect is never read
-            url = urllib.parse.urljoin(url, location)
+            url = join_url(url, location, who)
         raise RegistryError("%s redirected more than %d times for %s"
                             % (self.address, MAX_REDIRECTS, url))
 
@@ -536,9 +584,10 @@ class Registry:
         if status == 401:
             if self.withheld_from is not None:
                 return AuthenticationRefused(
-                    "registry %s refused access to %s: its token service %s is plain HTTP on "
-                    "another host, so the credentials of %s were not sent to it (they would "
-                    "travel in clear text); serve the token realm over https"
+                    "registry %s refused access to %s: its token service %s is plain HTTP "
+                    "(on another host, or for an https registry), so the credentials of %s "
+                    "were not sent to it (they would travel in clear text); serve the token "
+                    "realm over https"
                     % (self.address, self.reference.name, self.withheld_from,
                        self.credentials), status=status)
             if self.username is None:
@@ -645,11 +694,13 @@ class Registry:
         return ["%s:%s" % (r, ",".join(actions[r])) if actions[r] else r for r in order]
 
     def realm_may_get_password(self, realm: str) -> bool:
-        """A token realm gets the credentials only over TLS, or on the registry's own host
-        (which has them anyway, under the transport the task chose for it)."""
+        """A token realm gets the credentials only over TLS, or over plain HTTP on the host
+        of a registry the task marked insecure (which has them anyway, in clear text): an
+        https registry's credentials never travel in clear text."""
         parts = urllib.parse.urlsplit(realm)
         mine = urllib.parse.urlsplit(self.base)
-        return parts.scheme == "https" or (parts.hostname or "") == (mine.hostname or "")
+        return parts.scheme == "https" or (
+            mine.scheme == "http" and (parts.hostname or "") == (mine.hostname or ""))
 
     def _token(self, challenge: Dict[str, str]) -> str:
         realm = challenge.get("realm")
@@ -674,11 +725,10 @@ class Registry:
         if resp.status in (401, 403):
             if withheld:
                 raise AuthenticationRefused(
-                    "the token service of registry %s is %s over plain HTTP on another host "
-                    "(%s): the credentials were not sent to it (they would travel in clear "
-                    "text) and it refused anonymous access to %s"
-                    % (self.address, urllib.parse.urlsplit(realm).scheme, realm_host,
-                       self.reference.name))
+                    "the token service of registry %s is plain HTTP (%s, on another host or "
+                    "for an https registry): the credentials were not sent to it (they would "
+                    "travel in clear text) and it refused anonymous access to %s"
+                    % (self.address, realm_host, self.reference.name))
             raise self._status_error(401, b"", url) if self.credentials is not None else \
                 AuthenticationRefused("the token service %s of registry %s refused anonymous "
                                       "access to %s: give username and password"
@@ -691,6 +741,10 @@ class Registry:
         if not isinstance(token, str) or not token:
             raise RegistryError("the token service %s of registry %s sent no token"
                                 % (realm_host, self.address))
+        if not _TOKEN_RE.match(token):      # never echoed: it is a credential
+            raise RegistryError("the token service %s of registry %s sent a token with "
+                                "characters an HTTP header cannot carry (spaces, control "
+                                "characters or non-ASCII): refused" % (realm_host, self.address))
         return token
 
     # -- manifests
@@ -737,7 +791,11 @@ class Registry:
             if media_type not in INDEX_TYPES:
                 break
             index = json_object(raw, "index %s of %s" % (digest, ref))
-            desc = pick_platform([m for m in index.get("manifests") or [] if isinstance(m, dict)],
+            entries = index.get("manifests") or []
+            if not isinstance(entries, list):
+                raise Corrupt("index %s of %s is damaged: its \"manifests\" is not a list"
+                              % (digest, ref))
+            desc = pick_platform([m for m in entries if isinstance(m, dict)],
                                  wanted, str(ref), "; set platform to one of those")
             chosen = platform_of(desc) or chosen
             target = _descriptor(desc, "a manifest of index %s" % digest)
@@ -775,7 +833,8 @@ class Registry:
     def open_blob(self, desc: Descriptor, what: str) -> "BlobStream":
         resp = self.request(self._blob_path(desc.digest))
         length = resp.headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) != desc.size:
+        if length is not None and length.isascii() and length.isdigit() \
+                and int(length) != desc.size:
             resp.close()
             raise DigestMismatch("%s %s of %s failed verification: the registry sends %s bytes "
                                  "where the manifest says %d" % (what, desc.digest,

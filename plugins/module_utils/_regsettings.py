@@ -12,8 +12,9 @@ prefix (``registry.example.com/team``); the longest key that matches the reposit
 as containers/image does.  Credential helpers (``credsStore``) are not run.
 
 Where credentials may go (the transport rules, in ``Registry``): to the registry host,
-and to its token realm only over TLS or on the same host; over plain HTTP only to a
-registry the task marked ``insecure``; a redirect from https to http is refused.  No
+and to its token realm only over TLS, or over plain HTTP on the host of a registry the
+task marked ``insecure``; over plain HTTP only to such a registry; a redirect from https
+to http is refused.  No
 password ever appears in a result, an error or a log line: messages name the user and
 the auth file, never its content.
 

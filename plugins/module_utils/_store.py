@@ -394,12 +394,14 @@ class Store:
 
     def ingest_layer(self, open_stream: StreamOpener, parent: Optional[ChainID],
                      what: str, expect: Optional[str] = None, expect_diff: Optional[DiffID] = None,
-                     max_size: Optional[int] = None, shadow: Optional[Shadow] = None
+                     max_size: Optional[int] = None, shadow: Optional[Shadow] = None,
+                     expect_blob: Optional[str] = None
                      ) -> Tuple[LayerRecord, bool, Dict[str, str]]:
         """Store one layer stream on ``parent``; returns (record, imported, digests).
 
         ``expect`` is a digest the stream must have compressed or uncompressed;
-        ``expect_diff`` the diff_id it must have (both checked before anything is kept).
+        ``expect_blob`` the digest its own bytes must have (a registry blob's);
+        ``expect_diff`` the diff_id it must have (all checked before anything is kept).
         ``shadow`` (a commit's) is opened in the record directory before the stream is
         opened: the stream clones its files there and the applier takes the clones.
         """
@@ -450,6 +452,12 @@ class Store:
             digests = {"diff_id": result.diff_id,
                        "digest": stream.compressed_digest() or result.diff_id}
             self._verify(what, digests, expect, expect_diff)
+            if expect_blob is not None and digests["digest"] != expect_blob:
+                raise DigestMismatch("%s failed verification: its bytes hash to %s, not %s "
+                                     "(a blob is named by the digest of its own bytes, not of "
+                                     "its uncompressed content); nothing was kept"
+                                     % (what, digests["digest"], expect_blob),
+                                     expected=expect_blob, actual=digests["digest"])
             chain = chain_id(parent, DiffID(result.diff_id))
             present = self.layers.find(chain)
             if present is not None:

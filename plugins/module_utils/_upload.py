@@ -24,7 +24,7 @@ from ansible_collections.strata.layers.plugins.module_utils._digest import sha25
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     DigestMismatch, NotFound, StoreError)
 from ansible_collections.strata.layers.plugins.module_utils._registry import (
-    Registry, RegistryError)
+    AuthenticationRefused, Registry, RegistryError, join_url)
 
 OCTETS = "application/octet-stream"
 _RANGE_RE = re.compile(r"\A(?:bytes=)?0-(\d+)\Z")
@@ -42,7 +42,10 @@ class Uploader:
         if not location:
             raise RegistryError("registry %s opened an upload without a Location"
                                 % self.registry.address)
-        return urllib.parse.urljoin(self.registry.base + "/", location)
+        # an absolute location on another host is followed anonymously, one that would
+        # take an https registry's upload to plain HTTP is refused (Registry._follow)
+        return join_url(self.registry.base + "/", location,
+                        "registry %s" % self.registry.address)
 
     @staticmethod
     def _with(url: str, **query: str) -> str:
@@ -59,13 +62,20 @@ class Uploader:
         return resp.status == 200
 
     def mount(self, digest: str, source: str) -> Tuple[bool, Optional[str]]:
-        """(mounted, an upload location the registry opened instead)."""
+        """(mounted, an upload location the registry opened instead).  A mount the
+        registry refuses (401/403: no pull right on ``source``) or cannot find (404) is
+        (False, None): the blob is then uploaded, as Docker does."""
         self.registry.extra_scopes = ["repository:%s:pull" % source]
-        resp = self.registry.request(
-            "/v2/%s/blobs/uploads/?%s" % (self.repository,
-                                          urllib.parse.urlencode({"mount": digest,
-                                                                  "from": source})),
-            method="POST", body=b"", expect=(201, 202))
+        try:
+            resp = self.registry.request(
+                "/v2/%s/blobs/uploads/?%s" % (self.repository,
+                                              urllib.parse.urlencode({"mount": digest,
+                                                                      "from": source})),
+                method="POST", body=b"", expect=(201, 202))
+        except (AuthenticationRefused, NotFound):
+            return False, None
+        finally:
+            self.registry.extra_scopes = []
         resp.close()                # a small answer: its headers are what counts
         if resp.status == 201:
             return True, None

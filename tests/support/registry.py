@@ -472,9 +472,11 @@ class CountingProxy:
     """
 
     def __init__(self, backend: str, delay: float = 0.0,
-                 redirect_to: Optional["BlobServer"] = None, mangle: bool = False) -> None:
+                 redirect_to: Optional["BlobServer"] = None, mangle: bool = False,
+                 refuse_mounts: bool = False) -> None:
         self.backend, self.delay, self.redirect_to = backend, delay, redirect_to
         self.mangle = mangle  # flip a byte of every blob upload body (PATCH, PUT ?digest=)
+        self.refuse_mounts = refuse_mounts  # 403 DENIED to every POST ?mount=&from=
         self.sent = 0         # bytes of request bodies forwarded
         self.requests: List[Tuple[str, str, bool]] = []
         self.lock = threading.Lock()
@@ -532,6 +534,15 @@ class CountingProxy:
                 with proxy.lock:
                     proxy.requests.append((method, self.path,
                                            "Authorization" in self.headers))
+                if proxy.refuse_mounts and method == "POST" and "mount=" in self.path:
+                    self._body(method)
+                    denied = b'{"errors":[{"code":"DENIED","message":"access denied"}]}'
+                    self.send_response(403)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(denied)))
+                    self.end_headers()
+                    self.wfile.write(denied)
+                    return
                 if proxy.redirect_to is not None and "/blobs/" in self.path:
                     self.send_response(307)
                     self.send_header("Location", proxy.redirect_to.url_for(self.path))
@@ -613,9 +624,79 @@ class BlobServer:
 
 @contextlib.contextmanager
 def counting_proxy(backend: str, delay: float = 0.0, redirect_to: Optional[BlobServer] = None,
-                   mangle: bool = False) -> Iterator[CountingProxy]:
-    proxy = CountingProxy(backend, delay, redirect_to, mangle)
+                   mangle: bool = False, refuse_mounts: bool = False) -> Iterator[CountingProxy]:
+    proxy = CountingProxy(backend, delay, redirect_to, mangle, refuse_mounts)
     try:
         yield proxy
     finally:
         proxy.close()
+
+
+# ---------------------------------------------------------------------- scripted hosts
+class ScriptedServer:
+    """A host that answers as ``route(handler, body)`` says (a hostile registry, a storage
+    host, an upload host on another address), on ``host`` (any 127.0.0.0/8 address), in
+    plain HTTP or TLS (``tls``: make_ca's paths), recording (method, path, Authorization)
+    of every request it receives."""
+
+    def __init__(self, route, host: str = "127.0.0.1",
+                 tls: Optional[Dict[str, str]] = None) -> None:
+        self.route = route
+        self.requests: List[Tuple[str, str, Optional[str]]] = []
+        self.lock = threading.Lock()
+        self.server = http.server.ThreadingHTTPServer((host, 0), self._handler())
+        self.server.daemon_threads = True
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(tls["server.crt"], tls["server.key"])
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.host = "%s:%d" % (host, self.server.server_address[1])
+        self.url = "%s://%s" % ("https" if tls else "http", self.host)
+
+    def authorizations(self) -> List[str]:
+        with self.lock:
+            return [a for _m, _p, a in self.requests if a]
+
+    def _handler(self):
+        scripted = self
+
+        class Handler(_QuietHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _any(self) -> None:
+                length = self.headers.get("Content-Length") or "0"
+                body = self.rfile.read(int(length)) if length.isdigit() else b""
+                with scripted.lock:
+                    scripted.requests.append((self.command, self.path,
+                                              self.headers.get("Authorization")))
+                scripted.route(self, body)
+
+            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _any
+
+            def reply(self, status: int, headers: Optional[Dict[str, str]] = None,
+                      body: bytes = b"") -> None:
+                self.send_response(status)
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                if "Content-Length" not in (headers or {}):
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+        return Handler
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@contextlib.contextmanager
+def scripted(route, host: str = "127.0.0.1",
+             tls: Optional[Dict[str, str]] = None) -> Iterator[ScriptedServer]:
+    server = ScriptedServer(route, host, tls)
+    try:
+        yield server
+    finally:
+        server.close()

@@ -213,6 +213,21 @@ def test_pulled_image_is_mounted_into_another_repository(plain, layouts, tmp_pat
     assert seen["blobs"] == plain.manifest("origin/app", "1")["blobs"]
 
 
+def test_a_refused_mount_falls_back_to_an_upload(plain, layouts, tmp_path):
+    plain.push(os.path.join(layouts["work"], "app"), "1", "origin/app:1")
+    with counting_proxy(plain.host, refuse_mounts=True) as proxy:
+        store = str(tmp_path / "store")
+        pulled = image_pull({"name": "%s/origin/app:1" % proxy.host, "insecure": True,
+                             "data_root": store, "lock_timeout": 30})
+        result = push(store, pulled["image_id"], "%s/refused/app:2" % proxy.host,
+                      insecure=True)
+        assert any("mount=" in path for path in proxy.paths())     # asked, and refused
+    assert result["changed"] is True
+    assert result["blobs"]["mounted"] == []
+    assert len(result["blobs"]["uploaded"]) == 4       # three layers and the config
+    assert plain.manifest("refused/app", "2")["config"] == layouts["app"]["image_id"]
+
+
 def _tree(root: str) -> dict:
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):
