@@ -775,14 +775,17 @@ def _may_be_archive(path: str) -> bool:
                 if not digits or digits.strip(b"0123456789"):
                     return True
                 size = int(digits)
-            pos = data_at + size + ((-size) % BLOCK)
-            name = pax.get(b"path", longname)           # PAX wins, as the full parser reads it
+            # the long name wins, as the full parser (and Go's) reads it
+            name = longname if longname is not None else pax.get(b"path")
             if name is None:
                 name = block[0:100].split(b"\0", 1)[0]
                 if block[257:263] == b"ustar\0":
                     prefix = block[345:500].split(b"\0", 1)[0]
                     if prefix:
                         name = prefix + b"/" + name
+            if typeflag == DIRTYPE or typeflag == b"\0" and name.endswith(b"/"):
+                size = 0                            # a directory carries no data
+            pos = data_at + size + ((-size) % BLOCK)
             pax, longname = {}, None
             if (b"manifest.json" in name or b"oci-layout" in name) and \
                     _norm(name.decode("utf-8", "surrogateescape")).encode(

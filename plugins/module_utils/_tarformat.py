@@ -395,6 +395,7 @@ class HeaderParser:
             if typeflag == PAX_LOCAL:
                 pax.update(parse_pax(data, hint))
             elif typeflag == PAX_GLOBAL:
+                # parsed and bounded, applied to no member (as Docker's reader)
                 self.globals.update(parse_pax(data, hint))
                 if sum(len(k) + len(v) for k, v in self.globals.items()) > MAX_EXTENSION:
                     raise InvalidInput("%s: the PAX global headers up to %s hold more than "
@@ -407,29 +408,32 @@ class HeaderParser:
 
     def _member(self, block: bytes, raw: bytes, pax: Dict[bytes, bytes],
                 longname: Optional[bytes], longlink: Optional[bytes], offset: int) -> Member:
+        # read as Go's archive/tar (Docker's reader) reads it, so the files are the ones
+        # Docker puts on disk for the same diff_id: a PAX global header applies to no
+        # member (Docker ignores them), a GNU long name or link wins over a PAX path or
+        # linkpath, an old-style file whose name ends in "/" is a directory, and a
+        # directory carries no data whatever size its header declares
         fields = _USTAR.unpack(block)
-        if self.globals:
-            merged = dict(self.globals)
-            merged.update(pax)
-        else:
-            merged = pax
+        merged = pax
         name = fields[0].split(b"\0", 1)[0]
         if fields[9][:6] == b"ustar\0":
             prefix = fields[14].split(b"\0", 1)[0]
             if prefix:
                 name = prefix + b"/" + name
-        if longname is not None:
-            name = longname
         if merged and b"path" in merged:
             name = merged[b"path"]
+        if longname is not None:
+            name = longname
         typeflag = fields[7]
+        if typeflag == AREGTYPE and name.endswith(b"/"):
+            typeflag = DIRTYPE
         if merged or typeflag not in KNOWN_TYPES:
             self._refuse_type(name, typeflag, merged)
         linkname = fields[8].split(b"\0", 1)[0]
-        if longlink is not None:
-            linkname = longlink
         if merged and b"linkpath" in merged:
             linkname = merged[b"linkpath"]
+        if longlink is not None:
+            linkname = longlink
         mode, uid, gid, size, mtime, devmajor, devminor = _numbers(
             fields, lambda: name.decode("utf-8", "backslashreplace"))
         member = Member(name=name, typeflag=typeflag, mode=mode & 0o7777, uid=uid, gid=gid,
@@ -437,6 +441,8 @@ class HeaderParser:
                         offset=offset, devmajor=devmajor, devminor=devminor)
         if merged:
             self._apply_pax(member, merged, name.decode("utf-8", "backslashreplace"))
+        if typeflag == DIRTYPE:
+            member.size = 0   # what follows the header is the next header (as in Go)
         if member.size and typeflag in _NO_DATA_TYPES:
             hint = name.decode("utf-8", "backslashreplace")
             raise Corrupt("tar member %s (type %s) declares %d bytes of data"
