@@ -366,6 +366,33 @@ class DeadlineExceeded(socket.timeout):
     """A request (a blob download) took longer than its overall deadline."""
 
 
+class _Watchdog:
+    """Shuts ``conn``'s socket down ``seconds`` from now unless cancelled first: a
+    blocked connect, send or header read then ends (``fired`` says why)."""
+
+    def __init__(self, conn: http.client.HTTPConnection, seconds: float) -> None:
+        self.conn = conn
+        self.fired = False
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            sock = self.conn.sock
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # not connected yet, or already closed
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._timer.cancel()
+
+
 class Response:
     """An open response; ``read`` stays valid until ``close``.  Every read waits at most
     ``timeout`` seconds for data and ends by ``deadline`` (a monotonic time) whatever the
@@ -469,17 +496,30 @@ class Registry:
             target = urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path or "/",
                                               parts.query, ""))
         deadline = time.monotonic() + self.deadline
+        # connecting, sending and the status line and headers are per-wait timeouts
+        # only: a server dripping them a byte at a time meets the deadline through a
+        # watchdog that shuts the socket down (the body's reads check it themselves)
+        watchdog = _Watchdog(conn, self.deadline)
         try:
             conn.connect()
+            if watchdog.fired:  # it fired while the socket was being made
+                raise DeadlineExceeded("deadline")
             conn.sock.settimeout(min(self.timeout, self.deadline))
             conn.request(method, target, body=body,
                          headers=dict(headers, **{"User-Agent": USER_AGENT}))
             resp = conn.getresponse()
         except BaseException as exc:
             conn.close()
+            if watchdog.fired and isinstance(exc, (OSError, http.client.HTTPException)):
+                raise self._network_error(DeadlineExceeded("deadline"), parts) from exc
             if isinstance(exc, (OSError, http.client.HTTPException)):
                 raise self._network_error(exc, parts) from exc
             raise
+        finally:
+            watchdog.cancel()
+        if watchdog.fired:
+            conn.close()
+            raise self._network_error(DeadlineExceeded("deadline"), parts)
         return Response(conn, resp, url, self.timeout, deadline)
 
     def _network_error(self, exc: BaseException, url: urllib.parse.SplitResult) -> StoreError:
@@ -495,6 +535,9 @@ class Registry:
         if isinstance(exc, ConnectionRefusedError):
             return Unreachable("registry %s is unreachable: connection refused (is it running, "
                                "and is the address right?)" % where)
+        if isinstance(exc, DeadlineExceeded):
+            return Unreachable("registry %s did not answer within %g seconds (blob_timeout)"
+                               % (where, self.deadline))
         if isinstance(exc, socket.timeout):
             return Unreachable("registry %s is unreachable: no answer within %g seconds "
                                "(connect_timeout %g, timeout %g)"

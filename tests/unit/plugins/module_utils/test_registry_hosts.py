@@ -13,6 +13,9 @@ import hashlib
 import json
 import os
 import shutil
+import socket
+import threading
+import time
 
 import pytest
 
@@ -233,3 +236,41 @@ def test_an_index_whose_manifests_is_not_a_list_is_a_store_error(manifests):
     with pytest.raises(StoreError):
         reg.resolve(parse_platform(None), (raw, "application/vnd.oci.image.index.v1+json",
                                            DIGEST))
+
+
+def test_a_server_dripping_its_headers_meets_the_deadline():
+    """The status line then one header byte a second: each wait is short of ``timeout``,
+    so only the overall deadline (``blob_timeout``) can end it, and it does, through
+    the watchdog, long before the server would have finished."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    stop = threading.Event()
+
+    def drip():
+        conn, _addr = server.accept()
+        try:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\n")
+            for _second in range(12):
+                if stop.wait(1):
+                    return
+                conn.sendall(b"X")
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    thread = threading.Thread(target=drip, daemon=True)
+    thread.start()
+    registry = Registry(parse_reference("127.0.0.1:%d/app:v1" % server.getsockname()[1]),
+                        insecure=True, timeout=2, connect_timeout=2, deadline=3)
+    started = time.monotonic()
+    try:
+        with pytest.raises(StoreError, match="did not answer within 3 seconds"):
+            registry.request("/v2/app/manifests/v1")
+        assert time.monotonic() - started < 8
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
