@@ -1,0 +1,89 @@
+"""Review findings on OCI-layout import and export (fifth review): descriptors of a
+layout's blobs closed with their streams, no reads or writes through symlinks inside a
+layout, tags in the "unchanged" decision, an existing index.json refused rather than
+dropped, and modes of what an export writes."""
+from __future__ import annotations
+
+import json
+import os
+import resource
+
+import pytest
+
+from ansible_collections.strata.layers.plugins.module_utils._errors import DigestMismatch
+from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import (
+    layer_import)
+from ansible_collections.strata.layers.plugins.module_utils._store import Store
+from tests.support.images import make_oci_layout
+from tests.support.tars import LayerTar
+
+
+def imp(root, src, check=False, **kw):
+    return layer_import(dict({"data_root": root, "src": str(src)}, **kw), check_mode=check)
+
+
+def state(root: str) -> dict:
+    store = Store(root)
+    if not store.exists():
+        return {}
+    return {"images": sorted(store.images.ids()), "layers": sorted(store.layers.chains()),
+            "tags": store.images.tags()}
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+class FileLimit:
+    """RLIMIT_NOFILE's soft limit lowered to ``spare`` descriptors above those open now,
+    restored on leaving."""
+
+    def __init__(self, spare: int) -> None:
+        self.spare = spare
+        self.saved = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+    def __enter__(self) -> int:
+        limit = open_fds() + self.spare
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, self.saved[1]))
+        return limit
+
+    def __exit__(self, *exc) -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, self.saved)
+
+
+def many_layer_layout(path: str, images: int, layers: int) -> None:
+    for number in range(images):
+        make_oci_layout(path, [LayerTar().file("f%d_%d" % (number, layer), b"%d" % layer)
+                               .bytes() for layer in range(layers)],
+                        ref="img%d" % number, compress=False)
+
+
+# ---------------------------------------------------------------- finding 1: descriptors
+def test_a_layout_with_more_layers_than_the_file_limit_imports(tmp_path, store_root):
+    layout = str(tmp_path / "layout")
+    many_layer_layout(layout, 12, 6)            # 72 layers, the limit 48 above what is open
+    with FileLimit(48):
+        result = imp(store_root, layout)
+    assert len(result["image_ids"]) == 12
+    assert len(state(store_root)["layers"]) == 72
+
+
+def test_a_layout_failing_late_under_the_file_limit_is_undone(tmp_path, store_root):
+    layout = str(tmp_path / "layout")
+    many_layer_layout(layout, 12, 6)
+    with open(os.path.join(layout, "index.json")) as handle:
+        last = json.load(handle)["manifests"][-1]["digest"].split(":")[1]
+    with open(os.path.join(layout, "blobs", "sha256", last)) as handle:
+        manifest = json.load(handle)
+    blob = os.path.join(layout, "blobs", "sha256", manifest["layers"][-1]["digest"][7:])
+    with open(blob, "r+b") as handle:       # the last layer of the last image is damaged
+        handle.seek(600)
+        handle.write(b"tampered")
+    make_oci_layout(str(tmp_path / "kept"), [LayerTar().file("kept", b"k").bytes()])
+    imp(store_root, str(tmp_path / "kept"))
+    before = state(store_root)
+    with FileLimit(48):
+        with pytest.raises(DigestMismatch) as caught:
+            imp(store_root, layout)
+    assert "undoing" not in str(caught.value)
+    assert state(store_root) == before
