@@ -33,6 +33,8 @@ from ansible_collections.strata.layers.plugins.module_utils._imageconfig import 
     ImageConfig, Platform, host_platform, json_object, parse_config, pick_platform)
 from ansible_collections.strata.layers.plugins.module_utils._imageref import normalize_tag
 from ansible_collections.strata.layers.plugins.module_utils._jsondoc import Bounds, loads
+from ansible_collections.strata.layers.plugins.module_utils._safepath import (
+    Beneath, NotBeneath)
 from ansible_collections.strata.layers.plugins.module_utils._tarformat import (
     BLOCK, DIRTYPE, GNU_LONGLINK, GNU_LONGNAME, LNKTYPE, MAX_EXTENSION, PAX_GLOBAL, PAX_LOCAL,
     SYMTYPE, ZERO_BLOCK, ChunkReader, HeaderParser, Member, parse_pax)
@@ -272,33 +274,66 @@ def _skip_to_end(reader: ChunkReader) -> None:
 
 
 class DirIndex:
-    """An OCI layout directory, with the same interface as TarIndex."""
+    """An OCI layout directory, with the same interface as TarIndex.
+
+    Every file is opened component by component from a descriptor of the layout
+    (``Beneath``): a symlinked ``blobs`` or ``blobs/sha256`` would otherwise make the
+    import read whatever directory of the host it names.  ``path`` itself is followed:
+    the user named it."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._fds: List[int] = []
+        self._beneath: Optional[Beneath] = None
 
     def close(self) -> None:
         for fd in self._fds:
             os.close(fd)
         self._fds = []
+        if self._beneath is not None:
+            self._beneath.close()
+            self._beneath = None
 
-    def _full(self, name: str) -> str:
+    def _root(self) -> Beneath:
+        if self._beneath is None:
+            try:
+                self._beneath = Beneath(os.path.realpath(self.path), cache_size=8)
+            except OSError as exc:
+                raise StoreError("cannot open OCI layout %s: %s"
+                                 % (self.path, exc.strerror)) from exc
+        return self._beneath
+
+    def _rel(self, name: str) -> bytes:
         name = _norm(name)
         if name.startswith("..") or "/../" in "/" + name + "/":
             raise InvalidInput("OCI layout %s: %r lies outside the layout" % (self.path, name))
-        return os.path.join(self.path, name)
+        return os.fsencode(name)
 
     def has(self, name: str) -> bool:
-        return os.path.isfile(self._full(name))
+        try:
+            fd = self._open_at(self._rel(name))
+        except (OSError, NotBeneath):
+            return False
+        try:
+            return stat.S_ISREG(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
+
+    def _open_at(self, rel: bytes) -> int:
+        return self._root().open_file(rel, os.O_RDONLY | os.O_NONBLOCK)
 
     def _open_regular(self, name: str, what: str) -> int:
-        """A descriptor of a regular file of the layout.  Never through a final symlink
-        (it could name any file of the host) nor of a FIFO or device: /dev/zero as
-        index.json is an endless read, a FIFO a read that never starts."""
+        """A descriptor of a regular file of the layout.  Never through a symlink (it
+        could name any file or directory of the host) nor of a FIFO or device: /dev/zero
+        as index.json is an endless read, a FIFO a read that never starts."""
         try:
-            fd = os.open(self._full(name), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW |
-                         os.O_NONBLOCK)
+            fd = self._open_at(self._rel(name))
+        except NotBeneath as exc:
+            shown = os.fsdecode(exc.blocker)
+            raise InvalidInput("OCI layout %s: %s %s; the layout must hold its blobs and "
+                               "indexes in directories of its own" % (self.path, shown,
+                                                                       exc.reason),
+                               member=shown) from exc
         except FileNotFoundError as exc:
             raise NotFound("OCI layout %s has no %s%s" % (self.path, what, name)) from exc
         except OSError as exc:

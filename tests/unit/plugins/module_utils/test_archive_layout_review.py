@@ -10,7 +10,8 @@ import resource
 
 import pytest
 
-from ansible_collections.strata.layers.plugins.module_utils._errors import DigestMismatch
+from ansible_collections.strata.layers.plugins.module_utils._errors import (
+    DigestMismatch, InvalidInput)
 from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import (
     layer_import)
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
@@ -87,3 +88,25 @@ def test_a_layout_failing_late_under_the_file_limit_is_undone(tmp_path, store_ro
             imp(store_root, layout)
     assert "undoing" not in str(caught.value)
     assert state(store_root) == before
+
+
+# ------------------------------------------------- finding 2: symlinked layout directories
+@pytest.mark.parametrize("linked", ["blobs", "blobs/sha256"])
+def test_a_layout_directory_linked_outside_the_layout_is_refused(tmp_path, store_root, linked):
+    layout = str(tmp_path / "layout")
+    make_oci_layout(layout, [LayerTar().file("a", b"a").bytes()])
+    outside = str(tmp_path / "outside")
+    os.rename(os.path.join(layout, linked), outside)
+    os.symlink(outside, os.path.join(layout, linked))
+    with pytest.raises(InvalidInput) as caught:
+        imp(store_root, layout)
+    assert "%s is a symlink" % linked in str(caught.value)
+    assert layout in str(caught.value)
+    assert state(store_root) in ({}, {"images": [], "layers": [], "tags": {}})
+
+
+def test_a_layout_named_through_a_symlink_imports(tmp_path, store_root):
+    layout = str(tmp_path / "layout")
+    make_oci_layout(layout, [LayerTar().file("a", b"a").bytes()])
+    os.symlink(layout, str(tmp_path / "named"))
+    assert imp(store_root, str(tmp_path / "named"))["changed"]
