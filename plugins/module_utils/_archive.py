@@ -349,6 +349,10 @@ class DirIndex:
                                member=name)
         return fd
 
+    def open_blob(self, name: str) -> int:
+        """A descriptor of regular file ``name`` of the layout (the caller closes it)."""
+        return self._open_regular(name, "blob ")
+
     def size(self, name: str) -> int:
         fd = self._open_regular(name, "blob ")
         try:

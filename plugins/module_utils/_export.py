@@ -15,8 +15,10 @@ gives the same bytes.  Archives are written to a temp file beside ``dest`` and r
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
@@ -28,11 +30,13 @@ from ansible_collections.strata.layers.plugins.module_utils._compression import 
 from ansible_collections.strata.layers.plugins.module_utils._digest import (
     ChainID, chain_ids, hex_of, sha256_bytes)
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
-    Corrupt, StoreError)
+    Corrupt, InvalidInput, StoreError)
 from ansible_collections.strata.layers.plugins.module_utils._imagerecords import ImageRecord
 from ansible_collections.strata.layers.plugins.module_utils._imageref import split_reference
 from ansible_collections.strata.layers.plugins.module_utils._jsondoc import loads
 from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord
+from ansible_collections.strata.layers.plugins.module_utils._safepath import (
+    Beneath, NotBeneath)
 from ansible_collections.strata.layers.plugins.module_utils._sparse import SparseWriter
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
 from ansible_collections.strata.layers.plugins.module_utils._tarformat import (
@@ -205,20 +209,90 @@ def write_archive(store: Store, plan: Export, fmt: str, dest: str) -> None:
 
 
 def write_layout(store: Store, plan: Export, dest: str) -> None:
-    blobs_dir = os.path.join(dest, "blobs", "sha256")
-    os.makedirs(blobs_dir, mode=0o755, exist_ok=True)
-    for blob in plan.blobs():
-        path = os.path.join(dest, blob.name)
-        if layout_blob_ok(path, blob):
-            continue
-        with write_stream(path) as out:
-            sink = _FileSink(out.fileno())
-            write_blob(store, blob, sink)
-            sink.finish()
-    for name, data in plan.metadata("oci-layout"):
-        if name == "index.json":
-            data = _merged_index(os.path.join(dest, name), plan)
-        write_file(os.path.join(dest, name), data)
+    os.makedirs(dest, mode=0o755, exist_ok=True)
+    with LayoutDest(dest) as layout:
+        for blob in plan.blobs():
+            if layout.blob_ok(blob):
+                continue
+            with write_stream(layout.blob_path(blob)) as out:
+                sink = _FileSink(out.fileno())
+                write_blob(store, blob, sink)
+                sink.finish()
+        for name, data in plan.metadata("oci-layout"):
+            if name == "index.json":
+                data = _merged_index(layout.path(name), plan)
+            write_file(layout.path(name), data)
+
+
+class LayoutDest:
+    """An oci-layout ``dest`` opened once (``dest`` itself may be a symlink: the user
+    named it, and it was checked against the store), with ``blobs/sha256`` made and
+    opened one component at a time beneath it, never through a symlink: a ``blobs``
+    linked to another directory (the store's ``layers/`` even) would have the export
+    write there.  Files are written through ``/proc/self/fd/<dir>/<name>``: the temp
+    file and the rename stay in the opened directory, and a symlink at ``name`` is
+    replaced, never followed."""
+
+    def __init__(self, dest: str) -> None:
+        self.dest = dest
+        self._beneath = Beneath(os.path.realpath(dest), cache_size=4)
+        try:
+            self._blobs = self._beneath.dir_fd(b"blobs/sha256", create=_mkdir)
+        except NotBeneath as exc:
+            self._beneath.close()
+            shown = os.path.join(dest, os.fsdecode(exc.blocker))
+            raise InvalidInput("dest %s: %s %s; an oci-layout export writes only into "
+                               "directories of dest itself (remove it)"
+                               % (dest, shown, exc.reason)) from exc
+        except BaseException:
+            self._beneath.close()
+            raise
+
+    def __enter__(self) -> "LayoutDest":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._beneath.close()
+
+    def path(self, name: str) -> str:
+        return "/proc/self/fd/%d/%s" % (self._beneath.root_fd, name)
+
+    def blob_path(self, blob: Blob) -> str:
+        return "/proc/self/fd/%d/%s" % (self._blobs, hex_of(blob.digest))
+
+    def blob_ok(self, blob: Blob) -> bool:
+        """The blob is a regular file (not a symlink) of its size and digest."""
+        try:
+            fd = os.open(hex_of(blob.digest), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK |
+                         os.O_CLOEXEC, dir_fd=self._blobs)
+        except OSError:
+            return False
+        try:
+            return blob_matches(fd, blob)
+        finally:
+            os.close(fd)
+
+
+def _mkdir(parent_fd: int, name: bytes, _rel: bytes) -> None:
+    try:
+        os.mkdir(name, 0o755, dir_fd=parent_fd)
+    except FileExistsError:
+        pass
+
+
+def blob_matches(fd: int, blob: Blob) -> bool:
+    """``fd`` is a regular file of ``blob``'s size and digest."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size != blob.size:
+        return False
+    digest = hashlib.sha256()
+    offset = 0
+    while True:
+        data = os.pread(fd, 1 << 20, offset)
+        if not data:
+            return "sha256:" + digest.hexdigest() == blob.digest
+        digest.update(data)
+        offset += len(data)
 
 
 def _merged_index(path: str, plan: Export) -> bytes:
@@ -251,8 +325,3 @@ def existing_entries(path: str) -> List[Dict[str, Any]]:
     except (StoreError, AttributeError):
         return []
     return [m for m in entries if isinstance(m, dict)] if isinstance(entries, list) else []
-
-
-def layout_blob_ok(path: str, blob: Blob) -> bool:
-    return os.path.isfile(path) and os.path.getsize(path) == blob.size and \
-        "sha256:" + files.sha256(os.fsencode(path)) == blob.digest

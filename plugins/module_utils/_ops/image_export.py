@@ -17,7 +17,7 @@ from ansible_collections.strata.layers.plugins.module_utils._archive import DirI
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     InvalidInput, StoreError)
 from ansible_collections.strata.layers.plugins.module_utils._export import (
-    FORMATS, Blob, Export, Plan, existing_entries, layout_blob_ok, write_archive,
+    FORMATS, Blob, Export, Plan, blob_matches, existing_entries, write_archive,
     write_layout)
 from ansible_collections.strata.layers.plugins.module_utils._imagerecords import ImageRecord
 from ansible_collections.strata.layers.plugins.module_utils._imageref import normalize_tag
@@ -63,7 +63,11 @@ def _blob_present(index: Any, blob: Blob) -> bool:
             if not data:
                 return "sha256:" + digest.hexdigest() == blob.digest
             digest.update(data)
-    return layout_blob_ok(os.path.join(index.path, blob.name), blob)
+    fd = index.open_blob(blob.name)     # never through a symlink of dest
+    try:
+        return blob_matches(fd, blob)
+    finally:
+        os.close(fd)
 
 
 def image_export(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, Any]:

@@ -12,8 +12,12 @@ import pytest
 
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     DigestMismatch, InvalidInput)
+from ansible_collections.strata.layers.plugins.module_utils._ops.image_export import (
+    image_export)
 from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import (
     layer_import)
+from ansible_collections.strata.layers.plugins.module_utils._ops.store_check import (
+    store_check)
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
 from tests.support.images import make_oci_layout
 from tests.support.tars import LayerTar
@@ -110,3 +114,82 @@ def test_a_layout_named_through_a_symlink_imports(tmp_path, store_root):
     make_oci_layout(layout, [LayerTar().file("a", b"a").bytes()])
     os.symlink(layout, str(tmp_path / "named"))
     assert imp(store_root, str(tmp_path / "named"))["changed"]
+
+
+# ---------------------------------------------- finding 3: symlinks already in an export dest
+def export(root, dest, image="ex/a:1", check=False, fmt="oci-layout"):
+    return image_export({"data_root": root, "image": image, "dest": str(dest),
+                         "format": fmt}, check_mode=check)
+
+
+@pytest.fixture
+def tagged(tmp_path, store_root):
+    """A store holding one image tagged ex/a:1 and ex/a:2."""
+    layout = str(tmp_path / "source")
+    make_oci_layout(layout, [LayerTar().file("a", b"a").bytes()])
+    imp(store_root, layout, tag=["ex/a:1", "ex/a:2"])
+    return store_root
+
+
+def tree(path: str) -> dict:
+    found = {}
+    for top, dirs, names in os.walk(path):
+        for name in dirs + names:
+            full = os.path.join(top, name)
+            found[os.path.relpath(full, path)] = (
+                os.readlink(full) if os.path.islink(full) else
+                None if os.path.isdir(full) else open(full, "rb").read())
+    return found
+
+
+def test_an_export_never_writes_through_a_symlinked_blobs(tmp_path, tagged):
+    dest, elsewhere = tmp_path / "dest", tmp_path / "elsewhere"
+    dest.mkdir()
+    elsewhere.mkdir()
+    os.symlink(str(elsewhere), str(dest / "blobs"))
+    with pytest.raises(InvalidInput) as caught:
+        export(tagged, dest)
+    assert "%s is a symlink" % (dest / "blobs") in str(caught.value)
+    assert not os.listdir(str(elsewhere))
+
+
+def test_an_export_never_writes_into_the_store_through_blobs(tmp_path, tagged):
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    os.symlink(os.path.join(tagged, "layers"), str(dest / "blobs"))
+    before = tree(os.path.join(tagged, "layers"))
+    with pytest.raises(InvalidInput):
+        export(tagged, dest)
+    assert tree(os.path.join(tagged, "layers")) == before
+    assert not store_check({"data_root": tagged})["findings"]
+
+
+def test_a_symlinked_blobs_sha256_is_refused(tmp_path, tagged):
+    dest, elsewhere = tmp_path / "dest", tmp_path / "elsewhere"
+    (dest / "blobs").mkdir(parents=True)
+    elsewhere.mkdir()
+    os.symlink(str(elsewhere), str(dest / "blobs" / "sha256"))
+    with pytest.raises(InvalidInput) as caught:
+        export(tagged, dest)
+    assert "blobs/sha256 is a symlink" in str(caught.value)
+    assert not os.listdir(str(elsewhere))
+
+
+def test_a_symlinked_blob_is_not_present_and_is_replaced(tmp_path, tagged):
+    dest = tmp_path / "dest"
+    export(tagged, dest)
+    blobs = dest / "blobs" / "sha256"
+    name = sorted(os.listdir(str(blobs)))[0]
+    outside = tmp_path / "outside"
+    os.rename(str(blobs / name), str(outside))      # the same bytes, but outside dest
+    os.symlink(str(outside), str(blobs / name))
+    assert export(tagged, dest, check=True)["changed"]
+    assert export(tagged, dest)["changed"]
+    assert not os.path.islink(str(blobs / name))
+    assert export(tagged, dest)["changed"] is False
+    os.unlink(str(blobs / name))                    # a link to a file it would overwrite
+    outside.write_bytes(b"keep")
+    os.symlink(str(outside), str(blobs / name))
+    assert export(tagged, dest)["changed"]
+    assert outside.read_bytes() == b"keep"
+    assert not os.path.islink(str(blobs / name))
