@@ -48,6 +48,7 @@ MT_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MT_INDEX = "application/vnd.oci.image.index.v1+json"
 MT_CONFIG = "application/vnd.oci.image.config.v1+json"
 MT_LAYER = "application/vnd.oci.image.layer.v1.tar"
+REF_NAME = "org.opencontainers.image.ref.name"
 Sink = Callable[[Any], object]
 
 
@@ -137,6 +138,20 @@ class Export:
             return self.plans[0].index()
         entries = [json.loads(p.index())["manifests"][0] for p in self.plans]
         return dumps({"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": entries})
+
+    def layout_entries(self) -> List[Dict[str, Any]]:
+        """The index entries an oci-layout gets: one per tag, each naming it (as skopeo
+        and ``docker save`` name every tag), one unnamed for an image exported by id."""
+        entries = []
+        for plan in self.plans:
+            desc = json.loads(plan.index())["manifests"][0]
+            desc.pop("annotations", None)
+            for tag in plan.tags or [None]:
+                entry = dict(desc)
+                if tag is not None:
+                    entry["annotations"] = {"io.containerd.image.name": tag, REF_NAME: tag}
+                entries.append(entry)
+        return entries
 
     def docker_manifest(self) -> bytes:
         return dumps([json.loads(p.docker_manifest())[0] for p in self.plans])
@@ -296,15 +311,32 @@ def blob_matches(fd: int, blob: Blob) -> bool:
 
 
 def _merged_index(path: str, plan: Export) -> bytes:
-    """Our manifests replace entries of the same name (or digest); other images stay."""
-    mine = json.loads(plan.index())["manifests"]
-    current = existing_entries(path)
+    """Our entries replace those of the same name (and unnamed ones of the same digest);
+    other images, and other names of the same image, stay."""
+    mine = plan.layout_entries()
+    return dumps({"schemaVersion": 2, "mediaType": MT_INDEX,
+                  "manifests": others_of(existing_entries(path), mine) + mine})
+
+
+def ref_name(entry: Dict[str, Any]) -> Optional[str]:
+    return (entry.get("annotations") or {}).get(REF_NAME)
+
+
+def others_of(current: List[Dict[str, Any]], mine: List[Dict[str, Any]]
+              ) -> List[Dict[str, Any]]:
+    """The entries of ``current`` a merge of ``mine`` keeps."""
+    names = {ref_name(m) for m in mine} - {None}
     digests = {m["digest"] for m in mine}
-    names = {(m.get("annotations") or {}).get("org.opencontainers.image.ref.name")
-             for m in mine} - {None}
-    others = [m for m in current if m.get("digest") not in digests and
-              (m.get("annotations") or {}).get("org.opencontainers.image.ref.name") not in names]
-    return dumps({"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": others + mine})
+    return [m for m in current if ref_name(m) not in names and
+            not (ref_name(m) is None and m.get("digest") in digests)]
+
+
+def layout_current(current: List[Dict[str, Any]], plan: Export) -> bool:
+    """The index already names every tag of the export at its manifest, once (a merge
+    would leave it as it is)."""
+    mine = plan.layout_entries()
+    kept = others_of(current, mine)
+    return sorted(dumps(m) for m in current if m not in kept) == sorted(dumps(m) for m in mine)
 
 
 def existing_entries(path: str) -> List[Dict[str, Any]]:

@@ -17,8 +17,8 @@ from ansible_collections.strata.layers.plugins.module_utils._archive import DirI
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     InvalidInput, StoreError)
 from ansible_collections.strata.layers.plugins.module_utils._export import (
-    FORMATS, Blob, Export, Plan, blob_matches, existing_entries, write_archive,
-    write_layout)
+    FORMATS, Blob, Export, Plan, blob_matches, existing_entries, layout_current,
+    write_archive, write_layout)
 from ansible_collections.strata.layers.plugins.module_utils._imagerecords import ImageRecord
 from ansible_collections.strata.layers.plugins.module_utils._imageref import normalize_tag
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
@@ -39,8 +39,7 @@ def _same_export(dest: str, fmt: str, plan: Export) -> bool:
             return False
         elif fmt == "oci-layout":
             entries = existing_entries(os.path.join(dest, "index.json"))
-            present = {m.get("digest") for m in entries}
-            if any(p.manifest.digest not in present for p in plan.plans):
+            if not layout_current(entries, plan):
                 return False
         return all(_blob_present(index, blob) for blob in plan.blobs())
     except (StoreError, OSError, ValueError):

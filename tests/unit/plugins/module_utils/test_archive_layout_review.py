@@ -193,3 +193,32 @@ def test_a_symlinked_blob_is_not_present_and_is_replaced(tmp_path, tagged):
     assert export(tagged, dest)["changed"]
     assert outside.read_bytes() == b"keep"
     assert not os.path.islink(str(blobs / name))
+
+
+# ------------------------------------------------ finding 4: tags in the "unchanged" decision
+def names_in(dest) -> dict:
+    with open(os.path.join(str(dest), "index.json")) as handle:
+        return {(m.get("annotations") or {}).get("org.opencontainers.image.ref.name"):
+                m["digest"] for m in json.load(handle)["manifests"]}
+
+
+def test_a_second_tag_of_the_same_image_is_a_change(tmp_path, tagged):
+    dest = tmp_path / "dest"
+    assert export(tagged, dest, "ex/a:1")["changed"]
+    assert export(tagged, dest, "ex/a:2", check=True)["changed"]
+    assert export(tagged, dest, "ex/a:2")["changed"]
+    names = names_in(dest)
+    assert set(names) == {"ex/a:1", "ex/a:2"} and len(set(names.values())) == 1
+    assert export(tagged, dest, "ex/a:2")["changed"] is False
+    assert export(tagged, dest, ["ex/a:1", "ex/a:2"])["changed"] is False
+
+
+def test_a_tag_naming_another_manifest_is_a_change(tmp_path, tagged):
+    dest = tmp_path / "dest"
+    export(tagged, dest, ["ex/a:1", "ex/a:2"])
+    with open(str(dest / "index.json")) as handle:
+        index = json.load(handle)
+    index["manifests"][0]["digest"] = "sha256:" + "ab" * 32
+    (dest / "index.json").write_text(json.dumps(index))
+    assert export(tagged, dest, ["ex/a:1", "ex/a:2"])["changed"]
+    assert len(set(names_in(dest).values())) == 1 and len(names_in(dest)) == 2
