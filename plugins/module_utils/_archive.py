@@ -589,7 +589,7 @@ def read_oci(index: Any, platform: Optional[Platform] = None,
         if not isinstance(desc, dict):
             raise Corrupt("index.json of %s lists a manifest that is not a descriptor object"
                           % index.path)
-        name = _ref_name(desc)
+        name = _ref_name(desc, "index.json of %s" % index.path)
         manifest_desc = _pick(index, desc, platform or host_platform())
         image = _oci_image(index, manifest_desc, limits)
         if name:
@@ -598,8 +598,11 @@ def read_oci(index: Any, platform: Optional[Platform] = None,
     return images
 
 
-def _ref_name(desc: Dict[str, Any]) -> Optional[str]:
+def _ref_name(desc: Dict[str, Any], where: str) -> Optional[str]:
     annotations = desc.get("annotations") or {}
+    if not isinstance(annotations, dict):
+        raise Corrupt("%s has a manifest descriptor whose annotations are not a JSON object"
+                      % where)
     for key in ("io.containerd.image.name", "org.opencontainers.image.ref.name"):
         value = annotations.get(key)
         if isinstance(value, str) and ":" in value.rsplit("/", 1)[-1]:

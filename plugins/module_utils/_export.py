@@ -15,6 +15,7 @@ gives the same bytes.  Archives are written to a temp file beside ``dest`` and r
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -26,7 +27,6 @@ from ansible_collections.strata.layers.plugins.module_utils import _files as fil
 from ansible_collections.strata.layers.plugins.module_utils._archive import MAX_JSON
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
     dumps, wrap_os_error, write_file, write_stream)
-from ansible_collections.strata.layers.plugins.module_utils._compression import open_regular
 from ansible_collections.strata.layers.plugins.module_utils._digest import (
     ChainID, chain_ids, hex_of, sha256_bytes)
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
@@ -226,6 +226,8 @@ def write_archive(store: Store, plan: Export, fmt: str, dest: str) -> None:
 def write_layout(store: Store, plan: Export, dest: str) -> None:
     os.makedirs(dest, mode=0o755, exist_ok=True)
     with LayoutDest(dest) as layout:
+        index = os.path.join(dest, "index.json")
+        current = existing_entries(layout.path("index.json"), index)   # refused first
         for blob in plan.blobs():
             if layout.blob_ok(blob):
                 continue
@@ -235,7 +237,7 @@ def write_layout(store: Store, plan: Export, dest: str) -> None:
                 sink.finish()
         for name, data in plan.metadata("oci-layout"):
             if name == "index.json":
-                data = _merged_index(layout.path(name), plan)
+                data = _merged_index(current, plan)
             write_file(layout.path(name), data)
 
 
@@ -310,16 +312,17 @@ def blob_matches(fd: int, blob: Blob) -> bool:
         offset += len(data)
 
 
-def _merged_index(path: str, plan: Export) -> bytes:
+def _merged_index(current: List[Dict[str, Any]], plan: Export) -> bytes:
     """Our entries replace those of the same name (and unnamed ones of the same digest);
     other images, and other names of the same image, stay."""
     mine = plan.layout_entries()
     return dumps({"schemaVersion": 2, "mediaType": MT_INDEX,
-                  "manifests": others_of(existing_entries(path), mine) + mine})
+                  "manifests": others_of(current, mine) + mine})
 
 
 def ref_name(entry: Dict[str, Any]) -> Optional[str]:
-    return (entry.get("annotations") or {}).get(REF_NAME)
+    name = (entry.get("annotations") or {}).get(REF_NAME)
+    return name if isinstance(name, str) else None
 
 
 def others_of(current: List[Dict[str, Any]], mine: List[Dict[str, Any]]
@@ -339,21 +342,49 @@ def layout_current(current: List[Dict[str, Any]], plan: Export) -> bool:
     return sorted(dumps(m) for m in current if m not in kept) == sorted(dumps(m) for m in mine)
 
 
-def existing_entries(path: str) -> List[Dict[str, Any]]:
-    """The manifest descriptors of the index.json already at ``path`` (a regular file,
-    bounded like any index read from outside); none when it is not a readable index."""
+def existing_entries(path: str, shown: Optional[str] = None) -> List[Dict[str, Any]]:
+    """The manifest descriptors of the index.json already at ``path`` (none when there
+    is none).  An export merges into it, so anything it cannot merge safely is refused,
+    before anything is written, naming the file (``shown``): not a regular file (a
+    symlink is not followed), larger than an index may be, not JSON (or too deep), or
+    descriptors that are not objects with a string digest and object annotations.
+    Dropping such entries silently would lose the other images of the layout."""
+    shown = shown or path
     try:
-        fd = open_regular(path)
-    except StoreError:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
         return []
+    except OSError as exc:
+        raise InvalidInput("dest index %s cannot be read (%s); an export merges its "
+                           "entries: fix or remove it" % (shown, _why(exc))) from exc
     try:
-        raw = os.read(fd, MAX_JSON + 1)
-    except OSError:
-        return []
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InvalidInput("dest index %s is not a regular file; an export merges its "
+                               "entries: fix or remove it" % shown)
+        if st.st_size > MAX_JSON:
+            raise InvalidInput("dest index %s is %d bytes, more than the %d an index may "
+                               "have: fix or remove it" % (shown, st.st_size, MAX_JSON))
+        raw = os.pread(fd, MAX_JSON + 1, 0)
     finally:
         os.close(fd)
     try:
-        entries = loads(raw, "index %s" % path).get("manifests", [])
-    except (StoreError, AttributeError):
-        return []
-    return [m for m in entries if isinstance(m, dict)] if isinstance(entries, list) else []
+        top = loads(raw, "dest index %s" % shown)
+    except StoreError as exc:
+        raise InvalidInput("dest index %s is not an OCI index an export can merge into (%s): "
+                           "fix or remove it" % (shown, exc)) from exc
+    entries = top.get("manifests", []) if isinstance(top, dict) else None
+    if not isinstance(entries, list) or not all(_mergeable(m) for m in entries):
+        raise InvalidInput("dest index %s is not an OCI index an export can merge into (its "
+                           "manifests must be a list of descriptors with a string digest and "
+                           "object annotations): fix or remove it" % shown)
+    return entries
+
+
+def _why(exc: OSError) -> str:
+    return "it is a symlink" if exc.errno == errno.ELOOP else exc.strerror or str(exc)
+
+
+def _mergeable(entry: Any) -> bool:
+    return isinstance(entry, dict) and isinstance(entry.get("digest"), str) and \
+        isinstance(entry.get("annotations") or {}, dict)

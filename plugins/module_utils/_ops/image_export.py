@@ -26,9 +26,12 @@ from ansible_collections.strata.layers.plugins.module_utils._trust import overla
 
 
 def _same_export(dest: str, fmt: str, plan: Export) -> bool:
-    """The reason idiom: does ``dest`` already hold exactly this export?"""
+    """The reason idiom: does ``dest`` already hold exactly this export?  An oci-layout
+    index the export could not merge into is refused here, in check mode too."""
     if not os.path.exists(dest):
         return False
+    if fmt == "oci-layout":
+        entries = existing_entries(os.path.join(dest, "index.json"))
     index: Any = None
     try:
         index = DirIndex(dest) if fmt == "oci-layout" else TarIndex(dest)
@@ -38,7 +41,6 @@ def _same_export(dest: str, fmt: str, plan: Export) -> bool:
         elif fmt == "oci-archive" and index.read("index.json") != plan.index():
             return False
         elif fmt == "oci-layout":
-            entries = existing_entries(os.path.join(dest, "index.json"))
             if not layout_current(entries, plan):
                 return False
         return all(_blob_present(index, blob) for blob in plan.blobs())

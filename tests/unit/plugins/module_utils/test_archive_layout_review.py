@@ -11,7 +11,7 @@ import resource
 import pytest
 
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
-    DigestMismatch, InvalidInput)
+    Corrupt, DigestMismatch, InvalidInput)
 from ansible_collections.strata.layers.plugins.module_utils._ops.image_export import (
     image_export)
 from ansible_collections.strata.layers.plugins.module_utils._ops.layer_import import (
@@ -222,3 +222,62 @@ def test_a_tag_naming_another_manifest_is_a_change(tmp_path, tagged):
     (dest / "index.json").write_text(json.dumps(index))
     assert export(tagged, dest, ["ex/a:1", "ex/a:2"])["changed"]
     assert len(set(names_in(dest).values())) == 1 and len(names_in(dest)) == 2
+
+
+# ---------------------------------------------- finding 5: an index.json merged unsafely
+FOREIGN = {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+           "digest": "sha256:" + "ab" * 32, "size": 10,
+           "annotations": {"org.opencontainers.image.ref.name": "other"}}
+
+
+@pytest.mark.parametrize("body", [
+    json.dumps({"schemaVersion": 2, "manifests": [FOREIGN]})[:-1] + ",}",      # damaged
+    json.dumps({"schemaVersion": 2, "manifests": [dict(FOREIGN, annotations=["x"])]}),
+    json.dumps({"schemaVersion": 2, "manifests": [FOREIGN, "x"]}),
+    json.dumps({"schemaVersion": 2, "manifests": {"a": FOREIGN}}),
+    '{"schemaVersion":2,"manifests":[],"x":' + "[" * 10000 + "]" * 10000 + "}",  # too deep
+    " " * (17 << 20) + "{}",                                                     # oversized
+], ids=["damaged", "annotations-list", "entry-string", "manifests-object", "too-deep",
+        "oversized"])
+@pytest.mark.parametrize("check", [True, False])
+def test_an_index_an_export_cannot_merge_into_is_refused(tmp_path, tagged, body, check):
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "index.json").write_text(body)
+    with pytest.raises(InvalidInput) as caught:
+        export(tagged, dest, check=check)
+    assert str(dest / "index.json") in str(caught.value)
+    assert os.listdir(str(dest)) == ["index.json"]          # nothing written
+    assert (dest / "index.json").read_text() == body
+
+
+def test_a_symlinked_index_is_refused_not_followed(tmp_path, tagged):
+    dest, outside = tmp_path / "dest", tmp_path / "outside.json"
+    dest.mkdir()
+    outside.write_text(json.dumps({"schemaVersion": 2, "manifests": [FOREIGN]}))
+    os.symlink(str(outside), str(dest / "index.json"))
+    with pytest.raises(InvalidInput) as caught:
+        export(tagged, dest)
+    assert "symlink" in str(caught.value)
+
+
+def test_foreign_entries_of_a_good_index_stay(tmp_path, tagged):
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [FOREIGN]}))
+    export(tagged, dest)
+    assert set(names_in(dest)) == {"other", "ex/a:1"}
+
+
+def test_an_imported_index_with_list_annotations_is_corrupt(tmp_path, store_root):
+    layout = str(tmp_path / "layout")
+    make_oci_layout(layout, [LayerTar().file("a", b"a").bytes()])
+    with open(os.path.join(layout, "index.json")) as handle:
+        index = json.load(handle)
+    index["manifests"][0]["annotations"] = ["x"]
+    with open(os.path.join(layout, "index.json"), "w") as handle:
+        json.dump(index, handle)
+    with pytest.raises(Corrupt) as caught:
+        imp(store_root, layout)
+    assert "index.json of %s" % layout in str(caught.value)
+    assert "annotations" in str(caught.value)
