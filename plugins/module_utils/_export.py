@@ -206,7 +206,10 @@ class _FileSink:
 
 def write_archive(store: Store, plan: Export, fmt: str, dest: str) -> None:
     try:
-        with write_stream(dest) as out:
+        # 0600 as ``docker save -o`` writes it: the store is 0700 and an image may hold
+        # secrets; an oci-layout's files stay 0644 (as skopeo writes them), their
+        # directory being the operator's to restrict
+        with write_stream(dest, mode=0o600) as out:
             sink = _FileSink(out.fileno())
             for name in ("blobs/", "blobs/sha256/"):
                 sink(encode_header(name.encode(), DIRTYPE, 0o755))

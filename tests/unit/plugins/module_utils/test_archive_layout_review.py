@@ -281,3 +281,22 @@ def test_an_imported_index_with_list_annotations_is_corrupt(tmp_path, store_root
         imp(store_root, layout)
     assert "index.json of %s" % layout in str(caught.value)
     assert "annotations" in str(caught.value)
+
+
+# ------------------------------------------------------ finding 6: modes of what is written
+@pytest.mark.parametrize("fmt", ["docker-archive", "oci-archive"])
+def test_an_archive_is_written_0600_as_docker_save(tmp_path, tagged, fmt):
+    dest = tmp_path / "out.tar"
+    export(tagged, dest, fmt=fmt)
+    assert os.stat(str(dest)).st_mode & 0o7777 == 0o600
+
+
+def test_a_layout_is_written_world_readable_as_skopeo(tmp_path, tagged):
+    saved = os.umask(0o022)
+    try:
+        export(tagged, tmp_path / "dest")
+    finally:
+        os.umask(saved)
+    modes = {os.stat(os.path.join(top, name)).st_mode & 0o7777
+             for top, _dirs, names in os.walk(str(tmp_path / "dest")) for name in names}
+    assert modes == {0o644}
