@@ -330,10 +330,9 @@ class DirIndex:
             fd = self._open_at(self._rel(name))
         except NotBeneath as exc:
             shown = os.fsdecode(exc.blocker)
-            raise InvalidInput("OCI layout %s: %s %s; the layout must hold its blobs and "
-                               "indexes in directories of its own" % (self.path, shown,
-                                                                       exc.reason),
-                               member=shown) from exc
+            message = "OCI layout %s: %s %s; the layout must hold its blobs and indexes " \
+                "in directories of its own" % (self.path, shown, exc.reason)
+            raise InvalidInput(message, member=shown) from exc
         except FileNotFoundError as exc:
             raise NotFound("OCI layout %s has no %s%s" % (self.path, what, name)) from exc
         except OSError as exc:

@@ -23,7 +23,6 @@ import stat
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from ansible_collections.strata.layers.plugins.module_utils import _files as files
 from ansible_collections.strata.layers.plugins.module_utils._archive import MAX_JSON
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
     dumps, wrap_os_error, write_file, write_stream)
