@@ -259,10 +259,7 @@ class LayoutDest:
             self._blobs = self._beneath.dir_fd(b"blobs/sha256", create=_mkdir)
         except NotBeneath as exc:
             self._beneath.close()
-            shown = os.path.join(dest, os.fsdecode(exc.blocker))
-            raise InvalidInput("dest %s: %s %s; an oci-layout export writes only into "
-                               "directories of dest itself (remove it)"
-                               % (dest, shown, exc.reason)) from exc
+            raise _linked(dest, exc) from exc
         except BaseException:
             self._beneath.close()
             raise
@@ -290,6 +287,23 @@ class LayoutDest:
             return blob_matches(fd, blob)
         finally:
             os.close(fd)
+
+
+def check_layout_dest(dest: str) -> None:
+    """What ``LayoutDest`` would refuse in ``dest`` (check mode makes nothing)."""
+    try:
+        with Beneath(os.path.realpath(dest), cache_size=4) as beneath:
+            beneath.dir_fd(b"blobs/sha256")
+    except NotBeneath as exc:
+        raise _linked(dest, exc) from exc
+    except OSError:
+        pass                    # missing yet (made by the export), or refused there
+
+
+def _linked(dest: str, exc: NotBeneath) -> InvalidInput:
+    shown = os.path.join(dest, os.fsdecode(exc.blocker))
+    return InvalidInput("dest %s: %s %s; an oci-layout export writes only into directories "
+                        "of dest itself (remove it)" % (dest, shown, exc.reason))
 
 
 def _mkdir(parent_fd: int, name: bytes, _rel: bytes) -> None:

@@ -17,8 +17,8 @@ from ansible_collections.strata.layers.plugins.module_utils._archive import DirI
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     InvalidInput, StoreError)
 from ansible_collections.strata.layers.plugins.module_utils._export import (
-    FORMATS, Blob, Export, Plan, blob_matches, existing_entries, layout_current,
-    write_archive, write_layout)
+    FORMATS, Blob, Export, Plan, blob_matches, check_layout_dest, existing_entries,
+    layout_current, write_archive, write_layout)
 from ansible_collections.strata.layers.plugins.module_utils._imagerecords import ImageRecord
 from ansible_collections.strata.layers.plugins.module_utils._imageref import normalize_tag
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
@@ -27,10 +27,12 @@ from ansible_collections.strata.layers.plugins.module_utils._trust import overla
 
 def _same_export(dest: str, fmt: str, plan: Export) -> bool:
     """The reason idiom: does ``dest`` already hold exactly this export?  An oci-layout
-    index the export could not merge into is refused here, in check mode too."""
+    the export would refuse (a symlinked ``blobs``, an index it cannot merge into) is
+    refused here, in check mode too."""
     if not os.path.exists(dest):
         return False
     if fmt == "oci-layout":
+        check_layout_dest(dest)
         entries = existing_entries(os.path.join(dest, "index.json"))
     index: Any = None
     try:

@@ -147,9 +147,10 @@ def test_an_export_never_writes_through_a_symlinked_blobs(tmp_path, tagged):
     dest.mkdir()
     elsewhere.mkdir()
     os.symlink(str(elsewhere), str(dest / "blobs"))
-    with pytest.raises(InvalidInput) as caught:
-        export(tagged, dest)
-    assert "%s is a symlink" % (dest / "blobs") in str(caught.value)
+    for check in (True, False):
+        with pytest.raises(InvalidInput) as caught:
+            export(tagged, dest, check=check)
+        assert "%s is a symlink" % (dest / "blobs") in str(caught.value)
     assert not os.listdir(str(elsewhere))
 
 
