@@ -33,6 +33,8 @@ from ansible_collections.strata.layers.plugins.module_utils._imageconfig import 
     ImageConfig, Platform, host_platform, json_object, parse_config, pick_platform)
 from ansible_collections.strata.layers.plugins.module_utils._imageref import normalize_tag
 from ansible_collections.strata.layers.plugins.module_utils._jsondoc import Bounds, loads
+from ansible_collections.strata.layers.plugins.module_utils._safepath import (
+    Beneath, NotBeneath)
 from ansible_collections.strata.layers.plugins.module_utils._tarformat import (
     BLOCK, DIRTYPE, GNU_LONGLINK, GNU_LONGNAME, LNKTYPE, MAX_EXTENSION, PAX_GLOBAL, PAX_LOCAL,
     SYMTYPE, ZERO_BLOCK, ChunkReader, HeaderParser, Member, parse_pax)
@@ -160,6 +162,10 @@ class TarIndex(_Members):
         entry = self._blob(name)
         return RangeReader(self.fd, entry.offset, entry.size).read, entry.size
 
+    def stream(self, name: str, what: str) -> DecodedStream:
+        """The decoded stream of member ``name`` (read from the archive's descriptor)."""
+        return DecodedStream(self.opener(name)[0], what=what, read_ahead=True)
+
     def read(self, name: str, limit: int = MAX_JSON) -> bytes:
         entry = self.resolve(name)
         if entry.size > limit:
@@ -226,6 +232,9 @@ class MemIndex(_Members):
         raise Unsupported("internal error: archive %s was read as a stream; its blob %r "
                           "cannot be opened again" % (self.path, name))
 
+    def stream(self, name: str, what: str) -> DecodedStream:
+        return DecodedStream(self.opener(name)[0], what=what)
+
 
 def _may_be_metadata(name: str) -> bool:
     return name in ARCHIVE_NAMES or name.endswith(".json") or name.startswith("blobs/")
@@ -265,33 +274,65 @@ def _skip_to_end(reader: ChunkReader) -> None:
 
 
 class DirIndex:
-    """An OCI layout directory, with the same interface as TarIndex."""
+    """An OCI layout directory, with the same interface as TarIndex.
+
+    Every file is opened component by component from a descriptor of the layout
+    (``Beneath``): a symlinked ``blobs`` or ``blobs/sha256`` would otherwise make the
+    import read whatever directory of the host it names.  ``path`` itself is followed:
+    the user named it."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._fds: List[int] = []
+        self._beneath: Optional[Beneath] = None
 
     def close(self) -> None:
         for fd in self._fds:
             os.close(fd)
         self._fds = []
+        if self._beneath is not None:
+            self._beneath.close()
+            self._beneath = None
 
-    def _full(self, name: str) -> str:
+    def _root(self) -> Beneath:
+        if self._beneath is None:
+            try:
+                self._beneath = Beneath(os.path.realpath(self.path), cache_size=8)
+            except OSError as exc:
+                raise StoreError("cannot open OCI layout %s: %s"
+                                 % (self.path, exc.strerror)) from exc
+        return self._beneath
+
+    def _rel(self, name: str) -> bytes:
         name = _norm(name)
         if name.startswith("..") or "/../" in "/" + name + "/":
             raise InvalidInput("OCI layout %s: %r lies outside the layout" % (self.path, name))
-        return os.path.join(self.path, name)
+        return os.fsencode(name)
 
     def has(self, name: str) -> bool:
-        return os.path.isfile(self._full(name))
+        try:
+            fd = self._open_at(self._rel(name))
+        except (OSError, NotBeneath):
+            return False
+        try:
+            return stat.S_ISREG(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
+
+    def _open_at(self, rel: bytes) -> int:
+        return self._root().open_file(rel, os.O_RDONLY | os.O_NONBLOCK)
 
     def _open_regular(self, name: str, what: str) -> int:
-        """A descriptor of a regular file of the layout.  Never through a final symlink
-        (it could name any file of the host) nor of a FIFO or device: /dev/zero as
-        index.json is an endless read, a FIFO a read that never starts."""
+        """A descriptor of a regular file of the layout.  Never through a symlink (it
+        could name any file or directory of the host) nor of a FIFO or device: /dev/zero
+        as index.json is an endless read, a FIFO a read that never starts."""
         try:
-            fd = os.open(self._full(name), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW |
-                         os.O_NONBLOCK)
+            fd = self._open_at(self._rel(name))
+        except NotBeneath as exc:
+            shown = os.fsdecode(exc.blocker)
+            message = "OCI layout %s: %s %s; the layout must hold its blobs and indexes " \
+                "in directories of its own" % (self.path, shown, exc.reason)
+            raise InvalidInput(message, member=shown) from exc
         except FileNotFoundError as exc:
             raise NotFound("OCI layout %s has no %s%s" % (self.path, what, name)) from exc
         except OSError as exc:
@@ -307,6 +348,10 @@ class DirIndex:
                                member=name)
         return fd
 
+    def open_blob(self, name: str) -> int:
+        """A descriptor of regular file ``name`` of the layout (the caller closes it)."""
+        return self._open_regular(name, "blob ")
+
     def size(self, name: str) -> int:
         fd = self._open_regular(name, "blob ")
         try:
@@ -319,6 +364,19 @@ class DirIndex:
         self._fds.append(fd)
         size = os.fstat(fd).st_size
         return RangeReader(fd, 0, size).read, size
+
+    def stream(self, name: str, what: str) -> DecodedStream:
+        """The decoded stream of blob ``name``, owning its descriptor: closing the stream
+        closes the file, so an import of a thousand layers never holds a thousand files
+        open (with RLIMIT_NOFILE at 1024 it failed with EMFILE)."""
+        fd = self._open_regular(name, "blob ")
+        try:
+            size = os.fstat(fd).st_size
+            return DecodedStream(RangeReader(fd, 0, size).read, what=what, owned_fd=fd,
+                                 read_ahead=True)
+        except BaseException:
+            os.close(fd)
+            raise
 
     def read(self, name: str, limit: int = MAX_JSON) -> bytes:
         fd = self._open_regular(name, "")
@@ -530,7 +588,7 @@ def read_oci(index: Any, platform: Optional[Platform] = None,
         if not isinstance(desc, dict):
             raise Corrupt("index.json of %s lists a manifest that is not a descriptor object"
                           % index.path)
-        name = _ref_name(desc)
+        name = _ref_name(desc, "index.json of %s" % index.path)
         manifest_desc = _pick(index, desc, platform or host_platform())
         image = _oci_image(index, manifest_desc, limits)
         if name:
@@ -539,8 +597,11 @@ def read_oci(index: Any, platform: Optional[Platform] = None,
     return images
 
 
-def _ref_name(desc: Dict[str, Any]) -> Optional[str]:
+def _ref_name(desc: Dict[str, Any], where: str) -> Optional[str]:
     annotations = desc.get("annotations") or {}
+    if not isinstance(annotations, dict):
+        raise Corrupt("%s has a manifest descriptor whose annotations are not a JSON object"
+                      % where)
     for key in ("io.containerd.image.name", "org.opencontainers.image.ref.name"):
         value = annotations.get(key)
         if isinstance(value, str) and ":" in value.rsplit("/", 1)[-1]:

@@ -15,24 +15,27 @@ gives the same bytes.  Archives are written to a temp file beside ``dest`` and r
 """
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from ansible_collections.strata.layers.plugins.module_utils import _files as files
 from ansible_collections.strata.layers.plugins.module_utils._archive import MAX_JSON
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
     dumps, wrap_os_error, write_file, write_stream)
-from ansible_collections.strata.layers.plugins.module_utils._compression import open_regular
 from ansible_collections.strata.layers.plugins.module_utils._digest import (
     ChainID, chain_ids, hex_of, sha256_bytes)
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
-    Corrupt, StoreError)
+    Corrupt, InvalidInput, StoreError)
 from ansible_collections.strata.layers.plugins.module_utils._imagerecords import ImageRecord
 from ansible_collections.strata.layers.plugins.module_utils._imageref import split_reference
 from ansible_collections.strata.layers.plugins.module_utils._jsondoc import loads
 from ansible_collections.strata.layers.plugins.module_utils._layers import LayerRecord
+from ansible_collections.strata.layers.plugins.module_utils._safepath import (
+    Beneath, NotBeneath)
 from ansible_collections.strata.layers.plugins.module_utils._sparse import SparseWriter
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
 from ansible_collections.strata.layers.plugins.module_utils._tarformat import (
@@ -44,6 +47,7 @@ MT_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MT_INDEX = "application/vnd.oci.image.index.v1+json"
 MT_CONFIG = "application/vnd.oci.image.config.v1+json"
 MT_LAYER = "application/vnd.oci.image.layer.v1.tar"
+REF_NAME = "org.opencontainers.image.ref.name"
 Sink = Callable[[Any], object]
 
 
@@ -134,6 +138,20 @@ class Export:
         entries = [json.loads(p.index())["manifests"][0] for p in self.plans]
         return dumps({"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": entries})
 
+    def layout_entries(self) -> List[Dict[str, Any]]:
+        """The index entries an oci-layout gets: one per tag, each naming it (as skopeo
+        and ``docker save`` name every tag), one unnamed for an image exported by id."""
+        entries = []
+        for plan in self.plans:
+            desc = json.loads(plan.index())["manifests"][0]
+            desc.pop("annotations", None)
+            for tag in plan.tags or [None]:
+                entry = dict(desc)
+                if tag is not None:
+                    entry["annotations"] = {"io.containerd.image.name": tag, REF_NAME: tag}
+                entries.append(entry)
+        return entries
+
     def docker_manifest(self) -> bytes:
         return dumps([json.loads(p.docker_manifest())[0] for p in self.plans])
 
@@ -187,7 +205,10 @@ class _FileSink:
 
 def write_archive(store: Store, plan: Export, fmt: str, dest: str) -> None:
     try:
-        with write_stream(dest) as out:
+        # 0600 as ``docker save -o`` writes it: the store is 0700 and an image may hold
+        # secrets; an oci-layout's files stay 0644 (as skopeo writes them), their
+        # directory being the operator's to restrict
+        with write_stream(dest, mode=0o600) as out:
             sink = _FileSink(out.fileno())
             for name in ("blobs/", "blobs/sha256/"):
                 sink(encode_header(name.encode(), DIRTYPE, 0o755))
@@ -205,54 +226,181 @@ def write_archive(store: Store, plan: Export, fmt: str, dest: str) -> None:
 
 
 def write_layout(store: Store, plan: Export, dest: str) -> None:
-    blobs_dir = os.path.join(dest, "blobs", "sha256")
-    os.makedirs(blobs_dir, mode=0o755, exist_ok=True)
-    for blob in plan.blobs():
-        path = os.path.join(dest, blob.name)
-        if layout_blob_ok(path, blob):
-            continue
-        with write_stream(path) as out:
-            sink = _FileSink(out.fileno())
-            write_blob(store, blob, sink)
-            sink.finish()
-    for name, data in plan.metadata("oci-layout"):
-        if name == "index.json":
-            data = _merged_index(os.path.join(dest, name), plan)
-        write_file(os.path.join(dest, name), data)
+    os.makedirs(dest, mode=0o755, exist_ok=True)
+    with LayoutDest(dest) as layout:
+        index = os.path.join(dest, "index.json")
+        current = existing_entries(layout.path("index.json"), index)   # refused first
+        for blob in plan.blobs():
+            if layout.blob_ok(blob):
+                continue
+            with write_stream(layout.blob_path(blob)) as out:
+                sink = _FileSink(out.fileno())
+                write_blob(store, blob, sink)
+                sink.finish()
+        for name, data in plan.metadata("oci-layout"):
+            if name == "index.json":
+                data = _merged_index(current, plan)
+            write_file(layout.path(name), data)
 
 
-def _merged_index(path: str, plan: Export) -> bytes:
-    """Our manifests replace entries of the same name (or digest); other images stay."""
-    mine = json.loads(plan.index())["manifests"]
-    current = existing_entries(path)
-    digests = {m["digest"] for m in mine}
-    names = {(m.get("annotations") or {}).get("org.opencontainers.image.ref.name")
-             for m in mine} - {None}
-    others = [m for m in current if m.get("digest") not in digests and
-              (m.get("annotations") or {}).get("org.opencontainers.image.ref.name") not in names]
-    return dumps({"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": others + mine})
+class LayoutDest:
+    """An oci-layout ``dest`` opened once (``dest`` itself may be a symlink: the user
+    named it, and it was checked against the store), with ``blobs/sha256`` made and
+    opened one component at a time beneath it, never through a symlink: a ``blobs``
+    linked to another directory (the store's ``layers/`` even) would have the export
+    write there.  Files are written through ``/proc/self/fd/<dir>/<name>``: the temp
+    file and the rename stay in the opened directory, and a symlink at ``name`` is
+    replaced, never followed."""
+
+    def __init__(self, dest: str) -> None:
+        self.dest = dest
+        self._beneath = Beneath(os.path.realpath(dest), cache_size=4)
+        try:
+            self._blobs = self._beneath.dir_fd(b"blobs/sha256", create=_mkdir)
+        except NotBeneath as exc:
+            self._beneath.close()
+            raise _linked(dest, exc) from exc
+        except BaseException:
+            self._beneath.close()
+            raise
+
+    def __enter__(self) -> "LayoutDest":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._beneath.close()
+
+    def path(self, name: str) -> str:
+        return "/proc/self/fd/%d/%s" % (self._beneath.root_fd, name)
+
+    def blob_path(self, blob: Blob) -> str:
+        return "/proc/self/fd/%d/%s" % (self._blobs, hex_of(blob.digest))
+
+    def blob_ok(self, blob: Blob) -> bool:
+        """The blob is a regular file (not a symlink) of its size and digest."""
+        try:
+            fd = os.open(hex_of(blob.digest), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK |
+                         os.O_CLOEXEC, dir_fd=self._blobs)
+        except OSError:
+            return False
+        try:
+            return blob_matches(fd, blob)
+        finally:
+            os.close(fd)
 
 
-def existing_entries(path: str) -> List[Dict[str, Any]]:
-    """The manifest descriptors of the index.json already at ``path`` (a regular file,
-    bounded like any index read from outside); none when it is not a readable index."""
+def check_layout_dest(dest: str) -> None:
+    """What ``LayoutDest`` would refuse in ``dest`` (check mode makes nothing)."""
     try:
-        fd = open_regular(path)
-    except StoreError:
-        return []
-    try:
-        raw = os.read(fd, MAX_JSON + 1)
+        with Beneath(os.path.realpath(dest), cache_size=4) as beneath:
+            beneath.dir_fd(b"blobs/sha256")
+    except NotBeneath as exc:
+        raise _linked(dest, exc) from exc
     except OSError:
+        pass                    # missing yet (made by the export), or refused there
+
+
+def _linked(dest: str, exc: NotBeneath) -> InvalidInput:
+    shown = os.path.join(dest, os.fsdecode(exc.blocker))
+    return InvalidInput("dest %s: %s %s; an oci-layout export writes only into directories "
+                        "of dest itself (remove it)" % (dest, shown, exc.reason))
+
+
+def _mkdir(parent_fd: int, name: bytes, _rel: bytes) -> None:
+    try:
+        os.mkdir(name, 0o755, dir_fd=parent_fd)
+    except FileExistsError:
+        pass
+
+
+def blob_matches(fd: int, blob: Blob) -> bool:
+    """``fd`` is a regular file of ``blob``'s size and digest."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size != blob.size:
+        return False
+    digest = hashlib.sha256()
+    offset = 0
+    while True:
+        data = os.pread(fd, 1 << 20, offset)
+        if not data:
+            return "sha256:" + digest.hexdigest() == blob.digest
+        digest.update(data)
+        offset += len(data)
+
+
+def _merged_index(current: List[Dict[str, Any]], plan: Export) -> bytes:
+    """Our entries replace those of the same name (and unnamed ones of the same digest);
+    other images, and other names of the same image, stay."""
+    mine = plan.layout_entries()
+    return dumps({"schemaVersion": 2, "mediaType": MT_INDEX,
+                  "manifests": others_of(current, mine) + mine})
+
+
+def ref_name(entry: Dict[str, Any]) -> Optional[str]:
+    name = (entry.get("annotations") or {}).get(REF_NAME)
+    return name if isinstance(name, str) else None
+
+
+def others_of(current: List[Dict[str, Any]], mine: List[Dict[str, Any]]
+              ) -> List[Dict[str, Any]]:
+    """The entries of ``current`` a merge of ``mine`` keeps."""
+    names = {ref_name(m) for m in mine} - {None}
+    digests = {m["digest"] for m in mine}
+    return [m for m in current if ref_name(m) not in names and
+            not (ref_name(m) is None and m.get("digest") in digests)]
+
+
+def layout_current(current: List[Dict[str, Any]], plan: Export) -> bool:
+    """The index already names every tag of the export at its manifest, once (a merge
+    would leave it as it is)."""
+    mine = plan.layout_entries()
+    kept = others_of(current, mine)
+    return sorted(dumps(m) for m in current if m not in kept) == sorted(dumps(m) for m in mine)
+
+
+def existing_entries(path: str, shown: Optional[str] = None) -> List[Dict[str, Any]]:
+    """The manifest descriptors of the index.json already at ``path`` (none when there
+    is none).  An export merges into it, so anything it cannot merge safely is refused,
+    before anything is written, naming the file (``shown``): not a regular file (a
+    symlink is not followed), larger than an index may be, not JSON (or too deep), or
+    descriptors that are not objects with a string digest and object annotations.
+    Dropping such entries silently would lose the other images of the layout."""
+    shown = shown or path
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
         return []
+    except OSError as exc:
+        raise InvalidInput("dest index %s cannot be read (%s); an export merges its "
+                           "entries: fix or remove it" % (shown, _why(exc))) from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InvalidInput("dest index %s is not a regular file; an export merges its "
+                               "entries: fix or remove it" % shown)
+        if st.st_size > MAX_JSON:
+            raise InvalidInput("dest index %s is %d bytes, more than the %d an index may "
+                               "have: fix or remove it" % (shown, st.st_size, MAX_JSON))
+        raw = os.pread(fd, MAX_JSON + 1, 0)
     finally:
         os.close(fd)
     try:
-        entries = loads(raw, "index %s" % path).get("manifests", [])
-    except (StoreError, AttributeError):
-        return []
-    return [m for m in entries if isinstance(m, dict)] if isinstance(entries, list) else []
+        top = loads(raw, "dest index %s" % shown)
+    except StoreError as exc:
+        raise InvalidInput("dest index %s is not an OCI index an export can merge into (%s): "
+                           "fix or remove it" % (shown, exc)) from exc
+    entries = top.get("manifests", []) if isinstance(top, dict) else None
+    if not isinstance(entries, list) or not all(_mergeable(m) for m in entries):
+        raise InvalidInput("dest index %s is not an OCI index an export can merge into (its "
+                           "manifests must be a list of descriptors with a string digest and "
+                           "object annotations): fix or remove it" % shown)
+    return entries
 
 
-def layout_blob_ok(path: str, blob: Blob) -> bool:
-    return os.path.isfile(path) and os.path.getsize(path) == blob.size and \
-        "sha256:" + files.sha256(os.fsencode(path)) == blob.digest
+def _why(exc: OSError) -> str:
+    return "it is a symlink" if exc.errno == errno.ELOOP else exc.strerror or str(exc)
+
+
+def _mergeable(entry: Any) -> bool:
+    return isinstance(entry, dict) and isinstance(entry.get("digest"), str) and \
+        isinstance(entry.get("annotations") or {}, dict)

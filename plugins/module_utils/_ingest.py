@@ -422,6 +422,7 @@ class ArchiveJob:
             changed, first_layers = self._store_images(index, images)
             moved = self._tag(images)
         except BaseException as exc:
+            index.close()           # the undo needs descriptors of its own
             self._undo_after(exc)
             raise
         return {"changed": changed or bool(moved), "image_id": images[0].config.id,
@@ -456,8 +457,7 @@ class ArchiveJob:
             if not self.store.layers.exists(chain_id(parent, DiffID(ref.diff_id))):
                 self._note_blobs()
             record, imported, digests = self.store.ingest_layer(
-                lambda ref=ref: DecodedStream(index.opener(ref.member)[0], what=what,
-                                              read_ahead=True),
+                lambda ref=ref, what=what: index.stream(ref.member, what),
                 parent, what, expect=ref.digest, expect_diff=DiffID(ref.diff_id),
                 max_size=self.max_size)
             entries.append(layer_entry(record, imported))

@@ -17,8 +17,8 @@ from ansible_collections.strata.layers.plugins.module_utils._archive import DirI
 from ansible_collections.strata.layers.plugins.module_utils._errors import (
     InvalidInput, StoreError)
 from ansible_collections.strata.layers.plugins.module_utils._export import (
-    FORMATS, Blob, Export, Plan, existing_entries, layout_blob_ok, write_archive,
-    write_layout)
+    FORMATS, Blob, Export, Plan, blob_matches, check_layout_dest, existing_entries,
+    layout_current, write_archive, write_layout)
 from ansible_collections.strata.layers.plugins.module_utils._imagerecords import ImageRecord
 from ansible_collections.strata.layers.plugins.module_utils._imageref import normalize_tag
 from ansible_collections.strata.layers.plugins.module_utils._store import Store
@@ -26,9 +26,14 @@ from ansible_collections.strata.layers.plugins.module_utils._trust import overla
 
 
 def _same_export(dest: str, fmt: str, plan: Export) -> bool:
-    """The reason idiom: does ``dest`` already hold exactly this export?"""
+    """The reason idiom: does ``dest`` already hold exactly this export?  An oci-layout
+    the export would refuse (a symlinked ``blobs``, an index it cannot merge into) is
+    refused here, in check mode too."""
     if not os.path.exists(dest):
         return False
+    if fmt == "oci-layout":
+        check_layout_dest(dest)
+        entries = existing_entries(os.path.join(dest, "index.json"))
     index: Any = None
     try:
         index = DirIndex(dest) if fmt == "oci-layout" else TarIndex(dest)
@@ -38,9 +43,7 @@ def _same_export(dest: str, fmt: str, plan: Export) -> bool:
         elif fmt == "oci-archive" and index.read("index.json") != plan.index():
             return False
         elif fmt == "oci-layout":
-            entries = existing_entries(os.path.join(dest, "index.json"))
-            present = {m.get("digest") for m in entries}
-            if any(p.manifest.digest not in present for p in plan.plans):
+            if not layout_current(entries, plan):
                 return False
         return all(_blob_present(index, blob) for blob in plan.blobs())
     except (StoreError, OSError, ValueError):
@@ -63,7 +66,11 @@ def _blob_present(index: Any, blob: Blob) -> bool:
             if not data:
                 return "sha256:" + digest.hexdigest() == blob.digest
             digest.update(data)
-    return layout_blob_ok(os.path.join(index.path, blob.name), blob)
+    fd = index.open_blob(blob.name)     # never through a symlink of dest
+    try:
+        return blob_matches(fd, blob)
+    finally:
+        os.close(fd)
 
 
 def image_export(params: Dict[str, Any], check_mode: bool = False) -> Dict[str, Any]:

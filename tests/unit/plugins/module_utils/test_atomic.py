@@ -30,17 +30,28 @@ def calls(monkeypatch):
         return real_fsync(fd)
 
     def replace(src, dst, *args, **kwargs):
-        seen.append(("replace", os.fsdecode(src), os.fsdecode(dst)))
+        seen.append(("replace", real(src), real(dst)))
         return real_replace(src, dst, *args, **kwargs)
 
     def fsync_dir(path):
-        seen.append(("fsync_dir", os.fsdecode(path)))
+        seen.append(("fsync_dir", real(path)))
         return real_fsync_dir(path)
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
     monkeypatch.setattr(_atomic, "fsync_dir", fsync_dir)
     return seen
+
+
+def real(path) -> str:
+    """``path`` with a leading ``/proc/self/fd/<n>`` (how the layout export names files
+    in a directory it opened) as the directory's own path."""
+    path = os.fsdecode(path)
+    if not path.startswith("/proc/self/fd/"):
+        return path
+    parts = path.split("/", 5)
+    directory = os.readlink("/".join(parts[:5]))
+    return os.path.join(directory, parts[5]) if len(parts) > 5 else directory
 
 
 def assert_durably_replaced(seen, dest: str) -> None:
