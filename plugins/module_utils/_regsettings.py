@@ -83,10 +83,12 @@ def _decode_entry(entry: Any, key: str, path: str) -> Optional[Tuple[str, str]]:
 
 @dataclass
 class AuthFile:
-    """The credentials of one auth file, by normalised key."""
+    """The entries of one auth file, by normalised key (each as the file has it, with
+    its key as written: decoded only when a lookup chooses it, so one damaged entry for
+    another registry fails no pull or push)."""
 
     path: Optional[str] = None
-    entries: Dict[str, Tuple[str, str]] = field(default_factory=dict)
+    entries: Dict[str, Tuple[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: str) -> "AuthFile":
@@ -104,23 +106,24 @@ class AuthFile:
         if not isinstance(data, dict) or not isinstance(data.get("auths", {}), dict):
             raise InvalidInput("auth_file %s has no \"auths\" object (a Docker config.json or "
                                "a containers auth.json is expected)" % path)
-        entries = {}
-        for key, entry in (data.get("auths") or {}).items():
-            pair = _decode_entry(entry, str(key), path)
-            if pair is not None:
-                entries[_key_name(str(key))] = pair
+        entries = {_key_name(str(key)): (str(key), entry)
+                   for key, entry in (data.get("auths") or {}).items()}
         return cls(path, entries)
 
     def lookup(self, registry: str, repository: str) -> Optional[Tuple[str, str]]:
         """The credentials for ``registry/repository``: the longest matching key."""
         host = "docker.io" if registry in HUB_KEYS else registry
         full = "%s/%s" % (host, repository)
-        best: Optional[str] = None
-        for key in self.entries:
-            if key == host or full == key or full.startswith(key + "/"):
-                if best is None or len(key) > len(best):
-                    best = key
-        return self.entries[best] if best is not None else None
+        matching = [key for key in self.entries
+                    if key == host or full == key or full.startswith(key + "/")]
+        # the longest key with credentials (an entry without any, as a credential
+        # helper's, gives way to a shorter one)
+        for key in sorted(matching, key=len, reverse=True):
+            written, entry = self.entries[key]
+            pair = _decode_entry(entry, written, self.path or "")
+            if pair is not None:
+                return pair
+        return None
 
 
 def find_auth_file(explicit: Optional[str]) -> AuthFile:
@@ -211,8 +214,13 @@ class RegistrySettings:
 
 def validate_mirrors(values: List[Any]) -> List[str]:
     out = []
-    for value in values:
+    for index, value in enumerate(values):
         text = str(value).strip()
+        if "@" in text:
+            # never echoed: what is before the @ is a user and password
+            raise InvalidInput("mirror #%d carries credentials (USER:PASSWORD@); mirrors are "
+                               "HOST[:PORT], and their credentials come from the auth file"
+                               % (index + 1))
         if "://" in text:
             text = urllib.parse.urlsplit(text).netloc
         text = text.rstrip("/")

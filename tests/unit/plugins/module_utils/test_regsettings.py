@@ -78,10 +78,13 @@ def test_bad_auth_files_never_echo_their_content(tmp_path):
     with pytest.raises(InvalidInput) as info:
         AuthFile.load(str(broken))
     assert str(broken) in str(info.value) and secret not in str(info.value)
-    bad = _write(tmp_path / "bad.json", {"auths": {"h": {"auth": secret}}})
+    bad = _write(tmp_path / "bad.json", {"auths": {"h": {"auth": secret},
+                                                    "ok:5000": {"auth": _auth("u", "p")}}})
+    found = AuthFile.load(bad)  # a damaged entry fails only the registry it is for
+    assert found.lookup("ok:5000", "x") == ("u", "p")
     with pytest.raises(InvalidInput) as info:
-        AuthFile.load(bad)
-    assert secret not in str(info.value)
+        found.lookup("h", "x")
+    assert secret not in str(info.value) and "the entry for h" in str(info.value)
     with pytest.raises(InvalidInput) as info:
         AuthFile.load(str(tmp_path / "missing.json"))
     assert "does not exist" in str(info.value)
@@ -111,6 +114,10 @@ def test_mirror_and_proxy_values(monkeypatch):
         "m.example:5000", "m2.example"]
     with pytest.raises(InvalidInput):
         validate_mirrors(["m.example/path"])
+    with pytest.raises(InvalidInput) as info:  # credentials in a mirror: never echoed
+        validate_mirrors(["m.example", "https://bob:s3cret@m2.example:5000"])
+    assert "mirror #2 carries credentials" in str(info.value)
+    assert "s3cret" not in str(info.value)
     monkeypatch.setenv("https_proxy", "http://127.0.0.1:3128")
     monkeypatch.setenv("no_proxy", "internal.example,.corp")
     assert proxy_for("https", "registry.example.com") == ("127.0.0.1", 3128)
