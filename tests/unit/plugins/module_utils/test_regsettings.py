@@ -78,8 +78,8 @@ def test_bad_auth_files_never_echo_their_content(tmp_path):
     with pytest.raises(InvalidInput) as info:
         AuthFile.load(str(broken))
     assert str(broken) in str(info.value) and secret not in str(info.value)
-    bad = _write(tmp_path / "bad.json", {"auths": {"h": {"auth": secret},
-                                                    "ok:5000": {"auth": _auth("u", "p")}}})
+    entries = {"h": {"auth": secret}, "ok:5000": {"auth": _auth("u", "p")}}
+    bad = _write(tmp_path / "bad.json", {"auths": entries})
     found = AuthFile.load(bad)  # a damaged entry fails only the registry it is for
     assert found.lookup("ok:5000", "x") == ("u", "p")
     with pytest.raises(InvalidInput) as info:
