@@ -274,7 +274,8 @@ def _skip_to_end(reader: ChunkReader) -> None:
 
 
 class DirIndex:
-    """An OCI layout directory, with the same interface as TarIndex.
+    """An OCI layout directory, read as TarIndex is (``has``, ``read``, ``size``,
+    ``stream``), except that a blob has no ``opener``: each stream owns its descriptor.
 
     Every file is opened component by component from a descriptor of the layout
     (``Beneath``): a symlinked ``blobs`` or ``blobs/sha256`` would otherwise make the
@@ -283,13 +284,9 @@ class DirIndex:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._fds: List[int] = []
         self._beneath: Optional[Beneath] = None
 
     def close(self) -> None:
-        for fd in self._fds:
-            os.close(fd)
-        self._fds = []
         if self._beneath is not None:
             self._beneath.close()
             self._beneath = None
@@ -358,12 +355,6 @@ class DirIndex:
             return os.fstat(fd).st_size
         finally:
             os.close(fd)
-
-    def opener(self, name: str) -> Tuple[RawRead, int]:
-        fd = self._open_regular(name, "blob ")
-        self._fds.append(fd)
-        size = os.fstat(fd).st_size
-        return RangeReader(fd, 0, size).read, size
 
     def stream(self, name: str, what: str) -> DecodedStream:
         """The decoded stream of blob ``name``, owning its descriptor: closing the stream

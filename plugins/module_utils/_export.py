@@ -16,13 +16,13 @@ gives the same bytes.  Archives are written to a temp file beside ``dest`` and r
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import stat
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
+from ansible_collections.strata.layers.plugins.module_utils import _files as files
 from ansible_collections.strata.layers.plugins.module_utils._archive import MAX_JSON
 from ansible_collections.strata.layers.plugins.module_utils._atomic import (
     dumps, wrap_os_error, write_file, write_stream)
@@ -318,14 +318,7 @@ def blob_matches(fd: int, blob: Blob) -> bool:
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode) or st.st_size != blob.size:
         return False
-    digest = hashlib.sha256()
-    offset = 0
-    while True:
-        data = os.pread(fd, 1 << 20, offset)
-        if not data:
-            return "sha256:" + digest.hexdigest() == blob.digest
-        digest.update(data)
-        offset += len(data)
+    return "sha256:" + files.fd_sha256(fd) == blob.digest
 
 
 def _merged_index(current: List[Dict[str, Any]], plan: Export) -> bytes:

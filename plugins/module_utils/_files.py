@@ -38,13 +38,20 @@ def fd_chunks(fd: int, size: int, path: bytes) -> Iterator[bytes]:
 
 def sha256(path: bytes) -> str:
     """Hex sha256 of the file at ``path``."""
-    digest = hashlib.sha256()
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        while True:
-            data = os.read(fd, CHUNK)
-            if not data:
-                return digest.hexdigest()
-            digest.update(data)
+        return fd_sha256(fd)
     finally:
         os.close(fd)
+
+
+def fd_sha256(fd: int) -> str:
+    """Hex sha256 of the whole file open as ``fd`` (read from its start, by offset)."""
+    digest = hashlib.sha256()
+    offset = 0
+    while True:
+        data = os.pread(fd, CHUNK, offset)
+        if not data:
+            return digest.hexdigest()
+        digest.update(data)
+        offset += len(data)

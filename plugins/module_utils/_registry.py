@@ -510,10 +510,9 @@ class Registry:
             resp = conn.getresponse()
         except BaseException as exc:
             conn.close()
-            if watchdog.fired and isinstance(exc, (OSError, http.client.HTTPException)):
-                raise self._network_error(DeadlineExceeded("deadline"), parts) from exc
             if isinstance(exc, (OSError, http.client.HTTPException)):
-                raise self._network_error(exc, parts) from exc
+                cause = DeadlineExceeded("deadline") if watchdog.fired else exc
+                raise self._network_error(cause, parts) from exc
             raise
         finally:
             watchdog.cancel()

@@ -451,13 +451,7 @@ class Store:
             crash_point("import.applied")
             digests = {"diff_id": result.diff_id,
                        "digest": stream.compressed_digest() or result.diff_id}
-            self._verify(what, digests, expect, expect_diff)
-            if expect_blob is not None and digests["digest"] != expect_blob:
-                raise DigestMismatch("%s failed verification: its bytes hash to %s, not %s "
-                                     "(a blob is named by the digest of its own bytes, not of "
-                                     "its uncompressed content); nothing was kept"
-                                     % (what, digests["digest"], expect_blob),
-                                     expected=expect_blob, actual=digests["digest"])
+            self._verify(what, digests, expect, expect_diff, expect_blob)
             chain = chain_id(parent, DiffID(result.diff_id))
             present = self.layers.find(chain)
             if present is not None:
@@ -505,7 +499,7 @@ class Store:
 
     @staticmethod
     def _verify(what: str, digests: Dict[str, str], expect: Optional[str],
-                expect_diff: Optional[str]) -> None:
+                expect_diff: Optional[str], expect_blob: Optional[str] = None) -> None:
         if expect_diff is not None and digests["diff_id"] != expect_diff:
             raise DigestMismatch("%s: its uncompressed content has digest %s, but %s was "
                                  "expected; nothing was kept" % (what, digests["diff_id"],
@@ -516,6 +510,12 @@ class Store:
                                  " and %s (uncompressed); nothing was kept"
                                  % (what, expect, digests["digest"], digests["diff_id"]),
                                  expected=expect, actual=digests["digest"])
+        if expect_blob is not None and digests["digest"] != expect_blob:
+            raise DigestMismatch("%s failed verification: its bytes hash to %s, not %s (a blob "
+                                 "is named by the digest of its own bytes, not of its "
+                                 "uncompressed content); nothing was kept"
+                                 % (what, digests["digest"], expect_blob),
+                                 expected=expect_blob, actual=digests["digest"])
 
     def references(self) -> "References":
         """Which images and containers need each layer (directly or as an ancestor),
